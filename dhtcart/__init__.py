@@ -1,0 +1,83 @@
+"""dhtcart: a consistent-hashing DHT with pluggable storage, and a cart service on it.
+
+>>> from dhtcart import CartService
+>>> with CartService() as carts:
+...     _ = carts.add_item("alice", "036000291459", "4.99", item_count=2)
+...     [item.item_id for item in carts.list_items("alice")]
+['036000291459']
+
+``import dhtcart`` imports neither Redis nor the HTTP server; those are extras.
+"""
+
+from dhtcart.backends import open_backend
+from dhtcart.backends.base import Backend, Record
+from dhtcart.cart import CartItem, CartService, Receipt, ReceiptLine
+from dhtcart.errors import (
+    CartEmpty,
+    Conflict,
+    DHTCartError,
+    EmptyRing,
+    ForkedError,
+    InvalidInput,
+    InvalidKey,
+    InvalidValue,
+    ItemNotFound,
+    NotFound,
+    SaleExpired,
+    ShardExists,
+    ShardNotFound,
+    ShardUnavailable,
+    StoreBusy,
+    StoreClosed,
+    TooManyRetries,
+    ValidationError,
+    VersionConflict,
+)
+from dhtcart.hashing import KEY_SPACE, MAX_KEY, hash_key
+from dhtcart.rebalance import RebalancePlan, RebalanceReport
+from dhtcart.ring import Arc, HashRing, Move, PartitionRing
+from dhtcart.server import DHTServer
+from dhtcart.store import DHTServerStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KEY_SPACE",
+    "MAX_KEY",
+    "Arc",
+    "Backend",
+    "CartEmpty",
+    "CartItem",
+    "CartService",
+    "Conflict",
+    "DHTCartError",
+    "DHTServer",
+    "DHTServerStore",
+    "EmptyRing",
+    "ForkedError",
+    "HashRing",
+    "InvalidInput",
+    "InvalidKey",
+    "InvalidValue",
+    "ItemNotFound",
+    "Move",
+    "NotFound",
+    "PartitionRing",
+    "RebalancePlan",
+    "RebalanceReport",
+    "Receipt",
+    "ReceiptLine",
+    "Record",
+    "SaleExpired",
+    "ShardExists",
+    "ShardNotFound",
+    "ShardUnavailable",
+    "StoreBusy",
+    "StoreClosed",
+    "TooManyRetries",
+    "ValidationError",
+    "VersionConflict",
+    "__version__",
+    "hash_key",
+    "open_backend",
+]

@@ -1,0 +1,443 @@
+"""The shopping cart: five operations over the DHT, safe under concurrency.
+
+>>> carts = CartService()                       # in memory
+>>> carts.add_item("alice", "036000291459", "50", item_count=2)
+CartItem(item_id='036000291459', offered_price=Decimal('50.00'), item_count=2, special_sale=False, sale_expiration=None, expired=False)
+>>> _ = carts.add_item("alice", "sku-2", Decimal("10"), item_count=3)
+>>> _ = carts.update_count("alice", "036000291459", 1)
+>>> carts.delete_item("alice", "036000291459")
+>>> carts.checkout("alice").total
+Decimal('30.00')
+>>> carts.list_items("alice")
+[]
+
+A cart is one value under ``hash_key(customer_id)``. The value is a small
+JSON document with a format tag; it maps each customer id to its lines, so
+two customers whose ids hash to the same 63-bit key share the record but
+never see each other's items. Every change is read, modify, compare-and-set,
+retried on :class:`~dhtcart.errors.VersionConflict`: concurrent writers,
+threads or processes, never lose an update.
+
+Rules:
+
+* adding an item already in the cart adds to its count (one line per item)
+  and takes the new offer's price and sale terms;
+* ``update_count(..., 0)`` removes the line;
+* a special-sale price holds until ``sale_expiration``; after it, the item is
+  listed with ``expired=True`` and checkout raises
+  :class:`~dhtcart.errors.SaleExpired` naming the items, changing nothing;
+* checkout returns a :class:`Receipt` and empties the cart atomically.
+
+Money is :class:`decimal.Decimal` with at most two decimal places; item ids
+are strings (leading zeros kept); times are timezone-aware (naive times and
+ISO strings without an offset are taken as UTC).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from dhtcart.errors import (
+    CartEmpty,
+    InvalidInput,
+    ItemNotFound,
+    SaleExpired,
+    TooManyRetries,
+    VersionConflict,
+)
+from dhtcart.hashing import hash_key
+from dhtcart.store import DHTServerStore
+
+__all__ = [
+    "MAX_COUNT",
+    "MAX_ID_LENGTH",
+    "MAX_LINES",
+    "MAX_PRICE",
+    "CartItem",
+    "CartService",
+    "Receipt",
+    "ReceiptLine",
+]
+
+MAX_ID_LENGTH = 128  #: characters in a customer or item id
+MAX_COUNT = 1_000_000  #: units of one item in one cart
+MAX_PRICE = Decimal("1000000000")  #: the largest unit price
+MAX_LINES = 10_000  #: distinct items in one cart
+FORMAT = 1  #: the stored value's format tag
+
+_CENT = Decimal("0.01")
+_UTC = timezone.utc
+
+
+def _utcnow() -> datetime:
+    return datetime.now(_UTC)
+
+
+# -- validation ---------------------------------------------------------------
+
+
+def check_id(value: object, field: str) -> str:
+    """A customer or item id: a non-empty str of at most 128 printable characters."""
+    if not isinstance(value, str):
+        raise InvalidInput(field, f"must be a string, not {type(value).__name__}")
+    if not value:
+        raise InvalidInput(field, "must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidInput(field, f"must be at most {MAX_ID_LENGTH} characters, got {len(value)}")
+    if not value.isprintable() or any(unicodedata.category(c) == "Cs" for c in value):
+        raise InvalidInput(field, "must not contain control or unprintable characters")
+    if value != value.strip():
+        raise InvalidInput(field, "must not start or end with white space")
+    return value
+
+
+def check_count(value: object, field: str, *, allow_zero: bool = False) -> int:
+    """A whole number of units, 1..MAX_COUNT (0 too when ``allow_zero``)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(field, f"must be a whole number, not {type(value).__name__}")
+    low = 0 if allow_zero else 1
+    if not low <= value <= MAX_COUNT:
+        raise InvalidInput(field, f"must be between {low} and {MAX_COUNT}, got {value}")
+    return value
+
+
+def check_price(value: object, field: str = "offeredPrice") -> Decimal:
+    """A unit price: finite, 0 <= price <= MAX_PRICE, at most two decimal places.
+
+    Accepts ``Decimal``, ``int``, ``str`` and ``float`` (read through its
+    shortest repr, so ``10.1`` is ``Decimal("10.10")``, never float arithmetic).
+    """
+    if isinstance(value, bool):
+        raise InvalidInput(field, "must be a number, not a bool")
+    try:
+        if isinstance(value, Decimal):
+            price = value
+        elif isinstance(value, int):
+            price = Decimal(value)
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise InvalidInput(field, "must be a finite number")
+            price = Decimal(repr(value))
+        elif isinstance(value, str):
+            price = Decimal(value.strip())
+        else:
+            raise InvalidInput(field, f"must be a number, not {type(value).__name__}")
+    except InvalidOperation:
+        raise InvalidInput(field, f"is not a number: {value!r}") from None
+    if not price.is_finite():
+        raise InvalidInput(field, "must be a finite number")
+    if price < 0:
+        raise InvalidInput(field, "must not be negative")
+    if price > MAX_PRICE:
+        raise InvalidInput(field, f"must be at most {MAX_PRICE}")
+    if price != price.quantize(_CENT):
+        raise InvalidInput(field, "must have at most two decimal places")
+    return price.quantize(_CENT)
+
+
+def check_datetime(value: object, field: str = "saleExpiration") -> datetime:
+    """A point in time: an aware ``datetime`` or an ISO 8601 string; naive means UTC."""
+    if isinstance(value, datetime):
+        when = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if not text or len(text) > 64:
+            raise InvalidInput(field, "must be an ISO 8601 date-time")
+        if text[-1] in "zZ":
+            text = text[:-1] + "+00:00"
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            raise InvalidInput(field, f"is not an ISO 8601 date-time: {value!r}") from None
+    else:
+        raise InvalidInput(field, f"must be an ISO 8601 string or a datetime, not {type(value).__name__}")
+    if when.tzinfo is None or when.utcoffset() is None:
+        when = when.replace(tzinfo=_UTC)
+    return when.astimezone(_UTC)
+
+
+# -- data ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CartItem:
+    """One line of a cart, as listed."""
+
+    item_id: str
+    offered_price: Decimal
+    item_count: int
+    special_sale: bool
+    sale_expiration: datetime | None
+    expired: bool  #: a special-sale price whose expiration has passed
+
+    @property
+    def line_total(self) -> Decimal:
+        return self.offered_price * self.item_count
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, with the seed API's field names (money as strings)."""
+        return {
+            "itemId": self.item_id,
+            "offeredPrice": str(self.offered_price),
+            "itemCount": self.item_count,
+            "specialSale": self.special_sale,
+            "saleExpiration": None if self.sale_expiration is None else self.sale_expiration.isoformat(),
+            "expired": self.expired,
+        }
+
+
+@dataclass(frozen=True)
+class ReceiptLine:
+    """One line of a receipt."""
+
+    item_id: str
+    unit_price: Decimal
+    item_count: int
+    line_total: Decimal
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What checkout returns: the lines, the exact total, and when."""
+
+    customer_id: str
+    lines: list[ReceiptLine]
+    total: Decimal
+    checked_out_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (money as strings)."""
+        return {
+            "customerId": self.customer_id,
+            "lines": [
+                {
+                    "itemId": ln.item_id,
+                    "unitPrice": str(ln.unit_price),
+                    "itemCount": ln.item_count,
+                    "lineTotal": str(ln.line_total),
+                }
+                for ln in self.lines
+            ],
+            "total": str(self.total),
+            "checkedOutAt": self.checked_out_at.isoformat(),
+        }
+
+
+# A stored line: [price str, count, special_sale, expiration ISO str or None].
+_Line = list[Any]
+_Lines = dict[str, _Line]
+
+
+def _encode(bucket: dict[str, _Lines]) -> bytes:
+    doc = {"v": FORMAT, "carts": {c: [[i, *ln] for i, ln in lines.items()] for c, lines in bucket.items()}}
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _decode(raw: bytes) -> dict[str, _Lines]:
+    doc = json.loads(raw)
+    if doc.get("v") != FORMAT:
+        raise ValueError(f"cart record has unknown format {doc.get('v')!r}")
+    return {c: {ln[0]: ln[1:] for ln in lines} for c, lines in doc["carts"].items()}
+
+
+_UNCHANGED: Any = object()
+
+
+class CartService:
+    """The five cart operations over a :class:`~dhtcart.store.DHTServerStore`.
+
+    ``CartService()`` keeps carts in memory; ``CartService(store)`` uses your
+    store; ``CartService.open(directory)`` opens (or creates) a persistent LMDB
+    store there and closes it with the service. ``clock`` returns the current
+    aware time (tests inject one); ``hasher`` maps a customer id to its key.
+    """
+
+    def __init__(
+        self,
+        store: DHTServerStore | None = None,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        hasher: Callable[[str], int] = hash_key,
+        max_retries: int = 1000,
+    ) -> None:
+        self._owns_store = store is None
+        self.store = store if store is not None else DHTServerStore()
+        self._clock = clock
+        self._hasher = hasher
+        self.max_retries = max_retries
+
+    @classmethod
+    def open(cls, directory: str | Path, **store_options: Any) -> CartService:
+        """A service over the persistent store in ``directory`` (see :meth:`DHTServerStore.open`)."""
+        service = cls(DHTServerStore.open(directory, **store_options))
+        service._owns_store = True
+        return service
+
+    # -- the read-modify-compare-and-set loop ------------------------------------
+
+    def _change(self, customer_id: str, fn: Callable[[_Lines], tuple[Any, _Lines]]) -> Any:
+        """Apply ``fn`` to the customer's lines until the compare-and-set succeeds.
+
+        ``fn`` gets a private copy of the lines and returns ``(result,
+        new_lines)``, or ``(result, _UNCHANGED)`` to write nothing. It may
+        raise: nothing is written then.
+        """
+        key = self._hasher(customer_id)
+        store = self.store
+        for attempt in range(self.max_retries):
+            rec = store.get(key)
+            bucket = _decode(rec.value) if rec is not None else {}
+            result, lines = fn(dict(bucket.get(customer_id, {})))
+            if lines is _UNCHANGED:
+                return result
+            if lines:
+                bucket[customer_id] = lines
+            else:
+                bucket.pop(customer_id, None)
+            try:
+                if bucket:
+                    store.put(key, _encode(bucket), rec.version if rec is not None else 0)
+                elif rec is not None:
+                    store.delete(key, rec.version)
+                return result
+            except VersionConflict:
+                if attempt >= 4:  # heavy contention: back off a little, with jitter
+                    time.sleep(random.uniform(0, 0.0005 * min(attempt, 20)))
+        raise TooManyRetries(
+            f"cart of {customer_id!r} changed under us {self.max_retries} times; try again"
+        )
+
+    def _lines(self, customer_id: str) -> _Lines:
+        rec = self.store.get(self._hasher(customer_id))
+        if rec is None:
+            return {}
+        return _decode(rec.value).get(customer_id, {})
+
+    def _item(self, item_id: str, line: _Line, now: datetime) -> CartItem:
+        price, count, sale, exp = line
+        expiration = datetime.fromisoformat(exp) if exp is not None else None
+        expired = bool(sale) and expiration is not None and expiration <= now
+        return CartItem(item_id, Decimal(price), count, bool(sale), expiration, expired)
+
+    # -- the five operations --------------------------------------------------------
+
+    def list_items(self, customer_id: str) -> list[CartItem]:
+        """The customer's items in the order they were added (``[]`` for no cart)."""
+        check_id(customer_id, "customerId")
+        now = self._clock()
+        return [self._item(i, ln, now) for i, ln in self._lines(customer_id).items()]
+
+    def add_item(
+        self,
+        customer_id: str,
+        item_id: str,
+        offered_price: Decimal | int | str | float,
+        item_count: int = 1,
+        special_sale: bool = False,
+        sale_expiration: datetime | str | None = None,
+    ) -> CartItem:
+        """Add ``item_count`` units (to the existing line if the item is there); return the line."""
+        check_id(customer_id, "customerId")
+        check_id(item_id, "itemId")
+        price = str(check_price(offered_price))
+        check_count(item_count, "itemCount")
+        if not isinstance(special_sale, bool):
+            raise InvalidInput("specialSale", f"must be true or false, not {type(special_sale).__name__}")
+        exp = None if sale_expiration is None else check_datetime(sale_expiration).isoformat()
+        now = self._clock()
+
+        def fn(lines: _Lines) -> tuple[CartItem, _Lines]:
+            old = lines.get(item_id)
+            count = item_count + (old[1] if old is not None else 0)
+            if count > MAX_COUNT:
+                raise InvalidInput("itemCount", f"the cart would hold {count} units; the limit is {MAX_COUNT}")
+            if old is None and len(lines) >= MAX_LINES:
+                raise InvalidInput("itemId", f"the cart already holds {MAX_LINES} items, the limit")
+            line = [price, count, special_sale, exp]
+            lines[item_id] = line
+            return self._item(item_id, line, now), lines
+
+        result: CartItem = self._change(customer_id, fn)
+        return result
+
+    def update_count(self, customer_id: str, item_id: str, new_count: int) -> CartItem | None:
+        """Set the item's count; 0 removes it (returns ``None``). Raises :class:`ItemNotFound`."""
+        check_id(customer_id, "customerId")
+        check_id(item_id, "itemId")
+        check_count(new_count, "newCount", allow_zero=True)
+        now = self._clock()
+
+        def fn(lines: _Lines) -> tuple[CartItem | None, _Lines]:
+            old = lines.get(item_id)
+            if old is None:
+                raise ItemNotFound(customer_id, item_id)
+            if new_count == 0:
+                del lines[item_id]
+                return None, lines
+            line = [old[0], new_count, old[2], old[3]]
+            lines[item_id] = line
+            return self._item(item_id, line, now), lines
+
+        result: CartItem | None = self._change(customer_id, fn)
+        return result
+
+    def delete_item(self, customer_id: str, item_id: str) -> None:
+        """Remove the item's line. Raises :class:`ItemNotFound` if it is not there."""
+        check_id(customer_id, "customerId")
+        check_id(item_id, "itemId")
+
+        def fn(lines: _Lines) -> tuple[None, _Lines]:
+            if item_id not in lines:
+                raise ItemNotFound(customer_id, item_id)
+            del lines[item_id]
+            return None, lines
+
+        self._change(customer_id, fn)
+
+    def checkout(self, customer_id: str) -> Receipt:
+        """Empty the cart atomically and return the receipt.
+
+        Raises :class:`CartEmpty` for an empty cart and :class:`SaleExpired`
+        (naming the items) if any sale price has expired; neither changes anything.
+        """
+        check_id(customer_id, "customerId")
+        now = self._clock()
+
+        def fn(lines: _Lines) -> tuple[Receipt, _Lines]:
+            if not lines:
+                raise CartEmpty(customer_id)
+            items = [self._item(i, ln, now) for i, ln in lines.items()]
+            expired = [it.item_id for it in items if it.expired]
+            if expired:
+                raise SaleExpired(customer_id, expired)
+            receipt_lines = [
+                ReceiptLine(it.item_id, it.offered_price, it.item_count, it.line_total) for it in items
+            ]
+            total = sum((ln.line_total for ln in receipt_lines), Decimal("0.00"))
+            return Receipt(customer_id, receipt_lines, total, now), {}
+
+        result: Receipt = self._change(customer_id, fn)
+        return result
+
+    # -- lifetime -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the store if this service opened it."""
+        if self._owns_store:
+            self.store.close()
+
+    def __enter__(self) -> CartService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

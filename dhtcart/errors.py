@@ -1,0 +1,170 @@
+"""Every exception dhtcart raises, in one tree.
+
+Errors subclass the built-in that fits, so ``except ValueError`` or
+``except KeyError`` keeps working for callers who do not know dhtcart::
+
+    DHTCartError                          base of everything below
+    ├── ValidationError (ValueError)      bad input; nothing was stored
+    │   ├── InvalidKey (+TypeError)       not an int in [0, 2**63), or a bool
+    │   ├── InvalidValue (+TypeError)     not bytes-like, or too large
+    │   └── InvalidInput (+TypeError)     a cart field: id, count, price, date
+    ├── NotFound (KeyError)               something asked for by name is absent
+    │   ├── ItemNotFound                  no such item in the cart
+    │   ├── CartEmpty                     checkout of an empty or missing cart
+    │   └── ShardNotFound                 no shard of that name
+    ├── Conflict                          the request is valid but the state forbids it
+    │   ├── VersionConflict               compare-and-set saw another version
+    │   ├── SaleExpired                   checkout with expired sale prices
+    │   ├── TooManyRetries                optimistic retries exhausted
+    │   └── ShardExists                   add_shard with a name already used
+    ├── ShardUnavailable (ConnectionError) a shard's server cannot be reached
+    ├── EmptyRing (LookupError)           a ring with no nodes was asked for one
+    ├── StoreBusy                         another process holds the store's lock
+    ├── StoreClosed                       the store/shard was closed
+    └── ForkedError                       a handle opened before fork() used after it
+
+A missing key is *not* an exception: ``get`` returns ``None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "CartEmpty",
+    "Conflict",
+    "DHTCartError",
+    "EmptyRing",
+    "ForkedError",
+    "InvalidInput",
+    "InvalidKey",
+    "InvalidValue",
+    "ItemNotFound",
+    "NotFound",
+    "SaleExpired",
+    "ShardExists",
+    "ShardNotFound",
+    "ShardUnavailable",
+    "StoreBusy",
+    "StoreClosed",
+    "TooManyRetries",
+    "ValidationError",
+    "VersionConflict",
+]
+
+
+class DHTCartError(Exception):
+    """Base class of every dhtcart error."""
+
+
+class ValidationError(DHTCartError, ValueError):
+    """Bad input: nothing was stored or changed."""
+
+
+class InvalidKey(ValidationError, TypeError):
+    """A key is not an ``int`` in ``[0, 2**63)`` (``bool`` is not a key)."""
+
+
+class InvalidValue(ValidationError, TypeError):
+    """A value is not bytes-like, or is larger than the shard accepts."""
+
+
+class InvalidInput(ValidationError, TypeError):
+    """A cart field is malformed; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class NotFound(DHTCartError, KeyError):
+    """Something asked for by name does not exist."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ItemNotFound(NotFound):
+    """The cart holds no item with that id."""
+
+    def __init__(self, customer_id: str, item_id: str) -> None:
+        super().__init__(f"cart of {customer_id!r} has no item {item_id!r}")
+        self.customer_id = customer_id
+        self.item_id = item_id
+
+
+class CartEmpty(NotFound):
+    """Checkout of a cart that is empty or was never created."""
+
+    def __init__(self, customer_id: str) -> None:
+        super().__init__(f"cart of {customer_id!r} is empty: nothing to check out")
+        self.customer_id = customer_id
+
+
+class ShardNotFound(NotFound):
+    """No shard of that name is a member of the store."""
+
+
+class Conflict(DHTCartError):
+    """The request is well formed, but the current state forbids it."""
+
+
+class VersionConflict(Conflict):
+    """A compare-and-set found another version than expected; nothing changed."""
+
+    def __init__(self, key: int, expected: int, actual: int) -> None:
+        super().__init__(
+            f"key {key}: expected version {expected}, found {actual}"
+            " (0 means absent); re-read and retry"
+        )
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+
+
+class SaleExpired(Conflict):
+    """Checkout refused: these items' special-sale prices have expired."""
+
+    def __init__(self, customer_id: str, item_ids: Sequence[str]) -> None:
+        ids = ", ".join(item_ids)
+        super().__init__(
+            f"cart of {customer_id!r}: sale price expired for {ids};"
+            " remove or re-add these items, then check out"
+        )
+        self.customer_id = customer_id
+        self.item_ids = list(item_ids)
+
+
+class TooManyRetries(Conflict):
+    """An optimistic read-modify-write kept conflicting; nothing changed."""
+
+
+class ShardExists(Conflict):
+    """A shard of that name is already a member of the store."""
+
+
+class ShardUnavailable(DHTCartError, ConnectionError):
+    """A shard's medium cannot be reached; nothing was written to it."""
+
+    def __init__(self, shard: str, address: str, reason: str) -> None:
+        super().__init__(f"shard {shard!r} at {address} is unavailable: {reason}")
+        self.shard = shard
+        self.address = address
+        self.reason = reason
+
+
+class EmptyRing(DHTCartError, LookupError):
+    """The ring has no nodes, so no key has an owner."""
+
+
+class StoreBusy(DHTCartError):
+    """Another process holds the store's lock (a rebalance, or open handles)."""
+
+
+class StoreClosed(DHTCartError):
+    """The store, shard or backend was closed."""
+
+
+class ForkedError(DHTCartError):
+    """A handle opened before ``fork()`` was used in the child: open it again there."""
