@@ -39,7 +39,6 @@ import json
 import math
 import random
 import time
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -94,7 +93,7 @@ def check_id(value: object, field: str) -> str:
         raise InvalidInput(field, "must not be empty")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidInput(field, f"must be at most {MAX_ID_LENGTH} characters, got {len(value)}")
-    if not value.isprintable() or any(unicodedata.category(c) == "Cs" for c in value):
+    if not value.isprintable():  # also false for surrogates and other unassigned/format code points
         raise InvalidInput(field, "must not contain control or unprintable characters")
     if value != value.strip():
         raise InvalidInput(field, "must not start or end with white space")
@@ -233,24 +232,54 @@ class Receipt:
         }
 
 
-# A stored line: [price str, count, special_sale, expiration ISO str or None].
-_Line = list[Any]
-_Lines = dict[str, _Line]
+# -- the stored format ----------------------------------------------------------
+#
+# One record holds the carts of every customer whose id hashes to its key
+# (almost always exactly one). It is newline-separated JSON, one line per cart
+# line, so that a change re-encodes only the line it touches:
+#
+#     dhtcart-cart 1                        <- format tag and version
+#     "alice"                               <- a customer (a JSON string)
+#     ["036000291459","50.00",2,false,null] <- item id, price, count, sale, expiration
+#     ...
+#
+# JSON escapes newlines inside strings, so a line never contains one.
+
+_TAG = b"dhtcart-cart %d" % FORMAT
+_Line = list[Any]  # [price str, count, special_sale, expiration ISO str or None]
+_Entry = tuple[_Line, "bytes | None"]  # a line and its encoded form (None: not encoded yet)
+_Lines = dict[str, _Entry]  # item id -> entry, in the order added
+_Bucket = dict[str, _Lines]  # customer id -> lines
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def _encode(bucket: dict[str, _Lines]) -> bytes:
-    doc = {"v": FORMAT, "carts": {c: [[i, *ln] for i, ln in lines.items()] for c, lines in bucket.items()}}
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+def _encode(bucket: _Bucket) -> bytes:
+    parts = [_TAG]
+    for customer, lines in bucket.items():
+        parts.append(_dumps(customer).encode())
+        for item_id, (line, frag) in lines.items():
+            parts.append(frag if frag is not None else _dumps([item_id, *line]).encode())
+    return b"\n".join(parts)
 
 
-def _decode(raw: bytes) -> dict[str, _Lines]:
-    doc = json.loads(raw)
-    if doc.get("v") != FORMAT:
-        raise ValueError(f"cart record has unknown format {doc.get('v')!r}")
-    return {c: {ln[0]: ln[1:] for ln in lines} for c, lines in doc["carts"].items()}
+def _decode(raw: bytes) -> _Bucket:
+    frags = raw.split(b"\n")
+    if frags[0] != _TAG:
+        raise ValueError(f"cart record has an unknown format tag {frags[0][:32]!r}")
+    rows = json.loads(b"[" + b",".join(frags[1:]) + b"]")
+    bucket: _Bucket = {}
+    lines: _Lines = {}
+    for row, frag in zip(rows, frags[1:]):
+        if isinstance(row, str):
+            lines = bucket.setdefault(row, {})
+        else:
+            lines[row[0]] = (row[1:], frag)
+    return bucket
 
 
 _UNCHANGED: Any = object()
+_CACHE_SIZE = 256
 
 
 class CartService:
@@ -275,6 +304,7 @@ class CartService:
         self._clock = clock
         self._hasher = hasher
         self.max_retries = max_retries
+        self._cache: dict[int, tuple[bytes, _Bucket]] = {}
 
     @classmethod
     def open(cls, directory: str | Path, **store_options: Any) -> CartService:
@@ -284,6 +314,29 @@ class CartService:
         return service
 
     # -- the read-modify-compare-and-set loop ------------------------------------
+
+    def _load(self, key: int, raw: bytes) -> _Bucket:
+        """Decode ``raw``, reusing the last decoding of this key when the bytes are the same.
+
+        The cache is checked against the stored bytes themselves, never a
+        version alone, so it can not serve stale data; its entries are never
+        mutated, so threads may share them.
+        """
+        hit = self._cache.get(key)
+        if hit is not None and (hit[0] is raw or hit[0] == raw):
+            return hit[1]
+        bucket = _decode(raw)
+        self._remember(key, raw, bucket)
+        return bucket
+
+    def _remember(self, key: int, raw: bytes, bucket: _Bucket) -> None:
+        cache = self._cache
+        if len(cache) >= _CACHE_SIZE:
+            try:
+                del cache[next(iter(cache))]
+            except (KeyError, StopIteration, RuntimeError):  # raced with another thread
+                pass
+        cache[key] = (raw, bucket)
 
     def _change(self, customer_id: str, fn: Callable[[_Lines], tuple[Any, _Lines]]) -> Any:
         """Apply ``fn`` to the customer's lines until the compare-and-set succeeds.
@@ -296,17 +349,20 @@ class CartService:
         store = self.store
         for attempt in range(self.max_retries):
             rec = store.get(key)
-            bucket = _decode(rec.value) if rec is not None else {}
+            bucket = self._load(key, rec.value) if rec is not None else {}
             result, lines = fn(dict(bucket.get(customer_id, {})))
             if lines is _UNCHANGED:
                 return result
+            bucket = dict(bucket)
             if lines:
                 bucket[customer_id] = lines
             else:
                 bucket.pop(customer_id, None)
             try:
                 if bucket:
-                    store.put(key, _encode(bucket), rec.version if rec is not None else 0)
+                    raw = _encode(bucket)
+                    store.put(key, raw, rec.version if rec is not None else 0)
+                    self._remember(key, raw, bucket)
                 elif rec is not None:
                     store.delete(key, rec.version)
                 return result
@@ -318,10 +374,11 @@ class CartService:
         )
 
     def _lines(self, customer_id: str) -> _Lines:
-        rec = self.store.get(self._hasher(customer_id))
+        key = self._hasher(customer_id)
+        rec = self.store.get(key)
         if rec is None:
             return {}
-        return _decode(rec.value).get(customer_id, {})
+        return self._load(key, rec.value).get(customer_id, {})
 
     def _item(self, item_id: str, line: _Line, now: datetime) -> CartItem:
         price, count, sale, exp = line
@@ -335,7 +392,7 @@ class CartService:
         """The customer's items in the order they were added (``[]`` for no cart)."""
         check_id(customer_id, "customerId")
         now = self._clock()
-        return [self._item(i, ln, now) for i, ln in self._lines(customer_id).items()]
+        return [self._item(i, ln, now) for i, (ln, _) in self._lines(customer_id).items()]
 
     def add_item(
         self,
@@ -357,14 +414,14 @@ class CartService:
         now = self._clock()
 
         def fn(lines: _Lines) -> tuple[CartItem, _Lines]:
-            old = lines.get(item_id)
-            count = item_count + (old[1] if old is not None else 0)
+            entry = lines.get(item_id)
+            count = item_count + (entry[0][1] if entry is not None else 0)
             if count > MAX_COUNT:
                 raise InvalidInput("itemCount", f"the cart would hold {count} units; the limit is {MAX_COUNT}")
-            if old is None and len(lines) >= MAX_LINES:
+            if entry is None and len(lines) >= MAX_LINES:
                 raise InvalidInput("itemId", f"the cart already holds {MAX_LINES} items, the limit")
             line = [price, count, special_sale, exp]
-            lines[item_id] = line
+            lines[item_id] = (line, None)
             return self._item(item_id, line, now), lines
 
         result: CartItem = self._change(customer_id, fn)
@@ -378,14 +435,15 @@ class CartService:
         now = self._clock()
 
         def fn(lines: _Lines) -> tuple[CartItem | None, _Lines]:
-            old = lines.get(item_id)
-            if old is None:
+            entry = lines.get(item_id)
+            if entry is None:
                 raise ItemNotFound(customer_id, item_id)
             if new_count == 0:
                 del lines[item_id]
                 return None, lines
+            old = entry[0]
             line = [old[0], new_count, old[2], old[3]]
-            lines[item_id] = line
+            lines[item_id] = (line, None)
             return self._item(item_id, line, now), lines
 
         result: CartItem | None = self._change(customer_id, fn)
@@ -416,7 +474,7 @@ class CartService:
         def fn(lines: _Lines) -> tuple[Receipt, _Lines]:
             if not lines:
                 raise CartEmpty(customer_id)
-            items = [self._item(i, ln, now) for i, ln in lines.items()]
+            items = [self._item(i, ln, now) for i, (ln, _) in lines.items()]
             expired = [it.item_id for it in items if it.expired]
             if expired:
                 raise SaleExpired(customer_id, expired)
