@@ -201,7 +201,7 @@ class LMDBBackend(Backend):
                     k = int.from_bytes(kb, "big")
                     if k > hi:
                         break
-                    out.append((k, _unpack(raw)))
+                    out.append((k, _unpack(raw)))  # type: ignore[arg-type]  # bytes: buffers=False
                     if len(out) >= n:
                         break
                 return out

@@ -1,0 +1,633 @@
+"""Redis backend: one shard on one Redis (or Valkey) server or database.
+
+Selected by ``redis://[user:password@]host:port/db`` or ``rediss://...`` (TLS).
+Works with Redis 7+ and Valkey 8 through redis-py; this is the only dhtcart
+module that imports ``redis`` (install the extra: ``pip install "dhtcart[redis]"``).
+
+Layout, under a key prefix (``dhtcart:`` unless ``?prefix=`` says otherwise), so
+other data in the same database is never touched:
+
+``<prefix>v:<16 hex digits of the key>``
+    a string: the record's version as 8 bytes big-endian, then the value bytes.
+``<prefix>idx``
+    a sorted set, every member scored 0, each member the key as 16 lowercase hex
+    digits. Sorted-set scores are doubles and cannot hold 63-bit keys exactly;
+    with equal scores members sort bytewise, and fixed-width big-endian hex sorts
+    exactly like the integers, so ``ZRANGEBYLEX idx (lo [hi`` is the range scan
+    ``lo < key <= hi``.
+
+Every single-key write (put, compare-and-set, delete, conditional delete) is one
+Lua script call: one round trip, atomic on the server, record and index updated
+together. A failed compare-and-set raises :class:`~dhtcart.errors.VersionConflict`
+and changes nothing. Scripts are sent by SHA1 (``EVALSHA``) and reloaded when the
+server answers ``NOSCRIPT`` (after a restart or ``SCRIPT FLUSH``); a ``NOSCRIPT``
+reply means the script did not run, so the reload-and-retry is safe.
+
+Failure: a connection refused, reset or timed out (``?timeout=`` seconds, 2 by
+default, for connecting and for each reply) raises
+:class:`~dhtcart.errors.ShardUnavailable` naming the shard and its address with
+the password masked. redis-py's automatic retries are switched off: retrying a
+write whose reply was lost could apply it twice. When a write times out after it
+was sent, the server has either applied it completely or not at all (the script
+is atomic) but the client cannot know which; the reason says so. When the server
+comes back, the same backend object works again: the connection pool drops dead
+connections and reconnects on the next call.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, cast
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import (
+    ExecAbortError,
+    NoPermissionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+)
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from dhtcart.backends.base import Backend, Record
+from dhtcart.errors import ShardUnavailable, StoreClosed, VersionConflict
+
+__all__ = ["DEFAULT_PREFIX", "DEFAULT_TIMEOUT", "PASSWORD_ENV", "RedisBackend"]
+
+#: environment variable read for the password when the URL carries none
+PASSWORD_ENV = "DHTCART_REDIS_PASSWORD"
+#: seconds allowed to connect and for each reply, unless ``?timeout=`` says otherwise
+DEFAULT_TIMEOUT = 2.0
+#: prefix of every Redis key the backend owns, unless ``?prefix=`` says otherwise
+DEFAULT_PREFIX = "dhtcart:"
+
+_KEY_HEX = 16  # 2**63 - 1 is 7fffffffffffffff: 16 hex digits
+_MAX_KEY = (1 << 63) - 1
+_SCAN_BATCH = 1000  # members per ZRANGEBYLEX + MGET round trip
+_PUT_TXN = 10_000  # records per MULTI/EXEC transaction in put_many
+_PUT_CMD = 1_000  # records per MSET / ZADD command inside a transaction
+_DELETE_BATCH = 1_000  # records per delete_many script call
+
+# Server error prefixes meaning "this server cannot take the command now":
+# they are reported as ShardUnavailable, and the command was not applied.
+_UNAVAILABLE_REPLIES = (
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "READONLY",
+    "MISCONF",
+    "OOM",
+    "NOREPLICAS",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "NOPERM",  # an ACL user without the rights the backend needs
+)
+
+_URL_OPTIONS = frozenset(
+    {
+        "timeout",
+        "connect_timeout",
+        "prefix",
+        "max_connections",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_certfile",
+        "ssl_keyfile",
+    }
+)
+
+# Versions are 8-byte big-endian unsigned integers, packed and unpacked with the
+# ``struct`` library that Redis and Valkey load into their Lua. Lua numbers are
+# doubles, exact up to 2**53, which no version reaches by counting writes one by
+# one. Scripts read only the 8 version bytes (GETRANGE), never copy the value.
+
+# KEYS[1] record key, KEYS[2] index; ARGV[1] index member, ARGV[2] value,
+# ARGV[3] expected version ("" for an unconditional put).
+# Returns {1, new_version} or {0, current_version} when the CAS failed.
+_LUA_PUT = """
+local head = redis.call('GETRANGE', KEYS[1], 0, 7)
+local current = 0
+if head ~= '' then current = struct.unpack('>I8', head) end
+if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= current then
+  return {0, current}
+end
+local version = current + 1
+redis.call('SET', KEYS[1], struct.pack('>I8', version) .. ARGV[2])
+if head == '' then redis.call('ZADD', KEYS[2], 0, ARGV[1]) end
+return {1, version}
+"""
+
+# KEYS[1] record key, KEYS[2] index; ARGV[1] index member, ARGV[2] expected
+# version ("" for unconditional). Returns {1, v} deleted, {2, 0} absent,
+# {0, current_version} when the condition failed.
+_LUA_DELETE = """
+local head = redis.call('GETRANGE', KEYS[1], 0, 7)
+local current = 0
+if head ~= '' then current = struct.unpack('>I8', head) end
+if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= current then
+  return {0, current}
+end
+if head == '' then return {2, 0} end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return {1, current}
+"""
+
+# KEYS[1] index, KEYS[2..n+1] record keys; ARGV[1..n] members, ARGV[n+1..2n]
+# expected versions as 8 raw bytes (compared bytewise: exact for any version).
+# Deletes each record whose stored version is the one given; returns the count.
+_LUA_DELETE_MANY = """
+local n = #KEYS - 1
+local deleted = 0
+for i = 1, n do
+  if redis.call('GETRANGE', KEYS[i + 1], 0, 7) == ARGV[n + i] then
+    redis.call('DEL', KEYS[i + 1])
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    deleted = deleted + 1
+  end
+end
+return deleted
+"""
+
+
+def _refused(exc: ResponseError) -> bool:
+    """Whether a server error means "cannot take commands now" (nothing was applied)."""
+    if isinstance(exc, OutOfMemoryError | ReadOnlyError | NoPermissionError | ExecAbortError):
+        return True
+    # redis-py strips the error code it maps to a class; older versions keep it
+    code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0]
+    return code in _UNAVAILABLE_REPLIES
+
+
+def _member(key: int) -> bytes:
+    """The index member of ``key``: 16 lowercase hex digits (sorts like the int)."""
+    return b"%016x" % key
+
+
+def _decode(key: int, raw: bytes) -> Record:
+    if len(raw) < 8:
+        raise ValueError(f"key {key}: corrupt record in Redis ({len(raw)} bytes, expected >= 8)")
+    return Record(int.from_bytes(raw[:8], "big"), raw[8:])
+
+
+def _mask_netloc(username: str | None, has_password: bool, host: str, port: int) -> str:
+    host_part = f"[{host}]" if ":" in host else host
+    if username:
+        auth = quote(username, safe="") + (":***" if has_password else "") + "@"
+    elif has_password:
+        auth = ":***@"
+    else:
+        auth = ""
+    return f"{auth}{host_part}:{port}"
+
+
+def _positive_float(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return number
+
+
+class RedisBackend(Backend):
+    """One shard on a Redis or Valkey server (one server or database per shard).
+
+    Open it with :meth:`from_url` (or :func:`dhtcart.backends.open_backend`)::
+
+        backend = RedisBackend.from_url("redis://10.0.0.5:6379/0", name="shard-a")
+
+    Thread-safe: redis-py's connection pool hands each thread its own
+    connection. Safe across ``fork()``: the pool notices and reconnects.
+    """
+
+    #: the shard's name, used in :class:`ShardUnavailable` messages
+    name: str
+    #: ``scheme://host:port/db`` with any password masked
+    address: str
+    #: prefix of every Redis key this backend owns
+    prefix: str
+    #: seconds allowed to connect and for each reply
+    timeout: float
+    #: seconds allowed to connect
+    connect_timeout: float
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        ssl: bool = False,
+        name: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        max_connections: int | None = None,
+        ssl_options: dict[str, str] | None = None,
+        url: str | None = None,
+    ) -> None:
+        """Connect lazily to ``host:port`` database ``db``; see :meth:`from_url`.
+
+        ``url`` is only the display form (passwords must already be masked);
+        it defaults to one built from the other arguments.
+        """
+        scheme = "rediss" if ssl else "redis"
+        netloc = _mask_netloc(username, password is not None, host, port)
+        self.address = f"{scheme}://{_mask_netloc(None, False, host, port)}/{db}"
+        self.url = url if url is not None else f"{scheme}://{netloc}/{db}"
+        self.name = name if name is not None else self.address
+        self.prefix = prefix
+        self.timeout = _positive_float("timeout", timeout)
+        self.connect_timeout = (
+            self.timeout if connect_timeout is None else _positive_float("connect_timeout", connect_timeout)
+        )
+        pool_kwargs: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "db": db,
+            "username": username,
+            "password": password,
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.connect_timeout,
+            "socket_keepalive": True,
+            # No automatic retries: a write whose reply was lost must not be
+            # sent again (it may have been applied). The pool still replaces
+            # dead connections before handing them out.
+            "retry": Retry(NoBackoff(), 0),
+            "protocol": 2,
+        }
+        if max_connections is not None:
+            pool_kwargs["max_connections"] = max_connections
+        if ssl:
+            pool_kwargs["connection_class"] = redis.SSLConnection
+            pool_kwargs.update(ssl_options or {})
+        self._pool = redis.ConnectionPool(**pool_kwargs)
+        self._client = redis.Redis(connection_pool=self._pool)
+        pfx = prefix.encode()
+        self._record_prefix = pfx + b"v:"
+        self._index = pfx + b"idx"
+        self._scripts: dict[str, str] = {}
+        self._script_source = {
+            "put": _LUA_PUT,
+            "delete": _LUA_DELETE,
+            "delete_many": _LUA_DELETE_MANY,
+        }
+        self._script_lock = threading.Lock()
+        self._closed = False
+
+    # -- opening -----------------------------------------------------------------
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        connect_timeout: float | None = None,
+        prefix: str | None = None,
+        max_connections: int | None = None,
+    ) -> RedisBackend:
+        """Open the shard that ``url`` names.
+
+        ``redis://[user[:password]@]host[:port][/db][?option=value&...]``, or
+        ``rediss://`` for TLS. Port 6379 and db 0 by default. When the URL has
+        no password, the environment variable ``DHTCART_REDIS_PASSWORD`` is used
+        if set. Query options: ``timeout`` (seconds, default 2),
+        ``connect_timeout`` (default: ``timeout``), ``prefix`` (default
+        ``dhtcart:``), ``max_connections``, and for ``rediss://``
+        ``ssl_cert_reqs`` (``required``/``optional``/``none``), ``ssl_ca_certs``,
+        ``ssl_certfile``, ``ssl_keyfile``. Keyword arguments override the query.
+
+        Connecting is lazy: a server that is down is reported by the first
+        operation, as :class:`~dhtcart.errors.ShardUnavailable`.
+
+        >>> b = RedisBackend.from_url("redis://app:s3cret@db.example:6380/2?timeout=0.5")
+        >>> b.url, b.timeout
+        ('redis://app:***@db.example:6380/2?timeout=0.5', 0.5)
+        """
+        if not isinstance(url, str):
+            raise TypeError(f"backend URL must be a str, not {type(url).__name__}")
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError(f"not a redis:// or rediss:// URL: scheme {parts.scheme!r}")
+        try:
+            host = parts.hostname or "127.0.0.1"
+            port = parts.port or 6379
+        except ValueError as exc:
+            raise ValueError(f"bad host or port in Redis URL: {exc}") from None
+        path = unquote(parts.path).strip("/")
+        if path:
+            if not path.isdigit():
+                raise ValueError(f"Redis database must be a number, got {path!r}")
+            db = int(path)
+        else:
+            db = 0
+        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        unknown = sorted(set(query) - _URL_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown Redis URL option(s) {unknown}; known: {sorted(_URL_OPTIONS)}")
+        username = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password is not None else None
+        if password is None:
+            password = os.environ.get(PASSWORD_ENV) or None
+        if timeout is None and "timeout" in query:
+            timeout = _positive_float("timeout", query["timeout"])
+        if connect_timeout is None and "connect_timeout" in query:
+            connect_timeout = _positive_float("connect_timeout", query["connect_timeout"])
+        if prefix is None:
+            prefix = query.get("prefix", DEFAULT_PREFIX)
+        if max_connections is None and "max_connections" in query:
+            try:
+                max_connections = int(query["max_connections"])
+            except ValueError:
+                raise ValueError("max_connections must be an integer") from None
+        ssl = parts.scheme == "rediss"
+        ssl_options = {k: v for k, v in query.items() if k.startswith("ssl_")}
+        if ssl_options and not ssl:
+            raise ValueError(f"{sorted(ssl_options)} only apply to rediss:// URLs")
+        netloc = _mask_netloc(username, parts.password is not None, host, port)
+        shown = f"{parts.scheme}://{netloc}/{db}" + (f"?{parts.query}" if parts.query else "")
+        return cls(
+            host=host,
+            port=port,
+            db=db,
+            username=username,
+            password=password,
+            ssl=ssl,
+            name=name,
+            timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+            connect_timeout=connect_timeout,
+            prefix=prefix,
+            max_connections=max_connections,
+            ssl_options=ssl_options,
+            url=shown,
+        )
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed(f"{self!r} is closed")
+
+    def _record_key(self, member: bytes) -> bytes:
+        return self._record_prefix + member
+
+    def _unavailable(self, exc: BaseException, wrote: bool) -> ShardUnavailable:
+        if isinstance(exc, RedisTimeoutError):
+            reason = f"no reply within {self.timeout:g} s ({exc})"
+            if wrote:
+                reason += "; the write was applied completely or not at all, re-read to know which"
+        elif isinstance(exc, RedisConnectionError):
+            reason = str(exc) or type(exc).__name__
+        else:
+            reason = f"server refused the command: {exc}"
+        return ShardUnavailable(self.name, self.address, reason)
+
+    def _run(self, wrote: bool, fn: Any, *args: Any) -> Any:
+        """Call ``fn(*args)``, turning connection failures into ShardUnavailable."""
+        self._check_open()
+        try:
+            return fn(*args)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise self._unavailable(exc, wrote) from exc
+        except ResponseError as exc:
+            if _refused(exc):
+                raise self._unavailable(exc, wrote) from exc
+            raise
+
+    def _eval(self, script: str, keys: Sequence[bytes], args: Sequence[bytes | str]) -> Any:
+        """EVALSHA ``script``; on NOSCRIPT (script cache empty) load it and run again."""
+        sha = self._scripts.get(script)
+        if sha is not None:
+            try:
+                return self._client.evalsha(sha, len(keys), *keys, *args)
+            except NoScriptError:
+                pass  # the script did not run: load it and try again
+        with self._script_lock:
+            sha = self._client.script_load(self._script_source[script])
+            self._scripts[script] = sha
+        return self._client.evalsha(sha, len(keys), *keys, *args)
+
+    # -- the Backend interface -------------------------------------------------------
+
+    def get(self, key: int) -> Record | None:
+        """Return the record under ``key`` (one ``GET``), or ``None``."""
+        raw = self._run(False, self._client.get, self._record_prefix + _member(key))
+        return None if raw is None else _decode(key, raw)
+
+    def put(self, key: int, value: bytes, expected_version: int | None = None) -> int:
+        """Write ``value`` (one atomic script call); return the new version.
+
+        With ``expected_version`` it is a compare-and-set (0: must be absent);
+        a mismatch raises :class:`VersionConflict` and changes nothing.
+        """
+        member = _member(key)
+        expected = "" if expected_version is None else str(int(expected_version))
+        ok, version = self._run(
+            True,
+            self._eval,
+            "put",
+            (self._record_prefix + member, self._index),
+            (member, value, expected),
+        )
+        if not ok:
+            assert expected_version is not None
+            raise VersionConflict(key, expected_version, int(version))
+        return int(version)
+
+    def delete(self, key: int, expected_version: int | None = None) -> bool:
+        """Remove ``key`` (one atomic script call); return whether it existed.
+
+        With ``expected_version`` the delete is conditional (0: must be absent,
+        which deletes nothing and returns ``False``); a mismatch raises
+        :class:`VersionConflict` and changes nothing.
+        """
+        member = _member(key)
+        expected = "" if expected_version is None else str(int(expected_version))
+        status, version = self._run(
+            True,
+            self._eval,
+            "delete",
+            (self._record_prefix + member, self._index),
+            (member, expected),
+        )
+        if status == 0:
+            assert expected_version is not None
+            raise VersionConflict(key, expected_version, int(version))
+        return bool(status == 1)
+
+    def scan(self, lo: int, hi: int, limit: int | None = None) -> Iterator[tuple[int, Record]]:
+        """Yield ``(key, record)`` for ``lo < key <= hi`` in key order, at most ``limit``.
+
+        Reads batches of 1,000 with ``ZRANGEBYLEX`` then ``MGET`` (two round trips
+        per batch). A key deleted between the two is skipped; each batch sees the
+        records as they are when it is read.
+        """
+        if hi < 0 or lo >= hi or lo >= _MAX_KEY or (limit is not None and limit <= 0):
+            return
+        low = b"-" if lo < 0 else b"(" + _member(lo)
+        high = b"+" if hi >= _MAX_KEY else b"[" + _member(hi)
+        remaining = limit
+        while remaining is None or remaining > 0:
+            n = _SCAN_BATCH if remaining is None else min(_SCAN_BATCH, remaining)
+            members: list[bytes] = self._run(False, self._client.zrangebylex, self._index, low, high, 0, n)
+            if not members:
+                return
+            raws: list[bytes | None] = self._run(
+                False, self._client.mget, [self._record_prefix + m for m in members]
+            )
+            batch: list[tuple[int, Record]] = []
+            for m, raw in zip(members, raws, strict=True):
+                if raw is not None:
+                    k = int(m, 16)
+                    batch.append((k, _decode(k, raw)))
+            if remaining is not None:
+                batch = batch[:remaining]
+                remaining -= len(batch)
+            yield from batch
+            if len(members) < n:
+                return
+            low = b"(" + members[-1]
+
+    def put_many(self, items: Iterable[tuple[int, Record]]) -> int:
+        """Write records keeping their versions; return how many were written.
+
+        Pipelined: each run of up to 10,000 records is one ``MULTI``/``EXEC``
+        transaction (``MSET`` of the records and ``ZADD`` of their index
+        members, in commands of 1,000), sent in one round trip and applied all
+        together or not at all. Overwrites whatever was stored under those keys.
+        Idempotent, so a call cut short by :class:`ShardUnavailable` can simply
+        be repeated.
+        """
+        self._check_open()
+        written = 0
+        batch: list[tuple[int, Record]] = []
+        for item in items:
+            batch.append(item)
+            if len(batch) >= _PUT_TXN:
+                written += self._run(True, self._put_batch, batch)
+                batch = []
+        if batch:
+            written += self._run(True, self._put_batch, batch)
+        return written
+
+    def _put_batch(self, batch: Sequence[tuple[int, Record]]) -> int:
+        rp = self._record_prefix
+        pipe = self._client.pipeline(transaction=True)
+        for start in range(0, len(batch), _PUT_CMD):
+            chunk = batch[start : start + _PUT_CMD]
+            mapping: dict[bytes, bytes] = {}
+            scores: dict[bytes, int] = {}
+            for key, rec in chunk:
+                member = _member(key)
+                mapping[rp + member] = int(rec.version).to_bytes(8, "big") + bytes(rec.value)
+                scores[member] = 0
+            pipe.mset(mapping)
+            pipe.zadd(self._index, scores)
+        pipe.execute()
+        return len(batch)
+
+    def delete_many(self, items: Iterable[tuple[int, int]]) -> int:
+        """Delete each ``(key, version)`` whose stored version is ``version``.
+
+        Batches of 1,000, one atomic script call each; a record whose version
+        differs (a newer write) is kept. Returns how many were deleted.
+        """
+        self._check_open()
+        deleted = 0
+        batch: list[tuple[int, int]] = []
+        for item in items:
+            batch.append(item)
+            if len(batch) >= _DELETE_BATCH:
+                deleted += self._run(True, self._delete_batch, batch)
+                batch = []
+        if batch:
+            deleted += self._run(True, self._delete_batch, batch)
+        return deleted
+
+    def _delete_batch(self, batch: Sequence[tuple[int, int]]) -> int:
+        members = [_member(key) for key, _ in batch]
+        versions: list[bytes | str] = []
+        for _, version in batch:
+            v = int(version)
+            # a version no record can hold must match nothing, not even an
+            # absent record (GETRANGE answers "" then): one byte never matches
+            versions.append(v.to_bytes(8, "big") if 0 < v < 1 << 64 else b"-")
+        keys = [self._index, *(self._record_prefix + m for m in members)]
+        return int(self._eval("delete_many", keys, [*members, *versions]))
+
+    def count(self) -> int:
+        """Return the number of keys stored (``ZCARD`` of the index)."""
+        return int(self._run(False, self._client.zcard, self._index))
+
+    def close(self) -> None:
+        """Drop the connections. Idempotent; later calls raise :class:`StoreClosed`."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.disconnect()
+
+    def destroy(self) -> None:
+        """Delete every Redis key this backend owns (under its prefix), then close.
+
+        Other keys in the database are untouched. Works on a closed backend too.
+        """
+        was_closed = self._closed
+        self._closed = False
+        try:
+            self._run(True, self._destroy)
+        finally:
+            self._closed = was_closed
+            self.close()
+
+    def _destroy(self) -> None:
+        client = self._client
+        # Records named by the index first, in batches, then any stragglers.
+        while True:
+            members = cast(list[bytes], client.zrange(self._index, 0, _SCAN_BATCH - 1))
+            if not members:
+                break
+            pipe = client.pipeline(transaction=True)
+            pipe.delete(*(self._record_prefix + m for m in members))
+            pipe.zrem(self._index, *members)
+            pipe.execute()
+        pattern = _glob_escape(self._record_prefix) + b"*"
+        for chunk in _chunks(client.scan_iter(match=pattern, count=1000), 1000):
+            client.delete(*chunk)
+        client.delete(self._index)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {self.url}>"
+
+
+def _glob_escape(raw: bytes) -> bytes:
+    """Escape Redis glob metacharacters so ``raw`` matches only itself."""
+    out = bytearray()
+    for byte in raw:
+        if byte in b"*?[]\\":
+            out += b"\\"
+        out.append(byte)
+    return bytes(out)
+
+
+def _chunks(it: Iterable[bytes], n: int) -> Iterator[list[bytes]]:
+    chunk: list[bytes] = []
+    for x in it:
+        chunk.append(x)
+        if len(chunk) >= n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
