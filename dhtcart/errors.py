@@ -145,7 +145,13 @@ class ShardExists(Conflict):
 
 
 class ShardUnavailable(DHTCartError, ConnectionError):
-    """A shard's medium cannot be reached; nothing was written to it."""
+    """A shard's medium cannot be reached.
+
+    The operation was never half-applied. If the connection failed before the
+    request was sent, nothing happened; if the reply was lost (a timeout), the
+    write either happened whole or not at all and ``reason`` says it is unknown:
+    re-read before retrying a non-idempotent change.
+    """
 
     def __init__(self, shard: str, address: str, reason: str) -> None:
         super().__init__(f"shard {shard!r} at {address} is unavailable: {reason}")
