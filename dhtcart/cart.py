@@ -255,11 +255,19 @@ _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _encode(bucket: _Bucket) -> bytes:
+    """Encode, filling in the encoded form of new lines.
+
+    Only lines a change just made lack one, and those live in the private copy
+    that the change built, so filling them in never touches a shared cart.
+    """
     parts = [_TAG]
     for customer, lines in bucket.items():
         parts.append(_dumps(customer).encode())
         for item_id, (line, frag) in lines.items():
-            parts.append(frag if frag is not None else _dumps([item_id, *line]).encode())
+            if frag is None:
+                frag = _dumps([item_id, *line]).encode()
+                lines[item_id] = (line, frag)
+            parts.append(frag)
     return b"\n".join(parts)
 
 
