@@ -30,8 +30,8 @@ import lmdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dhtcart import CartService, DHTServer, DHTServerStore, HashRing, PartitionRing, hash_key  # noqa: E402
-from dhtcart.backends.lmdb import LMDBBackend  # noqa: E402
+from dhtcart import CartService, DHTServer, HashRing, PartitionRing, hash_key
+from dhtcart.backends.lmdb import LMDBBackend
 
 Bench = Callable[[int], None]  # runs the operation n times
 
@@ -39,7 +39,7 @@ Bench = Callable[[int], None]  # runs the operation n times
 def measure(benches: dict[str, Bench], n: int, rounds: int) -> dict[str, list[float]]:
     """Per-call seconds for each bench, one sample per round, benches interleaved."""
     samples: dict[str, list[float]] = {name: [] for name in benches}
-    for name, fn in benches.items():  # warm up
+    for fn in benches.values():  # warm up
         fn(max(1, n // 10))
     for _ in range(rounds):
         for name, fn in benches.items():
@@ -197,7 +197,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         h = run("hash", _hash_benches(), 20000)
-        r = run("ring", _ring_benches(), 20000)
+        run("ring", _ring_benches(), 20000)
         sb, closers = _shard_benches(tmp)
         s = run("shard", sb, 2000)
         cb, services = _cart_benches(tmp)

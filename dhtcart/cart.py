@@ -1,8 +1,9 @@
 """The shopping cart: five operations over the DHT, safe under concurrency.
 
 >>> carts = CartService()                       # in memory
->>> carts.add_item("alice", "036000291459", "50", item_count=2)
-CartItem(item_id='036000291459', offered_price=Decimal('50.00'), item_count=2, special_sale=False, sale_expiration=None, expired=False)
+>>> item = carts.add_item("alice", "036000291459", "50", item_count=2)
+>>> item.item_id, item.offered_price, item.item_count
+('036000291459', Decimal('50.00'), 2)
 >>> _ = carts.add_item("alice", "sku-2", Decimal("10"), item_count=3)
 >>> _ = carts.update_count("alice", "036000291459", 1)
 >>> carts.delete_item("alice", "036000291459")
@@ -38,11 +39,14 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +79,8 @@ MAX_LINES = 10_000  #: distinct items in one cart
 FORMAT = 1  #: the stored value's format tag
 
 _CENT = Decimal("0.01")
+_ZERO = Decimal("0.00")
+_PRICE_RE = re.compile(r"-?[0-9]+(\.[0-9]*)?|-?\.[0-9]+")
 _UTC = timezone.utc
 
 
@@ -128,7 +134,9 @@ def check_price(value: object, field: str = "offeredPrice") -> Decimal:
                 raise InvalidInput(field, "must be a finite number")
             price = Decimal(repr(value))
         elif isinstance(value, str):
-            price = Decimal(value.strip())
+            if not _PRICE_RE.fullmatch(value):
+                raise InvalidInput(field, f"is not a plain decimal number like 12.34: {value[:40]!r}")
+            price = Decimal(value)
         else:
             raise InvalidInput(field, f"must be a number, not {type(value).__name__}")
     except InvalidOperation:
@@ -141,7 +149,7 @@ def check_price(value: object, field: str = "offeredPrice") -> Decimal:
         raise InvalidInput(field, f"must be at most {MAX_PRICE}")
     if price != price.quantize(_CENT):
         raise InvalidInput(field, "must have at most two decimal places")
-    return price.quantize(_CENT)
+    return price.quantize(_CENT) if price else _ZERO  # no "-0.00"
 
 
 def check_datetime(value: object, field: str = "saleExpiration") -> datetime:
@@ -162,7 +170,10 @@ def check_datetime(value: object, field: str = "saleExpiration") -> datetime:
         raise InvalidInput(field, f"must be an ISO 8601 string or a datetime, not {type(value).__name__}")
     if when.tzinfo is None or when.utcoffset() is None:
         when = when.replace(tzinfo=_UTC)
-    return when.astimezone(_UTC)
+    try:
+        return when.astimezone(_UTC)
+    except OverflowError:
+        raise InvalidInput(field, f"is out of range once converted to UTC: {value!r:.60}") from None
 
 
 # -- data ---------------------------------------------------------------------
@@ -252,6 +263,7 @@ _Lines = dict[str, _Entry]  # item id -> entry, in the order added
 _Bucket = dict[str, _Lines]  # customer id -> lines
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
+_second = itemgetter(1)
 
 
 def _encode(bucket: _Bucket) -> bytes:
@@ -262,13 +274,19 @@ def _encode(bucket: _Bucket) -> bytes:
     """
     parts = [_TAG]
     for customer, lines in bucket.items():
-        parts.append(_dumps(customer).encode())
-        for item_id, (line, frag) in lines.items():
-            if frag is None:
-                frag = _dumps([item_id, *line]).encode()
-                lines[item_id] = (line, frag)
-            parts.append(frag)
+        parts.append(_header(customer))
+        frags = list(map(_second, lines.values()))
+        if None in frags:
+            for item_id, (line, frag) in lines.items():
+                if frag is None:
+                    lines[item_id] = (line, _dumps([item_id, *line]).encode())
+            frags = list(map(_second, lines.values()))
+        parts += frags
     return b"\n".join(parts)
+
+
+def _header(customer: str) -> bytes:
+    return _dumps(customer).encode()
 
 
 def _decode(raw: bytes) -> _Bucket:
@@ -340,10 +358,8 @@ class CartService:
     def _remember(self, key: int, raw: bytes, bucket: _Bucket) -> None:
         cache = self._cache
         if len(cache) >= _CACHE_SIZE:
-            try:
+            with suppress(KeyError, StopIteration, RuntimeError):  # raced with another thread
                 del cache[next(iter(cache))]
-            except (KeyError, StopIteration, RuntimeError):  # raced with another thread
-                pass
         cache[key] = (raw, bucket)
 
     def _change(self, customer_id: str, fn: Callable[[_Lines], tuple[Any, _Lines]]) -> Any:

@@ -7,7 +7,7 @@ Errors subclass the built-in that fits, so ``except ValueError`` or
     ├── ValidationError (ValueError)      bad input; nothing was stored
     │   ├── InvalidKey (+TypeError)       not an int in [0, 2**63), or a bool
     │   ├── InvalidValue (+TypeError)     not bytes-like, or too large
-    │   └── InvalidInput (+TypeError)     a cart field: id, count, price, date
+    │   └── InvalidInput (+TypeError)     an argument: a cart field, a node name, a URL...
     ├── NotFound (KeyError)               something asked for by name is absent
     │   ├── ItemNotFound                  no such item in the cart
     │   ├── CartEmpty                     checkout of an empty or missing cart
@@ -70,7 +70,7 @@ class InvalidValue(ValidationError, TypeError):
 
 
 class InvalidInput(ValidationError, TypeError):
-    """A cart field is malformed; ``field`` names it."""
+    """An argument is malformed (a cart field, a node name, a weight, a URL); ``field`` names it."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")

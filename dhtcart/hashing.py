@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from hashlib import sha1 as _sha1
 
+from dhtcart.errors import InvalidInput
+
 __all__ = ["KEY_BITS", "KEY_SPACE", "MAX_KEY", "hash_key"]
 
 KEY_BITS = 63
@@ -32,5 +34,5 @@ def hash_key(text: str) -> int:
     try:
         data = text.encode()
     except AttributeError:
-        raise TypeError(f"hash_key() takes a str, not {type(text).__name__}") from None
+        raise InvalidInput("text", f"hash_key() takes a str, not {type(text).__name__}") from None
     return _from_bytes(_sha1(data).digest()[12:], "big") & MAX_KEY

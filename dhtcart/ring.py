@@ -31,9 +31,10 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
+from itertools import pairwise
 from typing import Any, NamedTuple, Protocol
 
-from dhtcart.errors import EmptyRing
+from dhtcart.errors import EmptyRing, InvalidInput, ShardNotFound
 from dhtcart.hashing import KEY_BITS, MAX_KEY, hash_key
 
 __all__ = [
@@ -112,14 +113,28 @@ class Ring(Protocol):
 
 def _check_name(name: object) -> str:
     if not isinstance(name, str) or not name:
-        raise ValueError(f"node name must be a non-empty str, got {name!r}")
+        raise InvalidInput("name", f"a node name must be a non-empty str, got {name!r}")
     return name
 
 
 def _check_weight(weight: object) -> int:
     if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
-        raise ValueError(f"weight must be a positive int, got {weight!r}")
+        raise InvalidInput("weight", f"must be a positive int, got {weight!r}")
     return weight
+
+
+def _node_items(nodes: object) -> Iterable[tuple[str, int]]:
+    if isinstance(nodes, Mapping):
+        return nodes.items()
+    if isinstance(nodes, str) or not isinstance(nodes, Iterable):
+        raise InvalidInput("nodes", f"must be an iterable of names or a mapping name -> weight, not {nodes!r:.40}")
+    return ((n, 1) for n in nodes)
+
+
+def _check_n(n: object) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise InvalidInput("n", f"must be an int >= 0, got {n!r}")
+    return n
 
 
 def _merge_runs(his: list[int], owners: list[str]) -> tuple[list[int], list[str]]:
@@ -171,7 +186,14 @@ class _RingBase:
     """Shared behaviour: nodes, arcs, moves, copying."""
 
     _lock: threading.Lock
-    _weights: dict[str, int]
+    # All of a ring's state is one tuple, replaced by a single assignment, so a
+    # reader that takes ``self._state`` once sees one consistent ring.
+    _state: tuple[Any, ...]
+
+    @property
+    def _weights(self) -> dict[str, int]:
+        weights: dict[str, int] = self._state[0]
+        return weights
 
     @property
     def nodes(self) -> dict[str, int]:
@@ -236,19 +258,22 @@ class HashRing(_RingBase):
         self, nodes: Iterable[str] | Mapping[str, int] = (), *, vnodes: int = DEFAULT_VNODES
     ) -> None:
         if isinstance(vnodes, bool) or not isinstance(vnodes, int) or vnodes < 1:
-            raise ValueError(f"vnodes must be a positive int, got {vnodes!r}")
+            raise InvalidInput("vnodes", f"must be a positive int, got {vnodes!r}")
         self.vnodes = vnodes
         self._lock = threading.Lock()
-        if isinstance(nodes, str):
-            raise TypeError("nodes must be an iterable of names, not one str")
-        items = nodes.items() if isinstance(nodes, Mapping) else ((n, 1) for n in nodes)
-        self._weights = {}
+        items = _node_items(nodes)
+        weights: dict[str, int] = {}
         for name, weight in items:
             _check_name(name)
-            if name in self._weights:
-                raise ValueError(f"node {name!r} given twice")
-            self._weights[name] = _check_weight(weight)
-        self._snap: tuple[list[int], list[str]] = self._build(self._weights)
+            if name in weights:
+                raise InvalidInput("nodes", f"node {name!r} given twice")
+            weights[name] = _check_weight(weight)
+        self._state = (weights, *self._build(weights))
+
+    @property
+    def _snap(self) -> tuple[list[int], list[str]]:
+        _, points, owners = self._state
+        return points, owners
 
     def _points_of(self, name: str, weight: int) -> Iterator[int]:
         for i in range(self.vnodes * weight):
@@ -268,9 +293,7 @@ class HashRing(_RingBase):
         return points, owners
 
     def _replace(self, weights: dict[str, int]) -> None:
-        snap = self._build(weights)
-        self._weights = weights
-        self._snap = snap
+        self._state = (weights, *self._build(weights))
 
     def add_node(self, name: str, weight: int = 1) -> None:
         """Add ``name`` with ``vnodes * weight`` points. O(points log points)."""
@@ -278,14 +301,14 @@ class HashRing(_RingBase):
         _check_weight(weight)
         with self._lock:
             if name in self._weights:
-                raise ValueError(f"node {name!r} is already in the ring")
+                raise InvalidInput("name", f"node {name!r} is already in the ring")
             self._replace({**self._weights, name: weight})
 
     def remove_node(self, name: str) -> None:
         """Remove ``name`` and its points; its arcs go to the next points clockwise."""
         with self._lock:
             if name not in self._weights:
-                raise KeyError(name)
+                raise ShardNotFound(f"no node named {name!r} in the ring")
             weights = dict(self._weights)
             del weights[name]
             self._replace(weights)
@@ -295,7 +318,7 @@ class HashRing(_RingBase):
         _check_weight(weight)
         with self._lock:
             if name not in self._weights:
-                raise KeyError(name)
+                raise ShardNotFound(f"no node named {name!r} in the ring")
             self._replace({**self._weights, name: weight})
 
     def node_for(self, key: int) -> str:
@@ -308,10 +331,13 @@ class HashRing(_RingBase):
 
     def preference_list(self, key: int, n: int) -> list[str]:
         """Up to ``n`` distinct nodes met clockwise from ``key``; the first is the owner."""
+        _check_n(n)
         points, owners = self._snap
         if not points:
             raise EmptyRing("the ring has no nodes")
         want = min(n, len(set(owners)))
+        if want == 0:
+            return []
         out: list[str] = []
         i = bisect_left(points, key)
         m = len(points)
@@ -351,13 +377,13 @@ class HashRing(_RingBase):
 
     def _check(self) -> None:
         """Assert the internal invariants (used by the tests)."""
-        points, owners = self._snap
+        weights, points, owners = self._state
         assert len(points) == len(owners)
-        assert all(a < b for a, b in zip(points, points[1:])), "points not strictly sorted"
+        assert all(a < b for a, b in pairwise(points)), "points not strictly sorted"
         assert all(0 <= p <= MAX_KEY for p in points)
-        expected = self._build(self._weights)
+        expected = self._build(weights)
         assert (points, owners) == expected, "snapshot differs from members"
-        assert set(owners) <= set(self._weights)
+        assert set(owners) <= set(weights)
 
     def __repr__(self) -> str:
         return f"HashRing({self._weights!r}, vnodes={self.vnodes})"
@@ -400,24 +426,23 @@ class PartitionRing(_RingBase):
             or partitions & (partitions - 1)
             or partitions > 1 << 20
         ):
-            raise ValueError(f"partitions must be a power of two up to 2**20, got {partitions!r}")
+            raise InvalidInput("partitions", f"must be a power of two up to 2**20, got {partitions!r}")
         self.partitions = partitions
         self._shift = KEY_BITS - (partitions.bit_length() - 1)
         self._lock = threading.Lock()
-        if isinstance(nodes, str):
-            raise TypeError("nodes must be an iterable of names, not one str")
-        items = nodes.items() if isinstance(nodes, Mapping) else ((n, 1) for n in nodes)
+        items = _node_items(nodes)
         weights: dict[str, int] = {}
         for name, weight in items:
             _check_name(name)
             if name in weights:
-                raise ValueError(f"node {name!r} given twice")
+                raise InvalidInput("nodes", f"node {name!r} given twice")
             weights[name] = _check_weight(weight)
-        self._weights = {}
-        self._owners: list[str] = []
-        if weights:
-            self._weights = weights
-            self._owners = self._assign([""] * partitions, weights)
+        self._state = (weights, self._assign([""] * partitions, weights) if weights else [])
+
+    @property
+    def _owners(self) -> list[str]:
+        owners: list[str] = self._state[1]
+        return owners
 
     # -- assignment ---------------------------------------------------------
 
@@ -469,8 +494,7 @@ class PartitionRing(_RingBase):
             owners = self._assign(start, weights)
         else:
             owners = []
-        self._weights = weights
-        self._owners = owners
+        self._state = (weights, owners)
 
     def add_node(self, name: str, weight: int = 1) -> None:
         """Add ``name``; it takes partitions from the most loaded nodes."""
@@ -478,14 +502,14 @@ class PartitionRing(_RingBase):
         _check_weight(weight)
         with self._lock:
             if name in self._weights:
-                raise ValueError(f"node {name!r} is already in the ring")
+                raise InvalidInput("name", f"node {name!r} is already in the ring")
             self._change({**self._weights, name: weight})
 
     def remove_node(self, name: str) -> None:
         """Remove ``name``; its partitions go to the least loaded nodes."""
         with self._lock:
             if name not in self._weights:
-                raise KeyError(name)
+                raise ShardNotFound(f"no node named {name!r} in the ring")
             weights = dict(self._weights)
             del weights[name]
             self._change(weights)
@@ -495,14 +519,18 @@ class PartitionRing(_RingBase):
         _check_weight(weight)
         with self._lock:
             if name not in self._weights:
-                raise KeyError(name)
+                raise ShardNotFound(f"no node named {name!r} in the ring")
             self._change({**self._weights, name: weight})
 
     # -- lookup -------------------------------------------------------------
 
     def node_for(self, key: int) -> str:
-        """The node owning ``key``. O(1): a shift and an index."""
-        owners = self._owners
+        """The node owning ``key``. O(1): a shift and an index.
+
+        ``key`` must be a valid key (an int in ``[0, 2**63)``); for speed it is
+        not checked here (the store and the shards check it).
+        """
+        owners: list[str] = self._state[1]
         if not owners:
             raise EmptyRing("the ring has no nodes")
         return owners[key >> self._shift]
@@ -513,10 +541,13 @@ class PartitionRing(_RingBase):
 
     def preference_list(self, key: int, n: int) -> list[str]:
         """Up to ``n`` distinct nodes met clockwise from ``key``; the first is the owner."""
-        owners = self._owners
+        _check_n(n)
+        weights, owners = self._state
         if not owners:
             raise EmptyRing("the ring has no nodes")
-        want = min(n, len(self._weights))
+        want = min(n, len(weights))
+        if want == 0:
+            return []
         out: list[str] = []
         p = key >> self._shift
         q = self.partitions
@@ -530,8 +561,9 @@ class PartitionRing(_RingBase):
 
     def counts(self) -> dict[str, int]:
         """Partitions held by each node."""
-        out = dict.fromkeys(self._weights, 0)
-        for owner in self._owners:
+        weights, owners = self._state
+        out = dict.fromkeys(weights, 0)
+        for owner in owners:
             out[owner] += 1
         return out
 
@@ -546,20 +578,21 @@ class PartitionRing(_RingBase):
 
     def copy(self) -> PartitionRing:
         """An independent ring with the same assignment."""
+        weights, owners = self._state
         ring = PartitionRing(partitions=self.partitions)
-        ring._weights = dict(self._weights)
-        ring._owners = list(self._owners)
+        ring._state = (dict(weights), list(owners))
         return ring
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able description (members, weights and the assignment)."""
-        names = sorted(self._weights)
+        weights, owners = self._state
+        names = sorted(weights)
         index = {n: i for i, n in enumerate(names)}
         return {
             "type": "partition",
             "partitions": self.partitions,
-            "weights": {n: self._weights[n] for n in names},
-            "owners": [index[o] for o in self._owners],
+            "weights": {n: weights[n] for n in names},
+            "owners": [index[o] for o in owners],
         }
 
     @classmethod
@@ -567,25 +600,29 @@ class PartitionRing(_RingBase):
         """Rebuild a ring from :meth:`to_dict`'s output, checking it."""
         ring = cls(partitions=data["partitions"])
         names = sorted(data["weights"])
-        ring._weights = {n: _check_weight(data["weights"][n]) for n in names}
-        ring._owners = [names[i] for i in data["owners"]]
+        ring._state = (
+            {n: _check_weight(data["weights"][n]) for n in names},
+            [names[i] for i in data["owners"]],
+        )
         if ring._weights and len(ring._owners) != ring.partitions:
             raise ValueError("ring description has the wrong number of partitions")
         return ring
 
     def _check(self) -> None:
         """Assert the internal invariants (used by the tests)."""
-        owners = self._owners
-        if not self._weights:
+        weights, owners = self._state
+        if not weights:
             assert owners == []
             return
         assert len(owners) == self.partitions
-        assert set(owners) <= set(self._weights), "a partition has an unknown owner"
-        counts = self.counts()
-        loads = {n: counts[n] / w for n, w in self._weights.items()}
+        assert set(owners) <= set(weights), "a partition has an unknown owner"
+        counts = dict.fromkeys(weights, 0)
+        for owner in owners:
+            counts[owner] += 1
+        loads = {n: counts[n] / w for n, w in weights.items()}
         hi = max(loads.values())
         # no single move from the most to the least loaded node would help
-        for n, w in self._weights.items():
+        for n, w in weights.items():
             assert (counts[n] + 1) / w >= hi or n == max(loads, key=lambda m: (loads[m], m)), (
                 "assignment is not balanced"
             )

@@ -16,7 +16,7 @@ from typing import Any
 
 from dhtcart.backends import open_backend
 from dhtcart.backends.base import Backend, Record
-from dhtcart.errors import InvalidKey, InvalidValue
+from dhtcart.errors import InvalidInput, InvalidKey, InvalidValue
 from dhtcart.hashing import KEY_SPACE, MAX_KEY
 
 __all__ = ["MAX_VALUE_SIZE", "DHTServer", "check_key", "check_value"]
@@ -121,7 +121,7 @@ class DHTServer:
         """Yield ``(key, record)`` for ``lo < key <= hi``, in key order (``lo`` may be -1)."""
         lo, hi = _check_range(lo, hi)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-            raise ValueError(f"limit must be an int >= 0, not {limit!r}")
+            raise InvalidInput("limit", f"must be an int >= 0, not {limit!r}")
         if lo >= hi:
             return iter(())
         return self.backend.scan(lo, hi, limit)
@@ -130,6 +130,10 @@ class DHTServer:
         """Write records keeping their versions (migration). All are checked before any is written."""
         checked = []
         for key, rec in items:
+            if not isinstance(rec, Record):
+                if not isinstance(rec, tuple) or len(rec) != 2:
+                    raise InvalidValue(f"key {key}: a record is (version, value), not {rec!r:.60}")
+                rec = Record(*rec)
             version = _check_version(rec.version, "version")
             if version < 1:
                 raise InvalidValue(f"key {key}: a stored version is >= 1, not {version}")

@@ -323,7 +323,8 @@ class DHTServerStore:
     def _save(self, **changes: Any) -> None:
         if self._directory is None:
             return
-        manifest = dict(getattr(self, "_manifest_cache", None) or self._read_manifest(self._directory / MANIFEST) or {})
+        cached = getattr(self, "_manifest_cache", None)
+        manifest = dict(cached or self._read_manifest(self._directory / MANIFEST) or {})
         manifest.update(changes)
         manifest.setdefault("format", MANIFEST_FORMAT)
         manifest.setdefault("durability", self._durability)

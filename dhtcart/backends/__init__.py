@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dhtcart.backends.base import Backend, Record
+from dhtcart.errors import InvalidInput
 
 __all__ = ["Backend", "Record", "backend_schemes", "open_backend"]
 
@@ -53,7 +54,7 @@ def _load(scheme: str) -> Any:
     target = _BUILTIN.get(scheme)
     if target is None:
         known = ", ".join(f"{s}://" for s in backend_schemes())
-        raise ValueError(f"unknown backend URL scheme {scheme!r}; known: {known}")
+        raise InvalidInput("url", f"unknown backend URL scheme {scheme!r}; known: {known}")
     module, _, attr = target.partition(":")
     try:
         return getattr(import_module(module), attr)
@@ -74,10 +75,10 @@ def open_backend(url: str, **options: Any) -> Backend:
     Record(version=1, value=b'x')
     """
     if not isinstance(url, str):
-        raise TypeError(f"backend URL must be a str, not {type(url).__name__}")
+        raise InvalidInput("url", f"a backend URL must be a str, not {type(url).__name__}")
     scheme = urlsplit(url).scheme
     if not scheme:
-        raise ValueError(f"backend URL {url!r} has no scheme (memory://, lmdb:///dir, ...)")
+        raise InvalidInput("url", f"backend URL {url!r} has no scheme (memory://, lmdb:///dir, ...)")
     factory = _load(scheme)
     backend: Backend = factory.from_url(url, **options)
     return backend

@@ -37,7 +37,7 @@ from urllib.parse import parse_qsl
 import lmdb
 
 from dhtcart.backends.base import Backend, Record
-from dhtcart.errors import ForkedError, StoreClosed, VersionConflict
+from dhtcart.errors import ForkedError, InvalidInput, StoreClosed, VersionConflict
 
 __all__ = ["DEFAULT_MAP_SIZE", "Durability", "LMDBBackend"]
 
@@ -73,9 +73,9 @@ class LMDBBackend(Backend):
         max_readers: int = 1024,
     ) -> None:
         if durability not in ("process", "power"):
-            raise ValueError(f"durability must be 'process' or 'power', not {durability!r}")
+            raise InvalidInput("durability", f"must be 'process' or 'power', not {durability!r}")
         if isinstance(map_size, bool) or not isinstance(map_size, int) or map_size < 4096:
-            raise ValueError(f"map_size must be an int >= 4096, not {map_size!r}")
+            raise InvalidInput("map_size", f"must be an int >= 4096, not {map_size!r}")
         self.path = os.fspath(path)
         self.durability: Durability = durability
         self.url = f"lmdb://{os.path.abspath(self.path)}"
@@ -99,18 +99,24 @@ class LMDBBackend(Backend):
     def from_url(cls, url: str, **options: Any) -> LMDBBackend:
         """Open ``lmdb:///abs/dir`` or ``lmdb://rel/dir``, with ``?durability=power&map_size=N``."""
         if not url.startswith("lmdb://"):
-            raise ValueError(f"not an lmdb:// URL: {url!r}")
+            raise InvalidInput("url", f"not an lmdb:// URL: {url!r}")
         rest = url[len("lmdb://") :]
         path, _, query = rest.partition("?")
         if not path:
-            raise ValueError(f"lmdb URL {url!r} names no directory")
-        for k, v in parse_qsl(query, strict_parsing=bool(query)):
+            raise InvalidInput("url", f"lmdb URL {url!r} names no directory")
+        try:
+            pairs = parse_qsl(query, strict_parsing=bool(query))
+        except ValueError:
+            raise InvalidInput("url", f"malformed query in lmdb URL {url!r}") from None
+        for k, v in pairs:
             if k == "durability":
                 options.setdefault("durability", v)
             elif k == "map_size":
+                if not v.isdigit():
+                    raise InvalidInput("url", f"map_size must be a whole number of bytes, not {v!r}")
                 options.setdefault("map_size", int(v))
             else:
-                raise ValueError(f"unknown lmdb URL option {k!r}")
+                raise InvalidInput("url", f"unknown lmdb URL option {k!r} (known: durability, map_size)")
         return cls(path, **options)
 
     # -- plumbing -------------------------------------------------------------
@@ -133,6 +139,8 @@ class LMDBBackend(Backend):
                     with self._env.begin(write=True) as txn:
                         return fn(txn)
                 except lmdb.MapFullError:
+                    # slots of killed readers pin old pages: free them before growing
+                    self._env.reader_check()
                     size = self._env.info()["map_size"]
                     if size >= _MAX_MAP_SIZE:
                         raise
@@ -218,7 +226,7 @@ class LMDBBackend(Backend):
         rows = [(_kb(k), r.version.to_bytes(8, "big") + r.value) for k, r in items]
 
         def op(txn: lmdb.Transaction) -> int:
-            _, added = txn.cursor().putmulti(rows)
+            txn.cursor().putmulti(rows)
             return len(rows)
 
         result: int = self._write(op)
@@ -256,8 +264,10 @@ class LMDBBackend(Backend):
             if self._closed:
                 return
             self._closed = True
-            if os.getpid() == self._pid:
-                self._env.close()
+            # Closing in a forked child too lets the child open the directory
+            # again (py-lmdb refuses a second open of an environment it still
+            # counts as open); the parent's handle is unaffected.
+            self._env.close()
 
     def destroy(self) -> None:
         self.close()

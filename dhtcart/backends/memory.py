@@ -6,8 +6,8 @@ Thread-safe; not shared between processes; gone when the process ends.
 from __future__ import annotations
 
 import threading
-from itertools import islice
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import Any
 
 from sortedcontainers import SortedDict
