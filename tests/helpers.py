@@ -1,0 +1,95 @@
+"""Helpers shared by the test modules (not a test module itself).
+
+Kept free of heavy imports (no hypothesis): child processes import it too.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from dhtcart import DHTServerStore, Record
+from dhtcart.hashing import MAX_KEY
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).resolve().parent / "proc_worker.py"
+
+#: keys that matter most: the ends of the key space and a few round numbers
+EDGE_KEYS = [0, 1, 2, 2**32, 2**62, MAX_KEY - 1, MAX_KEY]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """Environment for a child Python that imports dhtcart and ``tests.*`` from this tree."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env.update(extra)
+    return env
+
+
+def run_python(code: str, *, timeout: float = 60, **env: str) -> str:
+    """Run ``python -c code`` in a fresh interpreter; return its stdout (fails on a non-zero exit)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(**env),
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stderr}"
+    return proc.stdout
+
+
+def worker(*args: str, **popen: Any) -> subprocess.Popen[str]:
+    """Start ``tests/proc_worker.py`` with ``args`` (stdout piped, text mode)."""
+    return subprocess.Popen(
+        [sys.executable, "-u", str(WORKER), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+        cwd=ROOT,
+        **popen,
+    )
+
+
+def snapshot(store: DHTServerStore) -> dict[int, Record]:
+    """Every key and record of a store, whatever shard it is on (keys must be unique)."""
+    out: dict[int, Record] = {}
+    for key, rec in store.items():
+        assert key not in out, f"key {key} is on two shards"
+        out[key] = rec
+    return out
+
+
+# -- increments: the careful way and the naive way --------------------------------------
+
+
+def cas_increment(store: DHTServerStore, key: int) -> int:
+    """Add one to the counter under ``key`` with compare-and-set; return the retries it took."""
+    from dhtcart import VersionConflict
+
+    retries = 0
+    while True:
+        rec = store.get(key)
+        current = int(rec.value) if rec is not None else 0
+        try:
+            store.put(key, b"%d" % (current + 1), expected_version=rec.version if rec is not None else 0)
+            return retries
+        except VersionConflict:
+            retries += 1
+
+
+def naive_increment(store: DHTServerStore, key: int, pause: float = 0.0) -> None:
+    """Add one the way the seed did: read, (think), write unconditionally. Loses updates."""
+    import time
+
+    rec = store.get(key)
+    current = int(rec.value) if rec is not None else 0
+    if pause:
+        time.sleep(pause)  # widen the window another writer can slip into
+    store.put(key, b"%d" % (current + 1))

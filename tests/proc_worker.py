@@ -1,0 +1,71 @@
+"""Child-process workers for the concurrency and crash tests (not a test module).
+
+Usage: ``python tests/proc_worker.py MODE DIR [ARGS...]``
+
+``cas DIR N`` / ``naive DIR N PAUSE``
+    Open the LMDB store in DIR, print ``ready``, wait for a line on stdin,
+    then add one to the counter ``hash_key("counter")`` N times, with
+    compare-and-set (``cas``) or by read-then-put (``naive``). Prints
+    ``done RETRIES``.
+``cart-adds DIR N CUSTOMER``
+    Open ``CartService.open(DIR)``, print ``ready``, wait for stdin, add one
+    unit of ``sku`` to CUSTOMER's cart N times; print ``done``.
+``cart-crash DIR SEED``
+    Open ``CartService.open(DIR)``, print ``ready``, then add one unit of
+    random items to random customers' carts forever, printing
+    ``added CUSTOMER ITEM COUNT`` (flushed) after each add returns. Killed by
+    the parent.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from dhtcart import CartService, DHTServerStore, hash_key
+    from tests.helpers import cas_increment, naive_increment
+
+    mode, directory = argv[0], argv[1]
+    if mode in ("cas", "naive"):
+        n = int(argv[2])
+        pause = float(argv[3]) if mode == "naive" else 0.0
+        key = hash_key("counter")
+        with DHTServerStore.open(directory) as store:
+            print("ready", flush=True)
+            sys.stdin.readline()
+            retries = 0
+            for _ in range(n):
+                if mode == "cas":
+                    retries += cas_increment(store, key)
+                else:
+                    naive_increment(store, key, pause)
+            print(f"done {retries}", flush=True)
+        return 0
+    if mode == "cart-adds":
+        n, customer = int(argv[2]), argv[3]
+        with CartService.open(directory) as carts:
+            print("ready", flush=True)
+            sys.stdin.readline()
+            for _ in range(n):
+                carts.add_item(customer, "sku", "0.10")
+            print("done", flush=True)
+        return 0
+    if mode == "cart-crash":
+        rnd = random.Random(int(argv[2]))
+        customers = [f"customer-{i}" for i in range(12)]
+        items = ["036000291459", "sku-1", "sku-2", "0042"]
+        carts = CartService.open(directory)
+        print("ready", flush=True)
+        while True:
+            customer, item = rnd.choice(customers), rnd.choice(items)
+            line = carts.add_item(customer, item, "1.25")
+            print(f"added {customer} {item} {line.item_count}", flush=True)
+    raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

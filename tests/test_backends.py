@@ -1,0 +1,412 @@
+"""Backends: the interface on every medium, choice by URL, and LMDB's own promises.
+
+The interface tests use ``make_backend`` (parametrised over memory, LMDB and
+Redis). The LMDB tests below check what only LMDB has: the byte layout, the map
+that grows by itself (and loses a whole transaction, never part of one, when
+it cannot), both durability modes, fork detection and stale reader slots.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import lmdb
+import pytest
+
+import dhtcart.backends as backends_mod
+import dhtcart.backends.lmdb as lmdb_mod
+from dhtcart import Backend, DHTServer, DHTServerStore, ForkedError, Record, StoreClosed, VersionConflict
+from dhtcart.backends import backend_schemes, open_backend
+from dhtcart.backends.lmdb import LMDBBackend
+from dhtcart.backends.memory import MemoryBackend
+from dhtcart.hashing import MAX_KEY
+from tests.conftest import BackendEnv
+from tests.helpers import child_env
+
+# -- the interface, on every backend ------------------------------------------------
+
+
+def test_backend_interface(make_backend: Callable[..., Backend]) -> None:
+    b = make_backend()
+    assert isinstance(b, Backend)
+    assert b.url
+    assert b.get(5) is None
+    assert b.put(5, b"a") == 1
+    assert b.put(5, b"b", 1) == 2
+    with pytest.raises(VersionConflict):
+        b.put(5, b"c", 1)
+    with pytest.raises(VersionConflict):
+        b.put(6, b"c", 3)
+    assert b.get(5) == Record(2, b"b") and b.get(6) is None
+    assert b.put_many([(MAX_KEY, Record(9, b"top")), (0, Record(3, b"bottom"))]) == 2
+    assert list(b.scan(-1, MAX_KEY)) == [
+        (0, Record(3, b"bottom")),
+        (5, Record(2, b"b")),
+        (MAX_KEY, Record(9, b"top")),
+    ]
+    assert list(b.scan(0, MAX_KEY, 1)) == [(5, Record(2, b"b"))]
+    assert b.delete_many([(0, 3), (5, 1), (MAX_KEY, 9)]) == 2
+    assert b.count() == 1
+    with pytest.raises(VersionConflict):
+        b.delete(5, 1)
+    assert b.delete(5, 2) is True and b.delete(5) is False
+    assert b.count() == 0
+    b.close()
+    b.close()
+    with pytest.raises(StoreClosed):
+        b.get(5)
+    with pytest.raises(StoreClosed):
+        b.put(5, b"x")
+
+
+def test_backend_context_manager(env: BackendEnv) -> None:
+    url = env.url()
+    with open_backend(url) as b:
+        b.put(1, b"x")
+    with pytest.raises(StoreClosed):
+        b.count()
+    if env.persistent:
+        with open_backend(url) as b2:
+            assert b2.get(1) == Record(1, b"x")
+
+
+def test_destroy_removes_the_data(env: BackendEnv) -> None:
+    url = env.url()
+    b = open_backend(url)
+    b.put(1, b"x")
+    b.put(2, b"y")
+    b.destroy()
+    with pytest.raises(StoreClosed):
+        b.get(1)
+    if env.persistent:
+        with open_backend(url) as again:
+            assert again.count() == 0 and again.get(1) is None
+
+
+# -- choosing a backend by URL ---------------------------------------------------------
+
+
+def test_open_backend_by_url(tmp_path: Path) -> None:
+    assert isinstance(open_backend("memory://"), MemoryBackend)
+    with open_backend(f"lmdb://{tmp_path / 'a'}") as b:
+        assert isinstance(b, LMDBBackend) and b.durability == "process"
+        assert b.url == f"lmdb://{tmp_path / 'a'}"
+    with open_backend(f"lmdb://{tmp_path / 'b'}?durability=power&map_size=65536") as b:
+        assert isinstance(b, LMDBBackend) and b.durability == "power"
+    with open_backend(f"lmdb://{tmp_path / 'c'}", durability="power") as b:
+        assert isinstance(b, LMDBBackend) and b.durability == "power"
+    assert {"memory", "lmdb", "redis", "rediss"} <= set(backend_schemes())
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("nope://x", ValueError),
+        ("no-scheme", ValueError),
+        ("", ValueError),
+        ("lmdb://", ValueError),
+        ("lmdb:///tmp/x?colour=red", ValueError),
+        ("lmdb:///tmp/x?durability=maybe", ValueError),
+        (b"memory://", TypeError),
+        (None, TypeError),
+    ],
+)
+def test_open_backend_rejects(url: object, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        open_backend(url)  # type: ignore[arg-type]
+
+
+def test_memory_takes_no_options() -> None:
+    with pytest.raises(TypeError):
+        open_backend("memory://", durability="power")
+
+
+def test_entry_points_are_registered() -> None:
+    from importlib.metadata import entry_points
+
+    names = {ep.name: ep.value for ep in entry_points(group="dhtcart.backends")}
+    assert names["memory"] == "dhtcart.backends.memory:MemoryBackend"
+    assert names["lmdb"] == "dhtcart.backends.lmdb:LMDBBackend"
+
+
+def test_third_party_backend_through_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[str] = []
+
+    class ThirdParty(MemoryBackend):
+        @classmethod
+        def from_url(cls, url: str, **options: object) -> ThirdParty:
+            opened.append(url)
+            return cls()
+
+    real = backends_mod.entry_points
+
+    def fake_entry_points(group: str) -> list[object]:
+        eps = list(real(group=group))
+        return [*eps, SimpleNamespace(name="thirdparty", load=lambda: ThirdParty)]
+
+    monkeypatch.setattr(backends_mod, "entry_points", fake_entry_points)
+    assert "thirdparty" in backend_schemes()
+    b = open_backend("thirdparty://anything")
+    assert isinstance(b, ThirdParty) and opened == ["thirdparty://anything"]
+    with DHTServer(b) as shard:
+        assert shard.put(1, b"x") == 1
+    store = DHTServerStore({"a": "thirdparty://a", "b": "thirdparty://b"})
+    store.put(3, b"y")
+    assert store.get(3) == Record(1, b"y")
+    store.close()
+
+
+# -- LMDB: layout ----------------------------------------------------------------------
+
+
+def test_lmdb_keys_are_8_byte_big_endian(tmp_path: Path) -> None:
+    with LMDBBackend(tmp_path) as b:
+        for k in (MAX_KEY, 256, 1, 0, 2**56):
+            b.put(k, b"v%d" % k)
+        b.put(256, b"again")
+    env = lmdb.open(str(tmp_path), readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            raw = list(txn.cursor())
+    finally:
+        env.close()
+    assert [k for k, _ in raw] == [k.to_bytes(8, "big") for k in (0, 1, 256, 2**56, MAX_KEY)]
+    assert dict(raw)[(256).to_bytes(8, "big")] == (2).to_bytes(8, "big") + b"again"
+
+
+# -- LMDB: the map grows by itself, and never keeps part of a transaction --------------
+
+
+def test_lmdb_map_grows_by_itself(tmp_path: Path) -> None:
+    with LMDBBackend(tmp_path, map_size=4096 * 16) as b:
+        start = b._env.info()["map_size"]
+        value = os.urandom(10_000)
+        for k in range(300):  # ~3 MB through a 64 KiB map
+            assert b.put(k, value) == 1
+        records = [(10_000 + k, Record(5, os.urandom(8_000))) for k in range(500)]
+        assert b.put_many(records) == 500  # one transaction far larger than the map was
+        grown = b._env.info()["map_size"]
+        assert grown > start
+        assert b.count() == 800
+        assert all(b.get(k) == Record(1, value) for k in range(300))
+        assert dict(b.scan(9_999, MAX_KEY)) == dict(records)
+    with LMDBBackend(tmp_path, map_size=4096 * 16) as again:  # reopening with a small map is fine
+        assert again.count() == 800
+
+
+def test_lmdb_full_map_loses_the_whole_transaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lmdb_mod, "_MAX_MAP_SIZE", 1 << 20)  # the map may not grow past 1 MiB
+    with LMDBBackend(tmp_path, map_size=1 << 18) as b:
+        b.put(1, b"kept")
+        too_much = [(100 + k, Record(1, os.urandom(4_000))) for k in range(500)]  # ~2 MB
+        with pytest.raises(lmdb.MapFullError):
+            b.put_many(too_much)
+        assert b.count() == 1, "nothing of the failed transaction is there"
+        assert list(b.scan(-1, MAX_KEY)) == [(1, Record(1, b"kept"))]
+        with pytest.raises(lmdb.MapFullError):
+            b.put(2, os.urandom(2 << 20))
+        assert b.get(2) is None
+        assert b.put(3, b"still works") == 1
+        assert b.count() == 2
+
+
+# -- LMDB: durability modes --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["process", "power"])
+def test_lmdb_durability_modes(tmp_path: Path, mode: str) -> None:
+    with LMDBBackend(tmp_path, durability=mode) as b:  # type: ignore[arg-type]
+        flags = b._env.flags()
+        assert flags["sync"] is (mode == "power")
+        assert flags["metasync"] is (mode == "power")
+        for k in range(50):
+            b.put(k, b"%d" % k)
+        b.put(0, b"zero", expected_version=1)
+    with LMDBBackend(tmp_path) as again:
+        assert again.count() == 50
+        assert again.get(0) == Record(2, b"zero")
+        assert again.get(49) == Record(1, b"49")
+
+
+def test_lmdb_bad_options(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        LMDBBackend(tmp_path, durability="sometimes")  # type: ignore[arg-type]
+    for size in (0, 100, -1, True, "big", 4095):
+        with pytest.raises(ValueError):
+            LMDBBackend(tmp_path, map_size=size)  # type: ignore[arg-type]
+
+
+def test_lmdb_sync(tmp_path: Path) -> None:
+    with LMDBBackend(tmp_path) as b:
+        b.put(1, b"x")
+        b.sync()
+    with pytest.raises(StoreClosed):
+        b.sync()
+
+
+# -- LMDB: fork ----------------------------------------------------------------------------
+
+
+def _in_fork(fn: Callable[[], int]) -> int:
+    """Run ``fn`` in a forked child; return its exit code (the child never returns)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 99
+        try:
+            code = fn()
+        except BaseException:
+            code = 98
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_lmdb_forked_error_in_child(tmp_path: Path) -> None:
+    b = LMDBBackend(tmp_path)
+    b.put(1, b"parent")
+
+    def child() -> int:
+        results = []
+        for op in (
+            lambda: b.get(1),
+            lambda: b.put(2, b"child"),
+            lambda: b.count(),
+            lambda: list(b.scan(-1, 10)),
+        ):
+            try:
+                op()
+                results.append(False)
+            except ForkedError as exc:
+                results.append("fork" in str(exc))
+        b.close()  # closing in the child must not touch the parent's environment
+        return 0 if all(results) else 1
+
+    assert _in_fork(child) == 0, "a backend opened before fork() must raise ForkedError in the child"
+    # the parent's handle is unharmed
+    assert b.get(1) == Record(1, b"parent")
+    assert b.get(2) is None
+    assert b.put(4, b"after") == 1
+    b.close()
+
+
+def test_lmdb_reopen_in_child_after_fork(tmp_path: Path) -> None:
+    """ForkedError says "open the store again in the child": that must work.
+
+    The child closes the inherited handle (as the error suggests) and opens
+    the directory afresh; its write must then reach the parent.
+    """
+    b = LMDBBackend(tmp_path)
+    b.put(1, b"parent")
+
+    def child() -> int:
+        b.close()
+        try:
+            mine = LMDBBackend(tmp_path)
+        except lmdb.Error:
+            return 3  # "The environment ... is already open in this process"
+        with mine:
+            if mine.get(1) != Record(1, b"parent"):
+                return 4
+            mine.put(3, b"child's own")
+        return 0
+
+    code = _in_fork(child)
+    assert code != 3, "after fork() and close(), reopening the directory raised lmdb.Error (already open)"
+    assert code == 0
+    assert b.get(3) == Record(1, b"child's own")
+    b.close()
+
+
+def test_store_opened_before_fork(tmp_path: Path) -> None:
+    store = DHTServerStore.open(tmp_path / "s", shards=2)
+    store.put(1, b"x")
+
+    def child() -> int:
+        try:
+            store.get(1)
+        except ForkedError:
+            return 0
+        return 1
+
+    assert _in_fork(child) == 0
+    assert store.get(1) == Record(1, b"x")
+    store.close()
+
+
+# -- LMDB: stale readers -------------------------------------------------------------------
+
+_HOLD_READER = """
+import sys, time
+from dhtcart.backends.lmdb import LMDBBackend
+b = LMDBBackend(sys.argv[1])
+txn = b._env.begin()           # a read transaction, never finished
+txn.get((1).to_bytes(8, "big"))
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+def test_lmdb_stale_reader_of_killed_process(tmp_path: Path) -> None:
+    """A process killed inside a read transaction leaves a reader slot behind.
+
+    While that slot stands, LMDB cannot reuse any page freed after its
+    snapshot, so every overwrite grows the file. Opening the backend (in any
+    process) clears slots of dead processes; after that, writers reuse pages
+    again.
+    """
+    writer = LMDBBackend(tmp_path)  # stays open throughout, as a long-running server would
+    writer.put(1, os.urandom(65536))
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_READER, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "holding"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    assert str(child.pid) in writer._env.readers(), "the killed reader's slot is still there"
+
+    def growth(rounds: int) -> int:
+        before = writer._env.info()["last_pgno"]
+        for i in range(rounds):
+            writer.put(1, bytes([i % 256]) * 65536)
+        return int(writer._env.info()["last_pgno"] - before)
+
+    pinned = growth(40)
+    assert pinned > 40 * 10, "with a stale reader pinned, overwrites cannot reuse pages (test of the test)"
+    # another process opens the store: its open clears the dead reader's slot
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from dhtcart.backends.lmdb import LMDBBackend; LMDBBackend({str(tmp_path)!r}).close()",
+        ],
+        check=True,
+        env=child_env(),
+        timeout=60,
+    )
+    assert str(child.pid) not in writer._env.readers()
+    assert growth(40) < 40, "once cleared, writers reuse freed pages"
+    assert writer.get(1) == Record(81, bytes([39]) * 65536)
+    writer.close()
+
+
+def test_lmdb_many_backends_one_process(tmp_path: Path) -> None:
+    shards = [LMDBBackend(tmp_path / f"s{i}") for i in range(20)]
+    for i, b in enumerate(shards):
+        b.put(i, b"%d" % i)
+    for b in shards:
+        b.close()
+    for i in range(20):
+        with LMDBBackend(tmp_path / f"s{i}") as b:
+            assert b.get(i) == Record(1, b"%d" % i) and b.count() == 1

@@ -1,0 +1,378 @@
+"""CartService: the seed's five operations and their rules, on every backend."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from dhtcart import (
+    CartEmpty,
+    CartItem,
+    CartService,
+    DHTServerStore,
+    ItemNotFound,
+    Receipt,
+    ReceiptLine,
+    SaleExpired,
+    TooManyRetries,
+    VersionConflict,
+)
+from dhtcart.errors import Conflict, NotFound
+from dhtcart.hashing import hash_key
+from tests.conftest import BackendEnv
+from tests.helpers import snapshot
+
+T0 = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
+
+
+class Clock:
+    """A settable clock for ``CartService(clock=...)``."""
+
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def timed(env: BackendEnv, store: DHTServerStore, clock: Clock) -> CartService:
+    """A cart service on the parametrised store whose time the test controls."""
+    return env.carts(store, clock=clock)
+
+
+def ids(items: list[CartItem]) -> list[str]:
+    return [i.item_id for i in items]
+
+
+def test_seed_scenario(timed: CartService, clock: Clock) -> None:
+    """The seed's five endpoints in the order its tests used them."""
+    assert timed.list_items("customer-1") == []
+    a = timed.add_item("customer-1", "036000291459", "19.99", item_count=2)
+    assert a == CartItem("036000291459", Decimal("19.99"), 2, False, None, False)
+    b = timed.add_item(
+        "customer-1",
+        "sku-sale",
+        "5.00",
+        item_count=1,
+        special_sale=True,
+        sale_expiration=T0 + timedelta(days=1),
+    )
+    assert b.special_sale and b.sale_expiration == T0 + timedelta(days=1) and not b.expired
+    timed.add_item("customer-1", "sku-3", 1, item_count=4)
+    assert ids(timed.list_items("customer-1")) == ["036000291459", "sku-sale", "sku-3"]
+
+    updated = timed.update_count("customer-1", "036000291459", 3)
+    assert updated is not None and updated.item_count == 3
+    assert timed.delete_item("customer-1", "sku-3") is None
+    items = timed.list_items("customer-1")
+    assert [(i.item_id, i.item_count) for i in items] == [("036000291459", 3), ("sku-sale", 1)]
+
+    clock.now = T0 + timedelta(hours=1)
+    receipt = timed.checkout("customer-1")
+    assert isinstance(receipt, Receipt)
+    assert receipt.customer_id == "customer-1"
+    assert receipt.lines == [
+        ReceiptLine("036000291459", Decimal("19.99"), 3, Decimal("59.97")),
+        ReceiptLine("sku-sale", Decimal("5.00"), 1, Decimal("5.00")),
+    ]
+    assert receipt.total == Decimal("64.97")
+    assert receipt.checked_out_at == clock.now
+    assert timed.list_items("customer-1") == []
+    assert timed.store.count() == 0, "an emptied cart leaves no record behind"
+    as_json = receipt.to_dict()
+    assert as_json["total"] == "64.97" and as_json["lines"][0]["itemId"] == "036000291459"
+    json.dumps(as_json)
+
+
+def test_readding_sums_counts_on_one_line(carts: CartService) -> None:
+    carts.add_item("c", "apple", "1.00", item_count=2)
+    carts.add_item("c", "pear", "2.00")
+    again = carts.add_item("c", "apple", "1.50", item_count=5)
+    assert again.item_count == 7 and again.offered_price == Decimal("1.50")
+    items = carts.list_items("c")
+    assert ids(items) == ["apple", "pear"], "one line per item, in the order first added"
+    assert items[0].item_count == 7
+    for _ in range(10):
+        carts.add_item("c", "pear", "2.00")
+    assert [(i.item_id, i.item_count) for i in carts.list_items("c")] == [("apple", 7), ("pear", 11)]
+
+
+def test_update_to_zero_removes_the_line(carts: CartService) -> None:
+    carts.add_item("c", "a", "1")
+    carts.add_item("c", "b", "1")
+    assert carts.update_count("c", "a", 0) is None
+    assert ids(carts.list_items("c")) == ["b"]
+    assert carts.update_count("c", "b", 0) is None
+    assert carts.list_items("c") == []
+    assert carts.store.count() == 0
+
+
+def test_upc_keeps_leading_zero(carts: CartService) -> None:
+    carts.add_item("c", "036000291459", "2.50")
+    carts.add_item("c", "0", "1")
+    carts.add_item("c", "00", "1")
+    assert ids(carts.list_items("c")) == ["036000291459", "0", "00"]
+    assert carts.checkout("c").lines[0].item_id == "036000291459"
+
+
+def test_money_is_exact(carts: CartService) -> None:
+    item = carts.add_item("c", "dime", "0.10", item_count=3)
+    assert item.line_total == Decimal("0.30")
+    carts.add_item("c", "float-a", 0.1)  # floats are read through their repr, never float arithmetic
+    carts.add_item("c", "float-b", 0.2)
+    carts.add_item("c", "int", 7)
+    carts.add_item("c", "dec", Decimal("1.1"))
+    prices = {i.item_id: i.offered_price for i in carts.list_items("c")}
+    assert prices == {
+        "dime": Decimal("0.10"),
+        "float-a": Decimal("0.10"),
+        "float-b": Decimal("0.20"),
+        "int": Decimal("7.00"),
+        "dec": Decimal("1.10"),
+    }
+    assert all(str(p).count(".") == 1 and len(str(p).split(".")[1]) == 2 for p in prices.values())
+    receipt = carts.checkout("c")
+    assert receipt.total == Decimal("8.70")
+    assert str(receipt.total) == "8.70"
+    assert receipt.lines[0].line_total == Decimal("0.30") and str(receipt.lines[0].line_total) == "0.30"
+
+
+@pytest.mark.parametrize("zero", ["-0", "-0.00", Decimal("-0"), -0.0])
+def test_negative_zero_price_is_plain_zero(zero: object) -> None:
+    """A price of minus zero is accepted as zero, and must not be shown as "-0.00"."""
+    with CartService() as carts:  # validation is the same on every backend
+        item = carts.add_item("c", "free", zero)  # type: ignore[arg-type]
+        assert str(item.offered_price) == "0.00"
+        assert item.to_dict()["offeredPrice"] == "0.00"
+        assert str(carts.list_items("c")[0].offered_price) == "0.00"
+
+
+def test_many_small_prices_sum_exactly(carts: CartService) -> None:
+    for i in range(30):
+        carts.add_item("c", f"i{i}", "0.10", item_count=3)
+    assert carts.checkout("c").total == Decimal("9.00")
+
+
+def test_expired_sale(timed: CartService, clock: Clock) -> None:
+    timed.add_item("c", "regular", "3.00")
+    timed.add_item("c", "flash", "1.00", special_sale=True, sale_expiration=T0 + timedelta(minutes=30))
+    timed.add_item("c", "later", "2.00", special_sale=True, sale_expiration="2024-06-01T13:00:00Z")
+    timed.add_item("c", "not-a-sale", "4.00", special_sale=False, sale_expiration=T0 - timedelta(days=1))
+    assert [i.expired for i in timed.list_items("c")] == [False, False, False, False]
+    key = hash_key("c")
+    before = timed.store.get(key)
+
+    clock.now = T0 + timedelta(minutes=30)  # the expiration instant itself is past the sale
+    listed = {i.item_id: i.expired for i in timed.list_items("c")}
+    assert listed == {"regular": False, "flash": True, "later": False, "not-a-sale": False}
+    clock.now = T0 + timedelta(hours=2)
+    listed = {i.item_id: i.expired for i in timed.list_items("c")}
+    assert listed == {"regular": False, "flash": True, "later": True, "not-a-sale": False}
+
+    with pytest.raises(SaleExpired) as info:
+        timed.checkout("c")
+    assert info.value.item_ids == ["flash", "later"]
+    assert "flash" in str(info.value) and "later" in str(info.value)
+    assert info.value.customer_id == "c"
+    assert isinstance(info.value, Conflict)
+    assert timed.store.get(key) == before, "a refused checkout changes nothing"
+    assert len(timed.list_items("c")) == 4
+
+    # the caller removes one and re-adds the other with fresh terms, then checks out
+    timed.delete_item("c", "flash")
+    timed.add_item("c", "later", "2.50", special_sale=True, sale_expiration=clock.now + timedelta(hours=1))
+    receipt = timed.checkout("c")
+    assert [(ln.item_id, ln.item_count, ln.unit_price) for ln in receipt.lines] == [
+        ("regular", 1, Decimal("3.00")),
+        ("later", 2, Decimal("2.50")),
+        ("not-a-sale", 1, Decimal("4.00")),
+    ]
+    assert receipt.total == Decimal("12.00")
+
+
+def test_sale_expiration_forms(carts: CartService) -> None:
+    utc = timezone.utc
+    carts.add_item("c", "z", "1", special_sale=True, sale_expiration="2030-01-01T00:00:00Z")
+    carts.add_item("c", "offset", "1", special_sale=True, sale_expiration="2030-01-01T02:00:00+02:00")
+    carts.add_item("c", "naive-str", "1", special_sale=True, sale_expiration="2030-01-01T00:00:00")
+    carts.add_item("c", "naive-dt", "1", special_sale=True, sale_expiration=datetime(2030, 1, 1))
+    tz = timezone(timedelta(hours=-5))
+    carts.add_item(
+        "c", "aware-dt", "1", special_sale=True, sale_expiration=datetime(2029, 12, 31, 19, tzinfo=tz)
+    )
+    for item in carts.list_items("c"):
+        assert item.sale_expiration == datetime(2030, 1, 1, tzinfo=utc), item.item_id
+        assert item.sale_expiration.utcoffset() == timedelta(0)
+
+
+def test_checkout_empties_atomically(carts: CartService) -> None:
+    carts.add_item("alice", "a", "1.00", item_count=2)
+    carts.add_item("bob", "b", "2.00")
+    receipt = carts.checkout("alice")
+    assert receipt.total == Decimal("2.00")
+    assert carts.list_items("alice") == []
+    assert ids(carts.list_items("bob")) == ["b"], "other carts are untouched"
+    with pytest.raises(CartEmpty):
+        carts.checkout("alice")
+
+
+def test_checkout_of_empty_or_missing_cart(carts: CartService) -> None:
+    with pytest.raises(CartEmpty) as info:
+        carts.checkout("nobody")
+    assert isinstance(info.value, KeyError) and isinstance(info.value, NotFound)
+    assert info.value.customer_id == "nobody"
+    carts.add_item("c", "x", "1")
+    carts.delete_item("c", "x")
+    with pytest.raises(CartEmpty):
+        carts.checkout("c")
+    assert carts.store.count() == 0
+
+
+def test_missing_item(carts: CartService) -> None:
+    for op in (lambda: carts.update_count("c", "ghost", 1), lambda: carts.delete_item("c", "ghost")):
+        with pytest.raises(ItemNotFound) as info:
+            op()
+        assert isinstance(info.value, KeyError)
+        assert (info.value.customer_id, info.value.item_id) == ("c", "ghost")
+    carts.add_item("c", "real", "1")
+    snap = snapshot(carts.store)
+    with pytest.raises(ItemNotFound):
+        carts.update_count("c", "ghost", 0)
+    with pytest.raises(ItemNotFound):
+        carts.delete_item("c", "ghost")
+    assert snapshot(carts.store) == snap
+
+
+def test_forced_hash_collision(env: BackendEnv, store: DHTServerStore) -> None:
+    carts = env.carts(store, hasher=lambda s: 42)
+    carts.add_item("alice", "shared-sku", "1.00", item_count=1)
+    carts.add_item("bob", "shared-sku", "9.00", item_count=5)
+    carts.add_item("bob", "bobs-own", "2.00")
+    assert [(i.item_id, i.item_count) for i in carts.list_items("alice")] == [("shared-sku", 1)]
+    assert [(i.item_id, i.item_count) for i in carts.list_items("bob")] == [
+        ("shared-sku", 5),
+        ("bobs-own", 1),
+    ]
+    assert list(snapshot(store)) == [42], "both carts live under the one colliding key"
+    with pytest.raises(ItemNotFound):
+        carts.delete_item("alice", "bobs-own")
+    carts.update_count("alice", "shared-sku", 3)
+    assert carts.list_items("bob")[0].item_count == 5
+    receipt = carts.checkout("alice")
+    assert receipt.total == Decimal("3.00") and [ln.item_id for ln in receipt.lines] == ["shared-sku"]
+    assert carts.list_items("alice") == []
+    assert len(carts.list_items("bob")) == 2, "checking out alice leaves bob's cart"
+    with pytest.raises(CartEmpty):
+        carts.checkout("alice")
+    assert carts.checkout("bob").total == Decimal("47.00")
+    assert store.count() == 0
+
+
+def test_stored_value_names_the_customer(carts: CartService) -> None:
+    carts.add_item("carol", "036000291459", "1.25", item_count=2)
+    rec = carts.store.get(hash_key("carol"))
+    assert rec is not None and rec.version == 1
+    assert b'"carol"' in rec.value, "the record holds its customer id (collision detection)"
+    assert b"036000291459" in rec.value, "item ids are stored as strings"
+    carts.add_item("carol", "x", "1")
+    assert carts.store.get(hash_key("carol")).version == 2  # type: ignore[union-attr]
+
+
+def test_cart_item_to_dict(carts: CartService) -> None:
+    item = carts.add_item(
+        "c", "i", "1.50", item_count=2, special_sale=True, sale_expiration="2099-01-01T00:00:00Z"
+    )
+    assert item.to_dict() == {
+        "itemId": "i",
+        "offeredPrice": "1.50",
+        "itemCount": 2,
+        "specialSale": True,
+        "saleExpiration": "2099-01-01T00:00:00+00:00",
+        "expired": False,
+    }
+    assert item.line_total == Decimal("3.00")
+
+
+class _AlwaysConflicting(DHTServerStore):
+    def put(self, key: int, value: bytes, expected_version: int | None = None) -> int:
+        current = self.get(key)
+        raise VersionConflict(key, expected_version or 0, (current.version if current else 0) + 1)
+
+
+def test_too_many_retries_writes_nothing() -> None:
+    store = _AlwaysConflicting(shards=2)
+    carts = CartService(store, max_retries=5)
+    with pytest.raises(TooManyRetries) as info:
+        carts.add_item("c", "x", "1")
+    assert isinstance(info.value, Conflict)
+    assert store.count() == 0
+    store.close()
+
+
+def test_default_service_is_in_memory() -> None:
+    with CartService() as carts:
+        carts.add_item("c", "x", "1")
+        assert all(s.url == "memory://" for s in carts.store.servers.values())
+        assert len(carts.store.servers) == 5
+
+
+def test_open_persists_across_reopen(tmp_path: Path) -> None:
+    with CartService.open(tmp_path / "carts") as carts:
+        carts.add_item("alice", "036000291459", "0.10", item_count=3)
+        carts.add_item("bob", "b", "1")
+        carts.add_item("bob", "c", "2", special_sale=True, sale_expiration="2099-01-01T00:00:00Z")
+        carts.checkout("bob")
+        carts.add_item("bob", "after", "3")
+        listed = carts.list_items("alice")
+    with pytest.raises(Exception):  # noqa: B017 - the service closed the store it opened
+        carts.list_items("alice")
+    with CartService.open(tmp_path / "carts") as again:
+        assert again.list_items("alice") == listed
+        assert [(i.item_id, i.item_count) for i in again.list_items("bob")] == [("after", 1)]
+        assert again.checkout("alice").total == Decimal("0.30")
+    with CartService.open(tmp_path / "carts") as third:
+        assert third.list_items("alice") == []
+
+
+def test_service_does_not_close_a_store_it_was_given(env: BackendEnv, store: DHTServerStore) -> None:
+    with CartService(store) as carts:
+        carts.add_item("c", "x", "1")
+    assert store.get(hash_key("c")) is not None  # still open
+
+
+def test_add_reencodes_only_the_line_it_touches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DESIGN: the seed re-serialised the whole cart on every add, so an add to a
+    1,000-item cart cost ~5x one to an empty cart. dhtcart encodes only the line an
+    add touches (plus the customer header); the speed itself is measured in
+    benchmarks/core.py, this checks the mechanism, which timing noise cannot flake."""
+    import dhtcart.cart as cart_module
+
+    calls: list[object] = []
+    real = cart_module._dumps
+
+    def counting(obj: object) -> str:
+        calls.append(obj)
+        return real(obj)
+
+    with CartService() as carts:
+        for i in range(1000):
+            carts.add_item("big", f"item-{i}", "1.00")
+        monkeypatch.setattr(cart_module, "_dumps", counting)
+        carts.add_item("big", "item-5", "1.00")  # re-add: one line changes
+        carts.update_count("big", "item-7", 3)
+        carts.add_item("big", "item-new", "2.00")
+        encoded_lines = [c for c in calls if isinstance(c, list)]
+        assert len(encoded_lines) == 3, encoded_lines
+        assert [line[0] for line in encoded_lines] == ["item-5", "item-7", "item-new"]
+        counts = {i.item_id: i.item_count for i in carts.list_items("big")}
+    assert len(counts) == 1001 and counts["item-5"] == 2 and counts["item-7"] == 3

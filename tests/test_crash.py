@@ -1,0 +1,94 @@
+"""SIGKILL at random moments: every add a child reported as done survives.
+
+A child process (``tests/proc_worker.py cart-crash``) opens an LMDB cart
+store with ``CartService.open`` and adds items to carts forever, printing a
+line after each add returns. The parent kills it with SIGKILL at a random
+moment (sometimes while it is still opening the store), reopens the store and
+checks that every reported add is there, then starts the next round on the
+same store. ``DHTCART_CRASH_ROUNDS`` sets the number of rounds (default 20).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from dhtcart import CartService
+from tests.helpers import worker
+
+ROUNDS = int(os.environ.get("DHTCART_CRASH_ROUNDS", "20"))
+CUSTOMERS = [f"customer-{i}" for i in range(12)]
+ROUND_TIMEOUT = 30.0  # seconds a round may take before the test gives up on it
+
+
+def _state(root: Path) -> Counter[tuple[str, str]]:
+    with CartService.open(root) as carts:
+        carts.store._check()
+        state: Counter[tuple[str, str]] = Counter()
+        for c in CUSTOMERS:
+            for item in carts.list_items(c):
+                state[(c, item.item_id)] = item.item_count
+        return state
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(max(300, int(ROUNDS * ROUND_TIMEOUT)))
+def test_sigkill_loses_no_reported_add(tmp_path: Path) -> None:
+    root = tmp_path / "carts"
+    rnd = random.Random(int(os.environ.get("DHTCART_CRASH_SEED", "4242")))
+    before: Counter[tuple[str, str]] = Counter()
+    total_reported = 0
+    killed_while_adding = 0
+    for round_no in range(ROUNDS):
+        proc = worker("cart-crash", str(root), str(rnd.getrandbits(32)))
+        if rnd.random() < 0.25:
+            # blind: often while the child is still starting or opening the store
+            time.sleep(rnd.uniform(0.0, 0.6))
+        else:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready", f"round {round_no}: child did not start"
+            time.sleep(rnd.uniform(0.0, 0.25))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=ROUND_TIMEOUT)
+        # read through the same buffered pipe objects (communicate() would bypass
+        # what readline() has already buffered, and lose those reports)
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = proc.stdout.read(), proc.stderr.read()
+        proc.stdout.close()
+        proc.stderr.close()
+        if proc.stdin is not None:
+            proc.stdin.close()
+        assert proc.returncode == -signal.SIGKILL, f"round {round_no}: child ended on its own: {err}"
+        lines = out.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines.pop()  # cut off mid-line by the kill: not a report
+        reported: dict[tuple[str, str], int] = {}
+        adds = 0
+        for line in lines:
+            parts = line.split()
+            if parts[0] == "added":
+                _, customer, item, count = parts
+                reported[(customer, item)] = int(count)
+                adds += 1
+        if adds:
+            killed_while_adding += 1
+        total_reported += adds
+
+        after = _state(root)
+        for pair, count in reported.items():
+            assert after[pair] >= count, f"round {round_no}: {pair} reported {count}, found {after[pair]}"
+        for pair, count in before.items():
+            assert after[pair] >= count, f"round {round_no}: {pair} went from {count} to {after[pair]}"
+        # each add is one unit: what is stored is what was there, plus every reported add,
+        # plus at most the one add that finished but was killed before it could report
+        grown = sum(after.values()) - sum(before.values())
+        assert adds <= grown <= adds + 1, f"round {round_no}: {adds} adds reported, store grew by {grown}"
+        before = after
+    assert killed_while_adding >= ROUNDS // 2, "most kills should land while the child is adding"
+    assert total_reported > 0

@@ -1,0 +1,281 @@
+"""DHTServerStore: routing, stats, persistence and the manifest, on every backend."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dhtcart import (
+    DHTServer,
+    DHTServerStore,
+    HashRing,
+    PartitionRing,
+    Record,
+    ShardUnavailable,
+    StoreBusy,
+    StoreClosed,
+    VersionConflict,
+)
+from dhtcart.backends.lmdb import LMDBBackend
+from dhtcart.hashing import MAX_KEY, hash_key
+from tests.conftest import BackendEnv, skip_or_fail
+from tests.helpers import EDGE_KEYS, child_env, snapshot
+
+
+def _keys(n: int, seed: int = 0) -> list[int]:
+    rnd = random.Random(seed)
+    return (
+        EDGE_KEYS
+        + [hash_key(f"customer-{i}") for i in range(n // 2)]
+        + [rnd.getrandbits(63) for _ in range(n // 2)]
+    )
+
+
+def test_every_key_on_its_ring_owner(store: DHTServerStore) -> None:
+    keys = _keys(400)
+    for k in keys:
+        store.put(k, k.to_bytes(8, "big"))
+    store._check()
+    servers = store.servers
+    for k in keys:
+        owner = store.ring.node_for(k)
+        assert store.server_for(k) is servers[owner]
+        assert servers[owner].get(k) == Record(1, k.to_bytes(8, "big"))
+        for name, s in servers.items():
+            if name != owner:
+                assert s.get(k) is None, f"key {k} also on {name}"
+        assert store.get(k) == Record(1, k.to_bytes(8, "big"))
+    assert len(snapshot(store)) == len(set(keys))
+    # every shard got a share
+    assert all(n > 0 for n in store.stats().values())
+
+
+def test_versions_cas_and_delete_through_the_store(store: DHTServerStore) -> None:
+    k = hash_key("bob")
+    assert store.get(k) is None
+    assert store.put(k, b"a", expected_version=0) == 1
+    assert store.put(k, b"b") == 2
+    with pytest.raises(VersionConflict):
+        store.put(k, b"c", expected_version=1)
+    assert store.get(k) == Record(2, b"b")
+    with pytest.raises(VersionConflict):
+        store.delete(k, expected_version=1)
+    assert store.delete(k, expected_version=2) is True
+    assert store.delete(k) is False
+    assert store.get(k) is None
+    store._check()
+
+
+def test_stats_and_count(store: DHTServerStore) -> None:
+    keys = set(_keys(300, seed=4))
+    for k in keys:
+        store.put(k, b"x")
+    stats = store.stats()
+    assert list(stats) == sorted(store.servers)
+    assert sum(stats.values()) == len(keys) == store.count() == len(store)
+    for name, s in store.servers.items():
+        assert stats[name] == s.count() == len(list(s.scan(-1, MAX_KEY)))
+    for k in list(keys)[:100]:
+        store.delete(k)
+    assert store.count() == len(keys) - 100
+
+
+def test_items_lists_everything_once(store: DHTServerStore) -> None:
+    written = {k: Record(1, b"%d" % k) for k in _keys(200, seed=9)}
+    for k, r in written.items():
+        store.put(k, r.value)
+    assert snapshot(store) == written
+
+
+def test_closed_store(env: BackendEnv) -> None:
+    store = env.store()
+    store.put(1, b"x")
+    with store:
+        pass
+    with pytest.raises(StoreClosed):
+        store.get(1)
+    with pytest.raises(StoreClosed):
+        store.put(1, b"y")
+    store.close()  # idempotent
+
+
+def test_seed_simplest_use() -> None:
+    store = DHTServerStore(shards=5)
+    assert sorted(store.servers) == [f"shard-{i}" for i in range(5)]
+    assert isinstance(store.ring, PartitionRing)
+    for i in range(100):
+        store.put(hash_key(f"c{i}"), b"%d" % i)
+    assert store.count() == 100
+    assert all(store.get(hash_key(f"c{i}")) == Record(1, b"%d" % i) for i in range(100))
+    assert all(s.url == "memory://" for s in store.servers.values())
+    store._check()
+    store.close()
+    assert len(DHTServerStore()) == 0  # the default is usable too
+
+
+def test_store_with_named_shards_and_own_ring() -> None:
+    ring = HashRing(["a", "b", "c"], vnodes=32)
+    with DHTServerStore({"a": "memory://", "b": "memory://", "c": "memory://"}, ring=ring) as store:
+        assert store.ring is ring
+        for k in _keys(100):
+            store.put(k, b"v")
+        store._check()
+    with pytest.raises(ValueError):
+        DHTServerStore({"a": "memory://"}, ring=HashRing(["a", "b"]))
+
+
+# -- persistence -----------------------------------------------------------------------
+
+
+def test_reopen_gives_same_ring_and_every_key(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    store = DHTServerStore.open(root, shards=5)
+    ring_before = store.ring.to_dict()
+    keys = _keys(500, seed=2)
+    expected: dict[int, Record] = {}
+    for i, k in enumerate(keys):
+        v = store.put(k, b"%d" % i)
+        expected[k] = Record(v, b"%d" % i)
+    for k in keys[:50]:  # some keys at higher versions, some deleted
+        expected[k] = Record(store.put(k, b"again"), b"again")
+    for k in keys[50:80]:
+        store.delete(k)
+        expected.pop(k, None)
+    store.close()
+
+    again = DHTServerStore.open(root, shards=2)  # `shards` is ignored on reopening
+    assert again.ring.to_dict() == ring_before
+    assert sorted(again.servers) == [f"shard-{i}" for i in range(5)]
+    assert snapshot(again) == expected
+    for k, rec in expected.items():
+        assert again.get(k) == rec
+    again._check()
+    # and the versions continue where they were
+    k0 = keys[0]
+    assert again.put(k0, b"next", expected_version=expected[k0].version) == expected[k0].version + 1
+    again.close()
+
+
+def test_reopen_after_rebalance_keeps_new_ring(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    with DHTServerStore.open(root, shards=3) as store:
+        for k in _keys(300):
+            store.put(k, b"x")
+        before = snapshot(store)
+        store.add_shard("extra")
+        store._check()
+        ring = store.ring.to_dict()
+    with DHTServerStore.open(root) as again:
+        assert again.ring.to_dict() == ring
+        assert "extra" in again.servers
+        assert snapshot(again) == before
+        again._check()
+
+
+def test_manifest_content(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    with DHTServerStore.open(root, shards=3, partitions=64, durability="power") as store:
+        store.put(1, b"x")
+        ring = store.ring.to_dict()
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["format"] == 1
+    assert manifest["durability"] == "power"
+    assert manifest["journal"] is None
+    assert manifest["ring"] == ring
+    assert manifest["ring"]["type"] == "partition" and manifest["ring"]["partitions"] == 64
+    assert manifest["ring"]["weights"] == {"shard-0": 1, "shard-1": 1, "shard-2": 1}
+    assert len(manifest["ring"]["owners"]) == 64
+    assert manifest["shards"] == {f"shard-{i}": f"lmdb://shards/shard-{i}" for i in range(3)}
+    assert (root / "LOCK").exists()
+    for i in range(3):
+        assert (root / "shards" / f"shard-{i}" / "data.mdb").exists()
+    # the durability chosen at creation is used again when reopening
+    with DHTServerStore.open(root) as again:
+        for s in again.servers.values():
+            assert isinstance(s.backend, LMDBBackend) and s.backend.durability == "power"
+            assert s.backend._env.flags()["sync"] is True
+
+
+def test_default_durability_is_process(tmp_path: Path) -> None:
+    with DHTServerStore.open(tmp_path) as store:
+        for s in store.servers.values():
+            assert isinstance(s.backend, LMDBBackend) and s.backend.durability == "process"
+    assert json.loads((tmp_path / "manifest.json").read_text())["durability"] == "process"
+
+
+def test_open_rejects_bad_durability(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        DHTServerStore.open(tmp_path, durability="never")  # type: ignore[arg-type]
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_two_stores_in_one_process_stay_apart(tmp_path: Path) -> None:
+    with DHTServerStore.open(tmp_path / "a") as a, DHTServerStore.open(tmp_path / "b") as b:
+        a.put(1, b"a")
+        b.put(1, b"b")
+        assert a.get(1) == Record(1, b"a") and b.get(1) == Record(1, b"b")
+
+
+_HOLD = """
+import sys, time
+from dhtcart import DHTServerStore
+s = DHTServerStore.open(sys.argv[1])
+print("open", flush=True)
+sys.stdin.readline()
+s.close()
+"""
+
+
+def test_rebalance_needs_the_store_alone(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    DHTServerStore.open(root, shards=2).close()
+    other = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "open"
+        with DHTServerStore.open(root) as store:
+            store.put(5, b"x")  # plain use while another process has it open is fine
+            with pytest.raises(StoreBusy):
+                store.add_shard("s9")
+            assert sorted(store.servers) == ["shard-0", "shard-1"]
+            assert store.get(5) == Record(1, b"x")
+            store._check()
+    finally:
+        assert other.stdin is not None
+        other.stdin.write("\n")
+        other.stdin.flush()
+        other.wait(30)
+    assert other.returncode == 0
+
+
+# -- an unreachable shard ----------------------------------------------------------------
+
+
+def test_unreachable_shard_is_shard_unavailable() -> None:
+    try:
+        import dhtcart.backends.redis  # noqa: F401
+        from tests.redis_server import free_port
+    except ImportError as exc:
+        skip_or_fail(f"Redis support is not importable: {exc}")
+    dead = f"redis://127.0.0.1:{free_port()}/0?timeout=0.3"
+    with DHTServerStore({"live": "memory://", "dead": dead}, partitions=64) as store:
+        live_key = next(k for k in _keys(100) if store.ring.node_for(k) == "live")
+        dead_key = next(k for k in _keys(100) if store.ring.node_for(k) == "dead")
+        with pytest.raises(ShardUnavailable) as info:
+            store.put(dead_key, b"x")
+        assert isinstance(info.value, ConnectionError) and info.value.shard == "dead"
+        with pytest.raises(ShardUnavailable):
+            store.get(dead_key)
+        assert store.put(live_key, b"fine") == 1, "the other shards are unaffected"
+        assert store.get(live_key) == Record(1, b"fine")
+        assert isinstance(store.servers["live"], DHTServer)
