@@ -1,4 +1,4 @@
-"""A small writer-preferring readers-writer lock (threads of one process)."""
+"""A small readers-writer lock (threads of one process), fair to both sides."""
 
 from __future__ import annotations
 
@@ -10,26 +10,37 @@ __all__ = ["RWLock"]
 
 
 class RWLock:
-    """Many readers or one writer; a waiting writer blocks new readers.
+    """Many readers or one writer.
 
-    The store's operations are the readers; a rebalance takes the write side
-    for one batch at a time, so an operation waits at most one batch. The
-    reader's path is one uncontended mutex acquire and release when no writer
-    is around.
+    A waiting writer stops new readers from entering (so a rebalance is not
+    starved), and when a writer leaves, the readers that waited for it go in
+    before the next writer (so operations are not starved by a rebalance that
+    takes the write side batch after batch). The store's operations are the
+    readers; a rebalance holds the write side for one batch at a time, so an
+    operation waits for at most about one batch. When no writer is around, a
+    reader costs one uncontended mutex acquire and release.
     """
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
         self._cond = threading.Condition(self._mutex)
-        self._readers = 0
-        self._writing = False  # a writer holds the lock or waits for it
+        self._readers = 0  # readers inside
+        self._writing = False  # a writer is inside or waiting for the readers to leave
+        self._readers_waiting = 0  # readers blocked by the current writer
+        self._readers_turn = False  # the last writer left: the waiting readers go first
 
     def acquire_read(self) -> None:
         mutex = self._mutex
         mutex.acquire()
         try:
-            while self._writing:
-                self._cond.wait()
+            if self._writing:
+                self._readers_waiting += 1
+                while self._writing:
+                    self._cond.wait()
+                self._readers_waiting -= 1
+                if not self._readers_waiting and self._readers_turn:
+                    self._readers_turn = False
+                    self._cond.notify_all()
             self._readers += 1
         finally:
             mutex.release()
@@ -46,7 +57,7 @@ class RWLock:
 
     def acquire_write(self) -> None:
         with self._cond:
-            while self._writing:  # one writer at a time
+            while self._writing or self._readers_turn:
                 self._cond.wait()
             self._writing = True  # from now on new readers wait
             while self._readers:
@@ -55,6 +66,8 @@ class RWLock:
     def release_write(self) -> None:
         with self._cond:
             self._writing = False
+            if self._readers_waiting:
+                self._readers_turn = True
             self._cond.notify_all()
 
     @contextmanager

@@ -20,6 +20,12 @@ source above it. So an operation waits for at most one batch, every
 acknowledged write lands where the next read looks, and a crash between steps
 2 and 4 leaves at worst an identical copy on both sides, which re-running the
 migration (the store's journal says what to re-run) copies again and drops.
+
+If a shard *fails* midway (an exception, the process lives on), copies may be
+left where no route leads: on the target if step 2 failed, on the source if
+step 4 did. The batch's keys and versions are kept in :attr:`Migration.dirty`
+(and in the store's journal) and deleted, at exactly those versions, before
+the migration goes on, so a stale copy can never come back later.
 """
 
 from __future__ import annotations
@@ -29,12 +35,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from dhtcart._rwlock import RWLock
+from dhtcart.backends.base import Record
 from dhtcart.ring import Move, Ring
 from dhtcart.server import DHTServer
 
-__all__ = ["DEFAULT_BATCH_SIZE", "Migration", "Progress", "RebalancePlan", "RebalanceReport", "plan"]
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "MAX_ARCS_PER_BATCH",
+    "Migration",
+    "Progress",
+    "RebalancePlan",
+    "RebalanceReport",
+    "estimate_keys",
+    "plan",
+]
 
 DEFAULT_BATCH_SIZE = 1000
+#: arcs one batch may span (bounds how long one batch holds the gate)
+MAX_ARCS_PER_BATCH = 256
 
 #: progress callback: ``progress(keys_moved_so_far, keys_planned)``
 Progress = Callable[[int, int], None]
@@ -87,6 +105,22 @@ class RebalanceReport:
         return max(counts) / (sum(counts) / len(counts))
 
 
+def estimate_keys(moves: list[Move], old: Ring, servers: Mapping[str, DHTServer]) -> int:
+    """Estimate the keys in ``moves`` from shard counts and arc sizes, reading no records.
+
+    Keys are uniform hashes, so a source shard's keys in an arc are about its
+    count times the arc's share of what it owns. Used for progress bars.
+    """
+    owned: dict[str, int] = {}
+    for arc in old.arcs():
+        owned[arc.node] = owned.get(arc.node, 0) + arc.size
+    total = 0.0
+    for m in moves:
+        if owned.get(m.source):
+            total += servers[m.source].count() * m.size / owned[m.source]
+    return round(total)
+
+
 def plan(old: Ring, new: Ring, servers: Mapping[str, DHTServer]) -> RebalancePlan:
     """Count what moving from ``old`` to ``new`` would move (reads only the moving arcs)."""
     moves = old.moves(new)
@@ -113,6 +147,8 @@ class Migration:
         self.cursors = [m.lo for m in self.moves]
         self.keys_moved = 0
         self.bytes_moved = 0
+        #: ``(shard, [(key, version), ...])`` of a batch that failed midway, or None
+        self.dirty: tuple[str, list[tuple[int, int]]] | None = None
 
     def owner(self, key: int) -> str:
         """Where ``key`` lives right now (call with the gate held for reading)."""
@@ -132,21 +168,64 @@ class Migration:
         progress: Progress | None = None,
         planned: int = 0,
     ) -> None:
-        """Move every arc, one batch per exclusive hold of ``gate``."""
+        """Move every arc, one batch per exclusive hold of ``gate``.
+
+        A batch gathers up to ``batch_size`` records from successive arcs of one
+        ``(source, target)`` route (at most :data:`MAX_ARCS_PER_BATCH` arcs), so
+        many small arcs cost one bulk write and one bulk delete, not one each.
+
+        If a shard fails midway, the half-done batch is recorded in
+        :attr:`dirty` (where copies of it may linger) before the error
+        propagates; :meth:`clean` removes them, and ``run`` may then be called
+        again to continue from the cursors.
+        """
+        self.clean(servers)
+        routes: dict[tuple[str, str], list[int]] = {}
         for i, m in enumerate(self.moves):
-            src, dst = servers[m.source], servers[m.target]
-            while True:
+            if self.cursors[i] < m.hi:
+                routes.setdefault((m.source, m.target), []).append(i)
+        for (source, target), todo in routes.items():
+            src, dst = servers[source], servers[target]
+            pos = 0
+            while pos < len(todo):
                 with gate.write():
-                    batch = list(src.scan(self.cursors[i], m.hi, limit=batch_size))
+                    batch: list[tuple[int, Record]] = []
+                    advance: list[tuple[int, int]] = []
+                    arcs = 0
+                    while pos < len(todo) and len(batch) < batch_size and arcs < MAX_ARCS_PER_BATCH:
+                        i = todo[pos]
+                        want = batch_size - len(batch)
+                        got = list(src.scan(self.cursors[i], self.moves[i].hi, limit=want))
+                        batch += got
+                        arcs += 1
+                        if len(got) == want:  # the arc may hold more: continue it next batch
+                            advance.append((i, got[-1][0]))
+                            break
+                        advance.append((i, self.moves[i].hi))  # the arc is done, all of it
+                        pos += 1
+                    versions = [(k, r.version) for k, r in batch]
                     if batch:
-                        dst.put_many(batch)
-                    # the last batch of an arc hands the whole rest of the arc over
-                    self.cursors[i] = batch[-1][0] if len(batch) == batch_size else m.hi
+                        try:
+                            dst.put_many(batch)
+                        except BaseException:
+                            self.dirty = (target, versions)  # copies may sit on the target
+                            raise
+                    for i, cursor in advance:  # cut over: these keys now route to the target
+                        self.cursors[i] = cursor
                     if batch:
-                        src.delete_many((k, r.version) for k, r in batch)
+                        try:
+                            src.delete_many(versions)
+                        except BaseException:
+                            self.dirty = (source, versions)  # old copies may sit on the source
+                            raise
                 self.keys_moved += len(batch)
                 self.bytes_moved += sum(len(r.value) for _, r in batch)
                 if progress is not None and batch:
                     progress(self.keys_moved, max(planned, self.keys_moved))
-                if len(batch) < batch_size:
-                    break
+
+    def clean(self, servers: Mapping[str, DHTServer]) -> None:
+        """Drop the copies a failed batch may have left where no route leads."""
+        if self.dirty is not None:
+            name, versions = self.dirty
+            servers[name].delete_many(versions)
+            self.dirty = None

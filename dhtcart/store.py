@@ -43,11 +43,11 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from dhtcart._rwlock import RWLock
 from dhtcart.backends import open_backend
-from dhtcart.backends.base import Record
+from dhtcart.backends.base import Backend, Record
 from dhtcart.errors import ShardExists, ShardNotFound, StoreBusy, StoreClosed
 from dhtcart.hashing import MAX_KEY
 from dhtcart.rebalance import (
@@ -56,6 +56,7 @@ from dhtcart.rebalance import (
     Progress,
     RebalancePlan,
     RebalanceReport,
+    estimate_keys,
     plan,
 )
 from dhtcart.ring import DEFAULT_PARTITIONS, HashRing, PartitionRing, ring_from_dict
@@ -66,6 +67,7 @@ __all__ = ["MANIFEST_FORMAT", "DHTServerStore"]
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 LOCK = "LOCK"
+ADMIN = "ADMIN"
 SHARDS_DIR = "shards"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -85,7 +87,8 @@ def _check_shard_name(name: object) -> str:
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     """Write ``path`` so that a crash leaves either the old or the new file, whole."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    # 0600: shard URLs may carry credentials
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
@@ -110,7 +113,7 @@ class DHTServerStore:
 
     def __init__(
         self,
-        shards: int | Mapping[str, str] = 5,
+        shards: int | Mapping[str, str | Backend] = 5,
         *,
         backend: str = "memory://",
         partitions: int = DEFAULT_PARTITIONS,
@@ -124,7 +127,7 @@ class DHTServerStore:
         self._setup(ring, urls, directory=None, durability="process")
 
     @staticmethod
-    def _shard_urls(shards: int | Mapping[str, str], backend: str) -> dict[str, str]:
+    def _shard_urls(shards: int | Mapping[str, str | Backend], backend: str) -> dict[str, str | Backend]:
         if isinstance(shards, Mapping):
             urls = {_check_shard_name(n): u for n, u in shards.items()}
         elif isinstance(shards, bool) or not isinstance(shards, int):
@@ -140,7 +143,7 @@ class DHTServerStore:
     def _setup(
         self,
         ring: AnyRing,
-        urls: Mapping[str, str],
+        urls: Mapping[str, str | Backend],
         *,
         directory: Path | None,
         durability: Durability,
@@ -150,20 +153,24 @@ class DHTServerStore:
         self._durability: Durability = durability
         self._lock_fd = lock_fd
         self._ring: AnyRing = ring
-        self._urls: dict[str, str] = dict(urls)
+        self._urls: dict[str, str] = {n: u if isinstance(u, str) else u.url for n, u in urls.items()}
         self._servers: dict[str, DHTServer] = {}
         self._migration: Migration | None = None
+        self._journal: dict[str, Any] = {}
+        self._admin_fd: int | None = None
         self._gate = RWLock()
         self._admin = threading.Lock()
         self._closed = False
         try:
-            for name, url in self._urls.items():
+            for name, url in urls.items():
                 self._servers[name] = self._open_server(name, url)
         except BaseException:
             self.close()
             raise
 
-    def _open_server(self, name: str, url: str) -> DHTServer:
+    def _open_server(self, name: str, url: str | Backend) -> DHTServer:
+        if isinstance(url, Backend):
+            return DHTServer(url, name=name)
         options: dict[str, Any] = {}
         if url.startswith("lmdb://"):
             path = url[len("lmdb://") :].partition("?")[0]
@@ -303,9 +310,13 @@ class DHTServerStore:
         )
         try:
             store._manifest_cache = manifest
+            store._journal = journal
             if journal["phase"] == "migrate":
                 new_ring = ring_from_dict(journal["ring"])
                 mig = Migration(store._ring, new_ring)
+                dirty = journal.get("dirty")
+                if dirty:
+                    mig.dirty = (dirty[0], [(k, v) for k, v in dirty[1]])
                 store._migration = mig
                 mig.run(store._servers, store._gate)
                 store._commit(new_ring, journal["shards"], list(journal.get("drop", [])))
@@ -472,15 +483,16 @@ class DHTServerStore:
         self,
         name: str | None = None,
         weight: int = 1,
-        backend: str | None = None,
+        backend: str | Backend | None = None,
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         progress: Progress | None = None,
     ) -> RebalanceReport:
         """Add a shard and move to it the arcs it now owns (and nothing else).
 
-        ``backend`` is the new shard's URL: by default a new LMDB directory in
-        a persistent store, ``memory://`` otherwise.
+        ``backend`` is the new shard's URL (or an open :class:`Backend`, whose
+        ``url`` then goes in the manifest): by default a new LMDB directory in a
+        persistent store, ``memory://`` otherwise.
         """
         name = _check_shard_name(name if name is not None else self._next_name())
         new = self._ring_with("add", name, weight)
@@ -510,7 +522,7 @@ class DHTServerStore:
     def _rebalance(
         self,
         new: AnyRing,
-        added: Mapping[str, str],
+        added: Mapping[str, str | Backend],
         removed: list[str],
         batch_size: int,
         progress: Progress | None,
@@ -520,28 +532,22 @@ class DHTServerStore:
         with self._admin:
             self._check_open()
             if self._migration is not None:
-                raise StoreBusy("a previous rebalance did not finish; close and reopen the store")
+                raise StoreBusy("a previous rebalance stopped on an error: call finish_rebalance() first")
             self._lock_exclusive()
             try:
                 start = time.perf_counter()
                 before = self.stats()
-                planned = plan(self._ring, new, self._servers).keys if progress else 0
-                new_urls = {**self._urls, **added}
-                opened = {n: self._open_server(n, u) for n, u in added.items()}
-                self._save(
-                    journal={
-                        "phase": "migrate",
-                        "ring": new.to_dict(),
-                        "shards": new_urls,
-                        "drop": removed,
-                    }
-                )
                 mig = Migration(self._ring, new)
+                planned = estimate_keys(mig.moves, self._ring, self._servers) if progress else 0
+                new_urls = {**self._urls, **{n: u if isinstance(u, str) else u.url for n, u in added.items()}}
+                opened = {n: self._open_server(n, u) for n, u in added.items()}
+                self._journal = {"phase": "migrate", "ring": new.to_dict(), "shards": new_urls, "drop": removed}
+                self._save(journal=self._journal)
                 with self._gate.write():
                     self._servers.update(opened)
                     self._urls = new_urls
                     self._migration = mig
-                mig.run(self._servers, self._gate, batch_size=batch_size, progress=progress, planned=planned)
+                self._run_migration(mig, batch_size, progress, planned)
                 self._commit(new, new_urls, removed)
                 return RebalanceReport(
                     keys_moved=mig.keys_moved,
@@ -554,19 +560,77 @@ class DHTServerStore:
             finally:
                 self._lock_shared()
 
+    def _run_migration(self, mig: Migration, batch_size: int, progress: Progress | None, planned: int) -> None:
+        try:
+            mig.run(self._servers, self._gate, batch_size=batch_size, progress=progress, planned=planned)
+        except BaseException:
+            if mig.dirty is not None:  # remember where stale copies may be, across a restart too
+                self._save(journal={**self._journal, "dirty": [mig.dirty[0], mig.dirty[1]]})
+            raise
+
+    def finish_rebalance(
+        self, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None
+    ) -> RebalanceReport | None:
+        """Finish a rebalance that stopped on an error (a shard was unavailable).
+
+        Operations keep routing correctly meanwhile; this continues the
+        migration where it stopped. Returns ``None`` if there was nothing to finish.
+        (A store reopened after a crash finishes by itself.)
+        """
+        with self._admin:
+            self._check_open()
+            mig = self._migration
+            if mig is None:
+                return None
+            self._lock_exclusive()
+            try:
+                start = time.perf_counter()
+                before = self.stats()
+                moved, nbytes = mig.keys_moved, mig.bytes_moved
+                self._run_migration(mig, batch_size, progress, 0)
+                journal = self._journal
+                self._commit(cast(AnyRing, mig.new), journal["shards"], list(journal["drop"]))
+                return RebalanceReport(
+                    keys_moved=mig.keys_moved - moved,
+                    bytes_moved=mig.bytes_moved - nbytes,
+                    seconds=time.perf_counter() - start,
+                    arcs=len(mig.moves),
+                    keys_before=before,
+                    keys_after=self.stats(),
+                )
+            finally:
+                self._lock_shared()
+
     def _lock_exclusive(self) -> None:
-        if self._lock_fd is None:
+        """Take the store alone, or raise StoreBusy.
+
+        Converting our shared ``LOCK`` to exclusive is not atomic: a failed
+        attempt may drop the shared lock for a moment. So a rebalancer first
+        takes ``ADMIN`` exclusively: two handles can never both be converting,
+        and neither can slip in while the other's shared lock is down.
+        """
+        if self._lock_fd is None or self._directory is None:
             return
+        admin = os.open(self._directory / ADMIN, os.O_RDWR | os.O_CREAT, 0o600)
+        if not self._try_lock(admin, fcntl.LOCK_EX):
+            os.close(admin)
+            raise StoreBusy(f"store {self._directory}: another rebalance is running")
         if not self._try_lock(self._lock_fd, fcntl.LOCK_EX):
             fcntl.flock(self._lock_fd, fcntl.LOCK_SH)  # a failed conversion may drop our lock
+            os.close(admin)
             raise StoreBusy(
                 f"store {self._directory} is open in another process; a rebalance needs it"
                 " alone: close the other processes (servers, CLIs) and try again"
             )
+        self._admin_fd = admin
 
     def _lock_shared(self) -> None:
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+        admin = self._admin_fd
+        if admin is not None:
+            os.close(admin)  # releases ADMIN
+            self._admin_fd = None
 
     # -- checks and lifetime ----------------------------------------------------
 

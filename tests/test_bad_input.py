@@ -147,6 +147,11 @@ BAD_PRICES: list[tuple[str, Any]] = [
     ("none", None),
     ("bool", True),
     ("list", [1]),
+    # a string price is a plain decimal: no spaces, exponents, separators or non-ASCII digits
+    ("spaces", " 2.25 "),
+    ("exponent", "1E+2"),
+    ("underscore", "5_0"),
+    ("fullwidth", "\uff11\uff10"),
 ]
 BAD_COUNTS: list[tuple[str, Any]] = [
     ("zero", 0),
@@ -484,8 +489,8 @@ def test_valid_dates_are_accepted(when: Any) -> None:
         ("0.00", "0.00"),
         (0, "0.00"),
         ("1.5", "1.50"),
-        (" 2.25 ", "2.25"),
-        ("1E+2", "100.00"),
+        (".5", "0.50"),
+        ("-0", "0.00"),
         (MAX_PRICE, f"{MAX_PRICE}.00"),
         (Decimal("0.100"), "0.10"),
         (19.99, "19.99"),
