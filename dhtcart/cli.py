@@ -199,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", nargs="?", metavar="NAME", help="the new shard's name (default shard-N)")
     p.add_argument("--weight", type=int, default=1, help="relative weight (default %(default)s)")
+    p.add_argument(
+        "--backend",
+        metavar="URL",
+        help="the new shard's backend, e.g. redis://host:6379/0 (default: a new LMDB directory in the store)",
+    )
     data_option(p)
     _batch_option(p)
     p.set_defaults(func=_add_shard)
@@ -536,7 +541,7 @@ def _add_shard(args: argparse.Namespace) -> int:
         return _rebalance(
             args,
             f"adding {name}",
-            lambda **kw: store.add_shard(name, weight=args.weight, **kw),
+            lambda **kw: store.add_shard(name, weight=args.weight, backend=args.backend, **kw),
         )
 
 
