@@ -46,9 +46,10 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from dhtcart.errors import (
     CartEmpty,
@@ -134,9 +135,9 @@ def check_price(value: object, field: str = "offeredPrice") -> Decimal:
                 raise InvalidInput(field, "must be a finite number")
             price = Decimal(repr(value))
         elif isinstance(value, str):
-            if not _PRICE_RE.fullmatch(value):
+            if len(value) > 40 or not _PRICE_RE.fullmatch(value):
                 raise InvalidInput(field, f"is not a plain decimal number like 12.34: {value[:40]!r}")
-            price = Decimal(value)
+            return _price_of_text(value, field)
         else:
             raise InvalidInput(field, f"must be a number, not {type(value).__name__}")
     except InvalidOperation:
@@ -150,6 +151,12 @@ def check_price(value: object, field: str = "offeredPrice") -> Decimal:
     if price != price.quantize(_CENT):
         raise InvalidInput(field, "must have at most two decimal places")
     return price.quantize(_CENT) if price else _ZERO  # no "-0.00"
+
+
+@lru_cache(maxsize=4096)
+def _price_of_text(text: str, field: str) -> Decimal:
+    """Prices repeat: parse each distinct string once (the result is immutable)."""
+    return check_price(Decimal(text), field)
 
 
 def check_datetime(value: object, field: str = "saleExpiration") -> datetime:
@@ -179,9 +186,8 @@ def check_datetime(value: object, field: str = "saleExpiration") -> datetime:
 # -- data ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CartItem:
-    """One line of a cart, as listed."""
+class CartItem(NamedTuple):
+    """One line of a cart, as listed (an immutable named tuple)."""
 
     item_id: str
     offered_price: Decimal
@@ -285,6 +291,7 @@ def _encode(bucket: _Bucket) -> bytes:
     return b"\n".join(parts)
 
 
+@lru_cache(maxsize=4096)
 def _header(customer: str) -> bytes:
     return _dumps(customer).encode()
 
@@ -331,6 +338,7 @@ class CartService:
         self._hasher = hasher
         self.max_retries = max_retries
         self._cache: dict[int, tuple[bytes, _Bucket]] = {}
+        self._keys: dict[str, int] = {}
 
     @classmethod
     def open(cls, directory: str | Path, **store_options: Any) -> CartService:
@@ -369,7 +377,7 @@ class CartService:
         new_lines)``, or ``(result, _UNCHANGED)`` to write nothing. It may
         raise: nothing is written then.
         """
-        key = self._hasher(customer_id)
+        key = self._key(customer_id)
         store = self.store
         for attempt in range(self.max_retries):
             rec = store.get(key)
@@ -397,8 +405,19 @@ class CartService:
             f"cart of {customer_id!r} changed under us {self.max_retries} times; try again"
         )
 
+    def _key(self, customer_id: str) -> int:
+        """The customer's key; hashes are remembered for recently seen customers."""
+        keys = self._keys
+        key = keys.get(customer_id)
+        if key is None:
+            key = self._hasher(customer_id)
+            if len(keys) >= _CACHE_SIZE * 16:
+                keys.clear()
+            keys[customer_id] = key
+        return key
+
     def _lines(self, customer_id: str) -> _Lines:
-        key = self._hasher(customer_id)
+        key = self._key(customer_id)
         rec = self.store.get(key)
         if rec is None:
             return {}
@@ -430,12 +449,15 @@ class CartService:
         """Add ``item_count`` units (to the existing line if the item is there); return the line."""
         check_id(customer_id, "customerId")
         check_id(item_id, "itemId")
-        price = str(check_price(offered_price))
+        price_dec = check_price(offered_price)
+        price = str(price_dec)
         check_count(item_count, "itemCount")
         if not isinstance(special_sale, bool):
             raise InvalidInput("specialSale", f"must be true or false, not {type(special_sale).__name__}")
-        exp = None if sale_expiration is None else check_datetime(sale_expiration).isoformat()
+        expiration = None if sale_expiration is None else check_datetime(sale_expiration)
+        exp = None if expiration is None else expiration.isoformat()
         now = self._clock()
+        expired = special_sale and expiration is not None and expiration <= now
 
         def fn(lines: _Lines) -> tuple[CartItem, _Lines]:
             entry = lines.get(item_id)
@@ -444,9 +466,8 @@ class CartService:
                 raise InvalidInput("itemCount", f"the cart would hold {count} units; the limit is {MAX_COUNT}")
             if entry is None and len(lines) >= MAX_LINES:
                 raise InvalidInput("itemId", f"the cart already holds {MAX_LINES} items, the limit")
-            line = [price, count, special_sale, exp]
-            lines[item_id] = (line, None)
-            return self._item(item_id, line, now), lines
+            lines[item_id] = ([price, count, special_sale, exp], None)
+            return CartItem(item_id, price_dec, count, special_sale, expiration, expired), lines
 
         result: CartItem = self._change(customer_id, fn)
         return result
