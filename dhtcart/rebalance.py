@@ -185,7 +185,8 @@ class Migration:
             if self.cursors[i] < m.hi:
                 routes.setdefault((m.source, m.target), []).append(i)
         for (source, target), todo in routes.items():
-            src, dst = servers[source], servers[target]
+            # records go backend to backend: they were checked when first written
+            src, dst = servers[source].backend, servers[target].backend
             pos = 0
             while pos < len(todo):
                 with gate.write():
@@ -227,5 +228,5 @@ class Migration:
         """Drop the copies a failed batch may have left where no route leads."""
         if self.dirty is not None:
             name, versions = self.dirty
-            servers[name].delete_many(versions)
+            servers[name].backend.delete_many(versions)
             self.dirty = None

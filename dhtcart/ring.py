@@ -323,7 +323,9 @@ class HashRing(_RingBase):
 
     def node_for(self, key: int) -> str:
         """The node owning ``key``: the first point at or after it, wrapping. O(log points)."""
-        points, owners = self._snap
+        state = self._state  # read once: one consistent snapshot
+        points: list[int] = state[1]
+        owners: list[str] = state[2]
         if not points:
             raise EmptyRing("the ring has no nodes")
         i = bisect_left(points, key)

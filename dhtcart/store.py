@@ -48,7 +48,7 @@ from typing import Any, Literal, cast
 from dhtcart._rwlock import RWLock
 from dhtcart.backends import open_backend
 from dhtcart.backends.base import Backend, Record
-from dhtcart.errors import ShardExists, ShardNotFound, StoreBusy, StoreClosed
+from dhtcart.errors import InvalidInput, ShardExists, ShardNotFound, StoreBusy, StoreClosed
 from dhtcart.hashing import MAX_KEY
 from dhtcart.rebalance import (
     DEFAULT_BATCH_SIZE,
@@ -77,7 +77,8 @@ AnyRing = HashRing | PartitionRing
 
 def _check_shard_name(name: object) -> str:
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ValueError(
+        raise InvalidInput(
+            "name",
             f"shard name must be 1-64 characters of letters, digits, '.', '_' or '-',"
             f" starting with a letter or digit; got {name!r}"
         )
@@ -131,13 +132,13 @@ class DHTServerStore:
         if isinstance(shards, Mapping):
             urls = {_check_shard_name(n): u for n, u in shards.items()}
         elif isinstance(shards, bool) or not isinstance(shards, int):
-            raise TypeError(f"shards must be an int or a mapping name -> URL, not {type(shards).__name__}")
+            raise InvalidInput("shards", f"must be an int or a mapping name -> URL, not {type(shards).__name__}")
         else:
             if not 1 <= shards <= 4096:
-                raise ValueError(f"shards must be between 1 and 4096, got {shards}")
+                raise InvalidInput("shards", f"must be between 1 and 4096, got {shards}")
             urls = {f"shard-{i}": backend for i in range(shards)}
         if not urls:
-            raise ValueError("a store needs at least one shard")
+            raise InvalidInput("shards", "a store needs at least one shard")
         return urls
 
     def _setup(
@@ -430,11 +431,13 @@ class DHTServerStore:
 
     def stats(self) -> dict[str, int]:
         """Keys per shard."""
-        return {name: s.count() for name, s in sorted(self._servers.items())}
+        with self._gate.read():  # not in the middle of a batch: no key counted twice
+            return {name: s.count() for name, s in sorted(self._servers.items())}
 
     def count(self) -> int:
         """Keys in the whole store."""
-        return sum(s.count() for s in self._servers.values())
+        with self._gate.read():
+            return sum(s.count() for s in self._servers.values())
 
     def __len__(self) -> int:
         return self.count()
@@ -457,7 +460,7 @@ class DHTServerStore:
             raise ShardNotFound(f"no shard named {name!r}; shards: {', '.join(sorted(self._servers))}")
         elif op == "remove":
             if len(self._servers) == 1:
-                raise ValueError("cannot remove the last shard of a store")
+                raise InvalidInput("name", "cannot remove the last shard of a store")
             ring.remove_node(name)
         else:
             ring.set_weight(name, weight)
@@ -494,18 +497,24 @@ class DHTServerStore:
         ``url`` then goes in the manifest): by default a new LMDB directory in a
         persistent store, ``memory://`` otherwise.
         """
-        name = _check_shard_name(name if name is not None else self._next_name())
-        new = self._ring_with("add", name, weight)
-        if backend is None:
-            backend = f"lmdb://{SHARDS_DIR}/{name}" if self._directory is not None else "memory://"
-        return self._rebalance(new, {name: backend}, [], batch_size, progress)
+        with self._admin:
+            name = _check_shard_name(name if name is not None else self._next_name())
+            if backend is None:
+                backend = f"lmdb://{SHARDS_DIR}/{name}" if self._directory is not None else "memory://"
+            elif self._directory is not None and (
+                backend.url if isinstance(backend, Backend) else backend
+            ).startswith("memory:"):
+                raise InvalidInput(
+                    "backend", "a persistent store cannot have a memory:// shard: its keys would vanish on close"
+                )
+            return self._rebalance(("add", name, weight), {name: backend}, [], batch_size, progress)
 
     def remove_shard(
         self, name: str, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None
     ) -> RebalanceReport:
         """Move a shard's keys to their new owners, then drop the shard and its data."""
-        new = self._ring_with("remove", name)
-        return self._rebalance(new, {}, [name], batch_size, progress)
+        with self._admin:
+            return self._rebalance(("remove", name, 1), {}, [name], batch_size, progress)
 
     def set_weight(
         self,
@@ -516,49 +525,55 @@ class DHTServerStore:
         progress: Progress | None = None,
     ) -> RebalanceReport:
         """Change a shard's weight and move the arcs that change owner."""
-        new = self._ring_with("weight", name, weight)
-        return self._rebalance(new, {}, [], batch_size, progress)
+        with self._admin:
+            return self._rebalance(("weight", name, weight), {}, [], batch_size, progress)
 
     def _rebalance(
         self,
-        new: AnyRing,
+        change: tuple[str, str, int],
         added: Mapping[str, str | Backend],
         removed: list[str],
         batch_size: int,
         progress: Progress | None,
     ) -> RebalanceReport:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        with self._admin:
-            self._check_open()
-            if self._migration is not None:
-                raise StoreBusy("a previous rebalance stopped on an error: call finish_rebalance() first")
-            self._lock_exclusive()
+            raise InvalidInput("batch_size", f"must be a positive int, got {batch_size!r}")
+        # the caller holds self._admin: the new ring is computed from the current
+        # one inside it, so two threads' rebalances run one after the other
+        self._check_open()
+        if self._migration is not None:
+            raise StoreBusy("a previous rebalance stopped on an error: call finish_rebalance() first")
+        new = self._ring_with(*change)
+        self._lock_exclusive()
+        try:
+            start = time.perf_counter()
+            before = self.stats()
+            mig = Migration(self._ring, new)
+            planned = estimate_keys(mig.moves, self._ring, self._servers) if progress else 0
+            new_urls = {**self._urls, **{n: u if isinstance(u, str) else u.url for n, u in added.items()}}
+            self._journal = {"phase": "migrate", "ring": new.to_dict(), "shards": new_urls, "drop": removed}
+            self._save(journal=self._journal)  # first: a crash from here on is finished on reopening
             try:
-                start = time.perf_counter()
-                before = self.stats()
-                mig = Migration(self._ring, new)
-                planned = estimate_keys(mig.moves, self._ring, self._servers) if progress else 0
-                new_urls = {**self._urls, **{n: u if isinstance(u, str) else u.url for n, u in added.items()}}
                 opened = {n: self._open_server(n, u) for n, u in added.items()}
-                self._journal = {"phase": "migrate", "ring": new.to_dict(), "shards": new_urls, "drop": removed}
-                self._save(journal=self._journal)
-                with self._gate.write():
-                    self._servers.update(opened)
-                    self._urls = new_urls
-                    self._migration = mig
-                self._run_migration(mig, batch_size, progress, planned)
-                self._commit(new, new_urls, removed)
-                return RebalanceReport(
-                    keys_moved=mig.keys_moved,
-                    bytes_moved=mig.bytes_moved,
-                    seconds=time.perf_counter() - start,
-                    arcs=len(mig.moves),
-                    keys_before=before,
-                    keys_after=self.stats(),
-                )
-            finally:
-                self._lock_shared()
+            except BaseException:
+                self._save(journal=None)  # nothing moved yet: forget the rebalance
+                raise
+            with self._gate.write():
+                self._servers.update(opened)
+                self._urls = new_urls
+                self._migration = mig
+            self._run_migration(mig, batch_size, progress, planned)
+            self._commit(new, new_urls, removed)
+            return RebalanceReport(
+                keys_moved=mig.keys_moved,
+                bytes_moved=mig.bytes_moved,
+                seconds=time.perf_counter() - start,
+                arcs=len(mig.moves),
+                keys_before=before,
+                keys_after=self.stats(),
+            )
+        finally:
+            self._lock_shared()
 
     def _run_migration(self, mig: Migration, batch_size: int, progress: Progress | None, planned: int) -> None:
         try:
