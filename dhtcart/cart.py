@@ -93,7 +93,11 @@ def _utcnow() -> datetime:
 
 
 def check_id(value: object, field: str) -> str:
-    """A customer or item id: a non-empty str of at most 128 printable characters."""
+    """A customer or item id: a non-empty str of at most 128 printable characters.
+
+    No ``/`` (an id is one path segment of the HTTP API), no U+FFFD, no
+    surrounding white space. Ids are compared as given: no Unicode normalisation.
+    """
     if not isinstance(value, str):
         raise InvalidInput(field, f"must be a string, not {type(value).__name__}")
     if not value:
@@ -102,6 +106,9 @@ def check_id(value: object, field: str) -> str:
         raise InvalidInput(field, f"must be at most {MAX_ID_LENGTH} characters, got {len(value)}")
     if not value.isprintable():  # also false for surrogates and other unassigned/format code points
         raise InvalidInput(field, "must not contain control or unprintable characters")
+    if "/" in value or "\ufffd" in value:
+        # an id is one URL path segment of the HTTP API; U+FFFD is what undecodable bytes become
+        raise InvalidInput(field, "must not contain '/' or U+FFFD (the mark of bytes that were not UTF-8)")
     if value != value.strip():
         raise InvalidInput(field, "must not start or end with white space")
     return value
@@ -268,7 +275,16 @@ _Entry = tuple[_Line, "bytes | None"]  # a line and its encoded form (None: not 
 _Lines = dict[str, _Entry]  # item id -> entry, in the order added
 _Bucket = dict[str, _Lines]  # customer id -> lines
 
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_quote = json.encoder.encode_basestring_ascii  # C: str -> JSON string
+
+
+def _encode_line(item_id: str, line: _Line) -> bytes:
+    """``json.dumps([item_id, *line])``, compact, without building an encoder per call."""
+    price, count, sale, exp = line
+    return (
+        f"[{_quote(item_id)},{_quote(price)},{count:d},{'true' if sale else 'false'},"
+        f"{'null' if exp is None else _quote(exp)}]"
+    ).encode()
 _second = itemgetter(1)
 
 
@@ -285,7 +301,7 @@ def _encode(bucket: _Bucket) -> bytes:
         if None in frags:
             for item_id, (line, frag) in lines.items():
                 if frag is None:
-                    lines[item_id] = (line, _dumps([item_id, *line]).encode())
+                    lines[item_id] = (line, _encode_line(item_id, line))
             frags = list(map(_second, lines.values()))
         parts += frags
     return b"\n".join(parts)
@@ -293,7 +309,7 @@ def _encode(bucket: _Bucket) -> bytes:
 
 @lru_cache(maxsize=4096)
 def _header(customer: str) -> bytes:
-    return _dumps(customer).encode()
+    return _quote(customer).encode()
 
 
 def _decode(raw: bytes) -> _Bucket:

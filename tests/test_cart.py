@@ -358,16 +358,16 @@ def test_add_reencodes_only_the_line_it_touches(monkeypatch: pytest.MonkeyPatch)
     import dhtcart.cart as cart_module
 
     calls: list[object] = []
-    real = cart_module._dumps
+    real = cart_module._encode_line
 
-    def counting(obj: object) -> str:
-        calls.append(obj)
-        return real(obj)
+    def counting(item_id: str, line: list[object]) -> bytes:
+        calls.append([item_id, *line])
+        return real(item_id, line)
 
     with CartService() as carts:
         for i in range(1000):
             carts.add_item("big", f"item-{i}", "1.00")
-        monkeypatch.setattr(cart_module, "_dumps", counting)
+        monkeypatch.setattr(cart_module, "_encode_line", counting)
         carts.add_item("big", "item-5", "1.00")  # re-add: one line changes
         carts.update_count("big", "item-7", 3)
         carts.add_item("big", "item-new", "2.00")
