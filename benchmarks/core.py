@@ -158,9 +158,15 @@ def _cart_benches(tmp: Path) -> tuple[dict[str, Bench], list[CartService]]:
 
         def add(n: int, svc: CartService = svc) -> None:
             for i in range(n):
-                svc.add_item("small", f"sku-{i % 3}", "1.99", 1, True, far)
+                svc.add_item("small", f"sku-{i % 3}", "1.99")
+
+        def add_sale(n: int, svc: CartService = svc) -> None:
+            for i in range(n):
+                svc.add_item("sale", f"sku-{i % 3}", "1.99", 1, True, far)
 
         benches[f"CartService.add_item, 3-item cart ({label})"] = add
+        if label != "lmdb power":
+            benches[f"CartService.add_item with a sale date, 3-item cart ({label})"] = add_sale
     big = services["memory"]
     for j in range(1000):
         big.add_item("big", f"sku-{j:04d}", "1.99")

@@ -554,14 +554,12 @@ def summary(
             " (about 0.2-0.6 µs per record), while a migration must also read each record and delete it"
             " from its source; even a raw byte-level LMDB move of the same records (read, `putmulti`,"
             " delete) costs 3-5 x that floor. The rest is per-record Python work: decoding each record"
-            " into a `Record`, `DHTServer.put_many` / `delete_many` re-validating every key, version and"
-            " value that came from a shard and was valid already (about a third of the time in a"
-            " profile), and a version-checked delete that reads each key again; plus fixed costs per"
-            " rebalance (10-50 ms: the new ring, fsynced manifest writes, one range scan per moving arc)."
-            " Suggested: let `Migration` hand trusted records to the backends directly (no"
-            " re-validation), and give backends an optional raw-bytes move (LMDB: cursor read,"
-            " `putmulti`, delete by cursor, no decoding). That should bring it near the raw-move figure,"
-            " about 3-6 x the floor: the 3 x goal itself is below what reading, writing and deleting"
+            " into a `Record` and re-encoding it, and a version-checked delete that reads each key"
+            " again (records already go backend to backend, unchecked); plus fixed costs per rebalance"
+            " (10-50 ms: the new ring, fsynced manifest writes, one range scan per moving arc)."
+            " A raw-bytes move in the LMDB backend (cursor read, `putmulti`, delete by cursor, no"
+            " decoding) could bring it near the raw-move figure, about 3-6 x the floor: the 3 x goal"
+            " itself is below what reading, writing and deleting"
             " each record costs even in C.",
             "",
         ]
@@ -569,8 +567,7 @@ def summary(
         rows += [
             "Lookup: both rings pay for `hash_key` (one SHA1, fixed by the design), most of a lookup"
             " here; `PartitionRing` then indexes a list (about 0.1 µs), `HashRing` runs a binary search over"
-            " 1,600 points behind its `_snap` property, which builds a tuple on every call (about 0.5 µs;"
-            " reading `self._state` directly in `node_for` measured 0.35 µs). `HashRing` misses the 1.5 x"
+            " 1,600 points (about 0.35 µs). `HashRing` misses the 1.5 x"
             " goal; the store uses `PartitionRing`, which meets it.",
             "",
         ]

@@ -47,7 +47,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
-from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -158,6 +157,9 @@ def check_price(value: object, field: str = "offeredPrice") -> Decimal:
     if price != price.quantize(_CENT):
         raise InvalidInput(field, "must have at most two decimal places")
     return price.quantize(_CENT) if price else _ZERO  # no "-0.00"
+
+
+_isoformat = lru_cache(maxsize=1024)(datetime.isoformat)  # sale dates repeat; datetimes are immutable
 
 
 @lru_cache(maxsize=4096)
@@ -271,8 +273,7 @@ class Receipt:
 
 _TAG = b"dhtcart-cart %d" % FORMAT
 _Line = list[Any]  # [price str, count, special_sale, expiration ISO str or None]
-_Entry = tuple[_Line, "bytes | None"]  # a line and its encoded form (None: not encoded yet)
-_Lines = dict[str, _Entry]  # item id -> entry, in the order added
+_Lines = dict[str, bytes]  # item id -> its encoded line, in the order added
 _Bucket = dict[str, _Lines]  # customer id -> lines
 
 _quote = json.encoder.encode_basestring_ascii  # C: str -> JSON string
@@ -285,25 +286,24 @@ def _encode_line(item_id: str, line: _Line) -> bytes:
         f"[{_quote(item_id)},{_quote(price)},{count:d},{'true' if sale else 'false'},"
         f"{'null' if exp is None else _quote(exp)}]"
     ).encode()
-_second = itemgetter(1)
+
+
+def _decode_line(frag: bytes) -> _Line:
+    line: _Line = json.loads(frag)[1:]
+    return line
+
+
+def _decode_lines(lines: _Lines) -> list[list[Any]]:
+    """Every line as ``[item_id, price, count, sale, expiration]``, in one C-level parse."""
+    rows: list[list[Any]] = json.loads(b"[" + b",".join(lines.values()) + b"]")
+    return rows
 
 
 def _encode(bucket: _Bucket) -> bytes:
-    """Encode, filling in the encoded form of new lines.
-
-    Only lines a change just made lack one, and those live in the private copy
-    that the change built, so filling them in never touches a shared cart.
-    """
     parts = [_TAG]
     for customer, lines in bucket.items():
         parts.append(_header(customer))
-        frags = list(map(_second, lines.values()))
-        if None in frags:
-            for item_id, (line, frag) in lines.items():
-                if frag is None:
-                    lines[item_id] = (line, _encode_line(item_id, line))
-            frags = list(map(_second, lines.values()))
-        parts += frags
+        parts += lines.values()
     return b"\n".join(parts)
 
 
@@ -323,7 +323,7 @@ def _decode(raw: bytes) -> _Bucket:
         if isinstance(row, str):
             lines = bucket.setdefault(row, {})
         else:
-            lines[row[0]] = (row[1:], frag)
+            lines[row[0]] = frag
     return bucket
 
 
@@ -441,6 +441,10 @@ class CartService:
 
     def _item(self, item_id: str, line: _Line, now: datetime) -> CartItem:
         price, count, sale, exp = line
+        return self._make_item(item_id, price, count, sale, exp, now)
+
+    @staticmethod
+    def _make_item(item_id: str, price: str, count: int, sale: bool, exp: str | None, now: datetime) -> CartItem:
         expiration = datetime.fromisoformat(exp) if exp is not None else None
         expired = bool(sale) and expiration is not None and expiration <= now
         return CartItem(item_id, Decimal(price), count, bool(sale), expiration, expired)
@@ -451,7 +455,10 @@ class CartService:
         """The customer's items in the order they were added (``[]`` for no cart)."""
         check_id(customer_id, "customerId")
         now = self._clock()
-        return [self._item(i, ln, now) for i, (ln, _) in self._lines(customer_id).items()]
+        lines = self._lines(customer_id)
+        if not lines:
+            return []
+        return [self._make_item(r[0], r[1], r[2], r[3], r[4], now) for r in _decode_lines(lines)]
 
     def add_item(
         self,
@@ -471,18 +478,18 @@ class CartService:
         if not isinstance(special_sale, bool):
             raise InvalidInput("specialSale", f"must be true or false, not {type(special_sale).__name__}")
         expiration = None if sale_expiration is None else check_datetime(sale_expiration)
-        exp = None if expiration is None else expiration.isoformat()
+        exp = None if expiration is None else _isoformat(expiration)
         now = self._clock()
         expired = special_sale and expiration is not None and expiration <= now
 
         def fn(lines: _Lines) -> tuple[CartItem, _Lines]:
             entry = lines.get(item_id)
-            count = item_count + (entry[0][1] if entry is not None else 0)
+            count = item_count + (_decode_line(entry)[1] if entry is not None else 0)
             if count > MAX_COUNT:
                 raise InvalidInput("itemCount", f"the cart would hold {count} units; the limit is {MAX_COUNT}")
             if entry is None and len(lines) >= MAX_LINES:
                 raise InvalidInput("itemId", f"the cart already holds {MAX_LINES} items, the limit")
-            lines[item_id] = ([price, count, special_sale, exp], None)
+            lines[item_id] = _encode_line(item_id, [price, count, special_sale, exp])
             return CartItem(item_id, price_dec, count, special_sale, expiration, expired), lines
 
         result: CartItem = self._change(customer_id, fn)
@@ -502,9 +509,9 @@ class CartService:
             if new_count == 0:
                 del lines[item_id]
                 return None, lines
-            old = entry[0]
+            old = _decode_line(entry)
             line = [old[0], new_count, old[2], old[3]]
-            lines[item_id] = (line, None)
+            lines[item_id] = _encode_line(item_id, line)
             return self._item(item_id, line, now), lines
 
         result: CartItem | None = self._change(customer_id, fn)
@@ -535,7 +542,7 @@ class CartService:
         def fn(lines: _Lines) -> tuple[Receipt, _Lines]:
             if not lines:
                 raise CartEmpty(customer_id)
-            items = [self._item(i, ln, now) for i, (ln, _) in lines.items()]
+            items = [self._make_item(row[0], row[1], row[2], row[3], row[4], now) for row in _decode_lines(lines)]
             expired = [it.item_id for it in items if it.expired]
             if expired:
                 raise SaleExpired(customer_id, expired)
