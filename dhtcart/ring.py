@@ -209,6 +209,38 @@ class _RingBase:
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._weights))
 
+    def _apply(self, weights: dict[str, int]) -> None:  # pragma: no cover - abstract
+        """Install a new snapshot for ``weights`` (called with ``_lock`` held)."""
+        raise NotImplementedError
+
+    def add_node(self, name: str, weight: int = 1) -> None:
+        """Add ``name`` with ``weight`` (HashRing: ``vnodes * weight`` points;
+        PartitionRing: it takes partitions from the most loaded nodes)."""
+        _check_name(name)
+        _check_weight(weight)
+        with self._lock:
+            if name in self._weights:
+                raise InvalidInput("name", f"node {name!r} is already in the ring")
+            self._apply({**self._weights, name: weight})
+
+    def remove_node(self, name: str) -> None:
+        """Remove ``name``; its keys go to the other nodes (HashRing: the next points
+        clockwise; PartitionRing: its partitions go to the least loaded nodes)."""
+        with self._lock:
+            if name not in self._weights:
+                raise ShardNotFound(f"no node named {name!r} in the ring")
+            weights = dict(self._weights)
+            del weights[name]
+            self._apply(weights)
+
+    def set_weight(self, name: str, weight: int) -> None:
+        """Change ``name``'s weight; its share of the keys follows."""
+        _check_weight(weight)
+        with self._lock:
+            if name not in self._weights:
+                raise ShardNotFound(f"no node named {name!r} in the ring")
+            self._apply({**self._weights, name: weight})
+
     def segments(self) -> tuple[list[int], list[str]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -292,34 +324,8 @@ class HashRing(_RingBase):
             owners.append(name)
         return points, owners
 
-    def _replace(self, weights: dict[str, int]) -> None:
+    def _apply(self, weights: dict[str, int]) -> None:
         self._state = (weights, *self._build(weights))
-
-    def add_node(self, name: str, weight: int = 1) -> None:
-        """Add ``name`` with ``vnodes * weight`` points. O(points log points)."""
-        _check_name(name)
-        _check_weight(weight)
-        with self._lock:
-            if name in self._weights:
-                raise InvalidInput("name", f"node {name!r} is already in the ring")
-            self._replace({**self._weights, name: weight})
-
-    def remove_node(self, name: str) -> None:
-        """Remove ``name`` and its points; its arcs go to the next points clockwise."""
-        with self._lock:
-            if name not in self._weights:
-                raise ShardNotFound(f"no node named {name!r} in the ring")
-            weights = dict(self._weights)
-            del weights[name]
-            self._replace(weights)
-
-    def set_weight(self, name: str, weight: int) -> None:
-        """Give ``name`` ``vnodes * weight`` points."""
-        _check_weight(weight)
-        with self._lock:
-            if name not in self._weights:
-                raise ShardNotFound(f"no node named {name!r} in the ring")
-            self._replace({**self._weights, name: weight})
 
     def node_for(self, key: int) -> str:
         """The node owning ``key``: the first point at or after it, wrapping. O(log points)."""
@@ -490,39 +496,13 @@ class PartitionRing(_RingBase):
             held[receiver].append(p)
         return owners
 
-    def _change(self, weights: dict[str, int]) -> None:
+    def _apply(self, weights: dict[str, int]) -> None:
         if weights:
             start = self._owners or [""] * self.partitions
             owners = self._assign(start, weights)
         else:
             owners = []
         self._state = (weights, owners)
-
-    def add_node(self, name: str, weight: int = 1) -> None:
-        """Add ``name``; it takes partitions from the most loaded nodes."""
-        _check_name(name)
-        _check_weight(weight)
-        with self._lock:
-            if name in self._weights:
-                raise InvalidInput("name", f"node {name!r} is already in the ring")
-            self._change({**self._weights, name: weight})
-
-    def remove_node(self, name: str) -> None:
-        """Remove ``name``; its partitions go to the least loaded nodes."""
-        with self._lock:
-            if name not in self._weights:
-                raise ShardNotFound(f"no node named {name!r} in the ring")
-            weights = dict(self._weights)
-            del weights[name]
-            self._change(weights)
-
-    def set_weight(self, name: str, weight: int) -> None:
-        """Change ``name``'s weight; partitions move until loads match the weights."""
-        _check_weight(weight)
-        with self._lock:
-            if name not in self._weights:
-                raise ShardNotFound(f"no node named {name!r} in the ring")
-            self._change({**self._weights, name: weight})
 
     # -- lookup -------------------------------------------------------------
 

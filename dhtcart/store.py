@@ -501,12 +501,6 @@ class DHTServerStore:
             name = _check_shard_name(name if name is not None else self._next_name())
             if backend is None:
                 backend = f"lmdb://{SHARDS_DIR}/{name}" if self._directory is not None else "memory://"
-            elif self._directory is not None and (
-                backend.url if isinstance(backend, Backend) else backend
-            ).startswith("memory:"):
-                raise InvalidInput(
-                    "backend", "a persistent store cannot have a memory:// shard: its keys would vanish on close"
-                )
             return self._rebalance(("add", name, weight), {name: backend}, [], batch_size, progress)
 
     def remove_shard(
@@ -544,6 +538,12 @@ class DHTServerStore:
         if self._migration is not None:
             raise StoreBusy("a previous rebalance stopped on an error: call finish_rebalance() first")
         new = self._ring_with(*change)
+        if self._directory is not None:
+            for url in added.values():
+                if (url.url if isinstance(url, Backend) else url).startswith("memory:"):
+                    raise InvalidInput(
+                        "backend", "a persistent store cannot have a memory:// shard: its keys would vanish on close"
+                    )
         self._lock_exclusive()
         try:
             start = time.perf_counter()

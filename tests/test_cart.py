@@ -14,6 +14,7 @@ from dhtcart import (
     CartItem,
     CartService,
     DHTServerStore,
+    InvalidInput,
     ItemNotFound,
     Receipt,
     ReceiptLine,
@@ -376,3 +377,14 @@ def test_add_reencodes_only_the_line_it_touches(monkeypatch: pytest.MonkeyPatch)
         assert [line[0] for line in encoded_lines] == ["item-5", "item-7", "item-new"]
         counts = {i.item_id: i.item_count for i in carts.list_items("big")}
     assert len(counts) == 1001 and counts["item-5"] == 2 and counts["item-7"] == 3
+
+
+@pytest.mark.parametrize("bad", ["a/b", "x\ufffd"])
+def test_ids_refuse_slash_and_replacement_character(bad: str) -> None:
+    """An id is one path segment of the HTTP API, and U+FFFD marks bytes that were not UTF-8."""
+    with CartService() as carts:
+        with pytest.raises(InvalidInput):
+            carts.add_item(bad, "i", "1")
+        with pytest.raises(InvalidInput):
+            carts.add_item("c", bad, "1")
+        assert carts.list_items("c") == []

@@ -14,6 +14,7 @@ from dhtcart import (
     DHTServer,
     DHTServerStore,
     HashRing,
+    InvalidInput,
     PartitionRing,
     Record,
     ShardUnavailable,
@@ -279,3 +280,16 @@ def test_unreachable_shard_is_shard_unavailable() -> None:
         assert store.put(live_key, b"fine") == 1, "the other shards are unaffected"
         assert store.get(live_key) == Record(1, b"fine")
         assert isinstance(store.servers["live"], DHTServer)
+
+
+def test_persistent_store_refuses_a_memory_shard(tmp_path: Path) -> None:
+    """A memory:// shard in a persistent store would lose its keys on close: refused, nothing changes."""
+    with DHTServerStore.open(tmp_path / "s", shards=2) as store:
+        store.put(5, b"v")
+        before = store.ring.to_dict()
+        with pytest.raises(InvalidInput, match="memory"):
+            store.add_shard("m", backend="memory://")
+        assert store.ring.to_dict() == before and "m" not in store.servers
+        assert store.get(5) == Record(1, b"v")
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["journal"] is None and "m" not in manifest["shards"]
