@@ -35,12 +35,14 @@ class RWLock:
         try:
             if self._writing:
                 self._readers_waiting += 1
-                while self._writing:
-                    self._cond.wait()
-                self._readers_waiting -= 1
-                if not self._readers_waiting and self._readers_turn:
-                    self._readers_turn = False
-                    self._cond.notify_all()
+                try:
+                    while self._writing:
+                        self._cond.wait()
+                finally:  # also when the wait is interrupted (KeyboardInterrupt)
+                    self._readers_waiting -= 1
+                    if not self._readers_waiting and self._readers_turn:
+                        self._readers_turn = False
+                        self._cond.notify_all()
             self._readers += 1
         finally:
             mutex.release()
@@ -60,8 +62,15 @@ class RWLock:
             while self._writing or self._readers_turn:
                 self._cond.wait()
             self._writing = True  # from now on new readers wait
-            while self._readers:
-                self._cond.wait()
+            try:
+                while self._readers:
+                    self._cond.wait()
+            except BaseException:  # interrupted: give the lock back, wake the waiting readers
+                self._writing = False
+                if self._readers_waiting:
+                    self._readers_turn = True
+                self._cond.notify_all()
+                raise
 
     def release_write(self) -> None:
         with self._cond:

@@ -406,13 +406,15 @@ class CartService:
                 bucket[customer_id] = lines
             else:
                 bucket.pop(customer_id, None)
+            if not bucket and rec is None:
+                return result
             try:
-                if bucket:
-                    raw = _encode(bucket)
-                    store.put(key, raw, rec.version if rec is not None else 0)
-                    self._remember(key, raw, bucket)
-                elif rec is not None:
-                    store.delete(key, rec.version)
+                # An emptied cart is written as an empty record, never deleted: a
+                # deleted key's version would restart at 1, and a writer still
+                # holding version 1 of the old cart could then overwrite a new one.
+                raw = _encode(bucket)
+                store.put(key, raw, rec.version if rec is not None else 0)
+                self._remember(key, raw, bucket)
                 return result
             except VersionConflict:
                 if attempt >= 4:  # heavy contention: back off a little, with jitter

@@ -242,18 +242,23 @@ class DHTServerStore:
                 manifest = cls._read_manifest(path)
                 if manifest is not None and not manifest.get("journal"):
                     return manifest
-                # creating or recovering needs the store alone
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                if cls._try_lock(fd, fcntl.LOCK_EX):
-                    try:
-                        manifest = cls._read_manifest(path)
-                        if manifest is None:
-                            manifest = cls._create(root, shards, durability, partitions)
-                        elif manifest.get("journal"):
-                            manifest = cls._recover(root, manifest)
-                    finally:
-                        fcntl.flock(fd, fcntl.LOCK_SH)  # downgrade (not atomic: re-read)
-                    continue
+                # creating or recovering needs the store alone; ADMIN first, as a
+                # rebalancer does, so that no handle is converting LOCK meanwhile
+                fcntl.flock(fd, fcntl.LOCK_UN)  # hold nothing while waiting, or two openers livelock
+                admin = os.open(root / ADMIN, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    if cls._try_lock(admin, fcntl.LOCK_EX) and cls._try_lock(fd, fcntl.LOCK_EX):
+                        try:
+                            manifest = cls._read_manifest(path)
+                            if manifest is None:
+                                manifest = cls._create(root, shards, durability, partitions)
+                            elif manifest.get("journal"):
+                                manifest = cls._recover(root, manifest)
+                        finally:
+                            fcntl.flock(fd, fcntl.LOCK_SH)  # downgrade (not atomic: re-read)
+                        continue
+                finally:
+                    os.close(admin)  # releases ADMIN
             if time.monotonic() > deadline:
                 raise StoreBusy(
                     f"store {root} is locked by another process (a rebalance or a recovery"
@@ -311,7 +316,7 @@ class DHTServerStore:
         )
         try:
             store._manifest_cache = manifest
-            store._journal = journal
+            store._journal = {k: v for k, v in journal.items() if k != "dirty"}
             if journal["phase"] == "migrate":
                 new_ring = ring_from_dict(journal["ring"])
                 mig = Migration(store._ring, new_ring)
@@ -319,7 +324,7 @@ class DHTServerStore:
                 if dirty:
                     mig.dirty = (dirty[0], [(k, v) for k, v in dirty[1]])
                 store._migration = mig
-                mig.run(store._servers, store._gate)
+                store._run_migration(mig, DEFAULT_BATCH_SIZE, None, 0)
                 store._commit(new_ring, journal["shards"], list(journal.get("drop", [])))
             else:
                 store._drop(list(journal.get("drop", [])))
@@ -361,10 +366,10 @@ class DHTServerStore:
             self._drop(drop)
 
     def _drop(self, names: list[str]) -> None:
-        for name in names:
-            server = self._servers.pop(name, None)
-            if server is not None:
-                server.backend.destroy()
+        with self._gate.write():  # no stats()/count() iterating the shards meanwhile
+            gone = [s for s in (self._servers.pop(n, None) for n in names) if s is not None]
+        for server in gone:
+            server.backend.destroy()
         self._save(journal=None)
 
     # -- routing ----------------------------------------------------------------
@@ -540,7 +545,11 @@ class DHTServerStore:
         new = self._ring_with(*change)
         if self._directory is not None:
             for url in added.values():
-                if (url.url if isinstance(url, Backend) else url).startswith("memory:"):
+                if isinstance(url, Backend):
+                    raise InvalidInput(
+                        "backend", "a persistent store records its shards by URL: pass the backend's URL"
+                    )
+                if url.startswith("memory:"):
                     raise InvalidInput(
                         "backend", "a persistent store cannot have a memory:// shard: its keys would vanish on close"
                     )
@@ -576,7 +585,16 @@ class DHTServerStore:
             self._lock_shared()
 
     def _run_migration(self, mig: Migration, batch_size: int, progress: Progress | None, planned: int) -> None:
+        """Run (or continue) ``mig``, keeping the journal's record of stale copies exact.
+
+        Stale copies of a failed batch are dropped first and the journal rewritten
+        without them *before* anything moves again: replaying an old list after
+        those keys moved for real would delete live records.
+        """
         try:
+            if mig.dirty is not None:
+                mig.clean(self._servers)
+                self._save(journal=self._journal)  # self._journal never holds "dirty"
             mig.run(self._servers, self._gate, batch_size=batch_size, progress=progress, planned=planned)
         except BaseException:
             if mig.dirty is not None:  # remember where stale copies may be, across a restart too

@@ -89,7 +89,7 @@ def test_seed_scenario(timed: CartService, clock: Clock) -> None:
     assert receipt.total == Decimal("64.97")
     assert receipt.checked_out_at == clock.now
     assert timed.list_items("customer-1") == []
-    assert timed.store.count() == 0, "an emptied cart leaves no record behind"
+    assert_carts_empty(timed.store)
     as_json = receipt.to_dict()
     assert as_json["total"] == "64.97" and as_json["lines"][0]["itemId"] == "036000291459"
     json.dumps(as_json)
@@ -115,7 +115,7 @@ def test_update_to_zero_removes_the_line(carts: CartService) -> None:
     assert ids(carts.list_items("c")) == ["b"]
     assert carts.update_count("c", "b", 0) is None
     assert carts.list_items("c") == []
-    assert carts.store.count() == 0
+    assert_carts_empty(carts.store)
 
 
 def test_upc_keeps_leading_zero(carts: CartService) -> None:
@@ -236,7 +236,7 @@ def test_checkout_of_empty_or_missing_cart(carts: CartService) -> None:
     carts.delete_item("c", "x")
     with pytest.raises(CartEmpty):
         carts.checkout("c")
-    assert carts.store.count() == 0
+    assert_carts_empty(carts.store)
 
 
 def test_missing_item(carts: CartService) -> None:
@@ -276,7 +276,7 @@ def test_forced_hash_collision(env: BackendEnv, store: DHTServerStore) -> None:
     with pytest.raises(CartEmpty):
         carts.checkout("alice")
     assert carts.checkout("bob").total == Decimal("47.00")
-    assert store.count() == 0
+    assert_carts_empty(store)
 
 
 def test_stored_value_names_the_customer(carts: CartService) -> None:
@@ -388,3 +388,27 @@ def test_ids_refuse_slash_and_replacement_character(bad: str) -> None:
         with pytest.raises(InvalidInput):
             carts.add_item("c", bad, "1")
         assert carts.list_items("c") == []
+
+
+def assert_carts_empty(store: DHTServerStore) -> None:
+    """An emptied cart stays as an empty record (never deleted: its version must keep
+    growing, or a writer holding version 1 of the old cart could overwrite a new one)."""
+    from dhtcart.cart import _decode
+
+    for _, rec in store.items():
+        assert all(not lines for lines in _decode(rec.value).values()), rec
+
+
+def test_emptied_cart_keeps_its_version_growing() -> None:
+    """The ABA case: a stale writer holding version 1 of a checked-out cart must not
+    overwrite the cart a new add created."""
+    with CartService() as carts:
+        carts.add_item("c", "a", "10")
+        key = hash_key("c")
+        stale = carts.store.get(key)
+        assert stale is not None and stale.version == 1
+        carts.checkout("c")
+        carts.add_item("c", "b", "1")
+        with pytest.raises(VersionConflict):
+            carts.store.put(key, stale.value, expected_version=stale.version)
+        assert [(i.item_id, i.item_count) for i in carts.list_items("c")] == [("b", 1)]

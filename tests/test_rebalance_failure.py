@@ -8,12 +8,15 @@ stale copy is anywhere (so a deleted key cannot come back).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 
 from dhtcart import MAX_KEY, DHTServerStore, ShardUnavailable, StoreBusy, hash_key
 from dhtcart.backends.base import Record
+from dhtcart.backends.lmdb import LMDBBackend
 from dhtcart.backends.memory import MemoryBackend
 
 
@@ -93,3 +96,44 @@ def test_failed_batch_is_finished_without_loss_or_resurrection(where: str) -> No
     assert {k: r.value for k, r in store.items()} == model
     assert sorted(store.stats()) == ["a", "b", "c"]
     assert sum(store.stats().values()) == len(model)
+
+
+def test_recovery_never_replays_a_cleaned_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch fails, finish_rebalance() cleans it and moves those keys for real, then the
+    process dies before the commit: reopening must not delete the moved keys again."""
+    store = DHTServerStore.open(tmp_path / "s", shards=2, partitions=64)
+    model = {}
+    for i in range(3000):
+        key = hash_key(f"k{i}")
+        store.put(key, b"v%d" % i)
+        model[key] = b"v%d" % i
+    real = LMDBBackend.put_many
+    failed = []
+
+    def fail_once(self: LMDBBackend, items: Iterable[tuple[int, Record]]) -> int:
+        items = list(items)
+        if not failed:
+            failed.append(True)
+            real(self, items[: len(items) // 2])
+            raise ShardUnavailable("c", self.url, "disk went away")
+        return real(self, items)
+
+    monkeypatch.setattr(LMDBBackend, "put_many", fail_once)
+    with pytest.raises(ShardUnavailable):
+        store.add_shard("c", batch_size=100)
+    journal = json.loads((tmp_path / "s" / "manifest.json").read_text())["journal"]
+    assert journal["dirty"], "the failed batch is journaled"
+
+    def crash(*args: object) -> None:
+        raise RuntimeError("killed before the commit")
+
+    monkeypatch.setattr(store, "_commit", crash)
+    with pytest.raises(RuntimeError):
+        store.finish_rebalance(batch_size=100)
+    journal = json.loads((tmp_path / "s" / "manifest.json").read_text())["journal"]
+    assert journal["phase"] == "migrate" and "dirty" not in journal
+    store.close()
+    with DHTServerStore.open(tmp_path / "s") as again:  # recovery finishes the rebalance
+        again._check()
+        assert {k: r.value for k, r in again.items()} == model
+        assert sorted(again.stats()) == ["c", "shard-0", "shard-1"]
