@@ -573,16 +573,22 @@ class DHTServerStore:
                 self._migration = mig
             self._run_migration(mig, batch_size, progress, planned)
             self._commit(new, new_urls, removed)
-            return RebalanceReport(
-                keys_moved=mig.keys_moved,
-                bytes_moved=mig.bytes_moved,
-                seconds=time.perf_counter() - start,
-                arcs=len(mig.moves),
-                keys_before=before,
-                keys_after=self.stats(),
-            )
+            return self._report(mig, start, before)
         finally:
             self._lock_shared()
+
+    def _report(
+        self, mig: Migration, start: float, before: dict[str, int], moved: int = 0, nbytes: int = 0
+    ) -> RebalanceReport:
+        """What ``mig`` did since it had moved ``moved`` keys and ``nbytes`` bytes."""
+        return RebalanceReport(
+            keys_moved=mig.keys_moved - moved,
+            bytes_moved=mig.bytes_moved - nbytes,
+            seconds=time.perf_counter() - start,
+            arcs=len(mig.moves),
+            keys_before=before,
+            keys_after=self.stats(),
+        )
 
     def _run_migration(self, mig: Migration, batch_size: int, progress: Progress | None, planned: int) -> None:
         """Run (or continue) ``mig``, keeping the journal's record of stale copies exact.
@@ -623,14 +629,7 @@ class DHTServerStore:
                 self._run_migration(mig, batch_size, progress, 0)
                 journal = self._journal
                 self._commit(cast(AnyRing, mig.new), journal["shards"], list(journal["drop"]))
-                return RebalanceReport(
-                    keys_moved=mig.keys_moved - moved,
-                    bytes_moved=mig.bytes_moved - nbytes,
-                    seconds=time.perf_counter() - start,
-                    arcs=len(mig.moves),
-                    keys_before=before,
-                    keys_after=self.stats(),
-                )
+                return self._report(mig, start, before, moved, nbytes)
             finally:
                 self._lock_shared()
 

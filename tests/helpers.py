@@ -93,3 +93,13 @@ def naive_increment(store: DHTServerStore, key: int, pause: float = 0.0) -> None
     if pause:
         time.sleep(pause)  # widen the window another writer can slip into
     store.put(key, b"%d" % (current + 1))
+
+
+def placement(store: DHTServerStore) -> dict[int, str]:
+    """Which shard holds each key (asserting that no key is on two shards)."""
+    where: dict[int, str] = {}
+    for name, server in store.servers.items():
+        for key, _ in server.scan(-1, MAX_KEY):
+            assert key not in where, f"key {key} is on {where[key]} and on {name}"
+            where[key] = name
+    return where

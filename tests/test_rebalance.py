@@ -33,19 +33,9 @@ from dhtcart import (
     VersionConflict,
     hash_key,
 )
-from dhtcart.hashing import MAX_KEY
+from tests.helpers import placement
 
 N_KEYS = 4000
-
-
-def placement(store: DHTServerStore) -> dict[int, str]:
-    """Which shard holds each key (asserting that no key is on two shards)."""
-    where: dict[int, str] = {}
-    for name, server in store.servers.items():
-        for key, _ in server.scan(-1, MAX_KEY):
-            assert key not in where, f"key {key} is on {where[key]} and on {name}"
-            where[key] = name
-    return where
 
 
 def records(store: DHTServerStore) -> dict[int, Record]:

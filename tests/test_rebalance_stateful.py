@@ -40,6 +40,7 @@ from hypothesis.stateful import (
 
 from dhtcart import DHTServerStore, HashRing, VersionConflict, hash_key
 from dhtcart.hashing import MAX_KEY
+from tests.helpers import placement
 
 PARTITIONS = 64
 _PART = (MAX_KEY + 1) // PARTITIONS
@@ -58,16 +59,6 @@ batch_sizes = st.integers(min_value=1, max_value=7)
 
 EXAMPLES = int(os.environ.get("DHTCART_STATEFUL_EXAMPLES", "20"))
 STEPS = 30
-
-
-def placement(store: DHTServerStore) -> dict[int, str]:
-    """Which shard holds each key (asserting that no key is on two shards)."""
-    where: dict[int, str] = {}
-    for name, server in store.servers.items():
-        for key, _ in server.scan(-1, MAX_KEY):
-            assert key not in where, f"key {key} is on {where[key]} and on {name}"
-            where[key] = name
-    return where
 
 
 class RebalanceMachine(RuleBasedStateMachine):
