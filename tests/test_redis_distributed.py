@@ -69,6 +69,7 @@ from dhtcart import (  # noqa: E402
     StoreBusy,
     hash_key,
 )
+from tests.helpers import placement  # noqa: E402
 from tests.redis_server import RedisServer, ServerError, find_server_binary  # noqa: E402
 
 try:
@@ -274,16 +275,6 @@ def _cart_counts(carts: CartService, customers: list[str]) -> Counter[str]:
     return Counter({f"{c}/{it.item_id}": it.item_count for c in customers for it in carts.list_items(c)})
 
 
-def _placement(store: DHTServerStore) -> dict[int, str]:
-    """Every key of the store and the shard it is stored on (read from the shards)."""
-    found: dict[int, str] = {}
-    for name, server in store.servers.items():
-        for key, _ in server.scan(-1, MAX_KEY):
-            assert key not in found, f"key {key} is on both {found[key]} and {name}"
-            found[key] = name
-    return found
-
-
 # -- 1. several client processes -------------------------------------------------------
 
 
@@ -454,12 +445,12 @@ def test_add_a_fourth_server_while_threads_add_to_carts(servers: list[RedisServe
 
         # each key on its owner; keys moved only to r3, about a quarter of them
         store._check()
-        placement = _placement(store)
-        for key, shard in placement.items():
+        where = placement(store)
+        for key, shard in where.items():
             assert shard in (old_ring.node_for(key), "r3"), f"key {key} moved to {shard}"
-        on_r3 = sum(1 for shard in placement.values() if shard == "r3")
+        on_r3 = sum(1 for shard in where.values() if shard == "r3")
         assert report.keys_after["r3"] == on_r3 == _keys_on(servers[3].url)
-        assert 0.15 < on_r3 / len(placement) < 0.35
+        assert 0.15 < on_r3 / len(where) < 0.35
         # carts created during the move went straight to r3
         assert report.keys_moved >= on_r3 - len(customers)
 
@@ -471,7 +462,7 @@ def test_add_a_fourth_server_while_threads_add_to_carts(servers: list[RedisServe
         store.close()
 
     with DHTServerStore.open(directory) as reopened:  # a client loading the new manifest
-        assert _placement(reopened) == placement
+        assert placement(reopened) == where
         reopened._check()
         assert _cart_counts(CartService(reopened), customers) == expected
 
@@ -751,7 +742,7 @@ def test_a_server_lost_during_a_rebalance_is_caught_up_on_reopening(
         for key, rec in expected.items():
             assert store.get(key) == rec
         store._check()
-        for key, shard in _placement(store).items():
+        for key, shard in placement(store).items():
             assert shard in (old_ring.node_for(key), "r3")
     finally:
         store.close()
@@ -788,7 +779,7 @@ def test_mixed_lmdb_and_redis_shards_move_keys_both_ways(servers: list[RedisServ
         # LMDB -> Redis
         store.add_shard("r1", backend=url1)
         check(store)
-        on_lmdb = {key for key, shard in _placement(store).items() if shard == "l0"}
+        on_lmdb = {key for key, shard in placement(store).items() if shard == "l0"}
         report = store.remove_shard("l0")
         assert report.keys_moved == len(on_lmdb)
         assert set(store.servers) == {"r0", "r1"}
@@ -802,7 +793,7 @@ def test_mixed_lmdb_and_redis_shards_move_keys_both_ways(servers: list[RedisServ
         # Redis -> LMDB
         store.add_shard("l1", backend="lmdb://shards/l1")
         check(store)
-        on_r0 = {key for key, shard in _placement(store).items() if shard == "r0"}
+        on_r0 = {key for key, shard in placement(store).items() if shard == "r0"}
         report = store.remove_shard("r0")
         assert report.keys_moved == len(on_r0) > 0
         assert set(store.servers) == {"l1", "r1"}
