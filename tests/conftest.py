@@ -65,6 +65,27 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under ``CI=true`` every skip is a failure, wherever it comes from (a missing
+    server, a missing optional package, an ``importorskip``): CI must test it all."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which counts as a failure: {report.longrepr}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """The same for a whole module skipped at collection (``pytest.importorskip``)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if IN_CI and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"module skipped under CI=true, which counts as a failure: {report.longrepr}"
+
+
 # -- Redis ----------------------------------------------------------------------------
 
 
