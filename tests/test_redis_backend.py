@@ -483,7 +483,7 @@ def test_prefix_isolation_and_destroy(server: RedisServer, raw: redis.Redis) -> 
     assert not list(raw.scan_iter(match=f"{tag}:b\\*\\[x\\]:*"))
     assert a.count() == 0 and a.put(1, b"a2") == 1
     a.destroy()
-    assert sorted(raw.scan_iter(match=f"{tag}*")) == sorted(
+    assert sorted(set(raw.scan_iter(match=f"{tag}*"))) == sorted(  # SCAN may repeat a key
         [f"{tag}:foreign".encode(), f"{tag}a:v:0000000000000001".encode(), f"{tag}:idxx".encode()]
     )
     raw.delete(f"{tag}:foreign", f"{tag}a:v:0000000000000001", f"{tag}:idxx")
