@@ -139,7 +139,7 @@ def aof_server(server_binary: str, tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def _record_keys(raw: redis.Redis, prefix: str) -> list[bytes]:
-    return sorted(raw.scan_iter(match=prefix.encode() + b"v:*", count=1000))
+    return sorted(set(raw.scan_iter(match=prefix.encode() + b"v:*", count=1000)))  # SCAN may repeat a key
 
 
 # -- URLs, passwords, TLS ------------------------------------------------------------------
