@@ -229,8 +229,7 @@ def main() -> None:
         ),
         (
             "add_item 1000-item / 3-item cart (memory)",
-            c["CartService.add_item, 1000-item cart (memory)"]
-            / c["CartService.add_item, 3-item cart (memory)"],
+            c["CartService.add_item, 1000-item cart (memory)"] / c["CartService.add_item, 3-item cart (memory)"],
             "seed: ~5x",
         ),
     ]

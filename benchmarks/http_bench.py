@@ -132,9 +132,7 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(
-        self, data: Path, workers: int, access_log: bool, log: Path, thread_pool: bool = False
-    ) -> None:
+    def __init__(self, data: Path, workers: int, access_log: bool, log: Path, thread_pool: bool = False) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         script = shutil.which("dhtcart")
@@ -276,9 +274,7 @@ async def _python_cell(
     return Cell(route, concurrency, len(latencies), seconds, pct(0.50), pct(0.99), non2xx, 0), concurrency
 
 
-def run_python(
-    port: int, route: str, concurrency: int, requests: int, prefix: str, cap: float
-) -> tuple[Cell, int]:
+def run_python(port: int, route: str, concurrency: int, requests: int, prefix: str, cap: float) -> tuple[Cell, int]:
     try:
         import uvloop
 
@@ -340,23 +336,13 @@ class Row:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000, help="responses per cell (default %(default)s)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="connections per cell")
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds of every cell; medians reported (default 3)"
-    )
-    parser.add_argument(
-        "--cap", type=float, default=20.0, help="seconds per cell at most (default %(default)s)"
-    )
-    parser.add_argument(
-        "--workers", type=int, default=1, help="dhtcart serve --workers (default %(default)s)"
-    )
-    parser.add_argument(
-        "--access-log", action="store_true", help="keep the per-request log line (off by default)"
-    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every cell; medians reported (default 3)")
+    parser.add_argument("--cap", type=float, default=20.0, help="seconds per cell at most (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=1, help="dhtcart serve --workers (default %(default)s)")
+    parser.add_argument("--access-log", action="store_true", help="keep the per-request log line (off by default)")
     parser.add_argument(
         "--thread-pool", action="store_true", help="dhtcart serve --thread-pool: every store call in a thread"
     )
@@ -482,8 +468,7 @@ def render_markdown(rows: list[Row], header: dict[str, str], argv: list[str]) ->
         "",
         f"Command: `{' '.join(['python benchmarks/http_bench.py', *argv])}`.",
         "",
-        "| connections | route | requests | req/s | p50 ms | p99 ms | vs no-op | server CPU µs/req "
-        "| non-2xx |",
+        "| connections | route | requests | req/s | p50 ms | p99 ms | vs no-op | server CPU µs/req | non-2xx |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:

@@ -95,9 +95,7 @@ def _timed(fn: Callable[[int], object], n: int) -> list[float]:
     return out
 
 
-def run(
-    url: str, ops: int, keys: int, value_size: int, rounds: int
-) -> tuple[list[Latency], list[Throughput]]:
+def run(url: str, ops: int, keys: int, value_size: int, rounds: int) -> tuple[list[Latency], list[Throughput]]:
     """Measure everything against the server at ``url``."""
     raw = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), protocol=2)
     backend = RedisBackend.from_url(url + "?prefix=bench:")
@@ -160,9 +158,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ops", type=int, default=20_000, help="calls per single-key operation")
     parser.add_argument("--keys", type=int, default=200_000, help="records in the bulk runs")
     parser.add_argument("--value-size", type=int, default=100, help="bytes per value")
@@ -243,8 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for lat in latencies:
         lines.append(
-            f"| {lat.name} | {lat.ops:,.0f} | {lat.median_us:.1f} | {lat.p99_us:.1f}"
-            f" | {lat.median_us / raw_set:.2f}x |"
+            f"| {lat.name} | {lat.ops:,.0f} | {lat.median_us:.1f} | {lat.p99_us:.1f} | {lat.median_us / raw_set:.2f}x |"
         )
     lines += ["", "| bulk operation | keys | seconds | keys/s |", "| --- | ---: | ---: | ---: |"]
     for b in bulk:

@@ -419,9 +419,7 @@ class CartService:
             except VersionConflict:
                 if attempt >= 4:  # heavy contention: back off a little, with jitter
                     time.sleep(random.uniform(0, 0.0005 * min(attempt, 20)))
-        raise TooManyRetries(
-            f"cart of {customer_id!r} changed under us {self.max_retries} times; try again"
-        )
+        raise TooManyRetries(f"cart of {customer_id!r} changed under us {self.max_retries} times; try again")
 
     def _key(self, customer_id: str) -> int:
         """The customer's key; hashes are remembered for recently seen customers."""
@@ -548,9 +546,7 @@ class CartService:
             expired = [it.item_id for it in items if it.expired]
             if expired:
                 raise SaleExpired(customer_id, expired)
-            receipt_lines = [
-                ReceiptLine(it.item_id, it.offered_price, it.item_count, it.line_total) for it in items
-            ]
+            receipt_lines = [ReceiptLine(it.item_id, it.offered_price, it.item_count, it.line_total) for it in items]
             total = sum((ln.line_total for ln in receipt_lines), Decimal("0.00"))
             return Receipt(customer_id, receipt_lines, total, now), {}
 

@@ -130,12 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=_Formatter,
     )
-    p.add_argument(
-        "--host", default=_env("DHTCART_HOST", "127.0.0.1"), help="interface (default %(default)s)"
-    )
-    p.add_argument(
-        "--port", type=int, default=_env("DHTCART_PORT", "8000"), help="port (default %(default)s)"
-    )
+    p.add_argument("--host", default=_env("DHTCART_HOST", "127.0.0.1"), help="interface (default %(default)s)")
+    p.add_argument("--port", type=int, default=_env("DHTCART_PORT", "8000"), help="port (default %(default)s)")
     data_option(p)
     p.add_argument(
         "--shards",
@@ -529,9 +525,7 @@ def _print_report(console: Console, report: RebalanceReport) -> None:
     for name in sorted(set(report.keys_before) | set(report.keys_after)):
         before = report.keys_before.get(name)
         after = report.keys_after.get(name)
-        table.add_row(
-            name, "-" if before is None else f"{before:,}", "removed" if after is None else f"{after:,}"
-        )
+        table.add_row(name, "-" if before is None else f"{before:,}", "removed" if after is None else f"{after:,}")
     console.print(table)
 
 
@@ -606,9 +600,7 @@ def _plan_remove(args: argparse.Namespace) -> int:
 
 def _plan_weight(args: argparse.Namespace) -> int:
     with _open_store(args.data) as store:
-        return _print_plan(
-            f"set-weight {args.name} {args.weight}", store.plan_set_weight(args.name, args.weight)
-        )
+        return _print_plan(f"set-weight {args.name} {args.weight}", store.plan_set_weight(args.name, args.weight))
 
 
 if __name__ == "__main__":  # pragma: no cover

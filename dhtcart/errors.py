@@ -114,10 +114,7 @@ class VersionConflict(Conflict):
     """A compare-and-set found another version than expected; nothing changed."""
 
     def __init__(self, key: int, expected: int, actual: int) -> None:
-        super().__init__(
-            f"key {key}: expected version {expected}, found {actual}"
-            " (0 means absent); re-read and retry"
-        )
+        super().__init__(f"key {key}: expected version {expected}, found {actual} (0 means absent); re-read and retry")
         self.key = key
         self.expected = expected
         self.actual = actual
@@ -129,8 +126,7 @@ class SaleExpired(Conflict):
     def __init__(self, customer_id: str, item_ids: Sequence[str]) -> None:
         ids = ", ".join(item_ids)
         super().__init__(
-            f"cart of {customer_id!r}: sale price expired for {ids};"
-            " remove or re-add these items, then check out"
+            f"cart of {customer_id!r}: sale price expired for {ids}; remove or re-add these items, then check out"
         )
         self.customer_id = customer_id
         self.item_ids = list(item_ids)

@@ -428,9 +428,7 @@ def _invalid(errors: list[dict[str, Any]]) -> Response:
 
 def _field_of(loc: tuple[Any, ...]) -> str:
     names = (
-        [str(p) for p in loc[1:]]
-        if loc and loc[0] in ("body", "path", "query", "header")
-        else [str(p) for p in loc]
+        [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "path", "query", "header") else [str(p) for p in loc]
     )
     return ".".join(names) or "body"
 
@@ -670,9 +668,7 @@ def create_app(
             message = str(e.get("msg", "invalid"))
             if loc == ("body",) and e.get("type") == "missing":
                 message = "a JSON object body is required"
-            details.append(
-                _field_error(_field_of(loc), str(loc[0]) if loc else None, str(e.get("type")), message)
-            )
+            details.append(_field_error(_field_of(loc), str(loc[0]) if loc else None, str(e.get("type")), message))
         return _invalid(details or [_field_error("body", "body", "invalid_input", "invalid request")])
 
     async def on_http_error(request: Request, exc: Exception) -> Response:

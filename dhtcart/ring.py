@@ -286,9 +286,7 @@ class HashRing(_RingBase):
     whose name sorts first, in every process.
     """
 
-    def __init__(
-        self, nodes: Iterable[str] | Mapping[str, int] = (), *, vnodes: int = DEFAULT_VNODES
-    ) -> None:
+    def __init__(self, nodes: Iterable[str] | Mapping[str, int] = (), *, vnodes: int = DEFAULT_VNODES) -> None:
         if isinstance(vnodes, bool) or not isinstance(vnodes, int) or vnodes < 1:
             raise InvalidInput("vnodes", f"must be a positive int, got {vnodes!r}")
         self.vnodes = vnodes
@@ -312,9 +310,7 @@ class HashRing(_RingBase):
             yield hash_key(f"{name}-{i}")
 
     def _build(self, weights: Mapping[str, int]) -> tuple[list[int], list[str]]:
-        pairs = sorted(
-            (point, name) for name, w in weights.items() for point in self._points_of(name, w)
-        )
+        pairs = sorted((point, name) for name, w in weights.items() for point in self._points_of(name, w))
         points: list[int] = []
         owners: list[str] = []
         for point, name in pairs:

@@ -30,8 +30,7 @@ def check_key(key: object) -> int:
     if type(key) is not int:
         if isinstance(key, bool) or not isinstance(key, int):
             raise InvalidKey(
-                f"key must be an int in [0, 2**63), not {type(key).__name__};"
-                " use dhtcart.hash_key(text) for strings"
+                f"key must be an int in [0, 2**63), not {type(key).__name__}; use dhtcart.hash_key(text) for strings"
             )
         key = int(key)
     if not 0 <= key < KEY_SPACE:
@@ -46,9 +45,7 @@ def check_value(value: object) -> bytes:
     elif isinstance(value, (bytearray, memoryview)):
         data = bytes(value)
     else:
-        raise InvalidValue(
-            f"value must be bytes-like (bytes, bytearray, memoryview), not {type(value).__name__}"
-        )
+        raise InvalidValue(f"value must be bytes-like (bytes, bytearray, memoryview), not {type(value).__name__}")
     if len(data) > MAX_VALUE_SIZE:
         raise InvalidValue(f"value of {len(data)} bytes exceeds the limit of {MAX_VALUE_SIZE} bytes")
     return data

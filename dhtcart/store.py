@@ -80,7 +80,7 @@ def _check_shard_name(name: object) -> str:
         raise InvalidInput(
             "name",
             f"shard name must be 1-64 characters of letters, digits, '.', '_' or '-',"
-            f" starting with a letter or digit; got {name!r}"
+            f" starting with a letter or digit; got {name!r}",
         )
     return name
 
@@ -700,4 +700,3 @@ class DHTServerStore:
     def __repr__(self) -> str:
         where = f" at {self._directory}" if self._directory else ""
         return f"<DHTServerStore {len(self._servers)} shards{where}>"
-

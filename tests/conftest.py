@@ -194,8 +194,7 @@ class BackendEnv:
             base = next(self._n)
             # several databases of the one server, plus a prefix so stores never share keys
             return {
-                f"r{i}": f"redis://127.0.0.1:{self.redis_port}/{1 + (base + i) % 15}?prefix=s{base}:"
-                for i in range(n)
+                f"r{i}": f"redis://127.0.0.1:{self.redis_port}/{1 + (base + i) % 15}?prefix=s{base}:" for i in range(n)
             }
         return n
 

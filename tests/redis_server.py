@@ -259,8 +259,7 @@ class RedisServer:
                 f" {self.port}: {self._diagnostics()}"
             )
         raise ServerError(
-            f"{self.binary} did not answer PING on port {self.port} within"
-            f" {timeout:g} s: {self._diagnostics()}"
+            f"{self.binary} did not answer PING on port {self.port} within {timeout:g} s: {self._diagnostics()}"
         )
 
     def _diagnostics(self) -> str:

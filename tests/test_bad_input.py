@@ -251,9 +251,7 @@ def _rows() -> Iterator[Any]:
         ("-2", -2),
         ("2**63", 2**63),
     ]:
-        yield row(
-            f"shard.scan-lo-{name}", lambda w, b=bound: w.shard.scan(b, MAX_KEY), InvalidKey, ValueError
-        )
+        yield row(f"shard.scan-lo-{name}", lambda w, b=bound: w.shard.scan(b, MAX_KEY), InvalidKey, ValueError)
         yield row(f"shard.scan-hi-{name}", lambda w, b=bound: w.shard.scan(-1, b), InvalidKey, ValueError)
     for name, limit in [("neg", -1), ("str", "5"), ("true", True), ("float", 2.5)]:
         yield row(

@@ -208,9 +208,7 @@ def test_sale_expiration_forms(carts: CartService) -> None:
     carts.add_item("c", "naive-str", "1", special_sale=True, sale_expiration="2030-01-01T00:00:00")
     carts.add_item("c", "naive-dt", "1", special_sale=True, sale_expiration=datetime(2030, 1, 1))
     tz = timezone(timedelta(hours=-5))
-    carts.add_item(
-        "c", "aware-dt", "1", special_sale=True, sale_expiration=datetime(2029, 12, 31, 19, tzinfo=tz)
-    )
+    carts.add_item("c", "aware-dt", "1", special_sale=True, sale_expiration=datetime(2029, 12, 31, 19, tzinfo=tz))
     for item in carts.list_items("c"):
         assert item.sale_expiration == datetime(2030, 1, 1, tzinfo=utc), item.item_id
         assert item.sale_expiration.utcoffset() == timedelta(0)
@@ -290,9 +288,7 @@ def test_stored_value_names_the_customer(carts: CartService) -> None:
 
 
 def test_cart_item_to_dict(carts: CartService) -> None:
-    item = carts.add_item(
-        "c", "i", "1.50", item_count=2, special_sale=True, sale_expiration="2099-01-01T00:00:00Z"
-    )
+    item = carts.add_item("c", "i", "1.50", item_count=2, special_sale=True, sale_expiration="2099-01-01T00:00:00Z")
     assert item.to_dict() == {
         "itemId": "i",
         "offeredPrice": "1.50",

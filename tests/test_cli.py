@@ -30,9 +30,7 @@ CUSTOMERS = 300
 
 
 def _python(code: str, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, **kwargs
-    )  # type: ignore[call-overload, no-any-return]
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, **kwargs)  # type: ignore[call-overload, no-any-return]
 
 
 @pytest.fixture
@@ -130,9 +128,7 @@ def test_environment_sets_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("argv", [["serve", "--workers", "0"], ["serve", "--port", "70000"]])
-def test_serve_rejects_bad_numbers(
-    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_serve_rejects_bad_numbers(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*argv, "--data", str(tmp_path / "d")]) == EXIT_USAGE
     assert "must be between" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
@@ -248,9 +244,7 @@ def held(store_dir: Path) -> Iterator[Path]:
 
 
 @pytest.mark.parametrize("argv", [["add-shard"], ["remove-shard", "shard-0"], ["set-weight", "shard-0", "2"]])
-def test_busy_store_is_reported_with_exit_4(
-    held: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_busy_store_is_reported_with_exit_4(held: Path, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*argv, "--data", str(held)]) == EXIT_BUSY
     captured = capsys.readouterr()
     assert "store busy" in captured.err and "close the other processes" in captured.err
@@ -284,14 +278,10 @@ def test_import_dhtcart_imports_no_server_extra() -> None:
     assert r.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize(
-    ("blocked", "argv"), [("fastapi", ["serve"]), ("uvicorn", ["serve"]), ("rich", ["stats"])]
-)
+@pytest.mark.parametrize(("blocked", "argv"), [("fastapi", ["serve"]), ("uvicorn", ["serve"]), ("rich", ["stats"])])
 def test_missing_extra_prints_install_hint(blocked: str, argv: list[str], store_dir: Path) -> None:
     r = _python(
-        f"import sys; sys.modules[{blocked!r}] = None\n"
-        "from dhtcart.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))",
+        f"import sys; sys.modules[{blocked!r}] = None\nfrom dhtcart.cli import main\nsys.exit(main(sys.argv[1:]))",
         *argv,
         "--data",
         str(store_dir),

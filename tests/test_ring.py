@@ -52,9 +52,7 @@ def owner_by_arcs(ring: HashRing | PartitionRing, key: int) -> str:
     return arcs[i].node
 
 
-def interesting_keys(
-    ring: HashRing | PartitionRing, *others: Any, rnd: random.Random, n: int = 200
-) -> list[int]:
+def interesting_keys(ring: HashRing | PartitionRing, *others: Any, rnd: random.Random, n: int = 200) -> list[int]:
     """Random keys, the edges of the key space, and both sides of every boundary."""
     out = list(EDGE_KEYS) + [rnd.getrandbits(63) for _ in range(n)]
     for r in (ring, *others):
@@ -150,9 +148,7 @@ def test_partition_ring_lookup_is_shift() -> None:
 @kinds
 @settings(max_examples=40)
 @given(weights=members, seed=st.integers(0, 2**32))
-def test_arcs_partition_key_space_and_agree_with_node_for(
-    kind: str, weights: dict[str, int], seed: int
-) -> None:
+def test_arcs_partition_key_space_and_agree_with_node_for(kind: str, weights: dict[str, int], seed: int) -> None:
     ring = make(kind, weights)
     ring._check()
     arcs = ring.arcs()
@@ -209,9 +205,7 @@ def test_preference_list_of_no_nodes(kind: str, n: int) -> None:
     after=members,
     seed=st.integers(0, 2**32),
 )
-def test_moves_agree_with_node_for(
-    kind: str, before: dict[str, int], after: dict[str, int], seed: int
-) -> None:
+def test_moves_agree_with_node_for(kind: str, before: dict[str, int], after: dict[str, int], seed: int) -> None:
     a = make(kind, before)
     if kind == "partition":
         # a partition ring's changes are incremental: reach `after` by steps from `a`
@@ -558,9 +552,7 @@ def test_hash_ring_rough_balance() -> None:
 @pytest.mark.slow
 def test_readers_during_changes(kind: str) -> None:
     universe = {f"t{i}" for i in range(6)}
-    ring = (
-        HashRing(["t0", "t1"], vnodes=20) if kind == "hash" else PartitionRing(["t0", "t1"], partitions=256)
-    )
+    ring = HashRing(["t0", "t1"], vnodes=20) if kind == "hash" else PartitionRing(["t0", "t1"], partitions=256)
     stop = threading.Event()
     errors: list[BaseException] = []
     unknown: list[str] = []

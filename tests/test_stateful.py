@@ -48,9 +48,7 @@ EXAMPLES = {"memory": 60, "lmdb": 35, "redis": 20}
 
 
 def _settings(kind: str, steps: int = 30, scale: float = 1.0) -> settings:
-    return settings(
-        max_examples=max(5, int(EXAMPLES[kind] * scale)), stateful_step_count=steps, deadline=None
-    )
+    return settings(max_examples=max(5, int(EXAMPLES[kind] * scale)), stateful_step_count=steps, deadline=None)
 
 
 # -- the shard ----------------------------------------------------------------------
@@ -121,9 +119,7 @@ class ShardMachine(RuleBasedStateMachine):
             if k in self.model and self.model[k].version == v:
                 del self.model[k]
 
-    @rule(
-        lo=st.sampled_from([-1, *KEY_POOL]), hi=st.sampled_from(KEY_POOL), limit=st.none() | st.integers(0, 5)
-    )
+    @rule(lo=st.sampled_from([-1, *KEY_POOL]), hi=st.sampled_from(KEY_POOL), limit=st.none() | st.integers(0, 5))
     def scan(self, lo: int, hi: int, limit: int | None) -> None:
         expect = sorted((k, r) for k, r in self.model.items() if lo < k <= hi)
         if limit is not None:
@@ -268,14 +264,10 @@ class CartMachine(RuleBasedStateMachine):
         count=st.integers(1, 5),
         sale_minutes=st.none() | st.integers(-10, 60),
     )
-    def add_item(
-        self, customer: str, item: str, price: Decimal, count: int, sale_minutes: int | None
-    ) -> None:
+    def add_item(self, customer: str, item: str, price: Decimal, count: int, sale_minutes: int | None) -> None:
         sale = sale_minutes is not None
         exp = self.now + timedelta(minutes=sale_minutes) if sale_minutes is not None else None
-        got = self.carts.add_item(
-            customer, item, price, item_count=count, special_sale=sale, sale_expiration=exp
-        )
+        got = self.carts.add_item(customer, item, price, item_count=count, special_sale=sale, sale_expiration=exp)
         lines = self.model.setdefault(customer, {})
         total = count + (lines[item][1] if item in lines else 0)
         lines[item] = [price, total, sale, exp]
@@ -313,9 +305,7 @@ class CartMachine(RuleBasedStateMachine):
             with pytest.raises(CartEmpty):
                 self.carts.checkout(customer)
             return
-        expired = [
-            i for i, (_, _, sale, exp) in lines.items() if sale and exp is not None and exp <= self.now
-        ]
+        expired = [i for i, (_, _, sale, exp) in lines.items() if sale and exp is not None and exp <= self.now]
         if expired:
             with pytest.raises(SaleExpired) as info:
                 self.carts.checkout(customer)
@@ -337,9 +327,9 @@ class CartMachine(RuleBasedStateMachine):
         for customer in CUSTOMERS:
             listed = self.carts.list_items(customer)
             lines = self.model.get(customer, {})
-            assert [
-                (i.item_id, i.offered_price, i.item_count, i.special_sale, i.sale_expiration) for i in listed
-            ] == [(i, p, c, s, e) for i, (p, c, s, e) in lines.items()]
+            assert [(i.item_id, i.offered_price, i.item_count, i.special_sale, i.sale_expiration) for i in listed] == [
+                (i, p, c, s, e) for i, (p, c, s, e) in lines.items()
+            ]
             assert [i.expired for i in listed] == [
                 bool(s and e is not None and e <= self.now) for _, _, s, e in lines.values()
             ]

@@ -30,11 +30,7 @@ from tests.helpers import EDGE_KEYS, child_env, snapshot
 
 def _keys(n: int, seed: int = 0) -> list[int]:
     rnd = random.Random(seed)
-    return (
-        EDGE_KEYS
-        + [hash_key(f"customer-{i}") for i in range(n // 2)]
-        + [rnd.getrandbits(63) for _ in range(n // 2)]
-    )
+    return EDGE_KEYS + [hash_key(f"customer-{i}") for i in range(n // 2)] + [rnd.getrandbits(63) for _ in range(n // 2)]
 
 
 def test_every_key_on_its_ring_owner(store: DHTServerStore) -> None:

@@ -126,8 +126,7 @@ class LMDBBackend(Backend):
             raise StoreClosed(f"{self!r} is closed")
         if os.getpid() != self._pid:
             raise ForkedError(
-                f"{self!r} was opened in process {self._pid} and used after fork();"
-                " open the store again in the child"
+                f"{self!r} was opened in process {self._pid} and used after fork(); open the store again in the child"
             )
 
     def _write(self, fn: Any) -> Any:

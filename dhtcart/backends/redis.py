@@ -485,9 +485,7 @@ class RedisBackend(Backend):
             members: list[bytes] = self._run(False, self._client.zrangebylex, self._index, low, high, 0, n)
             if not members:
                 return
-            raws: list[bytes | None] = self._run(
-                False, self._client.mget, [self._record_prefix + m for m in members]
-            )
+            raws: list[bytes | None] = self._run(False, self._client.mget, [self._record_prefix + m for m in members])
             batch: list[tuple[int, Record]] = []
             for m, raw in zip(members, raws, strict=True):
                 if raw is not None:
