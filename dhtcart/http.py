@@ -549,23 +549,14 @@ class _Runtime:
 
 
 def runs_inline(service: CartService) -> bool:
-    """Whether every shard answers from this machine's memory or LMDB without a per-commit fsync.
+    """Whether every shard answers from this machine's memory or disk cache, without a flush.
 
     Such calls take tens of microseconds: less than handing them to a thread
     and back, so the app makes them on the event loop. Anything else (Redis,
-    LMDB in ``"power"`` durability, third-party backends) goes to the thread pool.
+    LMDB in ``"power"`` durability, third-party backends unless they declare
+    :attr:`~dhtcart.backends.base.Backend.fast_local`) goes to the thread pool.
     """
-    from dhtcart.backends.lmdb import LMDBBackend
-    from dhtcart.backends.memory import MemoryBackend
-
-    for server in service.store.servers.values():
-        backend = server.backend
-        if isinstance(backend, MemoryBackend):
-            continue
-        if isinstance(backend, LMDBBackend) and backend.durability == "process":
-            continue
-        return False
-    return True
+    return service.store.fast_local
 
 
 def create_app(

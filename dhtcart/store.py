@@ -385,6 +385,12 @@ class DHTServerStore:
         return dict(self._servers)
 
     @property
+    def fast_local(self) -> bool:
+        """Whether every shard is :attr:`~dhtcart.backends.base.Backend.fast_local` (an event
+        loop may then call the store directly instead of through a thread)."""
+        return all(s.backend.fast_local for s in list(self._servers.values()))
+
+    @property
     def directory(self) -> Path | None:
         """The store's directory, or ``None`` for a store without one."""
         return self._directory

@@ -410,3 +410,14 @@ def test_lmdb_many_backends_one_process(tmp_path: Path) -> None:
     for i in range(20):
         with LMDBBackend(tmp_path / f"s{i}") as b:
             assert b.get(i) == Record(1, b"%d" % i) and b.count() == 1
+
+
+def test_fast_local_is_declared_by_the_backend(env: BackendEnv, tmp_path: Path) -> None:
+    """Only memory and LMDB without per-commit fsync may run on an event loop."""
+    from dhtcart.backends.lmdb import LMDBBackend
+
+    b = env.backend()
+    assert b.fast_local is (env.kind in ("memory", "lmdb"))
+    assert env.store().fast_local is b.fast_local
+    with LMDBBackend(tmp_path / "power", durability="power") as power:
+        assert not power.fast_local

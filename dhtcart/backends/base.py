@@ -43,6 +43,12 @@ class Backend(ABC):
     #: the URL the backend was opened from (passwords masked)
     url: str = ""
 
+    #: whether every operation completes in microseconds on this machine, with
+    #: no network round trip and no disk flush, so that an event loop may call
+    #: it directly instead of handing it to a thread (memory, LMDB without
+    #: per-commit fsync). Third-party backends are assumed slow unless they say so.
+    fast_local: bool = False
+
     @abstractmethod
     def get(self, key: int) -> Record | None:
         """Return the record under ``key``, or ``None``."""
@@ -74,6 +80,15 @@ class Backend(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the medium. Idempotent."""
+
+    def pause(self, seconds: float) -> None:
+        """Make the medium unreachable for ``seconds`` (fault injection for tests and ``dhtcart verify``).
+
+        Operations started meanwhile wait, time out with
+        :class:`~dhtcart.errors.ShardUnavailable`, or both; the medium is not
+        damaged. Backends that cannot do this raise ``NotImplementedError``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot be paused")
 
     def destroy(self) -> None:
         """Close and remove every trace of the shard from its medium (used when a shard leaves)."""

@@ -78,6 +78,7 @@ class LMDBBackend(Backend):
             raise InvalidInput("map_size", f"must be an int >= 4096, not {map_size!r}")
         self.path = os.fspath(path)
         self.durability: Durability = durability
+        self.fast_local = durability == "process"  # "power" waits for a disk flush per write
         self.url = f"lmdb://{os.path.abspath(self.path)}"
         os.makedirs(self.path, exist_ok=True)
         self._env = lmdb.open(

@@ -30,6 +30,8 @@ class MemoryBackend(Backend):
     [(5, Record(version=2, value=b'b'))]
     """
 
+    fast_local = True
+
     def __init__(self) -> None:
         self.url = "memory://"
         self._data: SortedDict = SortedDict()

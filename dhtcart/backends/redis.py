@@ -570,6 +570,17 @@ class RedisBackend(Backend):
         """Return the number of keys stored (``ZCARD`` of the index)."""
         return int(self._run(False, self._client.zcard, self._index))
 
+    def pause(self, seconds: float) -> None:
+        """Pause every client of the server for ``seconds`` (``CLIENT PAUSE ... ALL``).
+
+        Commands sent meanwhile wait in the server and run when the pause ends;
+        a client whose reply takes longer than its timeout gets
+        :class:`ShardUnavailable` (the command may still run later). Affects
+        every user of that server, not only this shard.
+        """
+        ms = int(_positive_float("seconds", seconds) * 1000)
+        self._run(False, self._client.execute_command, "CLIENT", "PAUSE", max(ms, 1), "ALL")
+
     def close(self) -> None:
         """Drop the connections. Idempotent; later calls raise :class:`StoreClosed`."""
         if self._closed:
