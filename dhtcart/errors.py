@@ -18,8 +18,11 @@ Errors subclass the built-in that fits, so ``except ValueError`` or
     │   ├── TooManyRetries                optimistic retries exhausted
     │   └── ShardExists                   add_shard with a name already used
     ├── ShardUnavailable (ConnectionError) a shard's server cannot be reached
+    │   └── KeyUnavailable                redirects did not reach the key's owner in time
+    ├── Moved                             a shard refused a key it does not own (a redirect)
     ├── EmptyRing (LookupError)           a ring with no nodes was asked for one
-    ├── StoreBusy                         another process holds the store's lock
+    ├── StoreBusy                         another rebalancer holds the store's lease
+    │   └── LeaseLost                     a rebalancer's lease passed to another
     ├── StoreClosed                       the store/shard was closed
     └── ForkedError                       a handle opened before fork() used after it
 
@@ -40,6 +43,9 @@ __all__ = [
     "InvalidKey",
     "InvalidValue",
     "ItemNotFound",
+    "KeyUnavailable",
+    "LeaseLost",
+    "Moved",
     "NotFound",
     "SaleExpired",
     "ShardExists",
@@ -156,12 +162,54 @@ class ShardUnavailable(DHTCartError, ConnectionError):
         self.reason = reason
 
 
+class KeyUnavailable(ShardUnavailable):
+    """A key's owner could not be reached through redirects within the store's bound.
+
+    Raised after ``redirect_timeout`` seconds of redirects (a hand-over that
+    did not finish: a rebalancer stopped, or a shard it needs is down). Nothing
+    was applied by the failed attempt; the key's data is kept where it was.
+    """
+
+    def __init__(self, key: int, shard: str, reason: str) -> None:
+        super().__init__(shard, "-", reason)
+        self.key = key
+        self.args = (f"key {key}: no owner reachable: {reason}",)
+
+
+class Moved(DHTCartError):
+    """A shard does not own ``key`` (a typed redirect, never an answer); nothing was done.
+
+    ``epoch`` is the membership epoch of the shard's own record of what it owns;
+    ``state`` is ``"-"`` (not owned) or ``"f"`` (frozen: being handed over, reads
+    only); ``owner`` names the shard it was handed to, when the shard knows.
+    The store follows redirects by itself; only direct users of a fenced
+    backend see this.
+    """
+
+    def __init__(self, key: int, epoch: int, state: str = "-", owner: str | None = None) -> None:
+        where = f"; try {owner!r}" if owner else ""
+        what = "is being handed over (reads only)" if state == "f" else "is not owned here"
+        super().__init__(f"key {key} {what} (ownership epoch {epoch}){where}")
+        self.key = key
+        self.epoch = epoch
+        self.state = state
+        self.owner = owner
+        self.shard: str | None = None  #: the refusing shard's name, filled in by the store
+
+
 class EmptyRing(DHTCartError, LookupError):
     """The ring has no nodes, so no key has an owner."""
 
 
 class StoreBusy(DHTCartError):
-    """Another process holds the store's lock (a rebalance, or open handles)."""
+    """Another rebalancer holds the store's lease (or its lock, while it is created)."""
+
+
+class LeaseLost(StoreBusy):
+    """This rebalancer's lease passed to another (it expired, or was fenced by a newer token).
+
+    The rebalancer stops at once; the new holder finishes its work.
+    """
 
 
 class StoreClosed(DHTCartError):

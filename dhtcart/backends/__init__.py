@@ -9,8 +9,10 @@ URL                         backend
 ==========================  ============================================
 
 Third parties register more schemes in the ``dhtcart.backends`` entry-point
-group: the name is the URL scheme, the object a class (or callable) with a
-``from_url(url)`` class method returning a :class:`Backend`::
+group: the name is the URL scheme, the object a class with a
+``from_url(url, *, context=None, **options)`` class method returning a
+:class:`Backend` (``context`` is the :class:`BackendContext` a store passes:
+the shard's name, the store's directory, durability and whether to fence)::
 
     [project.entry-points."dhtcart.backends"]
     mystore = "mypkg.backend:MyBackend"
@@ -23,10 +25,10 @@ from importlib.metadata import entry_points
 from typing import Any
 from urllib.parse import urlsplit
 
-from dhtcart.backends.base import Backend, Record
+from dhtcart.backends.base import Backend, BackendContext, Record
 from dhtcart.errors import InvalidInput
 
-__all__ = ["Backend", "Record", "backend_schemes", "open_backend"]
+__all__ = ["Backend", "BackendContext", "Record", "backend_schemes", "open_backend"]
 
 ENTRY_POINT_GROUP = "dhtcart.backends"
 
@@ -65,8 +67,10 @@ def _load(scheme: str) -> Any:
         ) from exc
 
 
-def open_backend(url: str, **options: Any) -> Backend:
-    """Open the backend that ``url`` names.
+def open_backend(url: str, *, context: BackendContext | None = None, **options: Any) -> Backend:
+    """Open the backend that ``url`` names (``context``: what a store tells its shards).
+
+    Only the backend's own module parses its URL.
 
     >>> b = open_backend("memory://")
     >>> b.put(7, b"x")
@@ -80,5 +84,7 @@ def open_backend(url: str, **options: Any) -> Backend:
     if not scheme:
         raise InvalidInput("url", f"backend URL {url!r} has no scheme (memory://, lmdb:///dir, ...)")
     factory = _load(scheme)
+    if context is not None:
+        options["context"] = context
     backend: Backend = factory.from_url(url, **options)
     return backend

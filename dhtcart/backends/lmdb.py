@@ -16,8 +16,16 @@ Durability (``durability=``, or ``?durability=`` in the URL):
     ``fsync`` at every commit (LMDB's default). Every acknowledged write
     survives power loss, at the cost of one disk flush per write.
 
+Ownership (when fenced by a store): the record lives in the same environment,
+under keys that begin with the byte ``0xff`` (no record key can: records are
+8-byte keys below ``2**63``), and every get, put and delete reads it in its
+own transaction. Each process keeps the parsed record in memory and checks
+an 8-byte generation counter per transaction, re-reading the record only
+when it changed.
+
 Threads: one backend may be used by many threads (a lock serialises this
-process's transactions). Processes: several processes may open the same
+process's transactions). Several backends (or stores) of one process opened
+on one directory share one LMDB environment, which LMDB requires. Processes: several processes may open the same
 directory; LMDB serialises their writes, so compare-and-set stays atomic
 across them. Fork: a backend opened before ``fork()`` must not be used in the
 child (LMDB forbids it); doing so raises :class:`~dhtcart.errors.ForkedError`.
@@ -30,14 +38,17 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Iterable, Iterator
-from typing import Any, Literal
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl
 
 import lmdb
 
-from dhtcart.backends.base import Backend, Record
-from dhtcart.errors import ForkedError, InvalidInput, StoreClosed, VersionConflict
+from dhtcart.backends.base import Backend, BackendContext, Change, Record, apply_changes
+from dhtcart.backends.ownership import FROZEN, OWNED, Ownership
+from dhtcart.errors import ForkedError, InvalidInput, Moved, StoreClosed, VersionConflict
 
 __all__ = ["DEFAULT_MAP_SIZE", "Durability", "LMDBBackend"]
 
@@ -45,6 +56,58 @@ Durability = Literal["process", "power"]
 DEFAULT_MAP_SIZE = 64 * 1024 * 1024
 _MAX_MAP_SIZE = 1 << 40
 _SCAN_BATCH = 1024
+_T = TypeVar("_T")
+
+# Ownership keys: 0xff x 8 then a name, so they sort after every record key
+# and a scan that stops past its range never reads them as records.
+_META = b"\xff" * 8
+_GEN = _META + b"gen"  # 8-byte counter, +1 at every ownership change
+_OWN = _META + b"own"  # Ownership.to_json()
+_NO_GEN = b""
+
+_forks = 0  # how many times this process is a fork's child (checked instead of getpid per call)
+
+
+def _after_fork() -> None:
+    global _forks
+    _forks += 1
+    _ENVS.clear()  # the parent's environments must not be shared with the child
+
+
+class _Env:
+    """One LMDB environment of this process, shared by every backend opened on its directory."""
+
+    def __init__(self, path: str, durability: Durability, map_size: int, max_readers: int) -> None:
+        self.env = lmdb.open(
+            path,
+            map_size=map_size,
+            subdir=True,
+            sync=durability == "power",
+            metasync=durability == "power",
+            readahead=False,
+            max_readers=max_readers,
+            max_dbs=0,
+        )
+        self.env.reader_check()  # clear slots left by killed processes
+        self.lock = threading.Lock()
+        self.users = 0
+        self.durability = durability
+        self.gen = _NO_GEN  # generation of the cached ownership record
+        self.own = Ownership.nothing()
+
+    def load_ownership(self, txn: lmdb.Transaction, gen: bytes | memoryview | None) -> Ownership:
+        """The record as of ``txn`` (cached by generation; call with ``lock`` held)."""
+        gen = _NO_GEN if gen is None else bytes(gen)
+        if gen != self.gen:
+            raw = txn.get(_OWN)
+            self.own = Ownership.nothing() if raw is None else Ownership.from_json(bytes(raw))
+            self.gen = gen
+        return self.own
+
+
+_ENVS: dict[tuple[int, int], _Env] = {}
+_ENVS_LOCK = threading.Lock()
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _kb(key: int) -> bytes:
@@ -53,6 +116,21 @@ def _kb(key: int) -> bytes:
 
 def _unpack(raw: bytes) -> Record:
     return Record(int.from_bytes(raw[:8], "big"), raw[8:])
+
+
+def _delete_range(txn: lmdb.Transaction, lo: int, hi: int) -> int:
+    """Delete every record ``lo < key <= hi`` in ``txn``; return how many."""
+    cur = txn.cursor()
+    n = 0
+    if not cur.set_range(_kb(lo + 1)):
+        return 0
+    hi_kb = _kb(hi)
+    while True:
+        kb = bytes(cur.key())  # b"" once the cursor has run off the end
+        if len(kb) != 8 or kb > hi_kb:
+            return n
+        cur.delete()  # and moves to the next record
+        n += 1
 
 
 class LMDBBackend(Backend):
@@ -71,6 +149,7 @@ class LMDBBackend(Backend):
         durability: Durability = "process",
         map_size: int = DEFAULT_MAP_SIZE,
         max_readers: int = 1024,
+        fenced: bool = False,
     ) -> None:
         if durability not in ("process", "power"):
             raise InvalidInput("durability", f"must be 'process' or 'power', not {durability!r}")
@@ -79,27 +158,36 @@ class LMDBBackend(Backend):
         self.path = os.fspath(path)
         self.durability: Durability = durability
         self.fast_local = durability == "process"  # "power" waits for a disk flush per write
+        self.fenced = fenced
         self.url = f"lmdb://{os.path.abspath(self.path)}"
         os.makedirs(self.path, exist_ok=True)
-        self._env = lmdb.open(
-            self.path,
-            map_size=map_size,
-            subdir=True,
-            sync=durability == "power",
-            metasync=durability == "power",
-            readahead=False,
-            max_readers=max_readers,
-            max_dbs=0,
-        )
-        self._env.reader_check()  # clear slots left by killed processes
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
+        st = os.stat(self.path)
+        self._id = (st.st_dev, st.st_ino)
+        with _ENVS_LOCK:
+            shared = _ENVS.get(self._id)
+            if shared is None:
+                shared = _ENVS[self._id] = _Env(self.path, durability, map_size, max_readers)
+            elif shared.durability != durability:
+                raise InvalidInput(
+                    "durability",
+                    f"{self.path} is already open in this process with durability={shared.durability!r}",
+                )
+            shared.users += 1
+        self._shared = shared
+        self._env = shared.env
+        self._lock = shared.lock
+        self._forks = _forks
         self._closed = False
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> LMDBBackend:
-        """Open ``lmdb:///abs/dir`` or ``lmdb://rel/dir``, with ``?durability=power&map_size=N``."""
-        if not url.startswith("lmdb://"):
+    def from_url(cls, url: str, *, context: BackendContext | None = None, **options: Any) -> LMDBBackend:
+        """Open ``lmdb:///abs/dir`` or ``lmdb://rel/dir``, with ``?durability=power&map_size=N``.
+
+        A relative directory is taken inside ``context.base_dir`` (the store's
+        directory) when there is one; ``context.durability`` applies unless the
+        URL or ``options`` say otherwise.
+        """
+        if not isinstance(url, str) or not url.startswith("lmdb://"):
             raise InvalidInput("url", f"not an lmdb:// URL: {url!r}")
         rest = url[len("lmdb://") :]
         path, _, query = rest.partition("?")
@@ -118,6 +206,11 @@ class LMDBBackend(Backend):
                 options.setdefault("map_size", int(v))
             else:
                 raise InvalidInput("url", f"unknown lmdb URL option {k!r} (known: durability, map_size)")
+        if context is not None:
+            if context.base_dir is not None and not os.path.isabs(path):
+                path = str(Path(context.base_dir) / path)
+            options.setdefault("durability", context.durability)
+            options.setdefault("fenced", context.fenced)
         return cls(path, **options)
 
     # -- plumbing -------------------------------------------------------------
@@ -125,12 +218,22 @@ class LMDBBackend(Backend):
     def _check(self) -> None:
         if self._closed:
             raise StoreClosed(f"{self!r} is closed")
-        if os.getpid() != self._pid:
+        if self._forks != _forks:
             raise ForkedError(
-                f"{self!r} was opened in process {self._pid} and used after fork(); open the store again in the child"
+                f"{self!r} was opened before fork() and used in the child; open the store again in the child"
             )
 
-    def _write(self, fn: Any) -> Any:
+    def _fence(self, txn: lmdb.Transaction, key: int, write: bool) -> None:
+        """Raise Moved unless the ownership record lets this operation through."""
+        own = self._shared.load_ownership(txn, txn.get(_GEN))
+        segs = own.segments
+        i = bisect_left(segs.his, key)
+        state = segs.states[i]
+        if state == OWNED or (state == FROZEN and not write):
+            return
+        raise Moved(key, own.epoch, state, segs.peers[i] or None)
+
+    def _write(self, fn: Callable[[lmdb.Transaction], _T]) -> _T:
         """Run ``fn(txn)`` in a write transaction, growing the map when it is full."""
         with self._lock:
             self._check()
@@ -149,7 +252,7 @@ class LMDBBackend(Backend):
                     self._env.set_mapsize(0)  # another process grew it: adopt its size
             raise RuntimeError("LMDB write kept failing to fit the map")  # pragma: no cover
 
-    def _read(self, fn: Any) -> Any:
+    def _read(self, fn: Callable[[lmdb.Transaction], _T]) -> _T:
         with self._lock:
             self._check()
             for _ in range(8):
@@ -163,13 +266,30 @@ class LMDBBackend(Backend):
     # -- operations -------------------------------------------------------------
 
     def get(self, key: int) -> Record | None:
-        raw = self._read(lambda txn: txn.get(_kb(key)))
-        return None if raw is None else _unpack(raw)
+        kb = key.to_bytes(8, "big")
+        with self._lock:
+            if self._closed or self._forks != _forks:
+                self._check()
+            try:
+                txn = self._env.begin()
+            except lmdb.MapResizedError:
+                self._env.set_mapsize(0)
+                txn = self._env.begin()
+            try:
+                if self.fenced:
+                    self._fence(txn, key, False)
+                raw = txn.get(kb)
+            finally:
+                txn.abort()
+        return None if raw is None else Record(int.from_bytes(raw[:8], "big"), raw[8:])
 
     def put(self, key: int, value: bytes, expected_version: int | None = None) -> int:
         kb = _kb(key)
+        fenced = self.fenced
 
         def op(txn: lmdb.Transaction) -> int:
+            if fenced:
+                self._fence(txn, key, True)
             raw = txn.get(kb)
             current = 0 if raw is None else int.from_bytes(raw[:8], "big")
             if expected_version is not None and expected_version != current:
@@ -178,21 +298,22 @@ class LMDBBackend(Backend):
             txn.put(kb, version.to_bytes(8, "big") + value)
             return version
 
-        result: int = self._write(op)
-        return result
+        return self._write(op)
 
     def delete(self, key: int, expected_version: int | None = None) -> bool:
         kb = _kb(key)
+        fenced = self.fenced
 
         def op(txn: lmdb.Transaction) -> bool:
+            if fenced:
+                self._fence(txn, key, True)
             raw = txn.get(kb)
             current = 0 if raw is None else int.from_bytes(raw[:8], "big")
             if expected_version is not None and expected_version != current:
                 raise VersionConflict(key, expected_version, current)
             return raw is not None and bool(txn.delete(kb))
 
-        result: bool = self._write(op)
-        return result
+        return self._write(op)
 
     def scan(self, lo: int, hi: int, limit: int | None = None) -> Iterator[tuple[int, Record]]:
         remaining = limit
@@ -229,8 +350,7 @@ class LMDBBackend(Backend):
             txn.cursor().putmulti(rows)
             return len(rows)
 
-        result: int = self._write(op)
-        return result
+        return self._write(op)
 
     def delete_many(self, items: Iterable[tuple[int, int]]) -> int:
         rows = [(_kb(k), v) for k, v in items]
@@ -244,14 +364,86 @@ class LMDBBackend(Backend):
                     n += 1
             return n
 
-        result: int = self._write(op)
-        return result
+        return self._write(op)
 
     def count(self) -> int:
-        with self._lock:
-            self._check()
-            entries: int = self._env.stat()["entries"]
-            return entries
+        def op(txn: lmdb.Transaction) -> int:
+            entries: int = txn.stat(self._env.open_db())["entries"]
+            return entries - (txn.get(_GEN) is not None) - (txn.get(_OWN) is not None)
+
+        return self._read(op)
+
+    # -- ownership ----------------------------------------------------------------------
+
+    def ownership(self) -> Ownership:
+        return self._read(lambda txn: self._shared.load_ownership(txn, txn.get(_GEN)))
+
+    def _store_ownership(self, txn: lmdb.Transaction, own: Ownership) -> None:
+        gen = txn.get(_GEN)
+        nxt = (int.from_bytes(gen, "big") + 1 if gen else 1).to_bytes(8, "big")
+        txn.put(_OWN, own.to_json())
+        txn.put(_GEN, nxt)
+
+    def update_ownership(
+        self, token: int, epoch: int, changes: Sequence[Change] = (), expect: str | None = None
+    ) -> Ownership:
+        def op(txn: lmdb.Transaction) -> Ownership:
+            current = self._shared.load_ownership(txn, txn.get(_GEN))
+            new = apply_changes(current, token, epoch, changes, expect)
+            if new != current:
+                self._store_ownership(txn, new)
+            return new
+
+        return self._write(op)
+
+    def claim(self, ownership: Ownership) -> None:
+        self._write(lambda txn: self._store_ownership(txn, ownership))
+
+    def import_ranges(
+        self, token: int, ranges: Sequence[tuple[int, int]], records: Sequence[tuple[int, Record]]
+    ) -> int:
+        rows = [(_kb(k), r.version.to_bytes(8, "big") + r.value) for k, r in records]
+
+        def op(txn: lmdb.Transaction) -> int:
+            own = self._shared.load_ownership(txn, txn.get(_GEN))
+            own.check_token(token)
+            for lo, hi in ranges:
+                own.check_unserved(lo, hi, "import")
+            for lo, hi in ranges:
+                _delete_range(txn, lo, hi)
+            if rows:
+                txn.cursor().putmulti(rows)
+            return len(rows)
+
+        return self._write(op)
+
+    def drop_ranges(self, token: int, ranges: Sequence[tuple[int, int]]) -> int:
+        def op(txn: lmdb.Transaction) -> int:
+            own = self._shared.load_ownership(txn, txn.get(_GEN))
+            own.check_token(token)
+            for lo, hi in ranges:
+                own.check_unserved(lo, hi, "drop")
+            return sum(_delete_range(txn, lo, hi) for lo, hi in ranges)
+
+        return self._write(op)
+
+    def boundary(self, lo: int, hi: int, n: int) -> tuple[int, int]:
+        def op(txn: lmdb.Transaction) -> tuple[int, int]:
+            cur = txn.cursor()
+            if not cur.set_range(_kb(lo + 1)):
+                return hi, 0
+            hi_kb = _kb(hi)
+            found = 0
+            for key in cur.iternext(keys=True, values=False):
+                kb = bytes(key)
+                if len(kb) != 8 or kb > hi_kb:
+                    break
+                found += 1
+                if found == n:
+                    return int.from_bytes(kb, "big"), n
+            return hi, found
+
+        return self._read(op)
 
     def sync(self) -> None:
         """Flush to disk now (useful in ``"process"`` mode before a planned shutdown)."""
@@ -264,10 +456,18 @@ class LMDBBackend(Backend):
             if self._closed:
                 return
             self._closed = True
+        with _ENVS_LOCK:
+            shared = self._shared
+            shared.users -= 1
+            if shared.users > 0 and self._forks == _forks:
+                return
+            if _ENVS.get(self._id) is shared:
+                del _ENVS[self._id]
+        with shared.lock:
             # Closing in a forked child too lets the child open the directory
             # again (py-lmdb refuses a second open of an environment it still
             # counts as open); the parent's handle is unaffected.
-            self._env.close()
+            shared.env.close()
 
     def destroy(self) -> None:
         self.close()

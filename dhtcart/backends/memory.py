@@ -1,19 +1,22 @@
 """In-memory backend: a ``SortedDict`` guarded by a lock.
 
-Thread-safe; not shared between processes; gone when the process ends.
+Thread-safe; not shared between processes; gone when the process ends. When
+fenced, the ownership record is checked under the same lock as the operation.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
 from sortedcontainers import SortedDict
 
-from dhtcart.backends.base import Backend, Record
-from dhtcart.errors import StoreClosed, VersionConflict
+from dhtcart.backends.base import Backend, BackendContext, Change, Record, apply_changes
+from dhtcart.backends.ownership import FROZEN, OWNED, Ownership
+from dhtcart.errors import InvalidInput, Moved, StoreClosed, VersionConflict
 
 __all__ = ["MemoryBackend"]
 
@@ -32,31 +35,52 @@ class MemoryBackend(Backend):
 
     fast_local = True
 
-    def __init__(self) -> None:
+    def __init__(self, *, fenced: bool = False) -> None:
         self.url = "memory://"
+        self.fenced = fenced
         self._data: SortedDict = SortedDict()
         self._lock = threading.Lock()
         self._closed = False
+        self._own = Ownership.nothing()
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> MemoryBackend:
+    def from_url(cls, url: str, *, context: BackendContext | None = None, **options: Any) -> MemoryBackend:
         """Open from ``memory://`` (no options)."""
         if options:
-            raise TypeError(f"memory:// takes no options, got {sorted(options)}")
-        return cls()
+            raise InvalidInput("url", f"memory:// takes no options, got {sorted(options)}")
+        if url.partition("://")[2].strip("/"):
+            raise InvalidInput("url", f"memory:// takes no path or query, got {url!r}")
+        return cls(fenced=context is not None and context.fenced)
 
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosed(f"{self!r} is closed")
 
+    def _fence(self, key: int, write: bool) -> None:
+        """Raise Moved unless the record lets this operation through (call with the lock held)."""
+        segs = self._own.segments
+        i = bisect_left(segs.his, key)
+        state = segs.states[i]
+        if state == OWNED or (state == FROZEN and not write):
+            return
+        raise Moved(key, self._own.epoch, state, segs.peers[i] or None)
+
     def get(self, key: int) -> Record | None:
-        self._check_open()
-        rec: Record | None = self._data.get(key)
-        return rec
+        if not self.fenced:
+            self._check_open()
+            rec: Record | None = self._data.get(key)
+            return rec
+        with self._lock:
+            self._check_open()
+            self._fence(key, False)
+            rec = self._data.get(key)
+            return rec
 
     def put(self, key: int, value: bytes, expected_version: int | None = None) -> int:
         with self._lock:
             self._check_open()
+            if self.fenced:
+                self._fence(key, True)
             old: Record | None = self._data.get(key)
             current = old.version if old is not None else 0
             if expected_version is not None and expected_version != current:
@@ -68,6 +92,8 @@ class MemoryBackend(Backend):
     def delete(self, key: int, expected_version: int | None = None) -> bool:
         with self._lock:
             self._check_open()
+            if self.fenced:
+                self._fence(key, True)
             old: Record | None = self._data.get(key)
             current = old.version if old is not None else 0
             if expected_version is not None and expected_version != current:
@@ -116,6 +142,61 @@ class MemoryBackend(Backend):
     def count(self) -> int:
         self._check_open()
         return len(self._data)
+
+    # -- ownership ----------------------------------------------------------------------
+
+    def ownership(self) -> Ownership:
+        self._check_open()
+        return self._own
+
+    def update_ownership(
+        self, token: int, epoch: int, changes: Sequence[Change] = (), expect: str | None = None
+    ) -> Ownership:
+        with self._lock:
+            self._check_open()
+            self._own = apply_changes(self._own, token, epoch, changes, expect)
+            return self._own
+
+    def claim(self, ownership: Ownership) -> None:
+        with self._lock:
+            self._check_open()
+            self._own = ownership
+
+    def import_ranges(
+        self, token: int, ranges: Sequence[tuple[int, int]], records: Sequence[tuple[int, Record]]
+    ) -> int:
+        with self._lock:
+            self._check_open()
+            self._own.check_token(token)
+            for lo, hi in ranges:
+                self._own.check_unserved(lo, hi, "import")
+            self._delete_ranges(ranges)
+            for key, rec in records:
+                self._data[key] = Record(rec.version, bytes(rec.value))
+            return len(records)
+
+    def _delete_ranges(self, ranges: Sequence[tuple[int, int]]) -> int:
+        data = self._data
+        n = 0
+        for lo, hi in ranges:
+            for k in list(data.irange(lo, hi, inclusive=(False, True))):
+                del data[k]
+                n += 1
+        return n
+
+    def drop_ranges(self, token: int, ranges: Sequence[tuple[int, int]]) -> int:
+        with self._lock:
+            self._check_open()
+            self._own.check_token(token)
+            for lo, hi in ranges:
+                self._own.check_unserved(lo, hi, "drop")
+            return self._delete_ranges(ranges)
+
+    def boundary(self, lo: int, hi: int, n: int) -> tuple[int, int]:
+        with self._lock:
+            self._check_open()
+            keys = list(islice(self._data.irange(lo, hi, inclusive=(False, True)), n))
+        return (keys[-1], n) if len(keys) == n else (hi, len(keys))
 
     def close(self) -> None:
         self._closed = True

@@ -16,9 +16,18 @@ other data in the same database is never touched:
     exactly like the integers, so ``ZRANGEBYLEX idx (lo [hi`` is the range scan
     ``lo < key <= hi``.
 
+``<prefix>own`` and ``<prefix>own:meta``
+    the shard's ownership record when a store fences it: a sorted set of one
+    member per segment, ``<16 hex digits of its last key>:<state>:<peer>``
+    (all scored 0, so ``ZRANGEBYLEX own [<key> + LIMIT 0 1`` finds the segment
+    holding a key), and a hash of ``epoch``, ``token`` and ``gen`` (a counter
+    bumped at every change).
+
 Every single-key write (put, compare-and-set, delete, conditional delete) is one
 Lua script call: one round trip, atomic on the server, record and index updated
-together. A failed compare-and-set raises :class:`~dhtcart.errors.VersionConflict`
+together. On a fenced shard a read is a script too, and every script checks the
+key's segment before it touches the record: the check and the operation are
+one atomic step. A failed compare-and-set raises :class:`~dhtcart.errors.VersionConflict`
 and changes nothing. Scripts are sent by SHA1 (``EVALSHA``) and reloaded when the
 server answers ``NOSCRIPT`` (after a restart or ``SCRIPT FLUSH``); a ``NOSCRIPT``
 reply means the script did not run, so the reload-and-retry is safe.
@@ -38,8 +47,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NoReturn, cast
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import redis
@@ -56,8 +65,9 @@ from redis.exceptions import (
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from dhtcart.backends.base import Backend, Record
-from dhtcart.errors import ShardUnavailable, StoreClosed, VersionConflict
+from dhtcart.backends.base import Backend, BackendContext, Change, Record, apply_changes
+from dhtcart.backends.ownership import STATES, Ownership, Segments
+from dhtcart.errors import InvalidInput, LeaseLost, Moved, ShardUnavailable, StoreClosed, VersionConflict
 
 __all__ = ["DEFAULT_PREFIX", "DEFAULT_TIMEOUT", "PASSWORD_ENV", "RedisBackend"]
 
@@ -74,6 +84,7 @@ _SCAN_BATCH = 1000  # members per ZRANGEBYLEX + MGET round trip
 _PUT_TXN = 10_000  # records per MULTI/EXEC transaction in put_many
 _PUT_CMD = 1_000  # records per MSET / ZADD command inside a transaction
 _DELETE_BATCH = 1_000  # records per delete_many script call
+_DROP_BATCH = 1_000  # records per drop_ranges script call (as in _LUA_RANGES)
 
 # Server error prefixes meaning "this server cannot take the command now":
 # they are reported as ShardUnavailable, and the command was not applied.
@@ -108,10 +119,44 @@ _URL_OPTIONS = frozenset(
 # doubles, exact up to 2**53, which no version reaches by counting writes one by
 # one. Scripts read only the 8 version bytes (GETRANGE), never copy the value.
 
+# The ownership check shared by the single-key scripts: KEYS[3] is the
+# ownership sorted set, KEYS[4] its hash. Returns false when the operation may
+# go on, else the redirect {-1, epoch, state, peer}. A missing record owns nothing.
+_LUA_FENCE = """
+local function refused(member, write)
+  local seg = redis.call('ZRANGEBYLEX', KEYS[3], '[' .. member, '+', 'LIMIT', 0, 1)[1]
+  local state, peer = '-', ''
+  if seg then
+    state = string.sub(seg, 18, 18)
+    peer = string.sub(seg, 20)
+  end
+  if state == 'o' or (state == 'f' and not write) then return false end
+  return {-1, tonumber(redis.call('HGET', KEYS[4], 'epoch') or '0'), state, peer}
+end
+"""
+
+# KEYS[1] record key (KEYS[2] index, unused); ARGV[1] member. {1, raw} | {0} | redirect.
+_LUA_GET = (
+    _LUA_FENCE
+    + """
+local r = refused(ARGV[1], false)
+if r then return r end
+local raw = redis.call('GET', KEYS[1])
+if raw then return {1, raw} end
+return {0}
+"""
+)
+
 # KEYS[1] record key, KEYS[2] index; ARGV[1] index member, ARGV[2] value,
-# ARGV[3] expected version ("" for an unconditional put).
-# Returns {1, new_version} or {0, current_version} when the CAS failed.
-_LUA_PUT = """
+# ARGV[3] expected version ("" for an unconditional put), ARGV[4] "1" if fenced.
+# Returns {1, new_version}, {0, current_version} when the CAS failed, or a redirect.
+_LUA_PUT = (
+    _LUA_FENCE
+    + """
+if ARGV[4] == '1' then
+  local r = refused(ARGV[1], true)
+  if r then return r end
+end
 local head = redis.call('GETRANGE', KEYS[1], 0, 7)
 local current = 0
 if head ~= '' then current = struct.unpack('>I8', head) end
@@ -123,11 +168,18 @@ redis.call('SET', KEYS[1], struct.pack('>I8', version) .. ARGV[2])
 if head == '' then redis.call('ZADD', KEYS[2], 0, ARGV[1]) end
 return {1, version}
 """
+)
 
 # KEYS[1] record key, KEYS[2] index; ARGV[1] index member, ARGV[2] expected
-# version ("" for unconditional). Returns {1, v} deleted, {2, 0} absent,
-# {0, current_version} when the condition failed.
-_LUA_DELETE = """
+# version ("" for unconditional), ARGV[3] "1" if fenced. Returns {1, v} deleted,
+# {2, 0} absent, {0, current_version} when the condition failed, or a redirect.
+_LUA_DELETE = (
+    _LUA_FENCE
+    + """
+if ARGV[3] == '1' then
+  local r = refused(ARGV[1], true)
+  if r then return r end
+end
 local head = redis.call('GETRANGE', KEYS[1], 0, 7)
 local current = 0
 if head ~= '' then current = struct.unpack('>I8', head) end
@@ -139,6 +191,7 @@ redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return {1, current}
 """
+)
 
 # KEYS[1] index, KEYS[2..n+1] record keys; ARGV[1..n] members, ARGV[n+1..2n]
 # expected versions as 8 raw bytes (compared bytewise: exact for any version).
@@ -154,6 +207,66 @@ for i = 1, n do
   end
 end
 return deleted
+"""
+
+# KEYS[1] ownership set, KEYS[2] its hash; ARGV[1] the generation the caller
+# computed from ("" to replace unconditionally: a claim), ARGV[2] token,
+# ARGV[3] epoch, ARGV[4] how many members to remove ("all": every member), then
+# the members to remove, then the members to add. {1, gen} done, {0, gen} the
+# record changed meanwhile (recompute), {-1, token} a newer token was seen.
+_LUA_SET_OWNERSHIP = """
+local meta = redis.call('HMGET', KEYS[2], 'gen', 'token')
+local gen = tonumber(meta[1] or '0')
+local token = tonumber(meta[2] or '0')
+local first = 5
+if ARGV[1] ~= '' then
+  if tonumber(ARGV[1]) ~= gen then return {0, gen} end
+  if tonumber(ARGV[2]) < token then return {-1, token} end
+end
+if ARGV[4] == 'all' then
+  redis.call('DEL', KEYS[1])
+else
+  local n = tonumber(ARGV[4])
+  for i = 5, 4 + n do redis.call('ZREM', KEYS[1], ARGV[i]) end
+  first = 5 + n
+end
+for i = first, #ARGV do redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
+redis.call('HSET', KEYS[2], 'gen', gen + 1, 'token', ARGV[2], 'epoch', ARGV[3])
+return {1, gen + 1}
+"""
+
+# KEYS[1] index, KEYS[2] ownership hash; ARGV[1] the generation the caller
+# checked the ranges against, ARGV[2] record-key prefix, ARGV[3] "drop" or
+# "import", ARGV[4] how many ranges, then their ZRANGEBYLEX bounds (two each),
+# then member, value pairs to write. "drop" deletes up to 1000 records of the
+# ranges (call again while it returns 1000); "import" deletes all of them, then
+# writes the pairs. Returns {deleted, written}, or {-1, 0} when the ownership
+# changed since the caller's check (check again).
+_LUA_RANGES = """
+if tonumber(redis.call('HGET', KEYS[2], 'gen') or '0') ~= tonumber(ARGV[1]) then return {-1, 0} end
+local nranges = tonumber(ARGV[4])
+local drop = ARGV[3] == 'drop'
+local gone = 0
+for r = 0, nranges - 1 do
+  local low, high = ARGV[5 + 2 * r], ARGV[6 + 2 * r]
+  while true do
+    local members = redis.call('ZRANGEBYLEX', KEYS[1], low, high, 'LIMIT', 0, 1000 - (drop and gone or 0))
+    if #members == 0 then break end
+    for i = 1, #members do
+      redis.call('DEL', ARGV[2] .. members[i])
+      redis.call('ZREM', KEYS[1], members[i])
+    end
+    gone = gone + #members
+    if drop and gone >= 1000 then return {gone, 0} end
+  end
+end
+local written = 0
+for i = 5 + 2 * nranges, #ARGV, 2 do
+  redis.call('SET', ARGV[2] .. ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[1], 0, ARGV[i])
+  written = written + 1
+end
+return {gone, written}
 """
 
 
@@ -173,7 +286,7 @@ def _member(key: int) -> bytes:
 
 def _decode(key: int, raw: bytes) -> Record:
     if len(raw) < 8:
-        raise ValueError(f"key {key}: corrupt record in Redis ({len(raw)} bytes, expected >= 8)")
+        raise RuntimeError(f"key {key}: corrupt record in Redis ({len(raw)} bytes, expected >= 8)")
     return Record(int.from_bytes(raw[:8], "big"), raw[8:])
 
 
@@ -192,10 +305,33 @@ def _positive_float(name: str, value: Any) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number of seconds, got {value!r}") from None
+        raise InvalidInput(name, f"must be a number of seconds, got {value!r}") from None
     if not number > 0 or number == float("inf"):
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        raise InvalidInput(name, f"must be a positive number of seconds, got {value!r}")
     return number
+
+
+def _segment_member(hi: int, state: str, peer: str) -> bytes:
+    return b"%016x:%s:%s" % (hi, state.encode(), peer.encode())
+
+
+def _members(segments: Segments) -> list[bytes]:
+    return [_segment_member(h, s, p) for h, s, p in zip(segments.his, segments.states, segments.peers)]
+
+
+def _parse_segments(members: Sequence[bytes]) -> Segments:
+    rows = []
+    for m in members:
+        hi, state, peer = m.decode().split(":", 2)
+        if state not in STATES:
+            raise RuntimeError(f"corrupt ownership segment in Redis: {m!r}")
+        rows.append([int(hi, 16), state, peer])
+    return Segments.from_list(rows)
+
+
+def _lex_range(lo: int, hi: int) -> tuple[bytes, bytes]:
+    """ZRANGEBYLEX bounds of the index members ``lo < key <= hi``."""
+    return (b"-" if lo < 0 else b"(" + _member(lo)), b"[" + _member(hi)
 
 
 class RedisBackend(Backend):
@@ -236,6 +372,7 @@ class RedisBackend(Backend):
         max_connections: int | None = None,
         ssl_options: dict[str, str] | None = None,
         url: str | None = None,
+        fenced: bool = False,
     ) -> None:
         """Connect lazily to ``host:port`` database ``db``; see :meth:`from_url`.
 
@@ -248,6 +385,7 @@ class RedisBackend(Backend):
         self.url = url if url is not None else f"{scheme}://{netloc}/{db}"
         self.name = name if name is not None else self.address
         self.prefix = prefix
+        self.fenced = fenced
         self.timeout = _positive_float("timeout", timeout)
         self.connect_timeout = (
             self.timeout if connect_timeout is None else _positive_float("connect_timeout", connect_timeout)
@@ -277,11 +415,17 @@ class RedisBackend(Backend):
         pfx = prefix.encode()
         self._record_prefix = pfx + b"v:"
         self._index = pfx + b"idx"
+        self._own = pfx + b"own"
+        self._own_meta = pfx + b"own:meta"
+        self._own_cache: tuple[int, Ownership] = (-1, Ownership.nothing())
         self._scripts: dict[str, str] = {}
         self._script_source = {
+            "get": _LUA_GET,
             "put": _LUA_PUT,
             "delete": _LUA_DELETE,
             "delete_many": _LUA_DELETE_MANY,
+            "set_ownership": _LUA_SET_OWNERSHIP,
+            "range": _LUA_RANGES,
         }
         self._script_lock = threading.Lock()
         self._closed = False
@@ -293,6 +437,7 @@ class RedisBackend(Backend):
         cls,
         url: str,
         *,
+        context: BackendContext | None = None,
         name: str | None = None,
         timeout: float | None = None,
         connect_timeout: float | None = None,
@@ -310,34 +455,36 @@ class RedisBackend(Backend):
         ``ssl_cert_reqs`` (``required``/``optional``/``none``), ``ssl_ca_certs``,
         ``ssl_certfile``, ``ssl_keyfile``. Keyword arguments override the query.
 
+        ``context`` (from a store) gives the shard's name and fences it.
         Connecting is lazy: a server that is down is reported by the first
-        operation, as :class:`~dhtcart.errors.ShardUnavailable`.
+        operation, as :class:`~dhtcart.errors.ShardUnavailable`. A malformed URL
+        raises :class:`~dhtcart.errors.InvalidInput`.
 
         >>> b = RedisBackend.from_url("redis://app:s3cret@db.example:6380/2?timeout=0.5")
         >>> b.url, b.timeout
         ('redis://app:***@db.example:6380/2?timeout=0.5', 0.5)
         """
         if not isinstance(url, str):
-            raise TypeError(f"backend URL must be a str, not {type(url).__name__}")
+            raise InvalidInput("url", f"a backend URL must be a str, not {type(url).__name__}")
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
-            raise ValueError(f"not a redis:// or rediss:// URL: scheme {parts.scheme!r}")
+            raise InvalidInput("url", f"not a redis:// or rediss:// URL: scheme {parts.scheme!r}")
         try:
             host = parts.hostname or "127.0.0.1"
             port = parts.port or 6379
         except ValueError as exc:
-            raise ValueError(f"bad host or port in Redis URL: {exc}") from None
+            raise InvalidInput("url", f"bad host or port in Redis URL: {exc}") from None
         path = unquote(parts.path).strip("/")
         if path:
             if not path.isdigit():
-                raise ValueError(f"Redis database must be a number, got {path!r}")
+                raise InvalidInput("url", f"Redis database must be a number, got {path!r}")
             db = int(path)
         else:
             db = 0
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         unknown = sorted(set(query) - _URL_OPTIONS)
         if unknown:
-            raise ValueError(f"unknown Redis URL option(s) {unknown}; known: {sorted(_URL_OPTIONS)}")
+            raise InvalidInput("url", f"unknown Redis URL option(s) {unknown}; known: {sorted(_URL_OPTIONS)}")
         username = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password is not None else None
         if password is None:
@@ -352,11 +499,13 @@ class RedisBackend(Backend):
             try:
                 max_connections = int(query["max_connections"])
             except ValueError:
-                raise ValueError("max_connections must be an integer") from None
+                raise InvalidInput("url", "max_connections must be an integer") from None
         ssl = parts.scheme == "rediss"
         ssl_options = {k: v for k, v in query.items() if k.startswith("ssl_")}
         if ssl_options and not ssl:
-            raise ValueError(f"{sorted(ssl_options)} only apply to rediss:// URLs")
+            raise InvalidInput("url", f"{sorted(ssl_options)} only apply to rediss:// URLs")
+        if context is not None and name is None:
+            name = context.name
         netloc = _mask_netloc(username, parts.password is not None, host, port)
         shown = f"{parts.scheme}://{netloc}/{db}" + (f"?{parts.query}" if parts.query else "")
         return cls(
@@ -373,6 +522,7 @@ class RedisBackend(Backend):
             max_connections=max_connections,
             ssl_options=ssl_options,
             url=shown,
+            fenced=context is not None and context.fenced,
         )
 
     # -- plumbing ------------------------------------------------------------------
@@ -380,9 +530,6 @@ class RedisBackend(Backend):
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosed(f"{self!r} is closed")
-
-    def _record_key(self, member: bytes) -> bytes:
-        return self._record_prefix + member
 
     def _unavailable(self, exc: BaseException, wrote: bool) -> ShardUnavailable:
         if isinstance(exc, RedisTimeoutError):
@@ -422,10 +569,39 @@ class RedisBackend(Backend):
 
     # -- the Backend interface -------------------------------------------------------
 
+    def execute(self, fn: Callable[..., Any], *args: Any, wrote: bool = False) -> Any:
+        """Call ``fn(*args)`` (a redis-py call on :attr:`client`), reporting outages as ShardUnavailable.
+
+        For dhtcart's own modules that keep state beside the shards (the
+        membership document); ``wrote`` says whether ``fn`` may have changed
+        something, for the message of a timeout.
+        """
+        return self._run(wrote, fn, *args)
+
+    @property
+    def client(self) -> redis.Redis:
+        """The redis-py client (no automatic retries; one connection pool per backend)."""
+        return self._client
+
+    def _moved(self, key: int, reply: Sequence[Any]) -> NoReturn:
+        _, epoch, state, peer = reply
+        raise Moved(key, int(epoch), state.decode(), peer.decode() or None)
+
+    def _fence_keys(self, member: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+        return (self._record_prefix + member, self._index, self._own, self._own_meta)
+
     def get(self, key: int) -> Record | None:
-        """Return the record under ``key`` (one ``GET``), or ``None``."""
-        raw = self._run(False, self._client.get, self._record_prefix + _member(key))
-        return None if raw is None else _decode(key, raw)
+        """Return the record under ``key`` (one ``GET``; fenced: one script call), or ``None``."""
+        member = _member(key)
+        if not self.fenced:
+            raw = self._run(False, self._client.get, self._record_prefix + member)
+            return None if raw is None else _decode(key, raw)
+        reply = self._run(False, self._eval, "get", self._fence_keys(member), (member,))
+        if reply[0] == 1:
+            return _decode(key, reply[1])
+        if reply[0] == 0:
+            return None
+        self._moved(key, reply)
 
     def put(self, key: int, value: bytes, expected_version: int | None = None) -> int:
         """Write ``value`` (one atomic script call); return the new version.
@@ -435,17 +611,18 @@ class RedisBackend(Backend):
         """
         member = _member(key)
         expected = "" if expected_version is None else str(int(expected_version))
-        ok, version = self._run(
-            True,
-            self._eval,
-            "put",
-            (self._record_prefix + member, self._index),
-            (member, value, expected),
-        )
-        if not ok:
+        if self.fenced:
+            reply = self._run(True, self._eval, "put", self._fence_keys(member), (member, value, expected, "1"))
+        else:
+            reply = self._run(
+                True, self._eval, "put", (self._record_prefix + member, self._index), (member, value, expected, "")
+            )
+        if reply[0] == 1:
+            return int(reply[1])
+        if reply[0] == 0:
             assert expected_version is not None
-            raise VersionConflict(key, expected_version, int(version))
-        return int(version)
+            raise VersionConflict(key, expected_version, int(reply[1]))
+        self._moved(key, reply)
 
     def delete(self, key: int, expected_version: int | None = None) -> bool:
         """Remove ``key`` (one atomic script call); return whether it existed.
@@ -456,16 +633,18 @@ class RedisBackend(Backend):
         """
         member = _member(key)
         expected = "" if expected_version is None else str(int(expected_version))
-        status, version = self._run(
-            True,
-            self._eval,
-            "delete",
-            (self._record_prefix + member, self._index),
-            (member, expected),
-        )
+        if self.fenced:
+            reply = self._run(True, self._eval, "delete", self._fence_keys(member), (member, expected, "1"))
+        else:
+            reply = self._run(
+                True, self._eval, "delete", (self._record_prefix + member, self._index), (member, expected, "")
+            )
+        status = reply[0]
         if status == 0:
             assert expected_version is not None
-            raise VersionConflict(key, expected_version, int(version))
+            raise VersionConflict(key, expected_version, int(reply[1]))
+        if status < 0:
+            self._moved(key, reply)
         return bool(status == 1)
 
     def scan(self, lo: int, hi: int, limit: int | None = None) -> Iterator[tuple[int, Record]]:
@@ -570,6 +749,99 @@ class RedisBackend(Backend):
         """Return the number of keys stored (``ZCARD`` of the index)."""
         return int(self._run(False, self._client.zcard, self._index))
 
+    # -- ownership ------------------------------------------------------------------
+
+    def _read_ownership(self) -> tuple[int, Ownership]:
+        """``(gen, record)``: one ``HGET`` when the cached record is current, else a transaction."""
+        gen_raw = self._run(False, self._client.hget, self._own_meta, "gen")
+        gen = int(gen_raw or 0)
+        cached_gen, cached = self._own_cache
+        if gen == cached_gen:
+            return gen, cached
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hmget(self._own_meta, "gen", "token", "epoch")
+        pipe.zrange(self._own, 0, -1)
+        (g, token, epoch), members = self._run(False, pipe.execute)
+        gen = int(g or 0)
+        own = Ownership(int(epoch or 0), int(token or 0), _parse_segments(members)) if members else Ownership.nothing()
+        self._own_cache = (gen, own)
+        return gen, own
+
+    def ownership(self) -> Ownership:
+        return self._read_ownership()[1]
+
+    def _set_ownership(self, expected_gen: int | None, token: int, new: Ownership, old: Ownership | None) -> Any:
+        if old is None:
+            removes: list[bytes | str] = ["all"]
+            adds = _members(new.segments)
+        else:
+            before, after = set(_members(old.segments)), set(_members(new.segments))
+            gone, added = sorted(before - after), sorted(after - before)
+            removes = [str(len(gone)), *gone]
+            adds = added
+        args = ["" if expected_gen is None else str(expected_gen), str(token), str(new.epoch), *removes, *adds]
+        return self._run(True, self._eval, "set_ownership", (self._own, self._own_meta), args)
+
+    def update_ownership(
+        self, token: int, epoch: int, changes: Sequence[Change] = (), expect: str | None = None
+    ) -> Ownership:
+        for _ in range(32):
+            gen, current = self._read_ownership()
+            new = apply_changes(current, token, epoch, changes, expect)
+            if new == current:
+                return current
+            status, value = self._set_ownership(gen, new.token, new, current)
+            if status == 1:
+                self._own_cache = (int(value), new)
+                return new
+            if status == -1:
+                raise LeaseLost(f"shard {self.name!r} has seen rebalancer token {value}, newer than {token}")
+        raise LeaseLost(f"shard {self.name!r}: its ownership record kept changing under this rebalancer")
+
+    def claim(self, ownership: Ownership) -> None:
+        _, value = self._set_ownership(None, ownership.token, ownership, None)
+        self._own_cache = (int(value), ownership)
+
+    def _range_script(
+        self, token: int, ranges: Sequence[tuple[int, int]], what: str, pairs: Sequence[bytes]
+    ) -> tuple[int, int]:
+        bounds: list[bytes] = []
+        for lo, hi in ranges:
+            bounds += _lex_range(lo, hi)
+        for _ in range(32):
+            gen, own = self._read_ownership()
+            own.check_token(token)
+            for lo, hi in ranges:
+                own.check_unserved(lo, hi, what)
+            args = (str(gen), self._record_prefix, what, str(len(ranges)), *bounds, *pairs)
+            reply = self._run(True, self._eval, "range", (self._index, self._own_meta), args)
+            if reply[0] != -1:
+                return int(reply[0]), int(reply[1])
+        raise LeaseLost(f"shard {self.name!r}: its ownership record kept changing under this rebalancer")
+
+    def import_ranges(
+        self, token: int, ranges: Sequence[tuple[int, int]], records: Sequence[tuple[int, Record]]
+    ) -> int:
+        pairs: list[bytes] = []
+        for key, rec in records:
+            pairs += (_member(key), int(rec.version).to_bytes(8, "big") + bytes(rec.value))
+        return self._range_script(token, ranges, "import", pairs)[1]
+
+    def drop_ranges(self, token: int, ranges: Sequence[tuple[int, int]]) -> int:
+        total = 0
+        while True:
+            gone, _ = self._range_script(token, ranges, "drop", ())
+            total += gone
+            if gone < _DROP_BATCH:
+                return total
+
+    def boundary(self, lo: int, hi: int, n: int) -> tuple[int, int]:
+        low, high = _lex_range(lo, hi)
+        found = self._run(False, self._client.zrangebylex, self._index, low, high, n - 1, 1)
+        if found:
+            return int(found[0], 16), n
+        return hi, int(self._run(False, self._client.zlexcount, self._index, low, high))
+
     def pause(self, seconds: float) -> None:
         """Pause every client of the server for ``seconds`` (``CLIENT PAUSE ... ALL``).
 
@@ -615,7 +887,8 @@ class RedisBackend(Backend):
         pattern = _glob_escape(self._record_prefix) + b"*"
         for chunk in _chunks(client.scan_iter(match=pattern, count=1000), 1000):
             client.delete(*chunk)
-        client.delete(self._index)
+        client.delete(self._index, self._own, self._own_meta)
+        self._own_cache = (-1, Ownership.nothing())
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} {self.url}>"
