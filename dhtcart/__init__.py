@@ -22,6 +22,9 @@ from dhtcart.errors import (
     InvalidKey,
     InvalidValue,
     ItemNotFound,
+    KeyUnavailable,
+    LeaseLost,
+    Moved,
     NotFound,
     SaleExpired,
     ShardExists,
@@ -37,7 +40,7 @@ from dhtcart.hashing import KEY_SPACE, MAX_KEY, hash_key
 from dhtcart.rebalance import RebalancePlan, RebalanceReport
 from dhtcart.ring import Arc, HashRing, Move, PartitionRing
 from dhtcart.server import DHTServer
-from dhtcart.store import DHTServerStore
+from dhtcart.store import DHTServerStore, RebalanceStatus
 
 __version__ = "0.1.0"
 
@@ -60,11 +63,15 @@ __all__ = [
     "InvalidKey",
     "InvalidValue",
     "ItemNotFound",
+    "KeyUnavailable",
+    "LeaseLost",
     "Move",
+    "Moved",
     "NotFound",
     "PartitionRing",
     "RebalancePlan",
     "RebalanceReport",
+    "RebalanceStatus",
     "Receipt",
     "ReceiptLine",
     "Record",

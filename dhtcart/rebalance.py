@@ -1,48 +1,55 @@
-"""Moving data when the ring changes: plans, live migration, reports.
+"""Moving data and ownership when the ring changes: plans, the hand-over protocol, reports.
 
 A rebalance goes from an old ring to a new one. :func:`plan` lists the arcs
 whose owner changes (``old.moves(new)``) and counts, by ordered range scans of
 the source shards, the keys and bytes in them: its cost grows with what moves,
 never with what stays.
 
-:class:`Migration` then moves each arc in batches. For each batch, with the
-store's gate held exclusively (so no operation runs meanwhile):
+:class:`Mover` then hands the arcs over, batch by batch, from source ``S`` to
+target ``T``. Each shard's own ownership record (see
+:mod:`dhtcart.backends.ownership`) is the truth, and a batch goes through five
+steps, each one atomic on one shard::
 
-1. scan up to ``batch_size`` records of the arc from the source shard;
-2. write them to the target with their versions (``put_many``);
-3. advance the arc's cursor: keys up to the last one copied now route to the
-   target;
-4. delete them from the source, each only at the version copied.
+    1. freeze   S: ranges OWNED -> FROZEN     S serves reads, refuses writes
+    2. copy     T: import the records         T does not serve them yet
+    3. release  S: FROZEN -> NOT_OWNED(T)     S redirects to T
+    4. take     T: NOT_OWNED -> OWNED         T serves them
+    5. drop     S: delete its copies
 
-Between batches the gate is open and every operation routes through
-:meth:`Migration.owner`: the target for keys at or below the arc's cursor, the
-source above it. So an operation waits for at most one batch, every
-acknowledged write lands where the next read looks, and a crash between steps
-2 and 4 leaves at worst an identical copy on both sides, which re-running the
-migration (the store's journal says what to re-run) copies again and drops.
+So at every instant a key is served by at most one shard, and by exactly one
+outside steps 3-4 of its own batch; writes wait (the store retries them) from
+step 1 to step 4, reads only between 3 and 4. Nothing changes under the copy,
+so nothing written is lost. Every step carries the rebalancer's lease token
+and every shard refuses a token older than the newest it has seen.
 
-If a shard *fails* midway (an exception, the process lives on), copies may be
-left where no route leads: on the target if step 2 failed, on the source if
-step 4 did. The batch's keys and versions are kept in :attr:`Migration.dirty`
-(and in the store's journal) and deleted, at exactly those versions, before
-the migration goes on, so a stale copy can never come back later.
+The protocol keeps no state of its own: where a migration stands is read from
+the shards' records. :meth:`Mover.run` first raises its token on every shard
+involved (fencing out any earlier rebalancer), then, arc by arc, finishes what
+it finds half done (a frozen range is copied again; a released one is taken)
+and goes on with what is not started. So running it again after a crash at any
+step finishes the migration, and a client that waits on a frozen range can run
+it with ``in_flight_only=True`` to finish just the batches a dead rebalancer
+left. A batch that fails before its release is unfrozen again (``S`` serves it
+as before); after the release it is left for the next run to finish.
 """
 
 from __future__ import annotations
 
+import contextlib
 from bisect import bisect_left
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from dhtcart._rwlock import RWLock
-from dhtcart.backends.base import Record
+from dhtcart.backends.base import Backend, Record
+from dhtcart.backends.ownership import FROZEN, NOT_OWNED, OWNED, Segments
 from dhtcart.ring import Move, Ring
 from dhtcart.server import DHTServer
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
-    "MAX_ARCS_PER_BATCH",
+    "MAX_RANGES_PER_BATCH",
     "Migration",
+    "Mover",
     "Progress",
     "RebalancePlan",
     "RebalanceReport",
@@ -51,8 +58,8 @@ __all__ = [
 ]
 
 DEFAULT_BATCH_SIZE = 1000
-#: arcs one batch may span (bounds how long one batch holds the gate)
-MAX_ARCS_PER_BATCH = 256
+#: ranges one batch may span (bounds the size of one ownership change)
+MAX_RANGES_PER_BATCH = 256
 
 #: progress callback: ``progress(keys_moved_so_far, keys_planned)``
 Progress = Callable[[int, int], None]
@@ -137,96 +144,203 @@ def plan(old: Ring, new: Ring, servers: Mapping[str, DHTServer]) -> RebalancePla
 
 
 class Migration:
-    """The state of a live migration from ``old`` to ``new`` (see the module doc)."""
+    """Where keys are during a migration from ``old`` to ``new``, as far as one handle knows.
 
-    def __init__(self, old: Ring, new: Ring, moves: list[Move] | None = None) -> None:
+    A key outside the moving arcs is where both rings put it. A key in a
+    moving arc is on the arc's source until its batch is handed over, then on
+    the target; :attr:`hints` records, per arc, the highest key known to be on
+    the target already (batches go in key order), learned from the handle's
+    own rebalances and from redirects. A wrong guess costs one redirect.
+    """
+
+    def __init__(self, old: Ring, new: Ring) -> None:
         self.old = old
         self.new = new
-        self.moves = old.moves(new) if moves is None else moves
+        self.moves = old.moves(new)
         self._his = [m.hi for m in self.moves]
-        self.cursors = [m.lo for m in self.moves]
-        self.keys_moved = 0
-        self.bytes_moved = 0
-        #: ``(shard, [(key, version), ...])`` of a batch that failed midway, or None
-        self.dirty: tuple[str, list[tuple[int, int]]] | None = None
+        #: per move: keys up to this one are (believed) on the target
+        self.hints = [m.lo for m in self.moves]
+
+    def move_of(self, key: int) -> int | None:
+        """The index of the moving arc holding ``key``, or ``None``."""
+        i = bisect_left(self._his, key)
+        if i < len(self.moves) and self.moves[i].lo < key:
+            return i
+        return None
 
     def owner(self, key: int) -> str:
-        """Where ``key`` lives right now (call with the gate held for reading)."""
+        """The shard to ask first for ``key``."""
         i = bisect_left(self._his, key)
         if i < len(self.moves):
             m = self.moves[i]
             if m.lo < key:
-                return m.target if key <= self.cursors[i] else m.source
+                return m.target if key <= self.hints[i] else m.source
         return self.new.node_for(key)
 
-    def run(
+    def learn(self, key: int, owner: str) -> None:
+        """A shard said ``key`` is on ``owner`` now."""
+        i = self.move_of(key)
+        if i is not None and self.moves[i].target == owner and key > self.hints[i]:
+            self.hints[i] = key
+
+
+class Mover:
+    """Hands the arcs of a :class:`Migration` over, with ``token`` at membership ``epoch``.
+
+    ``backends`` maps every shard of the migration to its (fenced) backend.
+    ``check_lease`` is called before each batch and raises
+    :class:`~dhtcart.errors.LeaseLost` when the lease is gone.
+    """
+
+    def __init__(
         self,
-        servers: Mapping[str, DHTServer],
-        gate: RWLock,
+        migration: Migration,
+        backends: Mapping[str, Backend],
+        token: int,
+        epoch: int,
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         progress: Progress | None = None,
         planned: int = 0,
+        check_lease: Callable[[], None] | None = None,
     ) -> None:
-        """Move every arc, one batch per exclusive hold of ``gate``.
+        self.migration = migration
+        self.backends = backends
+        self.token = token
+        self.epoch = epoch
+        self.batch_size = batch_size
+        self.progress = progress
+        self.planned = planned
+        self.check_lease = check_lease
+        self.keys_moved = 0
+        self.bytes_moved = 0
+        self.batches = 0
+        self._segs: dict[str, Segments] = {}
 
-        A batch gathers up to ``batch_size`` records from successive arcs of one
-        ``(source, target)`` route (at most :data:`MAX_ARCS_PER_BATCH` arcs), so
-        many small arcs cost one bulk write and one bulk delete, not one each.
-
-        If a shard fails midway, the half-done batch is recorded in
-        :attr:`dirty` (where copies of it may linger) before the error
-        propagates; :meth:`clean` removes them, and ``run`` may then be called
-        again to continue from the cursors.
-        """
-        self.clean(servers)
+    def run(self, *, in_flight_only: bool = False) -> None:
+        """Finish the migration (or, with ``in_flight_only``, only its half-done batches)."""
+        moves = self.migration.moves
         routes: dict[tuple[str, str], list[int]] = {}
-        for i, m in enumerate(self.moves):
-            if self.cursors[i] < m.hi:
-                routes.setdefault((m.source, m.target), []).append(i)
-        for (source, target), todo in routes.items():
-            # records go backend to backend: they were checked when first written
-            src, dst = servers[source].backend, servers[target].backend
-            pos = 0
-            while pos < len(todo):
-                with gate.write():
-                    batch: list[tuple[int, Record]] = []
-                    advance: list[tuple[int, int]] = []
-                    arcs = 0
-                    while pos < len(todo) and len(batch) < batch_size and arcs < MAX_ARCS_PER_BATCH:
-                        i = todo[pos]
-                        want = batch_size - len(batch)
-                        got = list(src.scan(self.cursors[i], self.moves[i].hi, limit=want))
-                        batch += got
-                        arcs += 1
-                        if len(got) == want:  # the arc may hold more: continue it next batch
-                            advance.append((i, got[-1][0]))
-                            break
-                        advance.append((i, self.moves[i].hi))  # the arc is done, all of it
-                        pos += 1
-                    versions = [(k, r.version) for k, r in batch]
-                    if batch:
-                        try:
-                            dst.put_many(batch)
-                        except BaseException:
-                            self.dirty = (target, versions)  # copies may sit on the target
-                            raise
-                    for i, cursor in advance:  # cut over: these keys now route to the target
-                        self.cursors[i] = cursor
-                    if batch:
-                        try:
-                            src.delete_many(versions)
-                        except BaseException:
-                            self.dirty = (source, versions)  # old copies may sit on the source
-                            raise
-                self.keys_moved += len(batch)
-                self.bytes_moved += sum(len(r.value) for _, r in batch)
-                if progress is not None and batch:
-                    progress(self.keys_moved, max(planned, self.keys_moved))
+        for i, m in enumerate(moves):
+            routes.setdefault((m.source, m.target), []).append(i)
+        for name in sorted({m.source for m in moves} | {m.target for m in moves}):
+            # fence: from now on no older rebalancer can change these shards
+            self._segs[name] = self.backends[name].update_ownership(self.token, self.epoch).segments
+        for (source, target), idxs in routes.items():
+            self._route(source, target, idxs, in_flight_only)
+        if in_flight_only:
+            return
+        by_source: dict[str, list[tuple[int, int]]] = {}
+        for m in moves:
+            by_source.setdefault(m.source, []).append((m.lo, m.hi))
+        for source, ranges in by_source.items():  # copies a crash left before their drop
+            for start in range(0, len(ranges), MAX_RANGES_PER_BATCH):
+                self.backends[source].drop_ranges(self.token, ranges[start : start + MAX_RANGES_PER_BATCH])
 
-    def clean(self, servers: Mapping[str, DHTServer]) -> None:
-        """Drop the copies a failed batch may have left where no route leads."""
-        if self.dirty is not None:
-            name, versions = self.dirty
-            servers[name].backend.delete_many(versions)
-            self.dirty = None
+    def _next_span(self, source: str, target: str, pos: int, hi: int) -> tuple[int, int, str] | None:
+        """The first range from ``pos`` that the target does not serve yet, with the source's state there."""
+        for a, b, state, _ in self._segs[target].spans(pos, hi):
+            if state != OWNED:
+                sa, sb, s_state, _ = self._segs[source].spans(a, b)[0]
+                return sa, sb, s_state
+        return None
+
+    def _route(self, source: str, target: str, idxs: list[int], in_flight_only: bool) -> None:
+        moves = self.migration.moves
+        src = self.backends[source]
+        k = 0  # the move being worked on, and where in it
+        pos = moves[idxs[0]].lo
+        while k < len(idxs):
+            if self.check_lease is not None:
+                self.check_lease()
+            ranges: list[tuple[int, int]] = []
+            owners: list[int] = []
+            keys = 0
+            while k < len(idxs) and len(ranges) < MAX_RANGES_PER_BATCH and keys < self.batch_size:
+                i = idxs[k]
+                span = self._next_span(source, target, pos, moves[i].hi)
+                if span is None:  # this arc is done
+                    k += 1
+                    if k < len(idxs):
+                        pos = moves[idxs[k]].lo
+                    continue
+                a, b, state = span
+                if state == OWNED:
+                    if in_flight_only:
+                        pos = b  # not started: not ours to do now
+                        continue
+                    cut, found = src.boundary(a, b, self.batch_size - keys)
+                    ranges.append((a, cut))
+                    owners.append(i)
+                    keys += found
+                    pos = cut
+                    continue
+                if ranges:  # a half-done batch: hand over what is gathered first
+                    break
+                if state == FROZEN:  # frozen by an earlier rebalancer: copy again, then go on
+                    self._hand_over(source, target, [(a, b)], [i], frozen=True)
+                else:  # released: the copy is complete, the target has only to take it
+                    self._take(source, target, [(a, b)], [i], None, 0)
+                pos = b
+            if ranges:
+                self._hand_over(source, target, ranges, owners, frozen=False)
+
+    def _hand_over(
+        self, source: str, target: str, ranges: Sequence[tuple[int, int]], owners: Sequence[int], *, frozen: bool
+    ) -> None:
+        src, dst = self.backends[source], self.backends[target]
+        token, epoch = self.token, self.epoch
+        released = False
+        try:
+            if not frozen:
+                self._segs[source] = src.update_ownership(
+                    token, epoch, [(lo, hi, FROZEN, "") for lo, hi in ranges], expect=OWNED
+                ).segments
+            records: list[tuple[int, Record]] = []
+            for lo, hi in ranges:
+                records += src.scan(lo, hi)
+            dst.import_ranges(token, ranges, records)
+            released = True  # from here on the release may have happened: never undo it
+            self._segs[source] = src.update_ownership(
+                token, epoch, [(lo, hi, NOT_OWNED, target) for lo, hi in ranges], expect=FROZEN
+            ).segments
+        except BaseException:
+            if not released:
+                self._unfreeze(source, ranges)
+            raise
+        self._take(source, target, ranges, owners, len(records), sum(len(r.value) for _, r in records))
+
+    def _unfreeze(self, source: str, ranges: Sequence[tuple[int, int]]) -> None:
+        """Give a failed batch back to its source (best effort: a later run finishes it otherwise)."""
+        with contextlib.suppress(Exception):  # unreachable, or not frozen: the next run finishes it
+            self._segs[source] = (
+                self.backends[source]
+                .update_ownership(self.token, self.epoch, [(lo, hi, OWNED, "") for lo, hi in ranges], expect=FROZEN)
+                .segments
+            )
+
+    def _take(
+        self,
+        source: str,
+        target: str,
+        ranges: Sequence[tuple[int, int]],
+        owners: Sequence[int],
+        copied: int | None,
+        nbytes: int,
+    ) -> None:
+        self._segs[target] = (
+            self.backends[target]
+            .update_ownership(self.token, self.epoch, [(lo, hi, OWNED, "") for lo, hi in ranges], expect=NOT_OWNED)
+            .segments
+        )
+        hints = self.migration.hints
+        for i, (_, hi) in zip(owners, ranges):
+            if hi > hints[i]:
+                hints[i] = hi
+        dropped = self.backends[source].drop_ranges(self.token, ranges)
+        moved = dropped if copied is None else copied
+        self.keys_moved += moved
+        self.bytes_moved += nbytes
+        self.batches += 1
+        if self.progress is not None and moved:
+            self.progress(self.keys_moved, max(self.planned, self.keys_moved))

@@ -40,6 +40,8 @@ from dhtcart.hashing import KEY_BITS, MAX_KEY, hash_key
 __all__ = [
     "DEFAULT_PARTITIONS",
     "DEFAULT_VNODES",
+    "MAX_PARTITIONS",
+    "PARTITIONS_PER_WEIGHT",
     "Arc",
     "HashRing",
     "Move",
@@ -50,6 +52,10 @@ __all__ = [
 
 DEFAULT_VNODES = 160
 DEFAULT_PARTITIONS = 4096
+#: the most partitions a PartitionRing may have
+MAX_PARTITIONS = 1 << 20
+#: the store doubles a PartitionRing's partitions to keep at least this many per unit of weight
+PARTITIONS_PER_WEIGHT = 64
 
 
 class Arc(NamedTuple):
@@ -428,10 +434,11 @@ class PartitionRing(_RingBase):
             or not isinstance(partitions, int)
             or partitions < 1
             or partitions & (partitions - 1)
-            or partitions > 1 << 20
+            or partitions > MAX_PARTITIONS
         ):
             raise InvalidInput("partitions", f"must be a power of two up to 2**20, got {partitions!r}")
         self.partitions = partitions
+        self._balanced = True  # False for a doubled() ring until its next change
         self._shift = KEY_BITS - (partitions.bit_length() - 1)
         self._lock = threading.Lock()
         items = _node_items(nodes)
@@ -499,6 +506,7 @@ class PartitionRing(_RingBase):
         else:
             owners = []
         self._state = (weights, owners)
+        self._balanced = True
 
     # -- lookup -------------------------------------------------------------
 
@@ -516,6 +524,38 @@ class PartitionRing(_RingBase):
     def partition_of(self, key: int) -> int:
         """The partition holding ``key``."""
         return key >> self._shift
+
+    @property
+    def shift(self) -> int:
+        """``key >> shift`` is the partition of ``key``."""
+        return self._shift
+
+    def owners(self) -> list[str]:
+        """The owner of each partition, in partition order (a copy)."""
+        return list(self._owners)
+
+    def doubled(self) -> PartitionRing:
+        """The same placement with twice the partitions: every key keeps its owner.
+
+        Each partition splits into two halves owned by the same node, so no key
+        moves. The store doubles its ring before a change that would leave
+        fewer than :data:`PARTITIONS_PER_WEIGHT` partitions per unit of weight,
+        so that loads stay within ``1/64`` of ideal however many shards join.
+
+        >>> ring = PartitionRing(["a", "b", "c"], partitions=8)
+        >>> twice = ring.doubled()
+        >>> twice.partitions, all(twice.node_for(k) == ring.node_for(k) for k in range(0, 2**63, 2**59))
+        (16, True)
+        >>> ring.moves(twice)
+        []
+        """
+        if self.partitions >= MAX_PARTITIONS:
+            raise InvalidInput("partitions", f"cannot double past {MAX_PARTITIONS} partitions")
+        weights, owners = self._state
+        ring = PartitionRing(partitions=self.partitions * 2)
+        ring._state = (dict(weights), [o for o in owners for _ in (0, 1)])
+        ring._balanced = False
+        return ring
 
     def preference_list(self, key: int, n: int) -> list[str]:
         """Up to ``n`` distinct nodes met clockwise from ``key``; the first is the owner."""
@@ -559,6 +599,7 @@ class PartitionRing(_RingBase):
         weights, owners = self._state
         ring = PartitionRing(partitions=self.partitions)
         ring._state = (dict(weights), list(owners))
+        ring._balanced = self._balanced
         return ring
 
     def to_dict(self) -> dict[str, Any]:
@@ -583,7 +624,7 @@ class PartitionRing(_RingBase):
             [names[i] for i in data["owners"]],
         )
         if ring._weights and len(ring._owners) != ring.partitions:
-            raise ValueError("ring description has the wrong number of partitions")
+            raise InvalidInput("ring", "the description has the wrong number of partitions")
         return ring
 
     def _check(self) -> None:
@@ -594,6 +635,8 @@ class PartitionRing(_RingBase):
             return
         assert len(owners) == self.partitions
         assert set(owners) <= set(weights), "a partition has an unknown owner"
+        if not self._balanced:
+            return  # doubled: balanced as before at half the partitions, which a move might improve
         counts = dict.fromkeys(weights, 0)
         for owner in owners:
             counts[owner] += 1
@@ -616,4 +659,4 @@ def ring_from_dict(data: Mapping[str, Any]) -> HashRing | PartitionRing:
         return HashRing.from_dict(data)
     if kind == "partition":
         return PartitionRing.from_dict(data)
-    raise ValueError(f"unknown ring type {kind!r}")
+    raise InvalidInput("ring", f"unknown ring type {kind!r}")

@@ -19,7 +19,7 @@ from dhtcart.backends.base import Backend, Record
 from dhtcart.errors import InvalidInput, InvalidKey, InvalidValue
 from dhtcart.hashing import KEY_SPACE, MAX_KEY
 
-__all__ = ["MAX_VALUE_SIZE", "DHTServer", "check_key", "check_value"]
+__all__ = ["MAX_VALUE_SIZE", "DHTServer", "check_key", "check_value", "check_version"]
 
 #: the largest value a shard accepts, in bytes
 MAX_VALUE_SIZE = 16 * 1024 * 1024
@@ -51,7 +51,8 @@ def check_value(value: object) -> bytes:
     return data
 
 
-def _check_version(version: object, what: str = "expected_version") -> int:
+def check_version(version: object, what: str = "expected_version") -> int:
+    """Return ``version`` if it is an ``int >= 0`` (not a ``bool``), else raise :class:`InvalidValue`."""
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise InvalidValue(f"{what} must be an int >= 0, not {version!r}")
     return version
@@ -104,14 +105,14 @@ class DHTServer:
         key = check_key(key)
         data = check_value(value)
         if expected_version is not None:
-            _check_version(expected_version)
+            check_version(expected_version)
         return self.backend.put(key, data, expected_version)
 
     def delete(self, key: int, expected_version: int | None = None) -> bool:
         """Remove ``key``; return whether it existed (conditional with ``expected_version``)."""
         key = check_key(key)
         if expected_version is not None:
-            _check_version(expected_version)
+            check_version(expected_version)
         return self.backend.delete(key, expected_version)
 
     def scan(self, lo: int, hi: int, limit: int | None = None) -> Iterator[tuple[int, Record]]:
@@ -131,7 +132,7 @@ class DHTServer:
                 if not isinstance(rec, tuple) or len(rec) != 2:
                     raise InvalidValue(f"key {key}: a record is (version, value), not {rec!r:.60}")
                 rec = Record(*rec)
-            version = _check_version(rec.version, "version")
+            version = check_version(rec.version, "version")
             if version < 1:
                 raise InvalidValue(f"key {key}: a stored version is >= 1, not {version}")
             checked.append((check_key(key), Record(version, check_value(rec.value))))
@@ -139,7 +140,7 @@ class DHTServer:
 
     def delete_many(self, items: Iterable[tuple[int, int]]) -> int:
         """Delete each ``(key, version)`` still at that version; return how many went."""
-        checked = [(check_key(k), _check_version(v, "version")) for k, v in items]
+        checked = [(check_key(k), check_version(v, "version")) for k, v in items]
         return self.backend.delete_many(checked) if checked else 0
 
     def count(self) -> int:

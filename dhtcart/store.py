@@ -1,4 +1,4 @@
-"""The store: a ring of shards, routing every key to its owner.
+"""The store: a ring of shards, routing every key to its owner and following redirects.
 
 >>> from dhtcart import DHTServerStore, hash_key
 >>> store = DHTServerStore(shards=5)          # five in-memory shards
@@ -9,67 +9,105 @@ b'cart'
 >>> report = store.add_shard("shard-5")       # moves about 1/6 of the keys
 >>> sorted(store.stats())
 ['shard-0', 'shard-1', 'shard-2', 'shard-3', 'shard-4', 'shard-5']
+>>> store.epoch                                # 1, then migration, commit
+3
 >>> store.close()
 
 A persistent store lives in one directory::
 
     store/
-      manifest.json     members, weights, backend URLs, the ring, the journal
-      LOCK              flock: shared while open, exclusive during a rebalance
+      manifest.json     the membership: epoch, members, URLs, the ring, a migration in progress
+      ADMIN             flock: the rebalance lease (held while a rebalance runs)
+      LEASE             the last lease token handed out, and its holder
       shards/shard-0/   one LMDB environment per shard (data.mdb, lock.mdb)
       ...
 
-``DHTServerStore.open(directory)`` creates it or opens it again, with the same
-ring and every key. If a rebalance was interrupted (the process was killed),
-opening the store finishes it first.
+or keeps its membership in a Redis database, so that clients on other hosts
+open it from one URL: ``DHTServerStore.open("redis://host:6379/0", shards={...})``.
 
-Processes: several processes may open one store and use it at once (LMDB
-serialises their writes; compare-and-set stays atomic). A rebalance needs the
-store alone: it takes the ``LOCK`` file exclusively, so it raises
-:class:`~dhtcart.errors.StoreBusy` while another process has the store open,
-and opening the store from another process while a rebalance runs raises
-:class:`~dhtcart.errors.StoreBusy` too (after ``lock_timeout`` seconds).
-Within a process, operations from other threads keep running during a
-rebalance and wait at most for one batch.
+Routing: each handle routes with its cached copy of the membership (see
+:mod:`dhtcart.membership`). Each shard checks, in the same atomic step as the
+operation, that it owns the key, and otherwise answers with a redirect
+(:class:`~dhtcart.errors.Moved`); the handle then reloads the membership when
+the redirect says it is stale, follows the owner the shard names, or waits for
+a hand-over in progress, and tries again, for at most ``redirect_timeout``
+seconds (then :class:`~dhtcart.errors.KeyUnavailable`). So a handle opened
+before a rebalance keeps working after it, never writes to the wrong shard,
+and never reads a value older than the newest acknowledged one.
+
+Rebalances (:meth:`DHTServerStore.add_shard`, ``remove_shard``,
+``set_weight``) run while every other handle, in any process, keeps serving:
+one at a time, under the membership's lease (another rebalancer gets
+:class:`~dhtcart.errors.StoreBusy`). The protocol is in
+:mod:`dhtcart.rebalance` and ``docs/rebalance.md``.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Literal, TypeVar
 
-from dhtcart._rwlock import RWLock
 from dhtcart.backends import open_backend
-from dhtcart.backends.base import Backend, Record
-from dhtcart.errors import InvalidInput, ShardExists, ShardNotFound, StoreBusy, StoreClosed
-from dhtcart.hashing import MAX_KEY
+from dhtcart.backends.base import Backend, BackendContext, Record
+from dhtcart.backends.ownership import FROZEN, NOT_OWNED, OWNED, Ownership, Segments
+from dhtcart.errors import (
+    InvalidInput,
+    KeyUnavailable,
+    Moved,
+    ShardExists,
+    ShardNotFound,
+    ShardUnavailable,
+    StoreBusy,
+    StoreClosed,
+)
+from dhtcart.hashing import KEY_SPACE, MAX_KEY
+from dhtcart.membership import (
+    DEFAULT_LEASE_TTL,
+    DirectoryMembership,
+    Lease,
+    LocalMembership,
+    Membership,
+    MembershipDoc,
+    holder_name,
+    open_membership,
+)
 from dhtcart.rebalance import (
     DEFAULT_BATCH_SIZE,
     Migration,
+    Mover,
     Progress,
     RebalancePlan,
     RebalanceReport,
     estimate_keys,
     plan,
 )
-from dhtcart.ring import DEFAULT_PARTITIONS, HashRing, PartitionRing, ring_from_dict
-from dhtcart.server import DHTServer, check_key
+from dhtcart.ring import (
+    DEFAULT_PARTITIONS,
+    MAX_PARTITIONS,
+    PARTITIONS_PER_WEIGHT,
+    HashRing,
+    PartitionRing,
+    ring_from_dict,
+)
+from dhtcart.server import MAX_VALUE_SIZE, DHTServer, check_key, check_value, check_version
 
-__all__ = ["MANIFEST_FORMAT", "DHTServerStore"]
+__all__ = ["DEFAULT_REDIRECT_TIMEOUT", "MANIFEST_FORMAT", "DHTServerStore", "RebalanceStatus"]
 
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
-LOCK = "LOCK"
-ADMIN = "ADMIN"
+MANIFEST_FORMAT = 2
 SHARDS_DIR = "shards"
+#: seconds an operation follows redirects before it raises KeyUnavailable
+DEFAULT_REDIRECT_TIMEOUT = 15.0
+#: seconds an operation waits on a hand-over before it tries to finish it itself
+DEFAULT_TAKEOVER_AFTER = 0.25
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_T = TypeVar("_T")
 
 Durability = Literal["process", "power"]
 AnyRing = HashRing | PartitionRing
@@ -85,20 +123,56 @@ def _check_shard_name(name: object) -> str:
     return name
 
 
-def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write ``path`` so that a crash leaves either the old or the new file, whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    # 0600: shard URLs may carry credentials
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+def _check_seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        raise InvalidInput(name, f"must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class RebalanceStatus:
+    """Where the store's membership stands (``dhtcart stats`` shows it)."""
+
+    epoch: int  #: the membership epoch this handle routes with
+    migrating: bool  #: a migration is in progress (or was left by a rebalancer that stopped)
+    arcs: int  #: arcs that change owner in the migration
+    arcs_done: int  #: arcs wholly handed over
+    fraction_done: float  #: share of the moving key space already handed over
+    holder: str | None  #: who holds the rebalance lease, if anyone
+    adding: list[str]  #: shards the migration adds
+    removing: list[str]  #: shards it removes
+    unreachable: list[str]  #: shards whose records could not be read (their progress counts as none)
+
+
+class _View:
+    """One epoch of the membership, as this handle routes with it (immutable once built)."""
+
+    __slots__ = ("doc", "epoch", "migration", "ring", "servers", "shift", "table")
+
+    def __init__(self, doc: MembershipDoc, servers: dict[str, DHTServer], ring: AnyRing | None = None) -> None:
+        self.doc = doc
+        self.epoch = doc.epoch
+        self.ring: AnyRing = ring_from_dict(doc.ring) if ring is None else ring
+        self.servers = servers
+        self.migration = None if doc.migration is None else Migration(self.ring, ring_from_dict(doc.migration["ring"]))
+        self.table: list[Backend] | None = None
+        self.shift = 0
+        if self.migration is None and isinstance(self.ring, PartitionRing):
+            # the hot path: a shift and an index straight to the backend
+            self.table = [servers[o].backend for o in self.ring.owners()]
+            self.shift = self.ring.shift
+
+    def route(self, key: int) -> Backend:
+        table = self.table
+        if table is not None:
+            return table[key >> self.shift]
+        mig = self.migration
+        name = mig.owner(key) if mig is not None else self.ring.node_for(key)
+        return self.servers[name].backend
+
+
+def _op_get(backend: Backend, key: int) -> Record | None:
+    return backend.get(key)
 
 
 class DHTServerStore:
@@ -106,11 +180,14 @@ class DHTServerStore:
 
     ``DHTServerStore(shards=5)`` is a working in-memory store of five shards
     named ``shard-0`` … ``shard-4``. ``shards`` may also be a mapping of shard
-    name to backend URL (``{"a": "memory://", "b": "redis://h:6379/0"}``).
-    Placement is a :class:`~dhtcart.ring.PartitionRing` of ``partitions``
-    partitions unless ``ring`` is given (it must list exactly the shards).
-    Use :meth:`open` for a persistent store in a directory.
+    name to backend URL or open :class:`Backend` (``{"a": "memory://", "b":
+    "redis://h:6379/0"}``). Placement is a :class:`~dhtcart.ring.PartitionRing`
+    of ``partitions`` partitions unless ``ring`` is given (it must list exactly
+    the shards). Such a store's membership lives in this process; use
+    :meth:`open` for a store that other processes and hosts share.
     """
+
+    _view: _View  #: the membership this handle routes with (replaced whole, never changed)
 
     def __init__(
         self,
@@ -119,18 +196,53 @@ class DHTServerStore:
         backend: str = "memory://",
         partitions: int = DEFAULT_PARTITIONS,
         ring: AnyRing | None = None,
+        redirect_timeout: float = DEFAULT_REDIRECT_TIMEOUT,
     ) -> None:
         urls = self._shard_urls(shards, backend)
         if ring is None:
             ring = PartitionRing(list(urls), partitions=partitions)
         elif set(ring.nodes) != set(urls):
-            raise ValueError("the ring's nodes must be exactly the shards")
-        self._setup(ring, urls, directory=None, durability="process")
+            raise InvalidInput("ring", "the ring's nodes must be exactly the shards")
+        self._init(LocalMembership(), "process", redirect_timeout)
+        self._instances.update((n, u) for n, u in urls.items() if isinstance(u, Backend))
+        try:
+            doc = MembershipDoc(
+                1, ring.to_dict(), {n: self._url_of(u) for n, u in urls.items()}, dict.fromkeys(urls, 1), "process"
+            )
+            # claim the shards: a store without shared membership owns them alone (a shard
+            # that cannot be reached now is claimed when it first answers)
+            self._claim_all(doc, ring, token=0, lazy=True)
+            self._membership.create(doc)
+            self._apply(doc, ring)
+        except BaseException:
+            self.close()
+            raise
+
+    def _init(self, membership: Membership, durability: str, redirect_timeout: float) -> None:
+        self._membership = membership
+        self._durability = durability
+        self._redirect_timeout = _check_seconds("redirect_timeout", redirect_timeout)
+        self._takeover_after = DEFAULT_TAKEOVER_AFTER
+        self._instances: dict[str, Backend] = {}
+        self._opened: dict[tuple[str, int], DHTServer] = {}  # (name, born) -> shard
+        self._open_lock = threading.Lock()
+        self._apply_lock = threading.Lock()
+        self._unclaimed: dict[Backend, Ownership] = {}  # shards to claim when they answer
+        self._admin = threading.Lock()  # this handle's rebalances, one at a time
+        self._closed = False
+        self._counters = {"redirects": 0, "reloads": 0, "waits": 0, "takeovers": 0}
+
+    @staticmethod
+    def _url_of(u: str | Backend) -> str:
+        return u if isinstance(u, str) else u.url
 
     @staticmethod
     def _shard_urls(shards: int | Mapping[str, str | Backend], backend: str) -> dict[str, str | Backend]:
         if isinstance(shards, Mapping):
             urls = {_check_shard_name(n): u for n, u in shards.items()}
+            for n, u in urls.items():
+                if not isinstance(u, str | Backend):
+                    raise InvalidInput("shards", f"shard {n!r}: a URL or a Backend, not {type(u).__name__}")
         elif isinstance(shards, bool) or not isinstance(shards, int):
             raise InvalidInput("shards", f"must be an int or a mapping name -> URL, not {type(shards).__name__}")
         else:
@@ -141,337 +253,444 @@ class DHTServerStore:
             raise InvalidInput("shards", "a store needs at least one shard")
         return urls
 
-    def _setup(
-        self,
-        ring: AnyRing,
-        urls: Mapping[str, str | Backend],
-        *,
-        directory: Path | None,
-        durability: Durability,
-        lock_fd: int | None = None,
-    ) -> None:
-        self._directory = directory
-        self._durability: Durability = durability
-        self._lock_fd = lock_fd
-        self._ring: AnyRing = ring
-        self._urls: dict[str, str] = {n: u if isinstance(u, str) else u.url for n, u in urls.items()}
-        self._servers: dict[str, DHTServer] = {}
-        self._migration: Migration | None = None
-        self._journal: dict[str, Any] = {}
-        self._admin_fd: int | None = None
-        self._gate = RWLock()
-        self._admin = threading.Lock()
-        self._closed = False
-        try:
-            for name, url in urls.items():
-                self._servers[name] = self._open_server(name, url)
-        except BaseException:
-            self.close()
-            raise
+    # -- shards and views ---------------------------------------------------------
 
-    def _open_server(self, name: str, url: str | Backend) -> DHTServer:
-        if isinstance(url, Backend):
-            return DHTServer(url, name=name)
-        options: dict[str, Any] = {}
-        if url.startswith("lmdb://"):
-            path = url[len("lmdb://") :].partition("?")[0]
-            if self._directory is not None and not os.path.isabs(path):
-                url = f"lmdb://{self._directory / path}" + url[len("lmdb://") + len(path) :]
-            if "durability=" not in url:
-                options["durability"] = self._durability
-        elif url.startswith(("redis://", "rediss://")):
-            options["name"] = name
-        return DHTServer(open_backend(url, **options), name=name)
+    def _context(self, name: str) -> BackendContext:
+        return BackendContext(name=name, base_dir=self._membership.base_dir, durability=self._durability, fenced=True)
 
-    # -- persistent stores ------------------------------------------------------
+    def _server(self, name: str, url: str, born: int) -> DHTServer:
+        """The open shard ``name`` of incarnation ``born`` (opened on first use)."""
+        key = (name, born)
+        server = self._opened.get(key)
+        if server is None:
+            with self._open_lock:
+                server = self._opened.get(key)
+                if server is None:
+                    instance = self._instances.get(name)
+                    if instance is not None:
+                        instance.fenced = True
+                        backend = instance
+                    else:
+                        backend = open_backend(url, context=self._context(name))
+                    server = self._opened[key] = DHTServer(backend, name=name)
+        return server
+
+    def _apply(self, doc: MembershipDoc, ring: AnyRing | None = None) -> _View:
+        """Route with ``doc`` (whose ring may be given as an object) from now on, if it is newer."""
+        with self._apply_lock:
+            current: _View | None = self.__dict__.get("_view")
+            if current is not None and doc.epoch <= current.epoch:
+                return current
+            servers = {n: self._server(n, u, doc.born.get(n, 0)) for n, u in doc.shards.items()}
+            view = self._view = _View(doc, servers, ring)
+            return view
+
+    def _refresh(self) -> _View:
+        """Reload the membership; route with it if it is newer."""
+        self._counters["reloads"] += 1
+        doc = self._membership.load()
+        if doc is None:
+            raise StoreClosed(f"the store at {self._membership.location} no longer exists")
+        return self._apply(doc)
+
+    def _claim_all(self, doc: MembershipDoc, ring: AnyRing, token: int, *, lazy: bool = False) -> None:
+        """Give every shard of ``doc`` the record of owning its arcs of ``ring``.
+
+        ``lazy``: a shard that cannot be reached now is claimed when it first
+        refuses an operation (stores whose membership is in this process only).
+        """
+        arcs: dict[str, list[tuple[int, int]]] = {n: [] for n in doc.shards}
+        for arc in ring.arcs():
+            arcs[arc.node].append((arc.lo, arc.hi))
+        for name, url in doc.shards.items():
+            backend = self._server(name, url, doc.born[name]).backend
+            record = Ownership(doc.epoch, token, Segments.owning(arcs[name]))
+            try:
+                backend.claim(record)
+            except ShardUnavailable:
+                if not lazy:
+                    raise
+                self._unclaimed[backend] = record
+
+    def _claim_late(self, backend: Backend) -> bool:
+        """Claim a shard that was unreachable when the store was made; whether it was one."""
+        record = self._unclaimed.get(backend)
+        if record is None:
+            return False
+        backend.claim(record)
+        self._unclaimed.pop(backend, None)
+        return True
+
+    # -- persistent stores ----------------------------------------------------------
 
     @classmethod
     def open(
         cls,
-        directory: str | os.PathLike[str],
+        location: str | os.PathLike[str],
         *,
         shards: int | Mapping[str, str] = 5,
         durability: Durability = "process",
         partitions: int = DEFAULT_PARTITIONS,
         lock_timeout: float = 10.0,
+        redirect_timeout: float = DEFAULT_REDIRECT_TIMEOUT,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
     ) -> DHTServerStore:
-        """Create or reopen the persistent store in ``directory``.
+        """Create or reopen the store whose membership lives at ``location``.
 
-        On creation, ``shards`` LMDB shards are made under ``directory/shards``
-        (or ``shards`` maps names to backend URLs, e.g. Redis servers; relative
-        ``lmdb://`` paths are taken inside ``directory``). On reopening,
-        ``shards`` and ``partitions`` are ignored: the manifest says what the
+        ``location`` is a directory (``manifest.json`` there), or a
+        ``redis://host:port/db[?prefix=...]`` URL of a Redis database that
+        holds the membership, so that clients on any host open the store from
+        that URL alone. On creation, ``shards`` LMDB shards are made under
+        ``directory/shards`` (or ``shards`` maps names to backend URLs, e.g.
+        Redis servers; relative ``lmdb://`` paths are taken inside the
+        directory; a Redis-kept store needs the mapping). On reopening,
+        ``shards`` and ``partitions`` are ignored: the membership says what the
         store is. ``durability`` is the LMDB mode (see
-        :mod:`dhtcart.backends.lmdb`) and is fixed at creation.
+        :mod:`dhtcart.backends.lmdb`), fixed at creation. ``lock_timeout``
+        bounds the wait for another process that is creating the store.
+        ``lease_ttl``: how long a Redis-kept lease outlives a dead holder.
+
+        If a rebalancer died and left a migration, and nobody holds the lease,
+        opening finishes the migration first.
         """
         if durability not in ("process", "power"):
-            raise ValueError(f"durability must be 'process' or 'power', not {durability!r}")
-        root = Path(directory)
-        root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            manifest = cls._load_or_create(root, fd, shards, durability, partitions, lock_timeout)
-        except BaseException:
-            os.close(fd)
-            raise
+            raise InvalidInput("durability", f"must be 'process' or 'power', not {durability!r}")
+        lock_timeout = _check_seconds("lock_timeout", lock_timeout)
+        membership = open_membership(location, lease_ttl=_check_seconds("lease_ttl", lease_ttl))
         store = cls.__new__(cls)
-        store._setup(
-            ring_from_dict(manifest["ring"]),
-            manifest["shards"],
-            directory=root,
-            durability=manifest.get("durability", "process"),
-            lock_fd=fd,
-        )
+        store._init(membership, durability, redirect_timeout)
+        try:
+            doc = membership.load()
+            if doc is None or doc.legacy:
+                doc = store._create_or_upgrade(shards, durability, partitions, lock_timeout)
+            store._durability = doc.durability
+            store._apply(doc)
+            if doc.migration is not None or doc.retired:
+                store._finish_if_free()
+        except BaseException:
+            store.close()
+            raise
         return store
 
-    @classmethod
-    def _load_or_create(
-        cls,
-        root: Path,
-        fd: int,
-        shards: int | Mapping[str, str],
-        durability: Durability,
-        partitions: int,
-        lock_timeout: float,
-    ) -> dict[str, Any]:
-        """Return the manifest with a shared lock held, first creating or recovering it."""
-        deadline = time.monotonic() + lock_timeout
-        path = root / MANIFEST
+    def _wait_lease(self, timeout: float) -> Lease:
+        deadline = time.monotonic() + timeout
         while True:
-            if cls._try_lock(fd, fcntl.LOCK_SH):
-                manifest = cls._read_manifest(path)
-                if manifest is not None and not manifest.get("journal"):
-                    return manifest
-                # creating or recovering needs the store alone; ADMIN first, as a
-                # rebalancer does, so that no handle is converting LOCK meanwhile
-                fcntl.flock(fd, fcntl.LOCK_UN)  # hold nothing while waiting, or two openers livelock
-                admin = os.open(root / ADMIN, os.O_RDWR | os.O_CREAT, 0o600)
-                try:
-                    if cls._try_lock(admin, fcntl.LOCK_EX) and cls._try_lock(fd, fcntl.LOCK_EX):
-                        try:
-                            manifest = cls._read_manifest(path)
-                            if manifest is None:
-                                manifest = cls._create(root, shards, durability, partitions)
-                            elif manifest.get("journal"):
-                                manifest = cls._recover(root, manifest)
-                        finally:
-                            fcntl.flock(fd, fcntl.LOCK_SH)  # downgrade (not atomic: re-read)
-                        continue
-                finally:
-                    os.close(admin)  # releases ADMIN
+            lease = self._membership.try_lease(holder_name())
+            if lease is not None:
+                return lease
             if time.monotonic() > deadline:
+                holder = self._membership.lease_holder()
                 raise StoreBusy(
-                    f"store {root} is locked by another process (a rebalance or a recovery"
-                    f" in progress) for more than {lock_timeout} s; try again later"
+                    f"store {self._membership.location} is locked by {holder or 'another process'}"
+                    f" (creating it, or rebalancing) for more than {timeout:g} s; try again later"
                 )
             time.sleep(0.02)
 
-    @staticmethod
-    def _try_lock(fd: int, mode: int) -> bool:
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
+    def _create_or_upgrade(
+        self, shards: int | Mapping[str, str], durability: str, partitions: int, lock_timeout: float
+    ) -> MembershipDoc:
+        with self._wait_lease(lock_timeout) as lease:
+            doc = self._membership.load()
+            if doc is not None and not doc.legacy:
+                return doc  # another process created it meanwhile
+            if doc is not None:  # dhtcart 0.1's manifest: give the shards their ownership records
+                self._durability = doc.durability
+                new = doc.next(born=dict.fromkeys(doc.shards, 1))
+                self._claim_all(new, ring_from_dict(new.ring), lease.token)
+                self._membership.publish(new, lease)
+                return new
+            self._durability = durability
+            local = isinstance(self._membership, DirectoryMembership)
+            urls = self._shard_urls(shards, "")
+            if not local and not all(urls.values()):
+                raise InvalidInput("shards", "a store whose membership is kept in Redis needs shards={name: URL, ...}")
+            named = {n: (u if isinstance(u, str) and u else f"lmdb://{SHARDS_DIR}/{n}") for n, u in urls.items()}
+            for name, url in named.items():
+                self._check_persistent_url(name, url)
+            ring = PartitionRing(list(named), partitions=partitions)
+            doc = MembershipDoc(1, ring.to_dict(), named, dict.fromkeys(named, 1), durability)
+            self._claim_all(doc, ring, lease.token)
+            return self._membership.create(doc)
 
-    @staticmethod
-    def _read_manifest(path: Path) -> dict[str, Any] | None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        data: dict[str, Any] = json.loads(text)
-        if data.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"{path}: unsupported manifest format {data.get('format')!r}")
-        return data
+    def _check_persistent_url(self, name: str, url: object) -> str:
+        if not isinstance(url, str):
+            raise InvalidInput("backend", "a persistent store records its shards by URL: pass the backend's URL")
+        if url.startswith("memory:"):
+            raise InvalidInput(
+                "backend", f"shard {name!r}: a persistent store cannot have a memory:// shard: its keys would vanish"
+            )
+        return url
 
-    @classmethod
-    def _create(
-        cls, root: Path, shards: int | Mapping[str, str], durability: Durability, partitions: int
-    ) -> dict[str, Any]:
-        urls = cls._shard_urls(shards, "")
-        urls = {n: (u or f"lmdb://{SHARDS_DIR}/{n}") for n, u in urls.items()}
-        ring = PartitionRing(list(urls), partitions=partitions)
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "durability": durability,
-            "ring": ring.to_dict(),
-            "shards": urls,
-            "journal": None,
-        }
-        _write_json_atomic(root / MANIFEST, manifest)
-        return manifest
-
-    @classmethod
-    def _recover(cls, root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Finish the rebalance that the journal describes (we hold the lock alone)."""
-        journal = manifest["journal"]
-        store = cls.__new__(cls)
-        urls = {**manifest["shards"], **journal.get("shards", {})}
-        store._setup(
-            ring_from_dict(manifest["ring"]),
-            urls,
-            directory=root,
-            durability=manifest.get("durability", "process"),
-        )
-        try:
-            store._manifest_cache = manifest
-            store._journal = {k: v for k, v in journal.items() if k != "dirty"}
-            if journal["phase"] == "migrate":
-                new_ring = ring_from_dict(journal["ring"])
-                mig = Migration(store._ring, new_ring)
-                dirty = journal.get("dirty")
-                if dirty:
-                    mig.dirty = (dirty[0], [(k, v) for k, v in dirty[1]])
-                store._migration = mig
-                store._run_migration(mig, DEFAULT_BATCH_SIZE, None, 0)
-                store._commit(new_ring, journal["shards"], list(journal.get("drop", [])))
-            else:
-                store._drop(list(journal.get("drop", [])))
-            result = store._manifest_cache
-        finally:
-            store.close()
-        return result
-
-    # -- manifest writes (persistent stores only) -------------------------------
-
-    _manifest_cache: dict[str, Any]
-
-    def _save(self, **changes: Any) -> None:
-        if self._directory is None:
-            return
-        cached = getattr(self, "_manifest_cache", None)
-        manifest = dict(cached or self._read_manifest(self._directory / MANIFEST) or {})
-        manifest.update(changes)
-        manifest.setdefault("format", MANIFEST_FORMAT)
-        manifest.setdefault("durability", self._durability)
-        _write_json_atomic(self._directory / MANIFEST, manifest)
-        self._manifest_cache = manifest
-
-    def _commit(self, new_ring: AnyRing, new_urls: Mapping[str, str], drop: list[str]) -> None:
-        """Switch to ``new_ring`` (migration done), then drop the departed shards."""
-        with self._gate.write():
-            self._ring = new_ring
-            self._migration = None
-        kept = {n: u for n, u in new_urls.items() if n not in drop}
-        self._save(
-            ring=new_ring.to_dict(),
-            shards=kept,
-            journal={"phase": "drop", "drop": drop, "shards": {n: new_urls[n] for n in drop if n in new_urls}}
-            if drop
-            else None,
-        )
-        self._urls = kept
-        if drop:
-            self._drop(drop)
-
-    def _drop(self, names: list[str]) -> None:
-        with self._gate.write():  # no stats()/count() iterating the shards meanwhile
-            gone = [s for s in (self._servers.pop(n, None) for n in names) if s is not None]
-        for server in gone:
-            server.backend.destroy()
-        self._save(journal=None)
-
-    # -- routing ----------------------------------------------------------------
+    # -- routing ------------------------------------------------------------------
 
     @property
     def ring(self) -> AnyRing:
         """The current ring (during a rebalance: the ring before it)."""
-        return self._ring
+        return self._view.ring
+
+    @property
+    def epoch(self) -> int:
+        """The membership epoch this handle routes with."""
+        return self._view.epoch
 
     @property
     def servers(self) -> dict[str, DHTServer]:
-        """The shards by name (a copy of the mapping)."""
-        return dict(self._servers)
+        """The shards by name (a copy of the mapping; during a rebalance, old and new)."""
+        return dict(self._view.servers)
+
+    @property
+    def directory(self) -> Path | None:
+        """The store's directory, or ``None`` for a store without one."""
+        base = self._membership.base_dir
+        return None if base is None else Path(base)
+
+    @property
+    def location(self) -> str:
+        """Where the membership lives: a directory, a Redis URL (password masked), or ``"memory"``."""
+        return self._membership.location
 
     @property
     def fast_local(self) -> bool:
         """Whether every shard is :attr:`~dhtcart.backends.base.Backend.fast_local` (an event
         loop may then call the store directly instead of through a thread)."""
-        return all(s.backend.fast_local for s in list(self._servers.values()))
+        return all(s.backend.fast_local for s in self._view.servers.values())
 
-    @property
-    def directory(self) -> Path | None:
-        """The store's directory, or ``None`` for a store without one."""
-        return self._directory
-
-    def _route(self, key: int) -> DHTServer:
-        mig = self._migration
-        return self._servers[self._ring.node_for(key) if mig is None else mig.owner(key)]
+    def routing_stats(self) -> dict[str, int]:
+        """Counts since open: ``redirects`` followed, membership ``reloads``, ``waits`` on a
+        hand-over, ``takeovers`` of a dead rebalancer's batches."""
+        return dict(self._counters)
 
     def server_for(self, key: int) -> DHTServer:
-        """The shard that owns ``key`` now."""
+        """The shard that owns ``key`` as far as this handle knows (no redirect is followed)."""
         key = check_key(key)
-        with self._gate.read():
-            return self._route(key)
+        view = self._view
+        backend = view.route(key)
+        for server in view.servers.values():
+            if server.backend is backend:
+                return server
+        raise ShardNotFound(f"no shard routes key {key}")  # pragma: no cover - routes come from servers
 
     def get(self, key: int) -> Record | None:
         """``Record(version, value)`` under ``key``, or ``None``."""
-        key = check_key(key)
-        gate = self._gate
-        gate.acquire_read()
+        if type(key) is not int or not 0 <= key < KEY_SPACE:
+            key = check_key(key)
+        view = self._view
+        table = view.table
         try:
-            return self._route(key).get(key)
-        finally:
-            gate.release_read()
+            if table is not None:
+                return table[key >> view.shift].get(key)
+            return view.route(key).get(key)
+        except (Moved, StoreClosed) as exc:
+            return self._retry(key, exc, _op_get)
 
     def put(self, key: int, value: bytes, expected_version: int | None = None) -> int:
         """Store ``value``; return the new version (compare-and-set with ``expected_version``)."""
-        key = check_key(key)
-        gate = self._gate
-        gate.acquire_read()
+        if type(key) is not int or not 0 <= key < KEY_SPACE:
+            key = check_key(key)
+        if type(value) is not bytes or len(value) > MAX_VALUE_SIZE:
+            value = check_value(value)
+        if expected_version is not None and (type(expected_version) is not int or expected_version < 0):
+            check_version(expected_version)
+        view = self._view
+        table = view.table
         try:
-            return self._route(key).put(key, value, expected_version)
-        finally:
-            gate.release_read()
+            if table is not None:
+                return table[key >> view.shift].put(key, value, expected_version)
+            return view.route(key).put(key, value, expected_version)
+        except (Moved, StoreClosed) as exc:
+            return self._retry(key, exc, lambda b, k: b.put(k, value, expected_version))
 
     def delete(self, key: int, expected_version: int | None = None) -> bool:
         """Remove ``key``; return whether it existed (conditional with ``expected_version``)."""
-        key = check_key(key)
-        gate = self._gate
-        gate.acquire_read()
+        if type(key) is not int or not 0 <= key < KEY_SPACE:
+            key = check_key(key)
+        if expected_version is not None and (type(expected_version) is not int or expected_version < 0):
+            check_version(expected_version)
+        view = self._view
         try:
-            return self._route(key).delete(key, expected_version)
+            return view.route(key).delete(key, expected_version)
+        except (Moved, StoreClosed) as exc:
+            return self._retry(key, exc, lambda b, k: b.delete(k, expected_version))
+
+    def _retry(self, key: int, exc: Exception, op: Callable[[Backend, int], _T]) -> _T:
+        """Follow redirects for ``key`` until ``op`` runs on its owner, or the bound is reached.
+
+        A redirect that names the owner is followed at once (at most a few in a
+        row); one from a shard with a newer epoch reloads the membership first;
+        one without an owner (a hand-over in flight) waits, with a growing
+        pause of at most 5 ms, and past ``DEFAULT_TAKEOVER_AFTER`` seconds tries
+        to finish a dead rebalancer's batch itself.
+        """
+        if isinstance(exc, StoreClosed) and self._closed:
+            raise exc
+        if self._unclaimed and isinstance(exc, Moved):
+            backend = self._view.route(key)
+            if self._claim_late(backend):
+                return op(backend, key)
+        counters = self._counters
+        start = time.monotonic()
+        deadline = start + self._redirect_timeout
+        delay = 0.0002
+        last_reload = start
+        follows = 0
+        tried_takeover = False
+        while True:
+            counters["redirects"] += 1
+            now = time.monotonic()
+            moved = exc if isinstance(exc, Moved) else None
+            view = self._view
+            if moved is None or moved.epoch > view.epoch or now - last_reload > 0.05:
+                # a stale membership, a shard closed under us, or a long wait: reload
+                try:
+                    view = self._refresh()
+                except ShardUnavailable:
+                    if now > deadline:
+                        raise
+                last_reload = now
+            owner = moved.owner if moved is not None and moved.state == NOT_OWNED else None
+            if owner is not None and owner in view.servers and follows < 4:
+                follows += 1
+                target = view.servers[owner].backend
+                if view.migration is not None:
+                    view.migration.learn(key, owner)
+            else:  # a hand-over in flight (frozen, or released and not yet taken): wait
+                if now > deadline:
+                    where = moved.shard if moved is not None and moved.shard else "?"
+                    raise KeyUnavailable(
+                        key,
+                        where,
+                        f"redirects reached no owner within {self._redirect_timeout:g} s"
+                        " (a hand-over did not finish: is a shard it needs down?)",
+                    ) from exc
+                if not tried_takeover and now - start > self._takeover_after and view.migration is not None:
+                    tried_takeover = True
+                    self._take_over()
+                    view = self._view
+                counters["waits"] += 1
+                time.sleep(delay)
+                delay = min(delay * 2, 0.005)
+                follows = 0
+                target = view.route(key)
+            try:
+                return op(target, key)
+            except Moved as again:
+                again.shard = next((n for n, s in view.servers.items() if s.backend is target), None)
+                exc = again
+            except StoreClosed as again:
+                if self._closed:
+                    raise
+                exc = again
+
+    def _take_over(self) -> None:
+        """Finish the batches a dead rebalancer left half done, if nobody holds the lease."""
+        lease = self._membership.try_lease(holder_name())
+        if lease is None:
+            return
+        try:
+            self._counters["takeovers"] += 1
+            view = self._refresh()
+            if view.migration is None:
+                return
+            mover = Mover(view.migration, self._backends(view), lease.token, view.epoch, check_lease=lease.check)
+            mover.run(in_flight_only=True)
+        except Exception:
+            pass
         finally:
-            gate.release_read()
+            lease.release()
+
+    @staticmethod
+    def _backends(view: _View) -> dict[str, Backend]:
+        return {n: s.backend for n, s in view.servers.items()}
 
     def items(self) -> Iterator[tuple[int, Record]]:
-        """Every ``(key, record)``, shard by shard (for inspection and tests)."""
-        for server in list(self._servers.values()):
-            yield from server.scan(-1, MAX_KEY)
+        """Every ``(key, record)`` that a shard serves, shard by shard (for inspection and tests).
+
+        Only the ranges each shard owns are read, so a copy left on a shard that
+        no longer owns it is never listed and every key appears once.
+        """
+        for server in list(self._view.servers.values()):
+            for lo, hi in server.backend.ownership().segments.in_state(OWNED, FROZEN):
+                yield from server.backend.scan(lo, hi)
 
     def stats(self) -> dict[str, int]:
-        """Keys per shard."""
-        with self._gate.read():  # not in the middle of a batch: no key counted twice
-            return {name: s.count() for name, s in sorted(self._servers.items())}
+        """Keys per shard (during a rebalance, a batch in flight may be counted on both sides)."""
+        return {name: s.count() for name, s in sorted(self._view.servers.items())}
 
     def count(self) -> int:
-        """Keys in the whole store."""
-        with self._gate.read():
-            return sum(s.count() for s in self._servers.values())
+        """Keys in the whole store (exact outside a rebalance)."""
+        return sum(s.count() for s in self._view.servers.values())
 
     def __len__(self) -> int:
         return self.count()
 
+    def rebalance_status(self) -> RebalanceStatus:
+        """The epoch, and how far a migration in progress has gone (read from the shards' records)."""
+        view = self._refresh()
+        holder = self._membership.lease_holder()
+        mig = view.migration
+        if mig is None:
+            return RebalanceStatus(view.epoch, False, 0, 0, 1.0, holder, [], [], [])
+        done_arcs = 0
+        done = total = 0
+        segs: dict[str, Segments] = {}
+        unreachable = []
+        for name, server in view.servers.items():
+            if name in mig.new.nodes:
+                try:
+                    segs[name] = server.backend.ownership().segments
+                except ShardUnavailable:
+                    unreachable.append(name)
+                    segs[name] = Segments.all()
+        for m in mig.moves:
+            owned = sum(b - a for a, b, st, _ in segs[m.target].spans(m.lo, m.hi) if st == OWNED)
+            total += m.size
+            done += owned
+            done_arcs += int(owned == m.size)
+        adding = sorted(set(mig.new.nodes) - set(view.ring.nodes))
+        removing = sorted(view.doc.migration["drop"]) if view.doc.migration else []
+        return RebalanceStatus(
+            view.epoch,
+            True,
+            len(mig.moves),
+            done_arcs,
+            done / total if total else 1.0,
+            holder,
+            adding,
+            removing,
+            sorted(unreachable),
+        )
+
     # -- rebalancing ------------------------------------------------------------
 
     def _next_name(self) -> str:
-        i = len(self._servers)
-        while f"shard-{i}" in self._servers:
+        servers = self._view.servers
+        i = len(servers)
+        while f"shard-{i}" in servers:
             i += 1
         return f"shard-{i}"
 
     def _ring_with(self, op: str, name: str, weight: int = 1) -> AnyRing:
-        ring = self._ring.copy()
+        ring = self._view.ring.copy()
+        servers = self._view.servers
         if op == "add":
-            if name in self._servers:
+            if name in servers:
                 raise ShardExists(f"shard {name!r} is already in the store")
-            ring.add_node(name, weight)
-        elif name not in self._servers:
-            raise ShardNotFound(f"no shard named {name!r}; shards: {', '.join(sorted(self._servers))}")
+            total = sum(ring.nodes.values()) + weight
+        elif name not in servers:
+            raise ShardNotFound(f"no shard named {name!r}; shards: {', '.join(sorted(servers))}")
         elif op == "remove":
-            if len(self._servers) == 1:
+            if len(servers) == 1:
                 raise InvalidInput("name", "cannot remove the last shard of a store")
+            total = sum(ring.nodes.values()) - ring.nodes[name]
+        else:
+            total = sum(ring.nodes.values()) - ring.nodes[name] + weight
+        if isinstance(ring, PartitionRing):
+            # keep >= PARTITIONS_PER_WEIGHT partitions per unit of weight: balance within 1/64
+            while ring.partitions < PARTITIONS_PER_WEIGHT * total and ring.partitions < MAX_PARTITIONS:
+                ring = ring.doubled()
+        if op == "add":
+            ring.add_node(name, weight)
+        elif op == "remove":
             ring.remove_node(name)
         else:
             ring.set_weight(name, weight)
@@ -481,17 +700,17 @@ class DHTServerStore:
         """What :meth:`add_shard` would move, without moving anything."""
         _check_shard_name(name)
         new = self._ring_with("add", name, weight)
-        servers = dict(self._servers)
+        servers = dict(self._view.servers)
         servers.setdefault(name, DHTServer(name=name))  # empty stand-in: only read as a target
-        return plan(self._ring, new, servers)
+        return plan(self._view.ring, new, servers)
 
     def plan_remove_shard(self, name: str) -> RebalancePlan:
         """What :meth:`remove_shard` would move, without moving anything."""
-        return plan(self._ring, self._ring_with("remove", name), self._servers)
+        return plan(self._view.ring, self._ring_with("remove", name), self._view.servers)
 
     def plan_set_weight(self, name: str, weight: int) -> RebalancePlan:
         """What :meth:`set_weight` would move, without moving anything."""
-        return plan(self._ring, self._ring_with("weight", name, weight), self._servers)
+        return plan(self._view.ring, self._ring_with("weight", name, weight), self._view.servers)
 
     def add_shard(
         self,
@@ -504,22 +723,17 @@ class DHTServerStore:
     ) -> RebalanceReport:
         """Add a shard and move to it the arcs it now owns (and nothing else).
 
-        ``backend`` is the new shard's URL (or an open :class:`Backend`, whose
-        ``url`` then goes in the manifest): by default a new LMDB directory in a
-        persistent store, ``memory://`` otherwise.
+        ``backend`` is the new shard's URL (or, for a store without shared
+        membership, an open :class:`Backend`): by default a new LMDB directory
+        in a directory store, ``memory://`` in an in-process one.
         """
-        with self._admin:
-            name = _check_shard_name(name if name is not None else self._next_name())
-            if backend is None:
-                backend = f"lmdb://{SHARDS_DIR}/{name}" if self._directory is not None else "memory://"
-            return self._rebalance(("add", name, weight), {name: backend}, [], batch_size, progress)
+        return self._rebalance("add", name, weight, backend, batch_size, progress)
 
     def remove_shard(
         self, name: str, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None
     ) -> RebalanceReport:
         """Move a shard's keys to their new owners, then drop the shard and its data."""
-        with self._admin:
-            return self._rebalance(("remove", name, 1), {}, [name], batch_size, progress)
+        return self._rebalance("remove", name, 1, None, batch_size, progress)
 
     def set_weight(
         self,
@@ -530,145 +744,177 @@ class DHTServerStore:
         progress: Progress | None = None,
     ) -> RebalanceReport:
         """Change a shard's weight and move the arcs that change owner."""
-        with self._admin:
-            return self._rebalance(("weight", name, weight), {}, [], batch_size, progress)
+        return self._rebalance("weight", name, weight, None, batch_size, progress)
+
+    def finish_rebalance(
+        self, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None
+    ) -> RebalanceReport | None:
+        """Finish a rebalance that stopped (an error, or its process died).
+
+        Operations keep routing correctly meanwhile; this continues the
+        migration where the shards' records say it stopped. Returns ``None``
+        if there was nothing to finish. Raises :class:`StoreBusy` while another
+        rebalancer holds the lease.
+        """
+        self._check_open()
+        with self._admin, self._lease() as lease:
+            before = self.stats()
+            start = time.perf_counter()
+            doc = self._refresh().doc
+            if doc.migration is None and not doc.retired:
+                return None
+            mover = self._finish(lease, batch_size, progress)
+            return self._report(mover, start, before)
+
+    def _lease(self) -> Lease:
+        lease = self._membership.try_lease(holder_name())
+        if lease is None:
+            holder = self._membership.lease_holder()
+            raise StoreBusy(
+                f"store {self._membership.location}: another rebalance is running"
+                f" (lease held by {holder or 'another handle'}); try again when it ends"
+            )
+        return lease
+
+    def _finish_if_free(self) -> None:
+        lease = self._membership.try_lease(holder_name())
+        if lease is not None:
+            with lease:
+                self._finish(lease)
+
+    def _finish(
+        self, lease: Lease, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None
+    ) -> Mover | None:
+        """Holding ``lease``: finish the migration in the membership, if any, and destroy retired shards."""
+        view = self._refresh()
+        mover = None
+        doc = view.doc
+        if view.migration is not None:
+            mover = Mover(
+                view.migration,
+                self._backends(view),
+                lease.token,
+                doc.epoch,
+                batch_size=batch_size,
+                progress=progress,
+                check_lease=lease.check,
+            )
+            mover.run()
+            doc = self._commit(doc, lease)
+        if doc.retired:
+            self._destroy_retired(doc, lease)
+        return mover
+
+    def _commit(self, doc: MembershipDoc, lease: Lease) -> MembershipDoc:
+        """The migration is done: publish the new ring, and the shards that left as retired."""
+        assert doc.migration is not None
+        drop = list(doc.migration["drop"])
+        new = doc.next(
+            ring=doc.migration["ring"],
+            shards={n: u for n, u in doc.shards.items() if n not in drop},
+            born={n: b for n, b in doc.born.items() if n not in drop},
+            migration=None,
+            retired={**doc.retired, **{n: doc.shards[n] for n in drop if n in doc.shards}},
+        )
+        retired_servers = [self._view.servers[n] for n in drop if n in self._view.servers]
+        self._membership.publish(new, lease)
+        self._apply(new)
+        self._retiring = retired_servers
+        return new
+
+    def _destroy_retired(self, doc: MembershipDoc, lease: Lease) -> MembershipDoc:
+        """Destroy the data of shards that left the ring (they own nothing any more)."""
+        retiring = {s.name: s for s in getattr(self, "_retiring", [])}
+        for name, url in doc.retired.items():
+            server = retiring.get(name)
+            backend = server.backend if server is not None else open_backend(url, context=self._context(name))
+            served = backend.ownership().segments.in_state(OWNED, FROZEN)
+            if served:
+                raise RuntimeError(f"shard {name!r} left the ring but still serves {len(served)} ranges")
+            backend.destroy()
+            for key in [k for k in self._opened if k[0] == name]:
+                del self._opened[key]
+        self._retiring = []
+        new = doc.next(retired={})
+        self._membership.publish(new, lease)
+        self._apply(new)
+        return new
 
     def _rebalance(
         self,
-        change: tuple[str, str, int],
-        added: Mapping[str, str | Backend],
-        removed: list[str],
+        op: str,
+        name: str | None,
+        weight: int,
+        backend: str | Backend | None,
         batch_size: int,
         progress: Progress | None,
     ) -> RebalanceReport:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInput("batch_size", f"must be a positive int, got {batch_size!r}")
-        # the caller holds self._admin: the new ring is computed from the current
-        # one inside it, so two threads' rebalances run one after the other
         self._check_open()
-        if self._migration is not None:
-            raise StoreBusy("a previous rebalance stopped on an error: call finish_rebalance() first")
-        new = self._ring_with(*change)
-        if self._directory is not None:
-            for url in added.values():
-                if isinstance(url, Backend):
-                    raise InvalidInput(
-                        "backend", "a persistent store records its shards by URL: pass the backend's URL"
-                    )
-                if url.startswith("memory:"):
-                    raise InvalidInput(
-                        "backend", "a persistent store cannot have a memory:// shard: its keys would vanish on close"
-                    )
-        self._lock_exclusive()
-        try:
-            start = time.perf_counter()
-            before = self.stats()
-            mig = Migration(self._ring, new)
-            planned = estimate_keys(mig.moves, self._ring, self._servers) if progress else 0
-            new_urls = {**self._urls, **{n: u if isinstance(u, str) else u.url for n, u in added.items()}}
-            self._journal = {"phase": "migrate", "ring": new.to_dict(), "shards": new_urls, "drop": removed}
-            self._save(journal=self._journal)  # first: a crash from here on is finished on reopening
-            try:
-                opened = {n: self._open_server(n, u) for n, u in added.items()}
-            except BaseException:
-                self._save(journal=None)  # nothing moved yet: forget the rebalance
-                raise
-            with self._gate.write():
-                self._servers.update(opened)
-                self._urls = new_urls
-                self._migration = mig
-            self._run_migration(mig, batch_size, progress, planned)
-            self._commit(new, new_urls, removed)
-            return self._report(mig, start, before)
-        finally:
-            self._lock_shared()
+        with self._admin:  # this handle's threads one after the other: each computes from the last
+            if op == "add":
+                name = _check_shard_name(name if name is not None else self._next_name())
+            assert name is not None
+            self._refresh()
+            self._ring_with(op, name, weight)  # the errors before any data moves, without the lease
+            persistent = not isinstance(self._membership, LocalMembership)
+            if op == "add":
+                if backend is None:
+                    backend = f"lmdb://{SHARDS_DIR}/{name}" if self.directory is not None else "memory://"
+                if persistent:
+                    backend = self._check_persistent_url(name, backend)
+            with self._lease() as lease:
+                self._finish(lease)  # a migration a stopped rebalancer left comes first
+                view = self._view
+                doc = view.doc
+                new_ring = self._ring_with(op, name, weight)
+                start = time.perf_counter()
+                before = self.stats()
+                epoch = doc.epoch + 1
+                shards, born = dict(doc.shards), dict(doc.born)
+                if op == "add":
+                    assert backend is not None
+                    if isinstance(backend, Backend):
+                        self._instances[name] = backend
+                    shards[name] = self._url_of(backend)
+                    born[name] = epoch
+                    added = self._server(name, shards[name], epoch).backend
+                    added.claim(Ownership(epoch, lease.token, Segments.all()))  # owns nothing yet
+                mig = doc.next(
+                    shards=shards,
+                    born=born,
+                    migration={"ring": new_ring.to_dict(), "drop": [name] if op == "remove" else [], "since": epoch},
+                )
+                self._membership.publish(mig, lease)
+                view = self._apply(mig)
+                assert view.migration is not None
+                planned = estimate_keys(view.migration.moves, view.ring, view.servers) if progress else 0
+                mover = Mover(
+                    view.migration,
+                    self._backends(view),
+                    lease.token,
+                    epoch,
+                    batch_size=batch_size,
+                    progress=progress,
+                    planned=planned,
+                    check_lease=lease.check,
+                )
+                mover.run()
+                doc = self._commit(mig, lease)
+                if doc.retired:
+                    self._destroy_retired(doc, lease)
+                return self._report(mover, start, before)
 
-    def _report(
-        self, mig: Migration, start: float, before: dict[str, int], moved: int = 0, nbytes: int = 0
-    ) -> RebalanceReport:
-        """What ``mig`` did since it had moved ``moved`` keys and ``nbytes`` bytes."""
+    def _report(self, mover: Mover | None, start: float, before: dict[str, int]) -> RebalanceReport:
         return RebalanceReport(
-            keys_moved=mig.keys_moved - moved,
-            bytes_moved=mig.bytes_moved - nbytes,
+            keys_moved=mover.keys_moved if mover else 0,
+            bytes_moved=mover.bytes_moved if mover else 0,
             seconds=time.perf_counter() - start,
-            arcs=len(mig.moves),
+            arcs=len(mover.migration.moves) if mover else 0,
             keys_before=before,
             keys_after=self.stats(),
         )
-
-    def _run_migration(self, mig: Migration, batch_size: int, progress: Progress | None, planned: int) -> None:
-        """Run (or continue) ``mig``, keeping the journal's record of stale copies exact.
-
-        Stale copies of a failed batch are dropped first and the journal rewritten
-        without them *before* anything moves again: replaying an old list after
-        those keys moved for real would delete live records.
-        """
-        try:
-            if mig.dirty is not None:
-                mig.clean(self._servers)
-                self._save(journal=self._journal)  # self._journal never holds "dirty"
-            mig.run(self._servers, self._gate, batch_size=batch_size, progress=progress, planned=planned)
-        except BaseException:
-            if mig.dirty is not None:  # remember where stale copies may be, across a restart too
-                self._save(journal={**self._journal, "dirty": [mig.dirty[0], mig.dirty[1]]})
-            raise
-
-    def finish_rebalance(
-        self, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None
-    ) -> RebalanceReport | None:
-        """Finish a rebalance that stopped on an error (a shard was unavailable).
-
-        Operations keep routing correctly meanwhile; this continues the
-        migration where it stopped. Returns ``None`` if there was nothing to finish.
-        (A store reopened after a crash finishes by itself.)
-        """
-        with self._admin:
-            self._check_open()
-            mig = self._migration
-            if mig is None:
-                return None
-            self._lock_exclusive()
-            try:
-                start = time.perf_counter()
-                before = self.stats()
-                moved, nbytes = mig.keys_moved, mig.bytes_moved
-                self._run_migration(mig, batch_size, progress, 0)
-                journal = self._journal
-                self._commit(cast(AnyRing, mig.new), journal["shards"], list(journal["drop"]))
-                return self._report(mig, start, before, moved, nbytes)
-            finally:
-                self._lock_shared()
-
-    def _lock_exclusive(self) -> None:
-        """Take the store alone, or raise StoreBusy.
-
-        Converting our shared ``LOCK`` to exclusive is not atomic: a failed
-        attempt may drop the shared lock for a moment. So a rebalancer first
-        takes ``ADMIN`` exclusively: two handles can never both be converting,
-        and neither can slip in while the other's shared lock is down.
-        """
-        if self._lock_fd is None or self._directory is None:
-            return
-        admin = os.open(self._directory / ADMIN, os.O_RDWR | os.O_CREAT, 0o600)
-        if not self._try_lock(admin, fcntl.LOCK_EX):
-            os.close(admin)
-            raise StoreBusy(f"store {self._directory}: another rebalance is running")
-        if not self._try_lock(self._lock_fd, fcntl.LOCK_EX):
-            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)  # a failed conversion may drop our lock
-            os.close(admin)
-            raise StoreBusy(
-                f"store {self._directory} is open in another process; a rebalance needs it"
-                " alone: close the other processes (servers, CLIs) and try again"
-            )
-        self._admin_fd = admin
-
-    def _lock_shared(self) -> None:
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
-        admin = self._admin_fd
-        if admin is not None:
-            os.close(admin)  # releases ADMIN
-            self._admin_fd = None
 
     # -- checks and lifetime ----------------------------------------------------
 
@@ -677,25 +923,34 @@ class DHTServerStore:
             raise StoreClosed("the store is closed")
 
     def _check(self) -> None:
-        """Assert the store's invariants: the ring's own, and every key on its owner."""
-        assert self._migration is None, "a rebalance is in progress"
-        self._ring._check()
-        assert set(self._ring.nodes) == set(self._servers), "ring and shards disagree"
-        for name, server in self._servers.items():
-            for key, _ in server.scan(-1, MAX_KEY):
-                owner = self._ring.node_for(key)
+        """Assert the store's invariants: the ring's own, every shard's record owning
+        exactly its arcs, and every key on its owner only."""
+        view = self._refresh()
+        assert view.migration is None, "a rebalance is in progress"
+        assert not view.doc.retired, "a retired shard is not destroyed yet"
+        ring = view.ring
+        ring._check()
+        assert set(ring.nodes) == set(view.servers), "ring and shards disagree"
+        arcs: dict[str, list[tuple[int, int]]] = {n: [] for n in view.servers}
+        for arc in ring.arcs():
+            arcs[arc.node].append((arc.lo, arc.hi))
+        for name, server in view.servers.items():
+            segs = server.backend.ownership().segments
+            assert not segs.in_state(FROZEN), f"{name} has frozen ranges"
+            expected = Segments.owning(arcs[name]).in_state(OWNED)
+            assert segs.in_state(OWNED) == expected, f"{name}'s ownership record differs from its arcs"
+            for key, _ in server.backend.scan(-1, MAX_KEY):
+                owner = ring.node_for(key)
                 assert owner == name, f"key {key} is on {name}, its owner is {owner}"
 
     def close(self) -> None:
-        """Close every shard and release the store's lock. Idempotent."""
+        """Close every shard and the membership. Idempotent."""
         if getattr(self, "_closed", True):
             return
         self._closed = True
-        for server in self._servers.values():
+        for server in list(self._opened.values()):
             server.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
+        self._membership.close()
 
     def __enter__(self) -> DHTServerStore:
         return self
@@ -704,5 +959,6 @@ class DHTServerStore:
         self.close()
 
     def __repr__(self) -> str:
-        where = f" at {self._directory}" if self._directory else ""
-        return f"<DHTServerStore {len(self._servers)} shards{where}>"
+        view: _View | None = self.__dict__.get("_view")
+        n = len(view.servers) if view is not None else 0
+        return f"<DHTServerStore {n} shards at {self._membership.location}, epoch {view.epoch if view else 0}>"
