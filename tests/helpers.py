@@ -95,6 +95,14 @@ def naive_increment(store: DHTServerStore, key: int, pause: float = 0.0) -> None
     store.put(key, b"%d" % (current + 1))
 
 
+def manifest(directory: Path) -> dict[str, Any]:
+    """The membership document of the store in ``directory``, as stored."""
+    import json
+
+    data: dict[str, Any] = json.loads((directory / "manifest.json").read_text())
+    return data
+
+
 def placement(store: DHTServerStore) -> dict[int, str]:
     """Which shard holds each key (asserting that no key is on two shards)."""
     where: dict[int, str] = {}

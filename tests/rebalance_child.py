@@ -1,55 +1,59 @@
-"""Child process for the rebalance crash and multi-process tests (not a test module).
+"""Child processes for the rebalance crash and multi-process tests (not a test module).
 
 Run as ``python tests/rebalance_child.py MODE DIR [options]`` on an LMDB store
 directory. Every line it prints is one event, flushed at once, so a parent that
 SIGKILLs it reads only whole lines of things that really happened:
 
-``crash``
-    Print ``opening``, open the store (which finishes an interrupted rebalance
-    first), print ``ready``, then loop forever: ``add_shard`` / ``remove_shard`` /
-    ``set_weight`` with small batches, printing ``op ...``, ``progress DONE
-    TOTAL`` and ``done ...``, while a writer thread updates and deletes keys
-    with compare-and-set and prints an intent before each operation and an
-    acknowledgement after it returns::
+``writer``
+    Open the store and update and delete its own keys (``--first`` to
+    ``--last`` of the data set) with compare-and-set until told to stop,
+    printing an intent before each operation and an acknowledgement after it::
 
         put? KEY VERSION      about to write VERSION (value: value_for(KEY, VERSION))
         put! KEY VERSION      acknowledged
         del? KEY VERSION      about to delete (conditional on VERSION)
         del! KEY              acknowledged
 
-    The writer deletes only keys of the first quarter of the data set (so the
-    store never empties, however many rounds run) and never re-creates a key it
-    finds missing, so a deleted key that reappears is a resurrection. The
-    process exits by itself after ``--max-seconds`` if nobody kills it.
+    It deletes only the first quarter of its keys and never re-creates a key
+    it finds missing, so a deleted key that reappears is a resurrection.
+    Stdin commands: ``pause`` (prints ``paused`` once no operation is in
+    flight), ``resume``, ``stop`` (prints ``maxwait SECONDS OPS`` and exits).
+
+``rebalancer``
+    Print ``opening``, open the store (which finishes a migration a killed
+    rebalancer left, when the lease is free), print ``ready``, then loop
+    ``add_shard`` / ``remove_shard`` / ``set_weight`` with small batches,
+    printing ``op ...``, ``progress DONE TOTAL`` and ``done ...``.
+
+``crashat STEP N OP``
+    Open the store, then run one rebalance (``add``, ``remove`` or ``weight``)
+    and SIGKILL itself right after the ``N``-th time the protocol step
+    ``STEP`` returns: ``freeze``, ``copy``, ``release``, ``take``, ``drop``
+    (shard steps), ``publish`` (a new membership document) or ``destroy`` (a
+    removed shard's data). The steps of ``open()`` finishing an earlier
+    migration count too.
 
 ``try OP``
-    Open the store and try one rebalance (``add``, ``remove`` or ``weight``);
-    print ``done`` or ``busy`` (``StoreBusy``) and exit 0.
-
-``hold``
-    Open the store, print ``open``, then obey stdin lines: ``add NAME`` tries
-    that rebalance and prints ``done`` or ``busy``; ``close`` (or end of input)
-    closes the store and exits.
-
-``slow``
-    Open the store and run one ``add_shard`` with tiny batches and a sleep in the
-    progress callback, printing ``progress ...`` lines, then ``done``.
+    Open the store and try one rebalance; print ``done`` or ``busy`` (``StoreBusy``).
 
 ``race``
-    Open the store, wait a moment (so that a sibling opens it too), then try
-    ``add_shard`` over and over for ``--max-seconds``; print ``won NAME`` for
-    every attempt that was not refused, then ``attempts N``; keep the store open
-    1.5 s more (while the sibling is still trying), then close it.
+    Loop ``add_shard`` then ``remove_shard`` of a shard of its own for
+    ``--max-seconds``; print ``ran START END`` (monotonic seconds while it held
+    the lease) for every rebalance that ran and ``busy`` for every one refused,
+    then ``attempts N``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import signal
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make ``dhtcart`` importable from the tree
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -77,39 +81,103 @@ def value_for(key: int, version: int) -> bytes:
     return b"%d:%d:" % (key, version) + b"x" * 40
 
 
-def _writer(store: DHTServerStore, keys: list[int], rng: random.Random, stop: threading.Event) -> None:
-    deletable = set(keys[: len(keys) // 4])  # the rest always stays, however long the run
-    while not stop.is_set():
-        key = rng.choice(keys)
-        rec = store.get(key)
-        if rec is None:
-            continue  # deleted earlier: never bring it back
-        if key in deletable and rng.random() < 0.3:
-            say("del?", key, rec.version)
-            store.delete(key, expected_version=rec.version)
-            say("del!", key)
-        else:
-            version = rec.version + 1
-            say("put?", key, version)
-            try:
-                store.put(key, value_for(key, version), expected_version=rec.version)
-            except VersionConflict:  # pragma: no cover - this thread is the only writer
-                say("conflict", key)
-                raise
-            say("put!", key, version)
-        time.sleep(0.0005)
+# -- writer ---------------------------------------------------------------------------------
 
 
-def crash(args: argparse.Namespace) -> None:
+def writer(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
-    say("opening")  # open() finishes an interrupted rebalance first: a moment worth killing
+    store = DHTServerStore.open(args.directory, lock_timeout=30, redirect_timeout=args.redirect_timeout)
+    keys = [key_of(i) for i in range(args.first, args.last)]
+    deletable = set(keys[: len(keys) // 4])
+    running = threading.Event()
+    running.set()
+    stop = threading.Event()
+    idle = threading.Event()
+
+    def commands() -> None:
+        for line in sys.stdin:
+            word = line.strip()
+            if word == "pause":
+                running.clear()
+                idle.wait()
+                say("paused")
+            elif word == "resume":
+                running.set()
+            elif word == "stop":
+                break
+        stop.set()
+        running.set()
+
+    threading.Thread(target=commands, daemon=True).start()
+    say("ready")
+    worst = 0.0
+    ops = 0
+    while not stop.is_set():
+        if not running.is_set():
+            idle.set()
+            running.wait()
+            continue
+        idle.clear()
+        if not running.is_set():
+            continue
+        key = rng.choice(keys)
+        t0 = time.monotonic()
+        rec = store.get(key)
+        if rec is not None:
+            if key in deletable and rng.random() < 0.2:
+                say("del?", key, rec.version)
+                store.delete(key, expected_version=rec.version)
+                say("del!", key)
+            else:
+                version = rec.version + 1
+                say("put?", key, version)
+                try:
+                    store.put(key, value_for(key, version), expected_version=rec.version)
+                except VersionConflict:  # pragma: no cover - this process is the only writer of key
+                    say("conflict", key)
+                    raise
+                say("put!", key, version)
+        worst = max(worst, time.monotonic() - t0)
+        ops += 1
+        idle.set()
+        time.sleep(0.001)
+    say("maxwait", f"{worst:.3f}", ops)
+    store.close()
+
+
+# -- rebalancer -----------------------------------------------------------------------------
+
+
+def _one_rebalance(store: DHTServerStore, rng: random.Random, names: Any, **kw: Any) -> str:
+    shards = sorted(store.servers)
+    batch = rng.choice([4, 9, 16])
+    if len(shards) < 3:
+        op = "add"
+    elif len(shards) > 5:
+        op = "remove"
+    else:
+        op = rng.choice(["add", "remove", "weight"])
+    if op == "add":
+        name = next(names)
+        say("op add", name)
+        store.add_shard(name, weight=rng.choice([1, 1, 2]), batch_size=batch, **kw)
+    elif op == "remove":
+        name = rng.choice(shards)
+        say("op remove", name)
+        store.remove_shard(name, batch_size=batch, **kw)
+    else:
+        name = rng.choice(shards)
+        weight = rng.choice([1, 2, 3])
+        say("op weight", name, weight)
+        store.set_weight(name, weight, batch_size=batch, **kw)
+    return op
+
+
+def rebalancer(args: argparse.Namespace) -> None:
+    rng = random.Random(args.seed)
+    say("opening")
     store = DHTServerStore.open(args.directory, lock_timeout=30)
     say("ready", len(store.servers))
-    keys = [key_of(i) for i in range(args.keys)]
-    stop = threading.Event()
-    writer = threading.Thread(target=_writer, args=(store, keys, random.Random(args.seed + 1), stop))
-    writer.daemon = True
-    writer.start()
     deadline = time.monotonic() + args.max_seconds
     names = (f"s{args.seed}x{i}" for i in range(1_000_000))
 
@@ -117,41 +185,92 @@ def crash(args: argparse.Namespace) -> None:
         say("progress", done, total)
 
     while time.monotonic() < deadline:
-        shards = sorted(store.servers)
-        batch = rng.choice([4, 9, 16])
-        if len(shards) < 3:
-            op = "add"
-        elif len(shards) > 5:
-            op = "remove"
-        else:
-            op = rng.choice(["add", "remove", "weight"])
-        if op == "add":
-            name = next(names)
-            say("op add", name)
-            store.add_shard(name, weight=rng.choice([1, 1, 2]), batch_size=batch, progress=progress)
-        elif op == "remove":
-            name = rng.choice(shards)
-            say("op remove", name)
-            store.remove_shard(name, batch_size=batch, progress=progress)
-        else:
-            name = rng.choice(shards)
-            weight = rng.choice([1, 2, 3])
-            say("op weight", name, weight)
-            store.set_weight(name, weight, batch_size=batch, progress=progress)
+        try:
+            op = _one_rebalance(store, rng, names, progress=progress)
+        except StoreBusy:  # a writer holds the lease, finishing a batch a killed child left
+            say("busy")
+            time.sleep(0.01)
+            continue
         say("done", op)
-    stop.set()
-    writer.join()
     store.close()
 
 
-def _try(store: DHTServerStore, op: str, name: str) -> str:
+# -- crash at a chosen step -----------------------------------------------------------------
+
+
+def _install_crash(step: str, n: int) -> None:
+    """SIGKILL this process right after the ``n``-th return of protocol step ``step``."""
+    from dhtcart.backends.lmdb import LMDBBackend
+    from dhtcart.backends.ownership import FROZEN, NOT_OWNED, OWNED
+    from dhtcart.membership import DirectoryMembership
+
+    count = [0]
+
+    def hit() -> None:
+        count[0] += 1
+        if count[0] == n:
+            say("killed at", step, n)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def kind(changes: Any, expect: Any) -> str | None:
+        if not changes:
+            return None
+        state = changes[0][2]
+        if state == FROZEN:
+            return "freeze"
+        if state == NOT_OWNED:
+            return "release"
+        if state == OWNED and expect == NOT_OWNED:
+            return "take"
+        return None  # an unfreeze after a failure
+
+    real_update = LMDBBackend.update_ownership
+
+    def update_ownership(self: LMDBBackend, token: int, epoch: int, changes: Any = (), expect: Any = None) -> Any:
+        result = real_update(self, token, epoch, changes, expect)
+        if kind(changes, expect) == step:
+            hit()
+        return result
+
+    def wrap(cls: Any, attr: str, name: str) -> None:
+        real = getattr(cls, attr)
+
+        def wrapper(*a: Any, **k: Any) -> Any:
+            result = real(*a, **k)
+            if name == step:
+                hit()
+            return result
+
+        setattr(cls, attr, wrapper)
+
+    LMDBBackend.update_ownership = update_ownership  # type: ignore[method-assign]
+    wrap(LMDBBackend, "import_ranges", "copy")
+    wrap(LMDBBackend, "drop_ranges", "drop")
+    wrap(LMDBBackend, "destroy", "destroy")
+    wrap(DirectoryMembership, "publish", "publish")
+
+
+def crashat(args: argparse.Namespace) -> None:
+    _install_crash(args.step, args.n)
+    say("opening")
+    store = DHTServerStore.open(args.directory, lock_timeout=30)
+    say("ready")
+    _try(store, args.op, args.name, batch_size=args.batch_size)
+    say("survived")  # the step was not reached N times
+    store.close()
+
+
+# -- one rebalance, and two racing ---------------------------------------------------------
+
+
+def _try(store: DHTServerStore, op: str, name: str, **kw: Any) -> str:
     try:
         if op == "add":
-            store.add_shard(name)
+            store.add_shard(name, **kw)
         elif op == "remove":
-            store.remove_shard(name)
+            store.remove_shard(name, **kw)
         else:
-            store.set_weight(name, 3)
+            store.set_weight(name, 3, **kw)
     except StoreBusy:
         return "busy"
     return "done"
@@ -165,63 +284,65 @@ def try_once(args: argparse.Namespace) -> None:
         store.close()
 
 
-def hold(args: argparse.Namespace) -> None:
-    store = DHTServerStore.open(args.directory, lock_timeout=args.lock_timeout)
-    say("open")
-    try:
-        for line in sys.stdin:
-            words = line.split()
-            if not words or words[0] == "close":
-                break
-            say(_try(store, words[0], words[1]))
-    finally:
-        store.close()
-    say("closed")
-
-
-def slow(args: argparse.Namespace) -> None:
-    store = DHTServerStore.open(args.directory, lock_timeout=args.lock_timeout)
-
-    def progress(done: int, total: int) -> None:
-        say("progress", done, total)
-        time.sleep(args.pause)
-
-    report = store.add_shard(args.name, batch_size=args.batch_size, progress=progress)
-    store.close()
-    say("done", report.keys_moved)
-
-
 def race(args: argparse.Namespace) -> None:
+    from dhtcart.membership import DirectoryMembership
+
+    held: list[float] = []
+    real_try = DirectoryMembership.try_lease
+
+    def try_lease(self: DirectoryMembership, holder: str) -> Any:
+        lease = real_try(self, holder)
+        if lease is not None:
+            held.append(time.monotonic())  # after it is ours
+            real_release = lease.release
+
+            def release() -> None:
+                if len(held) % 2:
+                    held.append(time.monotonic())  # before it is given up
+                real_release()
+
+            lease.release = release  # type: ignore[method-assign]
+        return lease
+
+    DirectoryMembership.try_lease = try_lease  # type: ignore[method-assign]
     store = DHTServerStore.open(args.directory, lock_timeout=args.lock_timeout)
     try:
-        time.sleep(0.5)  # let the sibling process open the store too
         deadline = time.monotonic() + args.max_seconds
         attempts = 0
         while time.monotonic() < deadline:
-            name = f"{args.name}{attempts}"
             attempts += 1
-            if _try(store, "add", name) == "done":
-                say("won", name)
+            op = "remove" if args.name in store.servers else "add"
+            held.clear()
+            if _try(store, op, args.name, batch_size=50) == "done":
+                say("ran", f"{held[0]:.6f}", f"{held[1]:.6f}", op)
+            else:
+                say("busy")
+                time.sleep(0.002)
         say("attempts", attempts)
-        time.sleep(1.5)  # stay open while the sibling finishes its own attempts
     finally:
         store.close()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["crash", "try", "hold", "slow", "race"])
+    parser.add_argument("mode", choices=["writer", "rebalancer", "crashat", "try", "race"])
     parser.add_argument("directory")
+    parser.add_argument("step", nargs="?", default="copy")
+    parser.add_argument("n", nargs="?", type=int, default=1)
     parser.add_argument("op", nargs="?", default="add", choices=["add", "remove", "weight"])
     parser.add_argument("--name", default="extra")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--keys", type=int, default=3000)
+    parser.add_argument("--first", type=int, default=0)
+    parser.add_argument("--last", type=int, default=1000)
     parser.add_argument("--max-seconds", type=float, default=30.0)
     parser.add_argument("--lock-timeout", type=float, default=10.0)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--pause", type=float, default=0.005)
+    parser.add_argument("--redirect-timeout", type=float, default=15.0)
+    parser.add_argument("--batch-size", type=int, default=50)
     args = parser.parse_args(argv)
-    {"crash": crash, "try": try_once, "hold": hold, "slow": slow, "race": race}[args.mode](args)
+    modes = {"writer": writer, "rebalancer": rebalancer, "crashat": crashat, "try": try_once, "race": race}
+    if args.mode == "try":
+        args.op = args.step  # ``try OP``
+    modes[args.mode](args)
 
 
 if __name__ == "__main__":

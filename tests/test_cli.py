@@ -220,17 +220,17 @@ def test_rebalance_errors(store_dir: Path, capsys: pytest.CaptureFixture[str]) -
 _HOLDER = """
 import sys, time
 from dhtcart import DHTServerStore
+from dhtcart.membership import open_membership
 store = DHTServerStore.open(sys.argv[1])
+lease = open_membership(sys.argv[1]).try_lease("the test's rebalancer") if sys.argv[2] == "lease" else None
 print("open", flush=True)
 sys.stdin.read()
 """
 
 
-@pytest.fixture
-def held(store_dir: Path) -> Iterator[Path]:
-    """Another process holding the store open, as a running server does."""
+def _holder(store_dir: Path, what: str) -> Iterator[Path]:
     holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(store_dir)],
+        [sys.executable, "-c", _HOLDER, str(store_dir), what],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -243,11 +243,31 @@ def held(store_dir: Path) -> Iterator[Path]:
         holder.wait(10)
 
 
+@pytest.fixture
+def held(store_dir: Path) -> Iterator[Path]:
+    """Another process holding the rebalance lease, as a running rebalance does."""
+    yield from _holder(store_dir, "lease")
+
+
+@pytest.fixture
+def opened(store_dir: Path) -> Iterator[Path]:
+    """Another process holding the store open, as a running server does."""
+    yield from _holder(store_dir, "open")
+
+
+@pytest.mark.parametrize("argv", [["add-shard"], ["remove-shard", "shard-0"], ["set-weight", "shard-0", "2"]])
+def test_rebalance_while_another_process_has_the_store_open(opened: Path, argv: list[str]) -> None:
+    assert main([*argv, "--data", str(opened)]) == EXIT_OK
+    with DHTServerStore.open(opened) as store:
+        store._check()
+
+
 @pytest.mark.parametrize("argv", [["add-shard"], ["remove-shard", "shard-0"], ["set-weight", "shard-0", "2"]])
 def test_busy_store_is_reported_with_exit_4(held: Path, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*argv, "--data", str(held)]) == EXIT_BUSY
     captured = capsys.readouterr()
-    assert "store busy" in captured.err and "close the other processes" in captured.err
+    assert "store busy" in captured.err and "another rebalance is running" in captured.err
+    assert "the test's rebalancer" in captured.err
     assert "Traceback" not in captured.err and "moved" not in captured.out
     # stats and plans only read: they work while the store is held
     assert main(["stats", "--data", str(held)]) == EXIT_OK

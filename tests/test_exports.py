@@ -15,12 +15,13 @@ EXPECTED = {
     # shards and backends
     "Backend", "Record", "DHTServer", "open_backend",
     # the store and rebalancing
-    "DHTServerStore", "RebalancePlan", "RebalanceReport",
+    "DHTServerStore", "RebalancePlan", "RebalanceReport", "RebalanceStatus",
     # carts
     "CartItem", "CartService", "Receipt", "ReceiptLine",
     # errors
     "CartEmpty", "Conflict", "DHTCartError", "EmptyRing", "ForkedError", "InvalidInput", "InvalidKey",
-    "InvalidValue", "ItemNotFound", "NotFound", "SaleExpired", "ShardExists", "ShardNotFound",
+    "InvalidValue", "ItemNotFound", "KeyUnavailable", "LeaseLost", "Moved", "NotFound", "SaleExpired",
+    "ShardExists", "ShardNotFound",
     "ShardUnavailable", "StoreBusy", "StoreClosed", "TooManyRetries", "ValidationError", "VersionConflict",
     "__version__",
 }  # fmt: skip
@@ -53,6 +54,8 @@ def test_every_error_is_exported_and_in_the_tree() -> None:
     assert issubclass(dhtcart.InvalidInput, TypeError) and issubclass(dhtcart.InvalidKey, TypeError)
     assert issubclass(dhtcart.NotFound, KeyError)
     assert issubclass(dhtcart.ShardUnavailable, ConnectionError)
+    assert issubclass(dhtcart.KeyUnavailable, dhtcart.ShardUnavailable)  # HTTP answers 503 to both
+    assert issubclass(dhtcart.LeaseLost, dhtcart.StoreBusy)
     assert issubclass(dhtcart.EmptyRing, LookupError)
 
 

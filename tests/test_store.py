@@ -15,10 +15,10 @@ from dhtcart import (
     DHTServerStore,
     HashRing,
     InvalidInput,
+    Moved,
     PartitionRing,
     Record,
     ShardUnavailable,
-    StoreBusy,
     StoreClosed,
     VersionConflict,
 )
@@ -44,8 +44,11 @@ def test_every_key_on_its_ring_owner(store: DHTServerStore) -> None:
         assert store.server_for(k) is servers[owner]
         assert servers[owner].get(k) == Record(1, k.to_bytes(8, "big"))
         for name, s in servers.items():
-            if name != owner:
-                assert s.get(k) is None, f"key {k} also on {name}"
+            if name != owner:  # a shard that does not own a key redirects, never answers
+                with pytest.raises(Moved) as info:
+                    s.get(k)
+                assert info.value.key == k and info.value.state == "-"
+                assert not list(s.scan(k - 1, k)), f"key {k} also on {name}"
         assert store.get(k) == Record(1, k.to_bytes(8, "big"))
     assert len(snapshot(store)) == len(set(keys))
     # every shard got a share
@@ -180,15 +183,17 @@ def test_manifest_content(tmp_path: Path) -> None:
         store.put(1, b"x")
         ring = store.ring.to_dict()
     manifest = json.loads((root / "manifest.json").read_text())
-    assert manifest["format"] == 1
+    assert manifest["format"] == 2
+    assert manifest["epoch"] == 1
     assert manifest["durability"] == "power"
-    assert manifest["journal"] is None
+    assert manifest["migration"] is None and manifest["retired"] == {}
+    assert manifest["born"] == {f"shard-{i}": 1 for i in range(3)}
     assert manifest["ring"] == ring
     assert manifest["ring"]["type"] == "partition" and manifest["ring"]["partitions"] == 64
     assert manifest["ring"]["weights"] == {"shard-0": 1, "shard-1": 1, "shard-2": 1}
     assert len(manifest["ring"]["owners"]) == 64
     assert manifest["shards"] == {f"shard-{i}": f"lmdb://shards/shard-{i}" for i in range(3)}
-    assert (root / "LOCK").exists()
+    assert (root / "ADMIN").exists() and json.loads((root / "LEASE").read_text())["token"] == 1
     for i in range(3):
         assert (root / "shards" / f"shard-{i}" / "data.mdb").exists()
     # the durability chosen at creation is used again when reopening
@@ -223,14 +228,21 @@ import sys, time
 from dhtcart import DHTServerStore
 s = DHTServerStore.open(sys.argv[1])
 print("open", flush=True)
-sys.stdin.readline()
+for line in sys.stdin:
+    key = int(line)
+    rec = s.get(key)
+    print(rec.version if rec else 0, rec.value.decode() if rec else "-", s.epoch, flush=True)
 s.close()
 """
 
 
-def test_rebalance_needs_the_store_alone(tmp_path: Path) -> None:
+def test_rebalance_while_another_process_has_the_store_open(tmp_path: Path) -> None:
+    """The other process's handle, opened before the rebalance, reads the moved keys' newest values."""
     root = tmp_path / "s"
-    DHTServerStore.open(root, shards=2).close()
+    with DHTServerStore.open(root, shards=2) as store:
+        keys = _keys(200)
+        for k in keys:
+            store.put(k, b"v1")
     other = subprocess.Popen(
         [sys.executable, "-c", _HOLD, str(root)],
         stdin=subprocess.PIPE,
@@ -238,19 +250,23 @@ def test_rebalance_needs_the_store_alone(tmp_path: Path) -> None:
         text=True,
         env=child_env(),
     )
+    assert other.stdin is not None and other.stdout is not None
     try:
-        assert other.stdout is not None and other.stdout.readline().strip() == "open"
+        assert other.stdout.readline().strip() == "open"
         with DHTServerStore.open(root) as store:
-            store.put(5, b"x")  # plain use while another process has it open is fine
-            with pytest.raises(StoreBusy):
-                store.add_shard("s9")
-            assert sorted(store.servers) == ["shard-0", "shard-1"]
-            assert store.get(5) == Record(1, b"x")
+            store.add_shard("s9")
+            moved = [k for k in keys if store.ring.node_for(k) == "s9"]
+            assert moved
+            for k in moved:
+                assert store.put(k, b"v2", expected_version=1) == 2
             store._check()
+            assert store.epoch == 3
+        for k in moved[:20]:
+            other.stdin.write(f"{k}\n")
+            other.stdin.flush()
+            assert other.stdout.readline().split() == ["2", "v2", "3"]  # newest value, via a redirect
     finally:
-        assert other.stdin is not None
-        other.stdin.write("\n")
-        other.stdin.flush()
+        other.stdin.close()
         other.wait(30)
     assert other.returncode == 0
 
@@ -288,4 +304,4 @@ def test_persistent_store_refuses_a_memory_shard(tmp_path: Path) -> None:
         assert store.ring.to_dict() == before and "m" not in store.servers
         assert store.get(5) == Record(1, b"v")
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
-    assert manifest["journal"] is None and "m" not in manifest["shards"]
+    assert manifest["migration"] is None and "m" not in manifest["shards"] and manifest["epoch"] == 1
