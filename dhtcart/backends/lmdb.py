@@ -47,7 +47,7 @@ from urllib.parse import parse_qsl
 import lmdb
 
 from dhtcart.backends.base import Backend, BackendContext, Change, Record, apply_changes
-from dhtcart.backends.ownership import FROZEN, OWNED, Ownership
+from dhtcart.backends.ownership import FROZEN, OWNED, TABLE_SHIFT, Ownership
 from dhtcart.errors import ForkedError, InvalidInput, Moved, StoreClosed, VersionConflict
 
 __all__ = ["DEFAULT_MAP_SIZE", "Durability", "LMDBBackend"]
@@ -63,7 +63,7 @@ _T = TypeVar("_T")
 _META = b"\xff" * 8
 _GEN = _META + b"gen"  # 8-byte counter, +1 at every ownership change
 _OWN = _META + b"own"  # Ownership.to_json()
-_NO_GEN = b""
+_UNREAD = object()
 
 _forks = 0  # how many times this process is a fork's child (checked instead of getpid per call)
 
@@ -92,15 +92,17 @@ class _Env:
         self.lock = threading.Lock()
         self.users = 0
         self.durability = durability
-        self.gen = _NO_GEN  # generation of the cached ownership record
+        self.gen: object = _UNREAD  # generation of the cached ownership record (None: no record)
         self.own = Ownership.nothing()
+        self.tid = -1  # a read snapshot (LMDB transaction id) in which ``gen`` was read
+        self.table: list[str | None] = self.own.segments.table()  # the hot path's lookup
 
-    def load_ownership(self, txn: lmdb.Transaction, gen: bytes | memoryview | None) -> Ownership:
-        """The record as of ``txn`` (cached by generation; call with ``lock`` held)."""
-        gen = _NO_GEN if gen is None else bytes(gen)
+    def load_ownership(self, txn: lmdb.Transaction, gen: object) -> Ownership:
+        """The record as of ``txn``, whose generation key reads ``gen`` (call with ``lock`` held)."""
         if gen != self.gen:
             raw = txn.get(_OWN)
             self.own = Ownership.nothing() if raw is None else Ownership.from_json(bytes(raw))
+            self.table = self.own.segments.table()
             self.gen = gen
         return self.own
 
@@ -227,6 +229,8 @@ class LMDBBackend(Backend):
         """Raise Moved unless the ownership record lets this operation through."""
         own = self._shared.load_ownership(txn, txn.get(_GEN))
         segs = own.segments
+        if segs.table()[key >> TABLE_SHIFT] == OWNED:
+            return
         i = bisect_left(segs.his, key)
         state = segs.states[i]
         if state == OWNED or (state == FROZEN and not write):
@@ -276,8 +280,14 @@ class LMDBBackend(Backend):
                 self._env.set_mapsize(0)
                 txn = self._env.begin()
             try:
-                if self.fenced:
-                    self._fence(txn, key, False)
+                if self.fenced:  # the fence, inline: this is the hot path
+                    shared = self._shared
+                    tid = txn.id()
+                    if tid != shared.tid:  # another snapshot than the one last checked: read the generation
+                        shared.load_ownership(txn, txn.get(_GEN))
+                        shared.tid = tid
+                    if shared.table[key >> TABLE_SHIFT] != OWNED:
+                        self._fence(txn, key, False)
                 raw = txn.get(kb)
             finally:
                 txn.abort()

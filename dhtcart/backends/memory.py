@@ -15,7 +15,7 @@ from typing import Any
 from sortedcontainers import SortedDict
 
 from dhtcart.backends.base import Backend, BackendContext, Change, Record, apply_changes
-from dhtcart.backends.ownership import FROZEN, OWNED, Ownership
+from dhtcart.backends.ownership import FROZEN, OWNED, TABLE_SHIFT, Ownership
 from dhtcart.errors import InvalidInput, Moved, StoreClosed, VersionConflict
 
 __all__ = ["MemoryBackend"]
@@ -59,6 +59,8 @@ class MemoryBackend(Backend):
     def _fence(self, key: int, write: bool) -> None:
         """Raise Moved unless the record lets this operation through (call with the lock held)."""
         segs = self._own.segments
+        if segs.table()[key >> TABLE_SHIFT] == OWNED:
+            return
         i = bisect_left(segs.his, key)
         state = segs.states[i]
         if state == OWNED or (state == FROZEN and not write):

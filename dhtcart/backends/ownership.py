@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 
 from dhtcart.errors import LeaseLost
 
-__all__ = ["FROZEN", "NOT_OWNED", "OWNED", "STATES", "Ownership", "Segments", "WHOLE"]
+__all__ = ["FROZEN", "NOT_OWNED", "OWNED", "STATES", "TABLE_BITS", "TABLE_SHIFT", "Ownership", "Segments", "WHOLE"]
 
 OWNED = "o"
 FROZEN = "f"
@@ -50,6 +50,9 @@ STATES = frozenset({OWNED, FROZEN, NOT_OWNED})
 _MAX_KEY = (1 << 63) - 1
 #: the whole key space as one range ``(lo, hi]``
 WHOLE = (-1, _MAX_KEY)
+#: :meth:`Segments.table` cuts the key space into ``2**TABLE_BITS`` slices
+TABLE_BITS = 12
+TABLE_SHIFT = 63 - TABLE_BITS
 
 
 class Segments:
@@ -60,7 +63,7 @@ class Segments:
     segments always differ in state or peer. Lookup is a binary search.
     """
 
-    __slots__ = ("his", "peers", "states")
+    __slots__ = ("_table", "his", "peers", "states")
 
     his: list[int]
     states: list[str]
@@ -68,6 +71,25 @@ class Segments:
 
     def __init__(self, his: Sequence[int], states: Sequence[str], peers: Sequence[str]) -> None:
         self.his, self.states, self.peers = _merge(his, states, peers)
+        self._table: list[str | None] | None = None
+
+    def table(self) -> list[str | None]:
+        """The state of each of the ``2**TABLE_BITS`` equal slices of the key space, or
+        ``None`` for a slice that holds a boundary (look it up with :meth:`lookup`).
+
+        Built once per record: ``table()[key >> TABLE_SHIFT]`` is the fast path of a check.
+        """
+        if self._table is None:
+            out: list[str | None] = []
+            his, states = self.his, self.states
+            i = 0
+            for b in range(1 << TABLE_BITS):
+                start, end = b << TABLE_SHIFT, ((b + 1) << TABLE_SHIFT) - 1
+                while his[i] < start:
+                    i += 1
+                out.append(states[i] if his[i] >= end else None)
+            self._table = out
+        return self._table
 
     @classmethod
     def all(cls, state: str = NOT_OWNED, peer: str = "") -> Segments:

@@ -1,0 +1,194 @@
+"""Ownership fences: the record each shard keeps of what it owns, on every backend.
+
+The segment algebra is checked against a model (a dict of key -> state over a
+small key space, by hypothesis); the backends' fences (Moved for a key not
+owned, reads only on a frozen range, token fencing of the rebalancer's
+methods, imports that never overwrite a served range) run on memory, LMDB and
+Redis through the ``env`` fixture.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dhtcart import LeaseLost, Moved, Record, VersionConflict
+from dhtcart.backends.base import BackendContext
+from dhtcart.backends.ownership import (
+    FROZEN,
+    NOT_OWNED,
+    OWNED,
+    TABLE_SHIFT,
+    Ownership,
+    Segments,
+)
+from dhtcart.hashing import MAX_KEY
+from tests.conftest import BackendEnv
+
+# -- the segment algebra ----------------------------------------------------------------------
+
+# a small key space inside the real one: the changes touch keys -1 < k <= 40
+SPACE = 40
+changes = st.lists(
+    st.tuples(
+        st.integers(-1, SPACE - 1),
+        st.integers(1, SPACE),
+        st.sampled_from([OWNED, FROZEN, NOT_OWNED]),
+        st.sampled_from(["", "a", "b"]),
+    ).filter(lambda c: c[0] < c[1]),
+    max_size=12,
+)
+
+
+@given(changes)
+def test_segments_replace_matches_a_model(ops: list[tuple[int, int, str, str]]) -> None:
+    segs = Segments.all()
+    model = {k: (NOT_OWNED, "") for k in range(SPACE + 2)}
+    for lo, hi, state, peer in ops:
+        segs = segs.replace(lo, hi, state, peer)
+        for k in range(lo + 1, hi + 1):
+            model[k] = (state, peer)
+    for k, expected in model.items():
+        assert segs.lookup(k) == expected, k
+    assert segs.lookup(MAX_KEY) == (NOT_OWNED, "")
+    # canonical: no two neighbouring segments alike, boundaries ascending, last is MAX_KEY
+    assert segs.his[-1] == MAX_KEY and segs.his == sorted(set(segs.his))
+    pairs = list(zip(segs.states, segs.peers))
+    assert all(a != b for a, b in itertools.pairwise(pairs))
+    assert Segments.from_list(segs.to_list()) == segs
+    # spans cover exactly the range asked, in order
+    spans = segs.spans(5, 30)
+    assert spans[0][0] == 5 and spans[-1][1] == 30
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+
+
+def test_replace_with_expect_refuses_and_changes_nothing() -> None:
+    segs = Segments.owning([(10, 20)])
+    with pytest.raises(LeaseLost, match="not 'o'"):
+        segs.replace(5, 15, FROZEN, expect=OWNED)
+    assert segs.lookup(7) == (NOT_OWNED, "") and segs.lookup(12) == (OWNED, "")
+
+
+def test_the_lookup_table_agrees_with_the_segments() -> None:
+    step = 1 << TABLE_SHIFT
+    segs = Segments.owning([(0, step * 3), (step * 5 + 7, step * 9)])
+    table = segs.table()
+    for b in range(12):
+        start, end = b * step, (b + 1) * step - 1
+        expected = {segs.lookup(start)[0], segs.lookup(end)[0]}
+        assert table[b] is None or {table[b]} == expected
+    assert table[0] is None  # key 0 is not owned, key 1 is: a boundary inside slice 0
+    assert table[1] == OWNED and table[5] is None and table[6] == OWNED and table[10] == NOT_OWNED
+
+
+def test_ownership_round_trips_and_checks_tokens() -> None:
+    own = Ownership(3, 7, Segments.owning([(100, 200)]))
+    assert Ownership.from_json(own.to_json()) == own
+    own.check_token(7)
+    with pytest.raises(LeaseLost, match="older"):
+        own.check_token(6)
+    with pytest.raises(LeaseLost, match="serves"):
+        own.check_unserved(150, 300, "import")
+    own.check_unserved(200, 300, "import")
+
+
+# -- the backends' fences ---------------------------------------------------------------------
+
+
+def _fenced(env: BackendEnv):  # type: ignore[no-untyped-def]
+    from dhtcart.backends import open_backend
+
+    return env.track(open_backend(env.url(), context=BackendContext(name="f", fenced=True)))
+
+
+def test_a_fenced_medium_without_a_record_owns_nothing(env: BackendEnv) -> None:
+    b = _fenced(env)
+    assert b.ownership() == Ownership.nothing()
+    with pytest.raises(Moved) as info:
+        b.get(5)
+    assert info.value.key == 5 and info.value.epoch == 0 and info.value.state == NOT_OWNED
+    with pytest.raises(Moved):
+        b.put(5, b"x")
+    with pytest.raises(Moved):
+        b.delete(5)
+    assert b.count() == 0
+    plain = env.backend()  # a backend opened on its own is not fenced: it serves every key
+    assert plain.put(5, b"x") == 1 and plain.get(5) == Record(1, b"x")
+
+
+def test_owned_frozen_and_released_ranges(env: BackendEnv) -> None:
+    b = _fenced(env)
+    b.claim(Ownership(1, 1, Segments.owning([(0, 1000)])))
+    assert b.put(10, b"a") == 1 and b.put(500, b"b") == 1
+    with pytest.raises(Moved):
+        b.put(1001, b"outside")
+    own = b.update_ownership(1, 2, [(0, 100, FROZEN, "")], expect=OWNED)
+    assert own.epoch == 2 and own.segments.lookup(50) == (FROZEN, "")
+    assert b.get(10) == Record(1, b"a")  # a frozen range serves reads...
+    with pytest.raises(Moved) as info:  # ...and refuses writes, changing nothing
+        b.put(10, b"changed", expected_version=1)
+    assert info.value.state == FROZEN and info.value.owner is None
+    with pytest.raises(Moved):
+        b.delete(10)
+    assert b.get(10) == Record(1, b"a")
+    assert b.put(500, b"c") == 2  # the rest is untouched
+    b.update_ownership(1, 2, [(0, 100, NOT_OWNED, "t")], expect=FROZEN)
+    with pytest.raises(Moved) as info:
+        b.get(10)
+    assert info.value.owner == "t" and info.value.epoch == 2
+    with pytest.raises(VersionConflict):  # the version check still runs where the key is owned
+        b.put(500, b"d", expected_version=1)
+
+
+def test_tokens_fence_out_an_older_rebalancer(env: BackendEnv) -> None:
+    b = _fenced(env)
+    b.claim(Ownership(1, 3, Segments.owning([(0, 1000)])))
+    b.update_ownership(5, 1)  # a new rebalancer raises the token, changing nothing else
+    assert b.ownership().token == 5 and b.ownership().segments.lookup(7) == (OWNED, "")
+    for stale in (
+        lambda: b.update_ownership(4, 1, [(0, 10, FROZEN, "")]),
+        lambda: b.import_ranges(4, [(2000, 3000)], [(2500, Record(1, b"x"))]),
+        lambda: b.drop_ranges(4, [(2000, 3000)]),
+    ):
+        with pytest.raises(LeaseLost):
+            stale()
+    assert b.ownership().segments.lookup(7) == (OWNED, "")
+    with pytest.raises(LeaseLost, match="not 'f'"):  # expect says what must be there
+        b.update_ownership(5, 1, [(0, 10, NOT_OWNED, "x")], expect=FROZEN)
+
+
+def test_imports_and_drops_never_touch_a_served_range(env: BackendEnv) -> None:
+    b = _fenced(env)
+    b.claim(Ownership(1, 1, Segments.owning([(0, 1000)])))
+    b.put(500, b"mine")
+    with pytest.raises(LeaseLost, match="serves"):
+        b.import_ranges(1, [(400, 600)], [(500, Record(9, b"a copy"))])
+    with pytest.raises(LeaseLost, match="serves"):
+        b.drop_ranges(1, [(0, 2000)])
+    assert b.ownership().segments.lookup(500) == (OWNED, "")
+    # an unserved range: import replaces what is there (idempotent), drop empties it
+    assert b.import_ranges(1, [(2000, 3000), (4000, 5000)], [(2500, Record(4, b"x")), (4500, Record(2, b"y"))]) == 2
+    assert b.import_ranges(1, [(2000, 3000)], [(2600, Record(1, b"z"))]) == 1
+    assert dict(b.scan(1999, 5000)) == {2600: Record(1, b"z"), 4500: Record(2, b"y")}
+    assert b.count() == 3
+    assert b.boundary(1999, 5000, 1) == (2600, 1)
+    assert b.boundary(1999, 5000, 5) == (5000, 2)
+    assert b.drop_ranges(1, [(2000, 5000)]) == 2
+    assert b.drop_ranges(1, [(2000, 5000)]) == 0
+    assert b.count() == 1 and b.get(500) == Record(1, b"mine")
+
+
+@pytest.mark.parametrize("backend_kind", ["lmdb", "redis"])  # the persistent kinds
+def test_the_record_survives_reopening(env: BackendEnv) -> None:
+    from dhtcart.backends import open_backend
+
+    url = env.url()
+    ctx = BackendContext(name="f", fenced=True)
+    first = open_backend(url, context=ctx)
+    first.claim(Ownership(4, 2, Segments.owning([(0, 10)])))
+    first.close()
+    again = env.track(open_backend(url, context=ctx))
+    assert again.ownership() == Ownership(4, 2, Segments.owning([(0, 10)]))
