@@ -518,8 +518,8 @@ class DHTServerStore:
         A redirect that names the owner is followed at once (at most a few in a
         row); one from a shard with a newer epoch reloads the membership first;
         one without an owner (a hand-over in flight) waits, with a growing
-        pause of at most 5 ms, and past ``DEFAULT_TAKEOVER_AFTER`` seconds tries
-        to finish a dead rebalancer's batch itself.
+        pause of at most 5 ms, and every ``DEFAULT_TAKEOVER_AFTER`` seconds of
+        waiting tries to take the lease and finish a dead rebalancer's batch itself.
         """
         if isinstance(exc, StoreClosed) and self._closed:
             raise exc
@@ -533,7 +533,7 @@ class DHTServerStore:
         delay = 0.0002
         last_reload = start
         follows = 0
-        tried_takeover = False
+        next_takeover = start + self._takeover_after
         while True:
             counters["redirects"] += 1
             now = time.monotonic()
@@ -562,8 +562,8 @@ class DHTServerStore:
                         f"redirects reached no owner within {self._redirect_timeout:g} s"
                         " (a hand-over did not finish: is a shard it needs down?)",
                     ) from exc
-                if not tried_takeover and now - start > self._takeover_after and view.migration is not None:
-                    tried_takeover = True
+                if now >= next_takeover and view.migration is not None:
+                    next_takeover = now + self._takeover_after  # the lease may be held: try again later
                     self._take_over()
                     view = self._view
                 counters["waits"] += 1

@@ -1,0 +1,142 @@
+"""Child processes of the live-rebalance tests (not a test module).
+
+``python tests/live_child.py incr LOCATION --seconds S --keys K --seed N --history FILE``
+    Open the store from ``LOCATION`` alone (a directory or the membership's
+    ``redis://`` URL) and, for ``S`` seconds, add one to random shared
+    counters (``live-counter-0`` .. ``K-1``) by compare-and-set, retrying on
+    conflict. Every read and compare-and-set goes to ``FILE`` as a history
+    (one JSON object per line, ``docs/verify.md``'s format, with monotonic
+    ``time`` in ns). At the end print ``acked {key: increments}`` as JSON and
+    ``maxwait SECONDS OPS``.
+
+``python tests/live_child.py rebalance LOCATION --seconds S --seed N [--url-template T]``
+    For ``S`` seconds, loop add_shard / set_weight / remove_shard on the store;
+    new shards get ``T.format(i=...)`` as their URL (default: a new LMDB
+    directory). Print ``done OP NAME`` per rebalance and ``busy`` when another
+    rebalancer held the lease; at the end ``rebalances N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+if __package__ in (None, ""):  # run as a script: make ``dhtcart`` importable from the tree
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dhtcart import DHTServerStore, StoreBusy, VersionConflict, hash_key
+
+
+def counter_key(i: int) -> int:
+    return hash_key(f"live-counter-{i}")
+
+
+class History:
+    """Writes history events as JSON lines (the time is taken by the caller, next to the call)."""
+
+    def __init__(self, out: IO[str], process: int) -> None:
+        self.out = out
+        self.process = process
+
+    def event(self, kind: str, f: str, key: int, t: int, **fields: Any) -> None:
+        record = {"process": self.process, "type": kind, "f": f, "key": key, "time": t, **fields}
+        self.out.write(json.dumps(record) + "\n")
+
+
+def incr(args: argparse.Namespace) -> None:
+    rng = random.Random(args.seed)
+    store = DHTServerStore.open(args.location, lock_timeout=30)
+    keys = [counter_key(i) for i in range(args.keys)]
+    acked: dict[int, int] = dict.fromkeys(keys, 0)
+    worst, ops = 0.0, 0
+    ns = time.monotonic_ns
+    with open(args.history, "w", encoding="utf-8") as out:
+        history = History(out, args.seed)
+        deadline = time.monotonic() + args.seconds
+        while time.monotonic() < deadline:
+            key = rng.choice(keys)
+            t0 = time.monotonic()
+            while True:
+                history.event("invoke", "read", key, ns())
+                rec = store.get(key)
+                t = ns()
+                if rec is None:
+                    history.event("ok", "read", key, t, value=None, version=0)
+                    current, version = 0, 0
+                else:
+                    history.event("ok", "read", key, t, value=rec.value.decode(), version=rec.version)
+                    current, version = int(rec.value), rec.version
+                new = str(current + 1)
+                history.event("invoke", "cas", key, ns(), expected=version, value=new)
+                try:
+                    got = store.put(key, new.encode(), expected_version=version)
+                except VersionConflict:
+                    history.event("fail", "cas", key, ns(), expected=version, value=new)
+                    continue
+                history.event("ok", "cas", key, ns(), expected=version, value=new, version=got)
+                break
+            acked[key] += 1
+            worst = max(worst, time.monotonic() - t0)
+            ops += 1
+    print("acked", json.dumps({str(k): v for k, v in acked.items()}), flush=True)
+    print("maxwait", f"{worst:.3f}", ops, flush=True)
+    store.close()
+
+
+def rebalance(args: argparse.Namespace) -> None:
+    rng = random.Random(args.seed)
+    store = DHTServerStore.open(args.location, lock_timeout=30)
+    deadline = time.monotonic() + args.seconds
+    n = 0
+    i = 0
+    while time.monotonic() < deadline:
+        shards = sorted(store.servers)
+        added = [s for s in shards if s.startswith("live")]
+        if not added:
+            op = "add"
+        elif len(added) >= 2:
+            op = "remove"
+        else:
+            op = rng.choice(["add", "remove", "weight"])
+        try:
+            if op == "add":
+                name = f"live{args.seed}-{i}"
+                i += 1
+                backend = args.url_template.format(i=i, name=name) if args.url_template else None
+                store.add_shard(name, weight=rng.choice([1, 2]), backend=backend, batch_size=rng.choice([20, 100]))
+            elif op == "remove":
+                name = rng.choice(added)
+                store.remove_shard(name, batch_size=rng.choice([20, 100]))
+            else:
+                name = rng.choice(shards)
+                store.set_weight(name, rng.choice([1, 2, 3]), batch_size=rng.choice([20, 100]))
+        except StoreBusy:
+            print("busy", flush=True)
+            time.sleep(0.01)
+            continue
+        n += 1
+        print("done", op, name, store.epoch, flush=True)
+    print("rebalances", n, flush=True)
+    store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["incr", "rebalance"])
+    parser.add_argument("location")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--keys", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--history", default="history.jsonl")
+    parser.add_argument("--url-template", default="")
+    args = parser.parse_args()
+    {"incr": incr, "rebalance": rebalance}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()

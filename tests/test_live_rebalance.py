@@ -1,0 +1,284 @@
+"""Live membership: rebalances while other processes (and, for Redis, other "hosts") serve.
+
+Three writer processes (``tests/live_child.py incr``) add one to shared counters
+by compare-and-set while a fourth process loops add_shard / set_weight /
+remove_shard. Every writer opens the store from its location alone: the
+directory for an LMDB store; for a Redis store, the URL of the Redis database
+that keeps the membership (no file is shared, as on separate hosts). Afterwards
+each counter equals the increments its writers saw acknowledged, every key
+lives only on its owner, and the writers' histories (every read and
+compare-and-set, with invocation and completion times) are checked: each key's
+acknowledged compare-and-sets form one chain of versions, and no read saw a
+version older than one already acknowledged before the read began.
+
+Redis-specific: a rebalancer killed mid-batch leaves its lease to expire, and a
+client that waits on the frozen batch takes it over within the lease's time to
+live; with the membership's database down, handles keep serving with the
+membership they have and rebalances are refused with ShardUnavailable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dhtcart import DHTServerStore, Record, ShardUnavailable, hash_key
+from dhtcart.backends.ownership import FROZEN
+from tests.conftest import skip_or_fail
+from tests.helpers import child_env, placement
+from tests.live_child import counter_key
+
+CHILD = Path(__file__).with_name("live_child.py")
+ROOT = CHILD.parent.parent
+SECONDS = 6.0
+KEYS = 24
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+@pytest.fixture(scope="module")
+def redis_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Any]]:
+    """Four real Redis (or Valkey) servers on loopback ports, for this module."""
+    try:
+        import dhtcart.backends.redis  # noqa: F401
+        from tests.redis_server import RedisServer, find_server_binary
+    except ImportError as exc:
+        skip_or_fail(f"Redis support is not importable: {exc}")
+    binary = find_server_binary()
+    if binary is None:
+        skip_or_fail("no Redis server binary")
+    started = []
+    try:
+        for i in range(4):
+            server = RedisServer(tmp_path_factory.mktemp(f"live{i}"), binary=binary)
+            started.append(server)
+            server.start()
+        yield started
+    finally:
+        for server in started:
+            server.stop()
+
+
+def _flush(servers: list[Any]) -> None:
+    import redis
+
+    for server in servers:
+        client = redis.Redis(port=server.port)
+        client.flushall()
+        client.close()
+
+
+def _spawn(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-u", str(CHILD), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+        cwd=ROOT,
+    )
+
+
+def check_history(events: list[dict[str, Any]]) -> int:
+    """Per key: acknowledged compare-and-sets form one chain of versions (each from the one
+    before, none twice), and no read returns a version older than a write acknowledged before
+    the read was invoked, or a value other than the one written at that version. Returns the
+    number of operations checked."""
+    by_key: dict[int, list[dict[str, Any]]] = {}
+    for e in events:
+        by_key.setdefault(e["key"], []).append(e)
+    n = 0
+    for key, evs in by_key.items():
+        invoked: dict[tuple[int, str], int] = {}
+        ops = []  # (invoke time, completion time, event)
+        for e in sorted(evs, key=lambda e: (e["time"], e["type"] != "invoke")):
+            if e["type"] == "invoke":
+                invoked[(e["process"], e["f"])] = e["time"]
+            else:
+                ops.append((invoked.pop((e["process"], e["f"])), e["time"], e))
+        writes = {o[2]["version"]: o for o in ops if o[2]["f"] == "cas" and o[2]["type"] == "ok"}
+        cas_ok = [o for o in ops if o[2]["f"] == "cas" and o[2]["type"] == "ok"]
+        assert len(writes) == len(cas_ok), f"key {key}: two compare-and-sets acknowledged one version"
+        for version, (_, _, e) in writes.items():
+            assert e["expected"] == version - 1, f"key {key}: version {version} did not follow {version - 1}"
+        assert sorted(writes) == list(range(1, len(writes) + 1)), f"key {key}: a version is missing"
+        for start, _, e in ops:
+            if e["f"] != "read":
+                continue
+            newest_before = max((v for v, (_, end, _) in writes.items() if end < start), default=0)
+            assert e["version"] >= newest_before, (
+                f"key {key}: stale read of version {e['version']} after version {newest_before} was acknowledged"
+            )
+            if e["version"]:
+                assert e["version"] in writes, f"key {key}: read version {e['version']}, never written"
+                assert e["value"] == writes[e["version"]][2]["value"], f"key {key}: read a value never written"
+        n += len(ops)
+    return n
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "redis"])
+def test_three_writers_and_a_rebalancer_lose_no_increment(kind: str, tmp_path: Path, request: Any) -> None:
+    if kind == "lmdb":
+        location = str(tmp_path / "store")
+        DHTServerStore.open(location, shards=3).close()
+        template = ""
+    else:
+        servers = request.getfixturevalue("redis_servers")
+        _flush(servers)
+        location = f"{servers[0].url}?prefix=membership:"
+        shards = {f"r{i}": f"{servers[i].url}?prefix=r{i}:" for i in range(3)}
+        DHTServerStore.open(location, shards=shards).close()
+        template = f"{servers[3].url}?prefix={{name}}:"
+    with DHTServerStore.open(location) as store:  # background records, so that batches are many
+        for i in range(3000):
+            store.put(hash_key(f"bg-{i}"), b"background")
+    writers = [
+        _spawn(
+            "incr", location, "--seconds", str(SECONDS), "--keys", str(KEYS), "--seed", str(w),
+            "--history", str(tmp_path / f"h{w}.jsonl"),
+        )
+        for w in range(3)
+    ]  # fmt: skip
+    time.sleep(0.5)
+    rebalancer = _spawn("rebalance", location, "--seconds", str(SECONDS - 1.5), "--url-template", template)
+    r_out, r_err = rebalancer.communicate(timeout=120)
+    assert rebalancer.returncode == 0, r_err
+    rebalances = int(r_out.split("rebalances")[-1].split()[0])
+    assert rebalances >= 3, f"the rebalancer ran {rebalances} rebalances: {r_out}"
+    acked: dict[int, int] = {}
+    waits = []
+    for proc in writers:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        for line in out.splitlines():
+            word, _, rest = line.partition(" ")
+            if word == "acked":
+                for key, n in json.loads(rest).items():
+                    acked[int(key)] = acked.get(int(key), 0) + n
+            elif word == "maxwait":
+                waits.append(float(rest.split()[0]))
+    events = []
+    for w in range(3):
+        with open(tmp_path / f"h{w}.jsonl", encoding="utf-8") as f:
+            events += [json.loads(line) for line in f]
+    checked = check_history(events)
+    with DHTServerStore.open(location) as store:
+        store._check()  # every key only on its owner, every shard's record its arcs
+        placement(store)
+        for i in range(KEYS):
+            key = counter_key(i)
+            rec = store.get(key)
+            assert rec is not None and int(rec.value) == acked[key], f"counter {i}: increments lost"
+            assert rec.version == acked[key]
+        assert store.count() == 3000 + KEYS
+        epoch = store.epoch
+    print(
+        f"\n{kind}: {rebalances} rebalances (epoch {epoch}), {sum(acked.values())} increments,"
+        f" {checked} operations checked, writers' longest waits {waits}"
+    )
+    assert sum(acked.values()) > 300
+    assert max(waits) < 5.0
+
+
+def test_a_redis_kept_store_opens_from_its_url_alone(redis_servers: list[Any], tmp_path: Path) -> None:
+    _flush(redis_servers)
+    location = f"{redis_servers[0].url}?prefix=m:"
+    shards = {f"r{i}": f"{redis_servers[i].url}?prefix=s{i}:" for i in range(3)}
+    with DHTServerStore.open(location, shards=shards) as store:
+        assert store.directory is None and store.location == redis_servers[0].url + "?prefix=m:"
+        store.put(7, b"seven")
+    with DHTServerStore.open(location, shards={"ignored": "redis://nowhere:1/0"}) as again:
+        assert sorted(again.servers) == ["r0", "r1", "r2"] and again.get(7) == Record(1, b"seven")
+    from dhtcart import InvalidInput
+
+    with pytest.raises(InvalidInput, match="needs shards"):
+        DHTServerStore.open(f"{redis_servers[1].url}?prefix=empty:", shards=3)
+
+
+def test_a_dead_rebalancers_lease_expires_and_a_waiting_client_takes_over(
+    redis_servers: list[Any], tmp_path: Path
+) -> None:
+    _flush(redis_servers)
+    location = f"{redis_servers[0].url}?prefix=m:"
+    shards = {f"r{i}": f"{redis_servers[i].url}?prefix=s{i}:" for i in range(3)}
+    with DHTServerStore.open(location, shards=shards, lease_ttl=1.0) as store:
+        keys = [hash_key(f"k{i}") for i in range(1500)]
+        for key in keys:
+            store.put(key, b"v1")
+    code = f"""
+import os, signal, sys
+from dhtcart import DHTServerStore
+from dhtcart.backends.ownership import FROZEN
+from dhtcart.backends.redis import RedisBackend
+real = RedisBackend.update_ownership
+def update(self, token, epoch, changes=(), expect=None):
+    out = real(self, token, epoch, changes, expect)
+    if changes and changes[0][2] == FROZEN:
+        print("frozen", *(f"{{lo}}:{{hi}}" for lo, hi, _, _ in changes), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+RedisBackend.update_ownership = update
+s = DHTServerStore.open({location!r}, lease_ttl=1.0)
+s.add_shard("r3", backend={redis_servers[3].url + "?prefix=s3:"!r}, batch_size=50)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=child_env())
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    ranges = [tuple(int(x) for x in r.split(":")) for r in out.stdout.split()[1:]]
+    frozen = [k for k in keys if any(lo < k <= hi for lo, hi in ranges)]
+    assert frozen, "no key in the frozen batch"
+    with DHTServerStore.open(location, lease_ttl=1.0) as client:  # the lease is still held: no recovery
+        assert client.rebalance_status().migrating
+        assert client.get(frozen[0]) == Record(1, b"v1")  # reads of a frozen batch are served
+        t0 = time.monotonic()
+        assert client.put(frozen[0], b"v2", expected_version=1) == 2  # waits for the lease to expire
+        waited = time.monotonic() - t0
+        assert 0.2 < waited < 5.0, waited
+        assert client.routing_stats()["takeovers"] >= 1
+        for server in client.servers.values():
+            assert not server.backend.ownership().segments.in_state(FROZEN)
+        client.finish_rebalance()
+        client._check()
+        assert client.get(frozen[0]) == Record(2, b"v2")
+        assert sum(client.get(k) is not None for k in keys) == len(keys)
+
+
+def test_the_membership_database_down(redis_servers: list[Any], tmp_path: Path) -> None:
+    """Handles keep serving with the membership they have; what needs the membership fails clearly."""
+    from tests.redis_server import RedisServer
+
+    _flush(redis_servers)
+    meta = RedisServer(tmp_path / "meta", binary=redis_servers[0].binary)
+    meta.start()
+    try:
+        location = f"{meta.url}?prefix=m:&timeout=0.3"
+        shards = {f"r{i}": f"{redis_servers[i].url}?prefix=d{i}:" for i in range(3)}
+        store = DHTServerStore.open(location, shards=shards)
+        try:
+            store.put(1, b"one")
+            meta.stop()
+            assert store.get(1) == Record(1, b"one")  # routing needs no membership read
+            assert store.put(2, b"two") == 1
+            with pytest.raises(ShardUnavailable, match="membership"):
+                store.add_shard("r3", backend=f"{redis_servers[3].url}?prefix=d3:")
+            assert "r3" not in store.servers
+            with pytest.raises(ShardUnavailable, match="membership"):
+                DHTServerStore.open(location)
+        finally:
+            store.close()
+    finally:
+        meta.stop()
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
