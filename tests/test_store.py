@@ -19,6 +19,7 @@ from dhtcart import (
     PartitionRing,
     Record,
     ShardUnavailable,
+    StoreBusy,
     StoreClosed,
     VersionConflict,
 )
@@ -305,3 +306,34 @@ def test_persistent_store_refuses_a_memory_shard(tmp_path: Path) -> None:
         assert store.get(5) == Record(1, b"v")
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert manifest["migration"] is None and "m" not in manifest["shards"] and manifest["epoch"] == 1
+
+
+def test_a_store_of_dhtcart_0_1_is_upgraded_when_opened(tmp_path: Path) -> None:
+    """Format 1 (no epoch, no ownership records): opening gives each shard its record, epoch 1."""
+    root = tmp_path / "old"
+    ring = PartitionRing(["shard-0", "shard-1"], partitions=64)
+    for name in ring.nodes:  # shards as 0.1 wrote them: plain records, no ownership
+        with LMDBBackend(root / "shards" / name) as b:
+            for k in _keys(100):
+                if ring.node_for(k) == name:
+                    b.put(k, b"old")
+    old = {
+        "format": 1,
+        "durability": "process",
+        "ring": ring.to_dict(),
+        "shards": {n: f"lmdb://shards/{n}" for n in ring.nodes},
+        "journal": None,
+    }
+    (root / "manifest.json").write_text(json.dumps(old))
+    with DHTServerStore.open(root) as store:
+        assert store.epoch == 1 and store.ring.to_dict() == ring.to_dict()
+        store._check()
+        assert all(store.get(k) == Record(1, b"old") for k in _keys(100))
+        store.add_shard("shard-2")
+        store._check()
+    assert json.loads((root / "manifest.json").read_text())["format"] == 2
+    old["journal"] = {"phase": "migrate"}
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "manifest.json").write_text(json.dumps(old))
+    with pytest.raises(StoreBusy, match=r"dhtcart 0\.1"):
+        DHTServerStore.open(tmp_path / "unfinished")
