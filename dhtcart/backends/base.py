@@ -84,9 +84,7 @@ def apply_changes(
     inside their atomic step.
     """
     current.check_token(token)
-    segments = current.segments
-    for lo, hi, state, peer in changes:
-        segments = segments.replace(lo, hi, state, peer, expect=expect)
+    segments = current.segments.replace_many(changes, expect=expect)
     return Ownership(max(epoch, current.epoch), max(token, current.token), segments)
 
 

@@ -95,14 +95,14 @@ class _Env:
         self.gen: object = _UNREAD  # generation of the cached ownership record (None: no record)
         self.own = Ownership.nothing()
         self.tid = -1  # a read snapshot (LMDB transaction id) in which ``gen`` was read
-        self.table: list[str | None] = self.own.segments.table()  # the hot path's lookup
+        self.slices: dict[int, str] = self.own.segments.slices  # the hot path's lookup
 
     def load_ownership(self, txn: lmdb.Transaction, gen: object) -> Ownership:
         """The record as of ``txn``, whose generation key reads ``gen`` (call with ``lock`` held)."""
         if gen != self.gen:
             raw = txn.get(_OWN)
             self.own = Ownership.nothing() if raw is None else Ownership.from_json(bytes(raw))
-            self.table = self.own.segments.table()
+            self.slices = self.own.segments.slices
             self.gen = gen
         return self.own
 
@@ -229,7 +229,7 @@ class LMDBBackend(Backend):
         """Raise Moved unless the ownership record lets this operation through."""
         own = self._shared.load_ownership(txn, txn.get(_GEN))
         segs = own.segments
-        if segs.table()[key >> TABLE_SHIFT] == OWNED:
+        if segs.slice_state(key >> TABLE_SHIFT) == OWNED:
             return
         i = bisect_left(segs.his, key)
         state = segs.states[i]
@@ -286,7 +286,7 @@ class LMDBBackend(Backend):
                     if tid != shared.tid:  # another snapshot than the one last checked: read the generation
                         shared.load_ownership(txn, txn.get(_GEN))
                         shared.tid = tid
-                    if shared.table[key >> TABLE_SHIFT] != OWNED:
+                    if shared.slices.get(key >> TABLE_SHIFT) != OWNED:
                         self._fence(txn, key, False)
                 raw = txn.get(kb)
             finally:
@@ -393,6 +393,10 @@ class LMDBBackend(Backend):
         nxt = (int.from_bytes(gen, "big") + 1 if gen else 1).to_bytes(8, "big")
         txn.put(_OWN, own.to_json())
         txn.put(_GEN, nxt)
+        # cache what this transaction writes (spares a parse); if it does not commit, the
+        # next check sees another generation in its snapshot and reads the record again
+        shared = self._shared
+        shared.own, shared.slices, shared.gen, shared.tid = own, own.segments.slices, nxt, -1
 
     def update_ownership(
         self, token: int, epoch: int, changes: Sequence[Change] = (), expect: str | None = None

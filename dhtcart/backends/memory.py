@@ -59,7 +59,7 @@ class MemoryBackend(Backend):
     def _fence(self, key: int, write: bool) -> None:
         """Raise Moved unless the record lets this operation through (call with the lock held)."""
         segs = self._own.segments
-        if segs.table()[key >> TABLE_SHIFT] == OWNED:
+        if segs.slice_state(key >> TABLE_SHIFT) == OWNED:
             return
         i = bisect_left(segs.his, key)
         state = segs.states[i]

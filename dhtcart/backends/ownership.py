@@ -50,7 +50,7 @@ STATES = frozenset({OWNED, FROZEN, NOT_OWNED})
 _MAX_KEY = (1 << 63) - 1
 #: the whole key space as one range ``(lo, hi]``
 WHOLE = (-1, _MAX_KEY)
-#: :meth:`Segments.table` cuts the key space into ``2**TABLE_BITS`` slices
+#: :meth:`Segments.slice_state` cuts the key space into ``2**TABLE_BITS`` slices
 TABLE_BITS = 12
 TABLE_SHIFT = 63 - TABLE_BITS
 
@@ -63,7 +63,7 @@ class Segments:
     segments always differ in state or peer. Lookup is a binary search.
     """
 
-    __slots__ = ("_table", "his", "peers", "states")
+    __slots__ = ("his", "peers", "slices", "states")
 
     his: list[int]
     states: list[str]
@@ -71,25 +71,22 @@ class Segments:
 
     def __init__(self, his: Sequence[int], states: Sequence[str], peers: Sequence[str]) -> None:
         self.his, self.states, self.peers = _merge(his, states, peers)
-        self._table: list[str | None] | None = None
+        #: slice -> state, filled by :meth:`slice_state`
+        self.slices: dict[int, str] = {}
 
-    def table(self) -> list[str | None]:
-        """The state of each of the ``2**TABLE_BITS`` equal slices of the key space, or
-        ``None`` for a slice that holds a boundary (look it up with :meth:`lookup`).
+    def slice_state(self, b: int) -> str:
+        """The state of every key of slice ``b`` (keys ``k >> TABLE_SHIFT == b``), or ``""``
+        when the slice holds a boundary (then ask :meth:`lookup`). Cached per slice.
 
-        Built once per record: ``table()[key >> TABLE_SHIFT]`` is the fast path of a check.
+        The fast path of a check: ``slices.get(key >> TABLE_SHIFT) or slice_state(...)``.
         """
-        if self._table is None:
-            out: list[str | None] = []
-            his, states = self.his, self.states
-            i = 0
-            for b in range(1 << TABLE_BITS):
-                start, end = b << TABLE_SHIFT, ((b + 1) << TABLE_SHIFT) - 1
-                while his[i] < start:
-                    i += 1
-                out.append(states[i] if his[i] >= end else None)
-            self._table = out
-        return self._table
+        state = self.slices.get(b)
+        if state is None:
+            his = self.his
+            i = bisect_left(his, b << TABLE_SHIFT)
+            state = self.states[i] if his[i] >= ((b + 1) << TABLE_SHIFT) - 1 else ""
+            self.slices[b] = state
+        return state
 
     @classmethod
     def all(cls, state: str = NOT_OWNED, peer: str = "") -> Segments:
@@ -98,11 +95,8 @@ class Segments:
 
     @classmethod
     def owning(cls, ranges: Iterable[tuple[int, int]], state: str = OWNED) -> Segments:
-        """``ranges`` (``(lo, hi]`` pairs, in any order) in ``state``, the rest not owned."""
-        segs = cls.all()
-        for lo, hi in sorted(ranges):
-            segs = segs.replace(lo, hi, state)
-        return segs
+        """``ranges`` (``(lo, hi]`` pairs, in any order, not overlapping) in ``state``, the rest not owned."""
+        return cls.all().replace_many([(lo, hi, state, "") for lo, hi in ranges])
 
     def lookup(self, key: int) -> tuple[str, str]:
         """``(state, peer)`` of ``key``."""
@@ -134,39 +128,55 @@ class Segments:
         or :class:`~dhtcart.errors.LeaseLost` is raised (someone else changed
         the shard's ownership) and nothing changes.
         """
-        if state not in STATES:
-            raise ValueError(f"unknown ownership state {state!r}")
-        if not -1 <= lo < hi <= _MAX_KEY:
-            raise ValueError(f"bad range ({lo}, {hi}]")
-        if expect is not None:
-            wrong = [s for s in self.spans(lo, hi) if s[2] != expect]
-            if wrong:
-                a, b, st, _ = wrong[0]
-                raise LeaseLost(
-                    f"keys ({a}, {b}] are in state {st!r}, not {expect!r}: another rebalancer changed this shard"
-                )
+        return self.replace_many([(lo, hi, state, peer)], expect=expect)
+
+    def replace_many(self, changes: Sequence[tuple[int, int, str, str]], *, expect: str | None = None) -> Segments:
+        """A copy with each ``(lo, hi, state, peer)`` of ``changes`` applied (ranges must not
+        overlap); one pass over the segments, whatever the number of changes.
+        ``expect`` as in :meth:`replace`, for every range."""
+        if not changes:
+            return self
+        todo = sorted(changes)
+        prev_hi = -1
+        for lo, hi, state, _ in todo:
+            if state not in STATES:
+                raise ValueError(f"unknown ownership state {state!r}")
+            if not prev_hi <= lo < hi <= _MAX_KEY:
+                raise ValueError(f"bad or overlapping range ({lo}, {hi}]")
+            prev_hi = hi
+            if expect is not None:
+                for a, b, st, _ in self.spans(lo, hi):
+                    if st != expect:
+                        raise LeaseLost(
+                            f"keys ({a}, {b}] are in state {st!r}, not {expect!r}:"
+                            " another rebalancer changed this shard"
+                        )
         his, states, peers = self.his, self.states, self.peers
-        i = bisect_left(his, lo + 1)  # first segment holding a key of (lo, hi]
-        j = bisect_left(his, hi)  # the segment holding hi
-        new_h: list[int] = his[:i]
-        new_s: list[str] = states[:i]
-        new_p: list[str] = peers[:i]
-        seg_lo = his[i - 1] if i else -1
-        if seg_lo < lo:  # the first segment starts before lo: keep its head
-            new_h.append(lo)
-            new_s.append(states[i])
-            new_p.append(peers[i])
-        new_h.append(hi)
-        new_s.append(state)
-        new_p.append(peer)
-        if his[j] > hi:  # the last segment ends after hi: keep its tail
-            new_h.append(his[j])
-            new_s.append(states[j])
-            new_p.append(peers[j])
-        new_h += his[j + 1 :]
-        new_s += states[j + 1 :]
-        new_p += peers[j + 1 :]
-        return Segments(new_h, new_s, new_p)
+        out_h: list[int] = []
+        out_s: list[str] = []
+        out_p: list[str] = []
+        i = 0
+        for lo, hi, state, peer in todo:
+            while his[i] <= lo:  # whole segments before the change
+                out_h.append(his[i])
+                out_s.append(states[i])
+                out_p.append(peers[i])
+                i += 1
+            if (out_h[-1] if out_h else -1) < lo:  # the segment holding lo + 1 starts before it
+                out_h.append(lo)
+                out_s.append(states[i])
+                out_p.append(peers[i])
+            out_h.append(hi)
+            out_s.append(state)
+            out_p.append(peer)
+            while his[i] < hi:  # segments the change covers
+                i += 1
+            if his[i] == hi:
+                i += 1  # the segment ends with the change; else its tail stays, emitted later
+        out_h += his[i:]
+        out_s += states[i:]
+        out_p += peers[i:]
+        return Segments(out_h, out_s, out_p)
 
     def to_list(self) -> list[list[Any]]:
         """JSON-able form: ``[[hi, state, peer], ...]``."""
@@ -174,12 +184,11 @@ class Segments:
 
     @classmethod
     def from_list(cls, rows: Iterable[Sequence[Any]]) -> Segments:
-        """Rebuild from :meth:`to_list`, checking the shape."""
+        """Rebuild from :meth:`to_list` (or any ``(hi, state, peer)`` rows), checking the shape."""
         his, states, peers = [], [], []
-        for row in rows:
-            h, s, p = row
-            if type(h) is not int or s not in STATES or not isinstance(p, str):
-                raise ValueError(f"bad ownership segment {row!r}")
+        for h, s, p in rows:
+            if type(h) is not int or s not in STATES or type(p) is not str:
+                raise ValueError(f"bad ownership segment {[h, s, p]!r}")
             his.append(h)
             states.append(s)
             peers.append(p)
@@ -227,15 +236,28 @@ class Ownership(NamedTuple):
         return cls(0, 0, Segments.all())
 
     def to_json(self) -> bytes:
+        """Compact JSON: the boundaries as one list of ints, the states as one string."""
+        segs = self.segments
         return json.dumps(
-            {"epoch": self.epoch, "token": self.token, "segments": self.segments.to_list()},
+            {
+                "epoch": self.epoch,
+                "token": self.token,
+                "his": segs.his,
+                "states": "".join(segs.states),
+                "peers": {str(i): p for i, p in enumerate(segs.peers) if p},
+            },
             separators=(",", ":"),
         ).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Ownership:
         data = json.loads(raw)
-        return cls(int(data["epoch"]), int(data["token"]), Segments.from_list(data["segments"]))
+        his = data["his"]
+        peers = [""] * len(his)
+        for i, p in data["peers"].items():
+            peers[int(i)] = p
+        rows = zip(his, data["states"], peers, strict=True)
+        return cls(int(data["epoch"]), int(data["token"]), Segments.from_list(rows))
 
     def check_unserved(self, lo: int, hi: int, what: str) -> None:
         """Raise :class:`~dhtcart.errors.LeaseLost` if the shard serves any key of ``(lo, hi]``."""
