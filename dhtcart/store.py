@@ -44,6 +44,7 @@ one at a time, under the membership's lease (another rebalancer gets
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import threading
@@ -531,23 +532,27 @@ class DHTServerStore:
         start = time.monotonic()
         deadline = start + self._redirect_timeout
         delay = 0.0002
-        last_reload = start
+        last_reload = 0.0
         follows = 0
         next_takeover = start + self._takeover_after
-        while True:
+        for attempt in itertools.count():
             counters["redirects"] += 1
             now = time.monotonic()
             moved = exc if isinstance(exc, Moved) else None
             view = self._view
-            if moved is None or moved.epoch > view.epoch or now - last_reload > 0.05:
-                # a stale membership, a shard closed under us, or a long wait: reload
+            owner = moved.owner if moved is not None and moved.state == NOT_OWNED else None
+            if (
+                moved is None  # a shard closed under us: it left the membership
+                or moved.epoch > view.epoch  # the shard has seen a newer membership
+                or (attempt == 0 and owner not in view.servers)  # a redirect this view cannot follow
+                or now - last_reload > 0.05  # waiting long: the membership may have moved on
+            ):
                 try:
                     view = self._refresh()
-                except ShardUnavailable:
+                except ShardUnavailable:  # the membership's database is down: go on with this view
                     if now > deadline:
                         raise
                 last_reload = now
-            owner = moved.owner if moved is not None and moved.state == NOT_OWNED else None
             if owner is not None and owner in view.servers and follows < 4:
                 follows += 1
                 target = view.servers[owner].backend
@@ -580,6 +585,7 @@ class DHTServerStore:
                 if self._closed:
                     raise
                 exc = again
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _take_over(self) -> None:
         """Finish the batches a dead rebalancer left half done, if nobody holds the lease."""
@@ -880,6 +886,12 @@ class DHTServerStore:
                     shards[name] = self._url_of(backend)
                     born[name] = epoch
                     added = self._server(name, shards[name], epoch).backend
+                    if added.count():
+                        raise InvalidInput(
+                            "backend",
+                            f"the new shard's medium ({added.url}) already holds {added.count()} records:"
+                            " a new shard must start empty",
+                        )
                     added.claim(Ownership(epoch, lease.token, Segments.all()))  # owns nothing yet
                 mig = doc.next(
                     shards=shards,
