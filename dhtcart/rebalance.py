@@ -296,10 +296,16 @@ class Mover:
                 self._segs[source] = src.update_ownership(
                     token, epoch, [(lo, hi, FROZEN, "") for lo, hi in ranges], expect=OWNED
                 ).segments
-            records: list[tuple[int, Record]] = []
-            for lo, hi in ranges:
-                records += src.scan(lo, hi)
-            dst.import_ranges(token, ranges, records)
+            if src.copy_format and src.copy_format == dst.copy_format:  # as stored: no decoding
+                items = src.export_ranges(ranges)
+                dst.import_encoded(token, ranges, items)
+                copied, nbytes = len(items), sum(len(raw) for _, raw in items) - 8 * len(items)
+            else:
+                records: list[tuple[int, Record]] = []
+                for lo, hi in ranges:
+                    records += src.scan(lo, hi)
+                dst.import_ranges(token, ranges, records)
+                copied, nbytes = len(records), sum(len(r.value) for _, r in records)
             released = True  # from here on the release may have happened: never undo it
             self._segs[source] = src.update_ownership(
                 token, epoch, [(lo, hi, NOT_OWNED, target) for lo, hi in ranges], expect=FROZEN
@@ -308,7 +314,7 @@ class Mover:
             if not released:
                 self._unfreeze(source, ranges)
             raise
-        self._take(source, target, ranges, owners, len(records), sum(len(r.value) for _, r in records))
+        self._take(source, target, ranges, owners, copied, nbytes)
 
     def _unfreeze(self, source: str, ranges: Sequence[tuple[int, int]]) -> None:
         """Give a failed batch back to its source (best effort: a later run finishes it otherwise)."""

@@ -244,7 +244,7 @@ def _install_crash(step: str, n: int) -> None:
         setattr(cls, attr, wrapper)
 
     LMDBBackend.update_ownership = update_ownership  # type: ignore[method-assign]
-    wrap(LMDBBackend, "import_ranges", "copy")
+    wrap(LMDBBackend, "import_encoded", "copy")  # import_ranges goes through it too
     wrap(LMDBBackend, "drop_ranges", "drop")
     wrap(LMDBBackend, "destroy", "destroy")
     wrap(DirectoryMembership, "publish", "publish")

@@ -103,6 +103,11 @@ class Backend(ABC):
     #: per-commit fsync). Third-party backends are assumed slow unless they say so.
     fast_local: bool = False
 
+    #: the encoding of :meth:`export_ranges` / :meth:`import_encoded`, or ``""`` when the
+    #: backend copies only :class:`Record` objects; shards of one format move records
+    #: between them without decoding them
+    copy_format: str = ""
+
     @abstractmethod
     def get(self, key: int) -> Record | None:
         """Return the record under ``key``, or ``None``."""
@@ -169,6 +174,16 @@ class Backend(ABC):
 
         Returns how many went. Idempotent.
         """
+
+    def export_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[tuple[bytes, bytes]]:
+        """Every record of the ``ranges`` as ``(key, encoded record)`` in :attr:`copy_format`."""
+        raise NotImplementedError(f"{type(self).__name__} has no copy format")
+
+    def import_encoded(
+        self, token: int, ranges: Sequence[tuple[int, int]], items: Sequence[tuple[bytes, bytes]]
+    ) -> int:
+        """:meth:`import_ranges`, for records from :meth:`export_ranges` of a shard of the same format."""
+        raise NotImplementedError(f"{type(self).__name__} has no copy format")
 
     def boundary(self, lo: int, hi: int, n: int) -> tuple[int, int]:
         """``(cut, found)``: the ``n``-th key after ``lo`` in ``(lo, hi]`` and ``n``, or

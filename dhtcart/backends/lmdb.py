@@ -64,6 +64,8 @@ _META = b"\xff" * 8
 _GEN = _META + b"gen"  # 8-byte counter, +1 at every ownership change
 _OWN = _META + b"own"  # Ownership.to_json()
 _UNREAD = object()
+#: records exported as they are stored: 8-byte big-endian key, 8-byte big-endian version + value
+_COPY_FORMAT = "lmdb-v1"
 
 _forks = 0  # how many times this process is a fork's child (checked instead of getpid per call)
 
@@ -160,6 +162,7 @@ class LMDBBackend(Backend):
         self.path = os.fspath(path)
         self.durability: Durability = durability
         self.fast_local = durability == "process"  # "power" waits for a disk flush per write
+        self.copy_format = _COPY_FORMAT
         self.fenced = fenced
         self.url = f"lmdb://{os.path.abspath(self.path)}"
         os.makedirs(self.path, exist_ok=True)
@@ -416,7 +419,30 @@ class LMDBBackend(Backend):
     def import_ranges(
         self, token: int, ranges: Sequence[tuple[int, int]], records: Sequence[tuple[int, Record]]
     ) -> int:
-        rows = [(_kb(k), r.version.to_bytes(8, "big") + r.value) for k, r in records]
+        return self.import_encoded(
+            token, ranges, [(_kb(k), r.version.to_bytes(8, "big") + r.value) for k, r in records]
+        )
+
+    def export_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[tuple[bytes, bytes]]:
+        def op(txn: lmdb.Transaction) -> list[tuple[bytes, bytes]]:
+            out: list[tuple[bytes, bytes]] = []
+            cur = txn.cursor()
+            for lo, hi in ranges:
+                hi_kb = _kb(hi)
+                if not cur.set_range(_kb(lo + 1)):
+                    continue
+                for kb, raw in cur:
+                    if len(kb) != 8 or kb > hi_kb:  # type: ignore[operator]  # bytes: buffers=False
+                        break
+                    out.append((kb, raw))  # type: ignore[arg-type]  # bytes: buffers=False
+            return out
+
+        return self._read(op)
+
+    def import_encoded(
+        self, token: int, ranges: Sequence[tuple[int, int]], items: Sequence[tuple[bytes, bytes]]
+    ) -> int:
+        rows = items
 
         def op(txn: lmdb.Transaction) -> int:
             own = self._shared.load_ownership(txn, txn.get(_GEN))
