@@ -16,12 +16,14 @@ Errors subclass the built-in that fits, so ``except ValueError`` or
     │   ├── VersionConflict               compare-and-set saw another version
     │   ├── SaleExpired                   checkout with expired sale prices
     │   ├── TooManyRetries                optimistic retries exhausted
-    │   └── ShardExists                   add_shard with a name already used
+    │   ├── ShardExists                   add_shard with a name already used
+    │   └── PreconditionFailed            the cart is not at the version the caller expected
     ├── ShardUnavailable (ConnectionError) a shard's server cannot be reached
     ├── EmptyRing (LookupError)           a ring with no nodes was asked for one
     ├── StoreBusy                         another process holds the store's lock
     ├── StoreClosed                       the store/shard was closed
-    └── ForkedError                       a handle opened before fork() used after it
+    ├── ForkedError                       a handle opened before fork() used after it
+    └── CorruptData (ValueError)          a stored record cannot be decoded
 
 A missing key is *not* an exception: ``get`` returns ``None``.
 """
@@ -33,6 +35,7 @@ from collections.abc import Sequence
 __all__ = [
     "CartEmpty",
     "Conflict",
+    "CorruptData",
     "DHTCartError",
     "EmptyRing",
     "ForkedError",
@@ -41,6 +44,7 @@ __all__ = [
     "InvalidValue",
     "ItemNotFound",
     "NotFound",
+    "PreconditionFailed",
     "SaleExpired",
     "ShardExists",
     "ShardNotFound",
@@ -170,3 +174,20 @@ class StoreClosed(DHTCartError):
 
 class ForkedError(DHTCartError):
     """A handle opened before ``fork()`` was used in the child: open it again there."""
+
+
+class PreconditionFailed(Conflict):
+    """The cart is not at the version the caller named (an HTTP ``If-Match``); nothing changed.
+
+    ``actual`` is the cart's current version (0: no cart was ever stored).
+    """
+
+    def __init__(self, customer_id: str, expected: object, actual: int) -> None:
+        super().__init__(f"cart of {customer_id!r} is at version {actual}, not {expected}; re-read it and decide again")
+        self.customer_id = customer_id
+        self.expected = expected
+        self.actual = actual
+
+
+class CorruptData(DHTCartError, ValueError):
+    """A stored record cannot be decoded (an unknown format tag, damaged bytes)."""
