@@ -8,46 +8,72 @@ Build the app with :func:`create_app` (nothing is opened at import time)::
     app = create_app(CartService.open("./dhtcart-data"))   # your service, you close it
     app = create_app(data_dir="./dhtcart-data")            # opened and closed by the app's lifespan
     app = create_app()                                     # an in-memory cart service (tests, demos)
+    app = create_app(compat="seed")                        # the seed code's response shapes
 
 or let ``dhtcart serve`` run it under uvicorn (``dhtcart.http:app_from_env`` is
-the factory the workers import; it reads ``DHTCART_DATA``, ``DHTCART_SHARDS``,
-``DHTCART_MAX_BODY_BYTES`` and ``DHTCART_THREAD_POOL``).
+the factory the workers import; it reads the ``DHTCART_*`` variables through
+:class:`~dhtcart.settings.Settings`).
 
-This layer only parses, calls and renders: every cart rule (id, count, price
-and date validation, sale expiry, summing re-added items) lives in
-``CartService``. Store calls are blocking: on fast local shards (memory, LMDB
-without per-commit fsync) they take tens of microseconds and run on the event
-loop, cheaper than a hop to a thread; on anything slower (Redis, fsync per
-commit) they run in the server's thread pool. See :func:`create_app`.
+How the module is laid out:
 
-Money is rendered as JSON numbers whose text is the exact decimal, always with
-two decimal places (``"total": 30.00``); parse it with ``parse_float=Decimal``
-(Python) or a decimal library to keep it exact. On input, prices are JSON
-numbers too and are read as decimals, never through binary floating point.
+* **handlers** (``list_items``, ``add_item``, ...) are plain module-level
+  ``async`` functions. Their signatures are what the OpenAPI document says;
+  :class:`_Operation` binds a request to them (path parameters, ``If-Match``,
+  a JSON body validated by its pydantic model) without FastAPI's dependency
+  machinery, which cost more than the cart operation itself.
+* **state** lives in ``app.state.dhtcart`` (:class:`AppState`): the settings,
+  the service, the response profile, the metrics.
+* **profiles** (:class:`Profile`): ``default`` answers dhtcart's documented
+  shapes, ``seed`` the seed code's (:mod:`dhtcart.render` renders both).
+* **the edge** (:class:`_Edge`): body limit, ``HEAD``, the access log and the
+  request metrics, for every route.
+
+This layer only parses, calls and renders: every cart rule lives in
+``CartService``. Store calls are blocking: on shards that declare
+:attr:`~dhtcart.backends.base.Backend.fast_local` (memory, LMDB without
+per-commit fsync) they take tens of microseconds and run on the event loop,
+cheaper than a hop to a thread; on anything slower (Redis, fsync per commit,
+third-party backends) they run in the server's thread pool. The choice is
+made per request, so a store whose shards change while the server runs is
+served the right way.
+
+Versions: ``GET /items/{c}`` carries the cart's version as a strong ``ETag``;
+``PUT``, ``POST`` and ``DELETE`` accept ``If-Match`` (412 when the cart is at
+another version; the write is one compare-and-set at that version) and
+return the new ``ETag``.
 
 Every error, including the framework's own (unknown route, wrong method,
 malformed JSON, validation), has one shape::
 
     {"error": {"code": "item_not_found", "message": "...", "details": {...}}}
 
-See ``docs/http.md`` for the endpoints, the status table and the limits.
+See ``docs/http.md`` for the endpoints, both profiles' shapes, the headers,
+the metrics and the limits.
 """
 
-import functools
+import asyncio
+import inspect
 import json
 import logging
 import os
+import re
 import time
-from collections.abc import Callable, Coroutine, Mapping
+import typing
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Annotated, Any, Literal
+from pathlib import Path as FilePath
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
 try:
-    from fastapi import FastAPI, Path, Request, Response
+    import fastapi_offline
+    from fastapi import FastAPI, Header, Path, Request, Response, params
     from fastapi.exceptions import RequestValidationError
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.responses import FileResponse, HTMLResponse
     from fastapi.routing import APIRoute
     from pydantic import (
         BaseModel,
@@ -59,6 +85,7 @@ try:
         StrictStr,
         WithJsonSchema,
     )
+    from pydantic import ValidationError as PydanticValidationError
     from pydantic_core import PydanticCustomError
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -69,15 +96,27 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f'dhtcart.http needs the server extra ({exc.name} is missing): pip install "dhtcart[server]"'
     ) from exc
 
-from dhtcart import __version__
-from dhtcart.cart import MAX_COUNT, MAX_ID_LENGTH, MAX_PRICE, CartItem, CartService, Receipt, check_datetime
+from dhtcart import __version__, render
+from dhtcart.cart import (
+    MAX_COUNT,
+    MAX_ID_LENGTH,
+    MAX_PRICE,
+    CartItem,
+    CartService,
+    ExpectedVersion,
+    Receipt,
+    Versioned,
+    VersionedCarts,
+)
 from dhtcart.errors import (
     CartEmpty,
     Conflict,
+    CorruptData,
     DHTCartError,
     InvalidInput,
     ItemNotFound,
     NotFound,
+    PreconditionFailed,
     SaleExpired,
     ShardUnavailable,
     StoreBusy,
@@ -86,14 +125,21 @@ from dhtcart.errors import (
     ValidationError,
     VersionConflict,
 )
+from dhtcart.metrics import Metrics
+from dhtcart.render import dumps
+from dhtcart.settings import Settings
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
+    "PROFILES",
     "AddItemRequest",
+    "AppState",
     "CartItemResponse",
     "CartResponse",
     "ErrorResponse",
+    "Profile",
     "ReceiptResponse",
+    "SeedLineResponse",
     "UpdateCountRequest",
     "app_from_env",
     "create_app",
@@ -101,49 +147,21 @@ __all__ = [
     "runs_inline",
 ]
 
-DEFAULT_MAX_BODY_BYTES = 64 * 1024  #: the default request body limit
-DEFAULT_DATA_DIR = "./dhtcart-data"
+DEFAULT_MAX_BODY_BYTES = Settings().max_body_bytes  #: the default request body limit
+READY_TIMEOUT = 2.0  #: seconds /readyz waits for a shard to answer
+FAST_LOCAL_REFRESH = 1.0  #: seconds between two looks at whether the shards are fast and local
 
 access_logger = logging.getLogger("dhtcart.access")
 logger = logging.getLogger("dhtcart.http")
 
-
-# -- JSON rendering: exact decimals as JSON numbers ------------------------------
-
-_encode_str = json.encoder.encode_basestring_ascii
+T = TypeVar("T")
 
 
-def dumps(value: object) -> str:
-    """JSON text for ``value``; a :class:`~decimal.Decimal` becomes a number with its exact digits.
-
-    >>> dumps({"total": Decimal("30.00"), "ids": ["036000291459"], "ok": True, "n": None})
-    '{"total":30.00,"ids":["036000291459"],"ok":true,"n":null}'
-    """
-    if isinstance(value, str):
-        return _encode_str(value)
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError(f"cannot render {value!r} as a JSON number")
-        return format(value, "f")  # positional notation: never an exponent
-    if isinstance(value, int):
-        return int.__repr__(value)
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{_encode_str(str(k))}:{dumps(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(dumps(v) for v in value) + "]"
-    if isinstance(value, float):
-        return json.dumps(value, allow_nan=False)
-    raise TypeError(f"cannot render {type(value).__name__} as JSON")
+# -- responses ------------------------------------------------------------------------------
 
 
 def _json(status: int, content: object, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(dumps(content), status_code=status, headers=headers, media_type="application/json")
+    return Response(render.dumps_bytes(content), status_code=status, headers=headers, media_type="application/json")
 
 
 def _error(
@@ -154,6 +172,32 @@ def _error(
     headers: Mapping[str, str] | None = None,
 ) -> Response:
     return _json(status, {"error": {"code": code, "message": message, "details": details}}, headers)
+
+
+def _etag(version: int) -> dict[str, str]:
+    return {"ETag": f'"{version}"'}
+
+
+_ENTITY_TAG = re.compile(r'"([0-9]{1,19})"')
+
+
+def expected_version(if_match: str | None) -> ExpectedVersion:
+    """The versions an ``If-Match`` header allows: ``None`` (no header, or ``*``), one, or several.
+
+    Tags are compared strongly (RFC 9110): a weak tag (``W/"3"``) or one that
+    is not a dhtcart version never matches, so the write gets 412.
+
+    >>> expected_version('"3"'), expected_version('*'), sorted(expected_version('"3", "5"'))
+    (3, None, [3, 5])
+    >>> expected_version('W/"3"')
+    frozenset()
+    """
+    if if_match is None or if_match.strip() == "*":
+        return None
+    versions = {int(m.group(1)) for tag in if_match.split(",") if (m := _ENTITY_TAG.fullmatch(tag.strip()))}
+    if len(versions) == 1:
+        return versions.pop()
+    return frozenset(versions)
 
 
 # -- models: what the OpenAPI document says ----------------------------------------
@@ -255,7 +299,7 @@ class UpdateCountRequest(_Strict):
 
 
 class CartItemResponse(_Model):
-    """One line of a cart."""
+    """One line of a cart (:func:`dhtcart.render.line`)."""
 
     itemId: str
     offeredPrice: MoneyOut
@@ -280,12 +324,29 @@ class ReceiptLineResponse(_Model):
 
 
 class ReceiptResponse(_Model):
-    """What checkout returns; the cart is empty afterwards."""
+    """What checkout returns; the cart is empty afterwards (:func:`dhtcart.render.receipt`)."""
 
     customerId: str
     lines: list[ReceiptLineResponse]
     total: MoneyOut
     checkedOutAt: datetime
+
+
+class SeedLineResponse(_Model):
+    """One line in the seed code's shape (``--compat seed``; :func:`dhtcart.render.seed_line`)."""
+
+    itemId: str
+    unitCount: int
+    offeredPrice: MoneyOut
+    specialSale: bool
+    saleExpiration: datetime | None
+    timestamp: float | None = Field(description="When the item was last added, epoch seconds (milliseconds).")
+
+
+class EmptyResponse(BaseModel):
+    """``{}``: what the seed code answered for a delete or a checkout (``--compat seed``)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class ErrorBody(_Model):
@@ -304,18 +365,28 @@ class HealthResponse(_Model):
     status: Literal["ok"]
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    text = {
-        400: "Malformed JSON or bad request",
-        404: "No such item, empty cart, or unknown route",
-        409: "Sale price expired (details name the items), or too much contention",
-        413: "Request body too large",
-        415: "Body is not application/json",
-        422: "Invalid input: ids, counts, prices, dates, unknown or mistyped fields",
-        503: "Store unavailable (shard down, busy, shutting down)",
-    }
-    return {s: {"model": ErrorResponse, "description": text[s]} for s in statuses}
+class ReadyResponse(_Model):
+    status: Literal["ready"]
+    shards: dict[str, Literal["ok"]] = Field(description="Every shard, and that it answered.")
 
+
+_ERROR_TEXT = {
+    400: "Malformed JSON or bad request",
+    404: "No such item, empty cart, or unknown route",
+    409: "Sale price expired (details name the items), or too much contention",
+    412: "If-Match names another version of the cart than the current one; nothing changed",
+    413: "Request body too large",
+    415: "Body is not application/json",
+    422: "Invalid input: ids, counts, prices, dates, unknown or mistyped fields",
+    503: "Store unavailable (shard down, busy, shutting down), or a shard not ready",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"model": ErrorResponse, "description": _ERROR_TEXT[s]} for s in statuses}
+
+
+_ETAG_HEADER = {"ETag": {"description": "The cart's version after the request (strong).", "schema": {"type": "string"}}}
 
 CustomerId = Annotated[
     str,
@@ -333,42 +404,531 @@ ItemId = Annotated[
         examples=["036000291459"],
     ),
 ]
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        description='Change the cart only at this version: an ETag from a GET, e.g. "7". 412 otherwise.',
+    ),
+]
 
 
-# -- rendering domain objects -----------------------------------------------------------
+# -- profiles: what each operation answers ---------------------------------------------------
 
 
-def _item(it: CartItem) -> dict[str, Any]:
-    return {
-        "itemId": it.item_id,
-        "offeredPrice": it.offered_price,
-        "itemCount": it.item_count,
-        "specialSale": it.special_sale,
-        "saleExpiration": None if it.sale_expiration is None else it.sale_expiration.isoformat(),
-        "expired": it.expired,
-    }
+@dataclass(frozen=True)
+class Profile:
+    """What the cart operations answer: the shapes and the statuses of one API dialect.
+
+    ``removed`` is the body of a delete (or an update to 0), ``None`` for
+    ``204 No Content``; ``empty_checkout`` and ``empty_checkout_legacy`` are
+    the bodies for checking out an empty cart (``DELETE /items/{c}``, ``POST
+    /checkout/{c}``), ``None`` for ``404 cart_empty``. ``models`` are the
+    response models the OpenAPI document names.
+    """
+
+    name: str
+    cart: Callable[[str, list[CartItem]], object]
+    line: Callable[[CartItem], object]
+    receipt: Callable[[Receipt], object]
+    receipt_legacy: Callable[[Receipt], object]
+    removed: object | None
+    empty_checkout: object | None
+    empty_checkout_legacy: object | None
+    models: Mapping[str, Any]
 
 
-def _receipt(r: Receipt) -> dict[str, Any]:
-    return {
-        "customerId": r.customer_id,
-        "lines": [
-            {
-                "itemId": ln.item_id,
-                "unitPrice": ln.unit_price,
-                "itemCount": ln.item_count,
-                "lineTotal": ln.line_total,
-            }
-            for ln in r.lines
-        ],
-        "total": r.total,
-        "checkedOutAt": r.checked_out_at.isoformat(),
-    }
+def _seed_cart(customer_id: str, items: list[CartItem]) -> object:
+    return render.seed_cart(items)
+
+
+def _nothing(receipt: Receipt) -> object:
+    return {}
+
+
+#: the response profiles, by the name ``--compat`` takes
+PROFILES: Mapping[str, Profile] = {
+    "default": Profile(
+        "default",
+        render.cart,
+        render.line,
+        render.receipt,
+        render.receipt,
+        removed=None,
+        empty_checkout=None,
+        empty_checkout_legacy=None,
+        models={
+            "cart": CartResponse,
+            "line": CartItemResponse,
+            "receipt": ReceiptResponse,
+            "receipt_legacy": ReceiptResponse,
+            "removed": None,
+        },
+    ),
+    "seed": Profile(
+        "seed",
+        _seed_cart,
+        render.seed_line,
+        _nothing,
+        render.seed_receipt,
+        removed={},
+        empty_checkout={},
+        empty_checkout_legacy=[],
+        models={
+            "cart": list[SeedLineResponse],
+            "line": SeedLineResponse,
+            "receipt": EmptyResponse,
+            "receipt_legacy": list[SeedLineResponse],
+            "removed": EmptyResponse,
+        },
+    ),
+}
+
+
+# -- state --------------------------------------------------------------------------------
+
+
+@dataclass
+class AppState:
+    """What the handlers share, kept in ``app.state.dhtcart``.
+
+    ``service`` is ``None`` before the lifespan starts and after it ends (the
+    handlers answer 503 then). ``inline`` forces where service calls run
+    (``None``: decided per request by :func:`runs_inline`).
+    """
+
+    settings: Settings
+    profile: Profile
+    service: CartService | None = None
+    data_dir: str | None = None
+    inline: bool | None = None
+    metrics: Metrics | None = None
+    openapi: bytes | None = field(default=None, repr=False)
+    _fast_local: bool = field(default=False, repr=False)
+    _fast_local_until: float = field(default=0.0, repr=False)
+
+    def runs_inline(self, service: CartService) -> bool:
+        """Where service calls run now: forced by ``inline``, else :func:`runs_inline`, asked once a second."""
+        if self.inline is not None:
+            return self.inline
+        now = time.monotonic()
+        if now >= self._fast_local_until:  # the shards may change while the server runs
+            self._fast_local = runs_inline(service)
+            self._fast_local_until = now + FAST_LOCAL_REFRESH
+        return self._fast_local
+
+
+def _state(request: Request) -> AppState:
+    state: AppState = request.scope["app"].state.dhtcart
+    return state
+
+
+def runs_inline(service: CartService) -> bool:
+    """Whether every shard answers from this machine's memory or disk cache, without a flush.
+
+    Such calls take tens of microseconds: less than handing them to a thread
+    and back, so the app makes them on the event loop. Anything else (Redis,
+    LMDB in ``"power"`` durability, third-party backends unless they declare
+    :attr:`~dhtcart.backends.base.Backend.fast_local`) goes to the thread pool.
+    """
+    return service.store.fast_local
+
+
+_STORE_ERRORS = (ShardUnavailable, StoreBusy, StoreClosed, TooManyRetries, CorruptData)
+
+
+async def _cart(request: Request, operation: str, customer_id: str, call: Callable[[VersionedCarts], T]) -> T:
+    """Run one cart operation where it belongs (event loop or thread pool), counting it by shard."""
+    state = _state(request)
+    service = state.service
+    if service is None:
+        raise StoreClosed("the cart service is not running")
+    metrics = state.metrics
+    try:
+        if state.runs_inline(service):
+            result = call(service.versioned)
+        else:
+            result = await run_in_threadpool(call, service.versioned)
+    except ValidationError:
+        raise  # refused before the store was asked
+    except _STORE_ERRORS as exc:
+        if metrics is not None:
+            shard = exc.shard if isinstance(exc, ShardUnavailable) else _shard(service, customer_id)
+            metrics.store_operation(shard, operation)
+            metrics.store_error(shard, type(exc).__name__)
+        raise
+    except DHTCartError:
+        if metrics is not None:
+            metrics.store_operation(_shard(service, customer_id), operation)
+        raise
+    if metrics is not None:
+        metrics.store_operation(_shard(service, customer_id), operation)
+    return result
+
+
+def _shard(service: CartService, customer_id: str) -> str:
+    try:
+        return service.shard_of(customer_id)
+    except DHTCartError:
+        return "unknown"
+
+
+# -- handlers: the cart ------------------------------------------------------------------------
+
+
+async def list_items(request: Request, customer_id: CustomerId) -> Response:
+    """``GET /items/{customerId}``: the cart, with its version as the ``ETag``."""
+    items, version = await _cart(request, "list", customer_id, lambda carts: carts.list_items(customer_id))
+    return _json(200, _state(request).profile.cart(customer_id, items), _etag(version))
+
+
+async def add_item(
+    request: Request, customer_id: CustomerId, item_id: ItemId, body: AddItemRequest, if_match: IfMatch = None
+) -> Response:
+    """``POST /item/{customerId}/{itemId}``: add units; the line after the add."""
+    count = body.count()
+    expected = expected_version(if_match)
+
+    def add(carts: VersionedCarts) -> Versioned[CartItem]:
+        return carts.add_item(
+            customer_id,
+            item_id,
+            body.offeredPrice,
+            count,
+            body.specialSale,
+            body.saleExpiration,
+            expected_version=expected,
+        )
+
+    item, version = await _cart(request, "add", customer_id, add)
+    return _json(200, _state(request).profile.line(item), _etag(version))
+
+
+async def update_count(
+    request: Request, customer_id: CustomerId, item_id: ItemId, body: UpdateCountRequest, if_match: IfMatch = None
+) -> Response:
+    """``PUT /item/{customerId}/{itemId}``: set the count; 0 removes the line."""
+    expected = expected_version(if_match)
+    item, version = await _cart(
+        request,
+        "update",
+        customer_id,
+        lambda carts: carts.update_count(customer_id, item_id, body.newCount, expected_version=expected),
+    )
+    profile = _state(request).profile
+    if item is None:
+        return _removed(profile, version)
+    return _json(200, profile.line(item), _etag(version))
+
+
+async def delete_item(request: Request, customer_id: CustomerId, item_id: ItemId, if_match: IfMatch = None) -> Response:
+    """``DELETE /item/{customerId}/{itemId}``: delete the line."""
+    expected = expected_version(if_match)
+    _, version = await _cart(
+        request, "delete", customer_id, lambda carts: carts.delete_item(customer_id, item_id, expected_version=expected)
+    )
+    return _removed(_state(request).profile, version)
+
+
+def _removed(profile: Profile, version: int) -> Response:
+    if profile.removed is None:
+        return Response(status_code=204, headers=_etag(version))
+    return _json(200, profile.removed, _etag(version))
+
+
+async def checkout(request: Request, customer_id: CustomerId, if_match: IfMatch = None) -> Response:
+    """``DELETE /items/{customerId}``: empty the cart atomically; the receipt."""
+    return await _checkout(request, customer_id, if_match, legacy=False)
+
+
+async def checkout_legacy(request: Request, customer_id: CustomerId, if_match: IfMatch = None) -> Response:
+    """``POST /checkout/{customerId}``: checkout, the seed code's spelling."""
+    return await _checkout(request, customer_id, if_match, legacy=True)
+
+
+async def _checkout(request: Request, customer_id: str, if_match: str | None, *, legacy: bool) -> Response:
+    profile = _state(request).profile
+    expected = expected_version(if_match)
+    empty = profile.empty_checkout_legacy if legacy else profile.empty_checkout
+    try:
+        receipt, version = await _cart(
+            request, "checkout", customer_id, lambda carts: carts.checkout(customer_id, expected_version=expected)
+        )
+    except CartEmpty:
+        if empty is None:
+            raise
+        _, version = await _cart(request, "list", customer_id, lambda carts: carts.list_items(customer_id))
+        return _json(200, empty, _etag(version))
+    return _json(200, (profile.receipt_legacy if legacy else profile.receipt)(receipt), _etag(version))
+
+
+# -- handlers: operations --------------------------------------------------------------------
+
+
+class _OK(Response):
+    """The health answer, rendered once."""
+
+    media_type = "application/json"
+
+    def __init__(self) -> None:
+        super().__init__(b'{"status":"ok"}')
+
+
+async def healthz(request: Request) -> Response:
+    """``GET /healthz``: liveness; touches no store."""
+    if _state(request).service is None:
+        return _error(503, "unavailable", "the cart service is not running", None, {"Retry-After": "1"})
+    return _OK()
+
+
+async def readyz(request: Request) -> Response:
+    """``GET /readyz``: whether every shard answers (each asked at once, :data:`READY_TIMEOUT` s at most)."""
+    service = _state(request).service
+    if service is None:
+        return _error(503, "unavailable", "the cart service is not running", None, {"Retry-After": "1"})
+    shards = service.store.servers
+
+    async def probe(name: str, count: Callable[[], int]) -> str:
+        try:
+            await asyncio.wait_for(run_in_threadpool(count), READY_TIMEOUT)
+        except asyncio.TimeoutError:
+            logger.warning("readyz: shard %r did not answer within %s s", name, READY_TIMEOUT)
+            return "timeout"
+        except Exception as exc:  # a probe: whatever the shard raised, it is not ready
+            logger.warning("readyz: shard %r: %s", name, exc)
+            return "unavailable"
+        return "ok"
+
+    states = await asyncio.gather(*(probe(name, server.count) for name, server in shards.items()))
+    report = dict(zip(shards, states))
+    if all(s == "ok" for s in states):
+        return _json(200, {"status": "ready", "shards": report})
+    down = sorted(name for name, s in report.items() if s != "ok")
+    return _error(
+        503, "not_ready", f"shards not answering: {', '.join(down)}", {"shards": report}, {"Retry-After": "1"}
+    )
+
+
+async def metrics(request: Request) -> Response:
+    """``GET /metrics``: the Prometheus text format, every worker's values summed."""
+    state = _state(request)
+    if state.metrics is None:
+        return _error(404, "not_found", "metrics are switched off (dhtcart serve --no-metrics)")
+    body, content_type = await run_in_threadpool(state.metrics.render)
+    return Response(body, media_type=content_type)
+
+
+# -- handlers: the document and its viewers, served from the package (no CDN) -------------------
+
+_ASSETS_DIR = FilePath(next(iter(fastapi_offline.__path__))) / "static"
+_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "redoc.standalone.js": "text/javascript",
+    "favicon.png": "image/png",
+}
+AssetName = Annotated[str, Path(alias="name", description="A Swagger UI or ReDoc asset.")]
+
+
+async def openapi(request: Request) -> Response:
+    """``GET /openapi.json``: the OpenAPI document (built once)."""
+    state = _state(request)
+    if state.openapi is None:
+        state.openapi = json.dumps(request.scope["app"].openapi(), ensure_ascii=False).encode()
+    return Response(state.openapi, media_type="application/json")
+
+
+async def swagger_ui(request: Request) -> Response:
+    """``GET /docs``: Swagger UI, its scripts and styles from this package."""
+    root = request.scope.get("root_path", "")
+    page: HTMLResponse = get_swagger_ui_html(
+        openapi_url=f"{root}/openapi.json",
+        title="dhtcart - Swagger UI",
+        swagger_js_url=f"{root}/docs/static/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}/docs/static/swagger-ui.css",
+        swagger_favicon_url=f"{root}/docs/static/favicon.png",
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the internet
+    )
+    return page
+
+
+async def redoc(request: Request) -> Response:
+    """``GET /redoc``: ReDoc, from this package."""
+    root = request.scope.get("root_path", "")
+    page: HTMLResponse = get_redoc_html(
+        openapi_url=f"{root}/openapi.json",
+        title="dhtcart - ReDoc",
+        redoc_js_url=f"{root}/docs/static/redoc.standalone.js",
+        redoc_favicon_url=f"{root}/docs/static/favicon.png",
+        with_google_fonts=False,
+    )
+    return page
+
+
+async def docs_asset(request: Request, name: AssetName) -> Response:
+    """``GET /docs/static/{name}``: one of the viewers' files."""
+    media_type = _ASSETS.get(name)
+    if media_type is None:
+        return _error(404, "not_found", f"no asset {name!r}")
+    return FileResponse(_ASSETS_DIR / name, media_type=media_type, headers={"Cache-Control": "public, max-age=86400"})
+
+
+# -- binding a request to a handler ------------------------------------------------------------
+
+
+class _Param(NamedTuple):
+    name: str
+    kind: Literal["request", "path", "header", "body"]
+    key: str
+    model: type[BaseModel] | None
+
+
+def _params_of(endpoint: Callable[..., Any]) -> list[_Param]:
+    """How to fill each parameter of ``endpoint``, read once from its signature."""
+    hints = typing.get_type_hints(endpoint, include_extras=True)
+    out: list[_Param] = []
+    for name in inspect.signature(endpoint).parameters:
+        hint = hints[name]
+        if hint is Request:
+            out.append(_Param(name, "request", "", None))
+            continue
+        metadata = getattr(hint, "__metadata__", ())
+        for meta in metadata:
+            if isinstance(meta, params.Path):
+                out.append(_Param(name, "path", meta.alias or name, None))
+                break
+            if isinstance(meta, params.Header):
+                out.append(_Param(name, "header", (meta.alias or name).lower(), None))
+                break
+        else:
+            base = typing.get_args(hint)[0] if metadata else hint
+            if not (isinstance(base, type) and issubclass(base, BaseModel)):
+                raise InvalidInput(name, f"{endpoint.__name__}: no way to bind a parameter of type {hint!r}")
+            out.append(_Param(name, "body", "", base))
+    return out
+
+
+class _Refused(Exception):
+    """A request refused while binding it: the response says why."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def _is_json(content_type: str) -> bool:
+    main = content_type.partition(";")[0].strip().lower()
+    return main == "application/json" or (main.startswith("application/") and main.endswith("+json"))
+
+
+_DECODER = json.JSONDecoder(parse_float=Decimal)  # one decoder: json.loads(..., parse_float=) makes one per call
+
+
+async def _read_body(receive: Receive) -> bytes:
+    """The whole request body, straight from the ASGI messages."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Refused(_error(408, "request_timeout", "the client went away before sending its body"))
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            if not chunks:
+                return body
+            chunks.append(body)
+            return b"".join(chunks)
+        chunks.append(body)
+
+
+def _parse_body(raw: bytes, content_type: str, model: type[BaseModel]) -> BaseModel:
+    """The JSON body, numbers with a fraction read as Decimals, validated by ``model``."""
+    if not raw:
+        raise _Refused(_invalid([_field_error("body", "body", "missing", "a JSON object body is required")]))
+    if not _is_json(content_type):
+        raise _Refused(
+            _error(
+                415,
+                "unsupported_media_type",
+                f"the body must be JSON, sent with Content-Type: application/json (got {content_type!r})",
+                {"contentType": content_type or None},
+            )
+        )
+    try:
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            text = ""
+        # not UTF-8, or with a byte-order mark: let json find the encoding (or refuse it)
+        document = _DECODER.decode(text) if text and text[0] != "\ufeff" else json.loads(raw, parse_float=Decimal)
+    except json.JSONDecodeError as exc:
+        raise _Refused(_malformed(exc.msg, exc.pos)) from None
+    except RecursionError:
+        raise _Refused(_malformed("nested too deeply", 0)) from None
+    except ValueError as exc:  # not UTF-8, an integer of more than 4300 digits
+        raise _Refused(_malformed(str(exc), 0)) from None
+    try:
+        return model.model_validate(document)
+    except PydanticValidationError as exc:
+        raise _Refused(_pydantic_invalid(exc.errors(), "body")) from None
+
+
+class _Operation(APIRoute):
+    """An API route that FastAPI documents from the handler's signature, and that binds requests itself.
+
+    FastAPI's request handler (dependency solving, per-request exit stacks,
+    response-model serialisation) cost more than a cart operation; this one
+    reads path parameters and headers from the scope and validates the body
+    with the handler's model, producing the same errors in dhtcart's shape.
+    It also names the route in the scope (``dhtcart.route``), for the metrics.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Awaitable[Response]], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        self._handler = endpoint
+        self._params = _params_of(endpoint)
+        # the headers to look for: the handler's, and Content-Type when it takes a body
+        self._headers = {p.key: p.name for p in self._params if p.kind == "header"}
+        if any(p.kind == "body" for p in self._params):
+            self._headers["content-type"] = ""
+        self.app = self._serve
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["dhtcart.route"] = self.path  # for the metrics (405s are named in on_http_error)
+        try:
+            kwargs: dict[str, Any] = {}
+            wanted = self._headers
+            found: dict[str, str] = {}
+            if wanted:
+                for name, value in scope["headers"]:
+                    key = name.decode("latin-1")
+                    if key in wanted and key not in found:
+                        found[key] = value.decode("latin-1")
+            for p in self._params:
+                if p.kind == "path":
+                    kwargs[p.name] = scope["path_params"][p.key]
+                elif p.kind == "header":
+                    kwargs[p.name] = found.get(p.key)
+                elif p.kind == "request":
+                    kwargs[p.name] = Request(scope, receive, send)
+                else:
+                    assert p.model is not None
+                    raw = await _read_body(receive)
+                    kwargs[p.name] = _parse_body(raw, found.get("content-type", ""), p.model)
+            response = await self._handler(**kwargs)
+        except _Refused as refused:
+            response = refused.response
+        except DHTCartError as exc:
+            response = _domain_error(exc)
+        await response(scope, receive, send)
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+_RETRY = {"Retry-After": "1"}
 
 
 def _domain_error(exc: DHTCartError) -> Response:
     """The status and body for a library error (most specific class first)."""
-    retry = {"Retry-After": "1"}
     if isinstance(exc, InvalidInput):
         where = "path" if exc.field in ("customerId", "itemId") else "body"
         return _invalid([_field_error(exc.field, where, "invalid_input", exc.message)])
@@ -380,28 +940,28 @@ def _domain_error(exc: DHTCartError) -> Response:
         return _error(404, "cart_empty", str(exc), {"customerId": exc.customer_id})
     if isinstance(exc, NotFound):
         return _error(404, "not_found", str(exc))
+    if isinstance(exc, PreconditionFailed):
+        current = f'"{exc.actual}"'
+        return _error(
+            412, "precondition_failed", str(exc), {"customerId": exc.customer_id, "etag": current}, {"ETag": current}
+        )
     if isinstance(exc, SaleExpired):
         return _error(409, "sale_expired", str(exc), {"customerId": exc.customer_id, "itemIds": exc.item_ids})
     if isinstance(exc, TooManyRetries):
-        return _error(409, "too_many_retries", str(exc), None, retry)
+        return _error(409, "too_many_retries", str(exc), None, _RETRY)
     if isinstance(exc, VersionConflict):
-        return _error(409, "version_conflict", str(exc), None, retry)
+        return _error(409, "version_conflict", str(exc), None, _RETRY)
     if isinstance(exc, Conflict):
         return _error(409, "conflict", str(exc))
     if isinstance(exc, ShardUnavailable):
         # the shard's address is logged, not shown to clients
         logger.warning("%s", exc)
-        return _error(
-            503,
-            "shard_unavailable",
-            f"shard {exc.shard!r} is unavailable; try again later",
-            {"shard": exc.shard},
-            retry,
-        )
+        message = f"shard {exc.shard!r} is unavailable; try again later"
+        return _error(503, "shard_unavailable", message, {"shard": exc.shard}, _RETRY)
     if isinstance(exc, StoreBusy):
-        return _error(503, "store_busy", str(exc), None, retry)
+        return _error(503, "store_busy", str(exc), None, _RETRY)
     if isinstance(exc, StoreClosed):
-        return _error(503, "unavailable", "the server is shutting down; try again", None, retry)
+        return _error(503, "unavailable", "the server is shutting down; try again", None, _RETRY)
     logger.error("unexpected dhtcart error", exc_info=exc)
     return _error(500, "internal_error", "internal server error")
 
@@ -426,6 +986,10 @@ def _invalid(errors: list[dict[str, Any]]) -> Response:
     return _error(422, "invalid_input", f"{first['field']}: {first['message']}{more}", {"errors": errors})
 
 
+def _malformed(reason: str, position: int | None) -> Response:
+    return _error(400, "malformed_json", f"request body is not valid JSON: {reason}", {"position": position})
+
+
 def _field_of(loc: tuple[Any, ...]) -> str:
     names = (
         [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "path", "query", "header") else [str(p) for p in loc]
@@ -433,37 +997,90 @@ def _field_of(loc: tuple[Any, ...]) -> str:
     return ".".join(names) or "body"
 
 
-# -- request parsing: exact decimals, every JSON failure a 400 -----------------------------
+def _pydantic_invalid(errors: typing.Sequence[Mapping[str, Any]], location: str) -> Response:
+    details = []
+    for e in errors:
+        loc = (location, *e.get("loc", ()))
+        details.append(_field_error(_field_of(loc), location, str(e.get("type")), str(e.get("msg", "invalid"))))
+    return _invalid(details or [_field_error(location, location, "invalid_input", "invalid request")])
 
 
-class _JSONRequest(Request):
-    """Reads a JSON body with floats as Decimals; any undecodable body is a JSONDecodeError (400)."""
-
-    async def json(self) -> Any:
-        if not hasattr(self, "_dhtcart_json"):
-            body = await self.body()
-            try:
-                self._dhtcart_json = json.loads(body, parse_float=Decimal)
-            except json.JSONDecodeError:
-                raise
-            except RecursionError:
-                raise json.JSONDecodeError("nested too deeply", "", 0) from None
-            except ValueError as exc:  # not UTF-8, an integer of more than 4300 digits
-                raise json.JSONDecodeError(str(exc), "", 0) from None
-        return self._dhtcart_json
+async def on_domain_error(request: Request, exc: Exception) -> Response:
+    """A library error that escaped a handler."""
+    assert isinstance(exc, DHTCartError)
+    return _domain_error(exc)
 
 
-class _JSONRoute(APIRoute):
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route_handler(request: Request) -> Response:
-            return await handler(_JSONRequest(request.scope, request.receive))
-
-        return route_handler
+async def on_validation_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's own validation (no dhtcart route uses it; kept so any error keeps the shape)."""
+    assert isinstance(exc, RequestValidationError)
+    return _pydantic_invalid([{**e, "loc": tuple(e.get("loc", ()))[1:]} for e in exc.errors()], "body")
 
 
-# -- the outermost layer: body limit and the access log ----------------------------------
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    """Unknown route, wrong method, body too large: in the error shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    app = request.scope["app"]
+    status = exc.status_code
+    if status == 404:
+        empty = _empty_segment(app, request.scope)
+        if empty is not None:
+            return _invalid([_field_error(empty, "path", "invalid_input", "must not be empty")])
+        message = f"no endpoint {request.method} {request.url.path}; see /docs"
+    else:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    headers = exc.headers
+    if status == 405:
+        # Starlette names only the first route's methods; a path has one route per method here
+        routes, methods = _routes_on(app, request.scope)
+        if routes:
+            request.scope["dhtcart.route"] = routes[0]  # the metrics' label
+        allowed = ", ".join(methods)
+        headers = {**(headers or {}), "Allow": allowed}
+        message = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
+    code = _HTTP_CODES.get(status, "client_error" if status < 500 else "server_error")
+    details = {"limit": _state(request).settings.max_body_bytes} if status == 413 else None
+    return _error(status, code, message, details, headers)
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    """A bug: 500 in the error shape; the traceback goes to the log."""
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(500, "internal_error", "internal server error")
+
+
+def _empty_segment(app: FastAPI, scope: Scope) -> str | None:
+    """The path parameter left empty when a request would match a route but for it (``/item/a/``)."""
+    path: str = scope.get("path", "")
+    parts = path.split("/")
+    if len(parts) < 3 or all(parts[1:]):
+        return None
+    filled = "/".join(p if (i == 0 or p) else "\x00" for i, p in enumerate(parts))
+    probe = {**scope, "path": filled, "root_path": ""}
+    for r in app.router.routes:
+        match, child = r.matches(probe)
+        if match is Match.FULL:
+            for name, value in child.get("path_params", {}).items():
+                if value == "\x00":
+                    return str(name)
+    return None
+
+
+def _routes_on(app: FastAPI, scope: Scope) -> tuple[list[str], list[str]]:
+    """The route templates matching this path, and every method they accept (HEAD wherever GET is)."""
+    methods: set[str] = set()
+    paths: list[str] = []
+    for r in app.router.routes:
+        match, _ = r.matches(scope)
+        if match is not Match.NONE:
+            methods.update(getattr(r, "methods", None) or ())
+            paths.append(str(getattr(r, "path", "")))
+    if "GET" in methods:
+        methods.add("HEAD")
+    return paths, sorted(methods)
+
+
+# -- the edge: every request, every route ------------------------------------------------------
 
 
 class _BodyTooLarge(StarletteHTTPException):
@@ -472,16 +1089,19 @@ class _BodyTooLarge(StarletteHTTPException):
 
 
 class _Edge:
-    """Pure ASGI middleware: refuse bodies over the limit, log one line per request.
+    """Pure ASGI middleware: body limit, ``HEAD``, metrics and the access log, for every request.
 
     A ``Content-Length`` over the limit is answered 413 without reading the
     body; a chunked body is counted as it arrives and refused once it passes
-    the limit, so no more than ``limit`` bytes are ever buffered.
+    the limit, so no more than ``limit`` bytes are ever buffered. ``HEAD`` is
+    served as ``GET`` without the body (same status and headers), so it works
+    on every ``GET`` route.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, state: AppState) -> None:
         self.app = app
-        self.limit = max_body_bytes
+        self.limit = state.settings.max_body_bytes
+        self.metrics = state.metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -490,11 +1110,17 @@ class _Edge:
         start = time.perf_counter()
         status = 0
         limit = self.limit
+        method = scope["method"]
+        head = method == "HEAD"
+        if head:
+            scope = {**scope, "method": "GET"}
 
         async def send_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif head and message.get("body"):
+                message = {**message, "body": b""}
             await send(message)
 
         try:
@@ -526,6 +1152,9 @@ class _Edge:
 
             await self.app(scope, receive_limited, send_status)
         finally:
+            elapsed = time.perf_counter() - start
+            if self.metrics is not None:
+                self.metrics.request(scope.get("dhtcart.route", "unmatched"), method, status or 500, elapsed)
             if access_logger.isEnabledFor(logging.INFO):
                 client = scope.get("client")
                 raw = scope.get("raw_path")
@@ -533,39 +1162,179 @@ class _Edge:
                 access_logger.info(
                     '%s "%s %s" %d %.2fms',
                     f"{client[0]}:{client[1]}" if client else "-",
-                    scope.get("method", "-"),
+                    method,
                     path,
                     status or 500,
-                    (time.perf_counter() - start) * 1000,
+                    elapsed * 1000,
                 )
 
 
 # -- the app -------------------------------------------------------------------------------
 
 
-class _Runtime:
-    service: CartService | None = None
-    inline = False  #: call the service on the event loop instead of in the thread pool
+def _add_routes(app: FastAPI, profile: Profile) -> None:
+    """Every route, in matching order: the cart (the seed's README paths, then the seed code's spellings),
+    then the operations, then the document and its viewers."""
+    models = profile.models
+    removed: dict[int | str, dict[str, Any]] = (
+        {204: {"description": "Done (no body)", "headers": _ETAG_HEADER}}
+        if models["removed"] is None
+        else {200: {"description": "Done", "headers": _ETAG_HEADER, "model": models["removed"]}}
+    )
+    ok: dict[int | str, dict[str, Any]] = {200: {"description": "Success", "headers": _ETAG_HEADER}}
+
+    def op(path: str, method: str, endpoint: Callable[..., Awaitable[Response]], **kwargs: Any) -> None:
+        app.router.add_api_route(path, endpoint, methods=[method], route_class_override=_Operation, **kwargs)
+
+    for legacy, prefix in ((False, "/item"), (True, "/items")):
+        suffix, tags = ("Legacy", ["seed spellings"]) if legacy else ("", ["cart"])
+        path = f"{prefix}/{{customerId}}/{{itemId}}"
+        op(
+            path,
+            "POST",
+            add_item,
+            operation_id=f"addItem{suffix}",
+            summary="Add an item (re-adding sums the counts)",
+            response_model=models["line"],
+            responses={**ok, **_errors(400, 404, 409, 412, 413, 415, 422, 503)},
+            deprecated=legacy,
+            tags=_tags(*tags),
+        )
+        update_responses: dict[int | str, dict[str, Any]] = {**ok, **_errors(400, 404, 409, 412, 413, 415, 422, 503)}
+        if models["removed"] is None:
+            update_responses[204] = {"description": "newCount was 0: the line was removed", "headers": _ETAG_HEADER}
+        op(
+            path,
+            "PUT",
+            update_count,
+            operation_id=f"updateCount{suffix}",
+            summary="Set an item's count (0 removes it)",
+            response_model=models["line"],
+            responses=update_responses,
+            deprecated=legacy,
+            tags=_tags(*tags),
+        )
+        op(
+            path,
+            "DELETE",
+            delete_item,
+            operation_id=f"deleteItem{suffix}",
+            summary="Delete an item from the cart",
+            status_code=204 if models["removed"] is None else 200,
+            response_class=Response,
+            responses={**removed, **_errors(404, 409, 412, 413, 422, 503)},
+            deprecated=legacy,
+            tags=_tags(*tags),
+        )
+    op(
+        "/items/{customerId}",
+        "GET",
+        list_items,
+        operation_id="listItems",
+        summary="List the cart's items (ETag: the cart's version; HEAD too)",
+        response_model=models["cart"],
+        responses={**ok, **_errors(413, 422, 503)},
+        tags=_tags("cart"),
+    )
+    op(
+        "/items/{customerId}",
+        "DELETE",
+        checkout,
+        operation_id="checkout",
+        summary="Check out: empty the cart and return the receipt",
+        response_model=models["receipt"],
+        responses={**ok, **_errors(404, 409, 412, 413, 422, 503)},
+        tags=_tags("cart"),
+    )
+    op(
+        "/checkout/{customerId}",
+        "POST",
+        checkout_legacy,
+        operation_id="checkoutLegacy",
+        summary="Check out (the seed code's spelling)",
+        response_model=models["receipt_legacy"],
+        responses={**ok, **_errors(404, 409, 412, 413, 422, 503)},
+        deprecated=True,
+        tags=_tags("seed spellings"),
+    )
+    op(
+        "/healthz",
+        "GET",
+        healthz,
+        operation_id="healthz",
+        summary="Liveness: no store access",
+        response_model=HealthResponse,
+        responses=_errors(413, 503),
+        tags=_tags("ops"),
+    )
+    op(
+        "/readyz",
+        "GET",
+        readyz,
+        operation_id="readyz",
+        summary="Readiness: every shard answers",
+        response_model=ReadyResponse,
+        responses=_errors(413, 503),
+        tags=_tags("ops"),
+    )
+    for path, endpoint in (
+        ("/metrics", metrics),
+        ("/openapi.json", openapi),
+        ("/docs", swagger_ui),
+        ("/redoc", redoc),
+        ("/docs/static/{name}", docs_asset),
+    ):
+        op(path, "GET", endpoint, include_in_schema=False)
 
 
-def runs_inline(service: CartService) -> bool:
-    """Whether every shard answers from this machine's memory or disk cache, without a flush.
+def _tags(*names: str) -> list[str | Enum]:
+    return list(names)
 
-    Such calls take tens of microseconds: less than handing them to a thread
-    and back, so the app makes them on the event loop. Anything else (Redis,
-    LMDB in ``"power"`` durability, third-party backends unless they declare
-    :attr:`~dhtcart.backends.base.Backend.fast_local`) goes to the thread pool.
-    """
-    return service.store.fast_local
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Open the service (unless the caller gave one), count the worker, and close what was opened."""
+    state: AppState = app.state.dhtcart
+    opened: CartService | None = None
+    if state.service is None:
+        if state.data_dir is not None:
+            opened = await run_in_threadpool(CartService.open, state.data_dir, shards=state.settings.new_store_shards)
+        else:
+            opened = CartService()
+        state.service = opened
+    syncing: asyncio.Task[None] | None = None
+    if state.metrics is not None:
+        state.metrics.worker_started()
+        if state.metrics.has_mirrors:
+            syncing = asyncio.ensure_future(_sync_metrics(state.metrics))
+    try:
+        yield
+    finally:
+        if syncing is not None:
+            syncing.cancel()
+        if state.metrics is not None:
+            state.metrics.workers.set(0)
+        if opened is not None:
+            state.service = None  # new requests get 503 from here on
+            await run_in_threadpool(opened.close)
+
+
+async def _sync_metrics(metrics: Metrics, every: float = 5.0) -> None:
+    while True:
+        await asyncio.sleep(every)
+        await run_in_threadpool(metrics.sync)
 
 
 def create_app(
     service: CartService | None = None,
     *,
+    settings: Settings | None = None,
     data_dir: str | os.PathLike[str] | None = None,
-    shards: int = 5,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    shards: int | None = None,
+    max_body_bytes: int | None = None,
     inline: bool | None = None,
+    compat: str | None = None,
+    metrics: bool | None = None,
 ) -> FastAPI:
     """The cart API as a FastAPI app.
 
@@ -573,40 +1342,31 @@ def create_app(
     it). Otherwise the app's lifespan opens ``CartService.open(data_dir,
     shards=shards)`` at startup and closes it at shutdown, or, with no
     ``data_dir``, an in-memory ``CartService()`` (for tests and demos; nothing
-    persists). ``max_body_bytes`` limits request bodies (413 beyond it).
+    persists).
+
+    ``settings`` (:class:`~dhtcart.settings.Settings`) gives every option at
+    once, its ``data`` directory included; the keywords override it:
+    ``max_body_bytes`` limits request bodies (413 beyond it), ``compat``
+    picks the response profile (``"default"`` or ``"seed"``, see
+    :data:`PROFILES`), ``metrics=False`` turns ``/metrics`` off.
 
     ``inline``: where the (blocking) service calls run. ``None`` (default)
-    decides by :func:`runs_inline`: on the event loop when every shard is
-    in memory or in LMDB without a per-commit fsync (a call then costs tens
-    of microseconds, a third of a hop to the thread pool and back), in the
-    thread pool otherwise (Redis, ``"power"`` durability, other backends).
-    ``False`` forces the thread pool; ``True`` forces the event loop.
+    decides per request by :func:`runs_inline`: on the event loop when every
+    shard is fast and local, in the thread pool otherwise. ``False`` (or
+    ``settings.thread_pool``) forces the thread pool; ``True`` the event loop.
     """
-    if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 0:
-        raise ValueError(f"max_body_bytes must be an int >= 0, got {max_body_bytes!r}")
-    runtime = _Runtime()
-    runtime.service = service
-    if service is not None:
-        runtime.inline = runs_inline(service) if inline is None else inline
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> Any:
-        if runtime.service is not None:
-            yield
-            return
-        opened = (
-            await run_in_threadpool(CartService.open, os.fspath(data_dir), shards=shards)
-            if data_dir is not None
-            else CartService()
-        )
-        runtime.service = opened
-        runtime.inline = runs_inline(opened) if inline is None else inline
-        try:
-            yield
-        finally:
-            runtime.service = None  # new requests get 503 from here on
-            await run_in_threadpool(opened.close)
-
+    given = {"shards": shards, "max_body_bytes": max_body_bytes, "compat": compat, "metrics": metrics}
+    config = (settings or Settings()).replace(**{k: v for k, v in given.items() if v is not None})
+    if data_dir is None and settings is not None and service is None:
+        data_dir = config.data
+    state = AppState(
+        settings=config,
+        profile=PROFILES[config.compat],
+        service=service,
+        data_dir=None if data_dir is None else os.fspath(data_dir),
+        inline=False if inline is None and config.thread_pool else inline,
+        metrics=Metrics() if config.metrics else None,
+    )
     app = FastAPI(
         title="dhtcart",
         version=__version__,
@@ -614,284 +1374,31 @@ def create_app(
         description=(
             "The seed's cart endpoints over `dhtcart.CartService`. Money is a JSON number written with "
             "its exact decimal digits (two places); every error is "
-            '`{"error": {"code", "message", "details"}}`. See docs/http.md.'
+            '`{"error": {"code", "message", "details"}}`. '
+            f"Response shapes: the `{config.compat}` profile. See docs/http.md."
         ),
-        lifespan=lifespan,
+        lifespan=_lifespan,
         redirect_slashes=False,
+        openapi_url=None,  # served by the `openapi` handler, docs by `swagger_ui` and `redoc`: no CDN
+        docs_url=None,
+        redoc_url=None,
     )
-    app.add_middleware(_Edge, max_body_bytes=max_body_bytes)
-
-    def carts() -> CartService:
-        svc = runtime.service
-        if svc is None:
-            raise StoreClosed("the cart service is not running")
-        return svc
-
-    # -- handlers ---------------------------------------------------------------------
-
-    async def on_domain_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, DHTCartError)
-        return _domain_error(exc)
-
-    async def on_validation_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        errors = list(exc.errors())
-        for e in errors:
-            if e.get("type") == "json_invalid":
-                reason = (e.get("ctx") or {}).get("error", "invalid JSON")
-                return _error(
-                    400,
-                    "malformed_json",
-                    f"request body is not valid JSON: {reason}",
-                    {"position": e["loc"][1] if len(e["loc"]) > 1 else None},
-                )
-        if isinstance(exc.body, (bytes, bytearray)) and exc.body:
-            ctype = request.headers.get("content-type", "")
-            return _error(
-                415,
-                "unsupported_media_type",
-                f"the body must be JSON, sent with Content-Type: application/json (got {ctype!r})",
-                {"contentType": ctype or None},
-            )
-        details = []
-        for e in errors:
-            loc = tuple(e.get("loc", ()))
-            message = str(e.get("msg", "invalid"))
-            if loc == ("body",) and e.get("type") == "missing":
-                message = "a JSON object body is required"
-            details.append(_field_error(_field_of(loc), str(loc[0]) if loc else None, str(e.get("type")), message))
-        return _invalid(details or [_field_error("body", "body", "invalid_input", "invalid request")])
-
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        status = exc.status_code
-        if status == 404:
-            empty = _empty_segment(app, request.scope)
-            if empty is not None:
-                return _invalid([_field_error(empty, "path", "invalid_input", "must not be empty")])
-            message = f"no endpoint {request.method} {request.url.path}; see /docs"
-        else:
-            message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        headers = exc.headers
-        if status == 405:
-            # Starlette names only the first route's methods; a path has one route per method here
-            allowed = ", ".join(_allowed_methods(app, request.scope))
-            headers = {**(headers or {}), "Allow": allowed}
-            message = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
-        code = _HTTP_CODES.get(status, "client_error" if status < 500 else "server_error")
-        details = {"limit": max_body_bytes} if status == 413 else None
-        return _error(status, code, message, details, headers)
-
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return _error(500, "internal_error", "internal server error")
-
+    app.state.dhtcart = state
+    app.add_middleware(_Edge, state=state)
     app.add_exception_handler(DHTCartError, on_domain_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)
-
-    # -- endpoints ----------------------------------------------------------------------
-
-    def list_items(customer_id: CustomerId) -> Response:
-        items = carts().list_items(customer_id)
-        return _json(200, {"customerId": customer_id, "items": [_item(it) for it in items]})
-
-    def add_item(customer_id: CustomerId, item_id: ItemId, body: AddItemRequest) -> Response:
-        expiration: datetime | None = None
-        if body.saleExpiration is not None:
-            try:
-                expiration = check_datetime(body.saleExpiration)
-            except OverflowError:  # check_datetime lets this escape for years 1 and 9999
-                raise InvalidInput("saleExpiration", "is out of range") from None
-        item = carts().add_item(
-            customer_id,
-            item_id,
-            body.offeredPrice,
-            item_count=body.count(),
-            special_sale=body.specialSale,
-            sale_expiration=expiration,
-        )
-        return _json(200, _item(item))
-
-    def update_count(customer_id: CustomerId, item_id: ItemId, body: UpdateCountRequest) -> Response:
-        item = carts().update_count(customer_id, item_id, body.newCount)
-        return Response(status_code=204) if item is None else _json(200, _item(item))
-
-    def delete_item(customer_id: CustomerId, item_id: ItemId) -> Response:
-        carts().delete_item(customer_id, item_id)
-        return Response(status_code=204)
-
-    def checkout(customer_id: CustomerId) -> Response:
-        return _json(200, _receipt(carts().checkout(customer_id)))
-
-    async def healthz() -> Response:
-        if runtime.service is None:
-            return _error(503, "unavailable", "the cart service is not running", None, {"Retry-After": "1"})
-        return _OK()
-
-    def dispatch(fn: Callable[..., Response]) -> Callable[..., Coroutine[Any, Any, Response]]:
-        """An async endpoint calling ``fn`` on the loop (fast local shards) or in the thread pool."""
-
-        @functools.wraps(fn)
-        async def endpoint(*args: Any, **kwargs: Any) -> Response:
-            if runtime.inline:
-                return fn(*args, **kwargs)
-            return await run_in_threadpool(fn, *args, **kwargs)
-
-        return endpoint
-
-    # -- routes (the seed's README paths, then the seed code's spellings) ----------------
-
-    route = app.router.add_api_route
-    for legacy, prefix in ((False, "/item"), (True, "/items")):
-        suffix = "Legacy" if legacy else ""
-        tag = _tags("seed spellings" if legacy else "cart")
-        route(
-            f"{prefix}/{{customerId}}/{{itemId}}",
-            dispatch(add_item),
-            methods=["POST"],
-            route_class_override=_JSONRoute,
-            operation_id=f"addItem{suffix}",
-            summary="Add an item (re-adding sums the counts)",
-            response_model=CartItemResponse,
-            responses=_errors(400, 404, 409, 413, 415, 422, 503),
-            deprecated=legacy,
-            tags=tag,
-        )
-        route(
-            f"{prefix}/{{customerId}}/{{itemId}}",
-            dispatch(update_count),
-            methods=["PUT"],
-            route_class_override=_JSONRoute,
-            operation_id=f"updateCount{suffix}",
-            summary="Set an item's count (0 removes it: 204)",
-            response_model=CartItemResponse,
-            responses={
-                204: {"description": "newCount was 0: the line was removed"},
-                **_errors(400, 404, 409, 413, 415, 422, 503),
-            },
-            deprecated=legacy,
-            tags=tag,
-        )
-        route(
-            f"{prefix}/{{customerId}}/{{itemId}}",
-            dispatch(delete_item),
-            methods=["DELETE"],
-            status_code=204,
-            operation_id=f"deleteItem{suffix}",
-            summary="Delete an item from the cart",
-            response_class=Response,
-            responses=_errors(404, 409, 413, 422, 503),
-            deprecated=legacy,
-            tags=tag,
-        )
-    route(
-        "/items/{customerId}",
-        dispatch(list_items),
-        methods=["GET"],
-        operation_id="listItems",
-        summary="List the cart's items",
-        response_model=CartResponse,
-        responses=_errors(413, 422, 503),
-        tags=_tags("cart"),
-    )
-    route(
-        "/items/{customerId}",
-        dispatch(checkout),
-        methods=["DELETE"],
-        operation_id="checkout",
-        summary="Check out: empty the cart and return the receipt",
-        response_model=ReceiptResponse,
-        responses=_errors(404, 409, 413, 422, 503),
-        tags=_tags("cart"),
-    )
-    route(
-        "/checkout/{customerId}",
-        dispatch(checkout),
-        methods=["POST"],
-        operation_id="checkoutLegacy",
-        summary="Check out (the seed code's spelling)",
-        response_model=ReceiptResponse,
-        responses=_errors(404, 409, 413, 422, 503),
-        deprecated=True,
-        tags=_tags("seed spellings"),
-    )
-    route(
-        "/healthz",
-        healthz,
-        methods=["GET"],
-        operation_id="healthz",
-        summary="Liveness: no store access",
-        response_model=HealthResponse,
-        responses=_errors(413, 503),
-        tags=_tags("ops"),
-    )
+    _add_routes(app, state.profile)
     return app
-
-
-def _tags(name: str) -> list[str | Enum]:
-    return [name]
-
-
-class _OK(Response):
-    """The health answer, rendered once."""
-
-    media_type = "application/json"
-
-    def __init__(self) -> None:
-        super().__init__(b'{"status":"ok"}')
-
-
-def _empty_segment(app: FastAPI, scope: Scope) -> str | None:
-    """The path parameter left empty when a request would match a route but for it (``/item/a/``)."""
-    path: str = scope.get("path", "")
-    parts = path.split("/")
-    if len(parts) < 3 or all(parts[1:]):
-        return None
-    filled = "/".join(p if (i == 0 or p) else "\x00" for i, p in enumerate(parts))
-    probe = {**scope, "path": filled, "root_path": ""}
-    for r in app.router.routes:
-        match, child = r.matches(probe)
-        if match is Match.FULL:
-            for name, value in child.get("path_params", {}).items():
-                if value == "\x00":
-                    return str(name)
-    return None
-
-
-def _allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
-    """Every method some route accepts on this path."""
-    methods: set[str] = set()
-    for r in app.router.routes:
-        match, _ = r.matches(scope)
-        if match is not Match.NONE:
-            methods.update(getattr(r, "methods", None) or ())
-    return sorted(methods)
 
 
 def app_from_env() -> FastAPI:
     """The app for ``uvicorn --factory dhtcart.http:app_from_env`` (what ``dhtcart serve`` runs).
 
-    Reads ``DHTCART_DATA`` (default ``./dhtcart-data``), ``DHTCART_SHARDS``
-    (default 5, used when the store is created), ``DHTCART_MAX_BODY_BYTES``
-    (default 65536) and ``DHTCART_THREAD_POOL`` (``1``: every store call in the
-    thread pool, see :func:`create_app`). Each worker process calls this and
-    opens the store itself.
+    Reads every ``DHTCART_*`` variable through :meth:`Settings.from_env
+    <dhtcart.settings.Settings.from_env>` (a bad value raises
+    :class:`~dhtcart.errors.InvalidInput` naming the variable). Each worker
+    process calls this and opens the store in ``DHTCART_DATA`` itself.
     """
-    return create_app(
-        data_dir=os.environ.get("DHTCART_DATA") or DEFAULT_DATA_DIR,
-        shards=_env_int("DHTCART_SHARDS", 5),
-        max_body_bytes=_env_int("DHTCART_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
-        inline=False if os.environ.get("DHTCART_THREAD_POOL", "") not in ("", "0") else None,
-    )
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
+    return create_app(settings=Settings.from_env())
