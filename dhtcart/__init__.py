@@ -11,10 +11,11 @@
 
 from dhtcart.backends import open_backend
 from dhtcart.backends.base import Backend, Record
-from dhtcart.cart import CartItem, CartService, Receipt, ReceiptLine
+from dhtcart.cart import CartItem, CartService, Receipt, ReceiptLine, Versioned
 from dhtcart.errors import (
     CartEmpty,
     Conflict,
+    CorruptData,
     DHTCartError,
     EmptyRing,
     ForkedError,
@@ -23,6 +24,7 @@ from dhtcart.errors import (
     InvalidValue,
     ItemNotFound,
     NotFound,
+    PreconditionFailed,
     SaleExpired,
     ShardExists,
     ShardNotFound,
@@ -50,6 +52,7 @@ __all__ = [
     "CartItem",
     "CartService",
     "Conflict",
+    "CorruptData",
     "DHTCartError",
     "DHTServer",
     "DHTServerStore",
@@ -63,6 +66,7 @@ __all__ = [
     "Move",
     "NotFound",
     "PartitionRing",
+    "PreconditionFailed",
     "RebalancePlan",
     "RebalanceReport",
     "Receipt",
@@ -77,6 +81,7 @@ __all__ = [
     "TooManyRetries",
     "ValidationError",
     "VersionConflict",
+    "Versioned",
     "__version__",
     "hash_key",
     "open_backend",

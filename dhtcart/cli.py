@@ -387,15 +387,19 @@ def _graceful_exit(signum: int, frame: FrameType | None) -> None:
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _require(*SERVE_EXTRA)
+    from dhtcart.serving import PortUnavailable, check_port, serve
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _graceful_exit)
+    try:
+        check_port(settings.host, settings.port)  # before touching the store: say what to change, exit 3
+    except PortUnavailable as exc:
+        raise CommandError(str(exc), EXIT_STARTUP_FAILED) from None
     # Create (or recover) the store once, before any worker starts, so every
     # worker opens the same store; each worker then opens its own LMDB handles.
     data, count, _, note = _create(settings)
     settings = settings.replace(data=data)
     os.environ.update(settings.to_env())  # what each worker reads back (Settings.from_env)
-    from dhtcart.serving import PortUnavailable, serve
-
     print(
         f"dhtcart {__version__}: store {data} ({count} shards{note}); "
         f"http://{settings.host}:{settings.port} (docs at /docs, metrics at /metrics), "

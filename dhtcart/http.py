@@ -460,6 +460,7 @@ PROFILES: Mapping[str, Profile] = {
         models={
             "cart": CartResponse,
             "line": CartItemResponse,
+            "updated": CartItemResponse,  # newCount 0 is a 204
             "receipt": ReceiptResponse,
             "receipt_legacy": ReceiptResponse,
             "removed": None,
@@ -477,6 +478,7 @@ PROFILES: Mapping[str, Profile] = {
         models={
             "cart": list[SeedLineResponse],
             "line": SeedLineResponse,
+            "updated": SeedLineResponse | EmptyResponse,  # newCount 0 removes the line: {}
             "receipt": EmptyResponse,
             "receipt_legacy": list[SeedLineResponse],
             "removed": EmptyResponse,
@@ -1209,7 +1211,7 @@ def _add_routes(app: FastAPI, profile: Profile) -> None:
             update_count,
             operation_id=f"updateCount{suffix}",
             summary="Set an item's count (0 removes it)",
-            response_model=models["line"],
+            response_model=models["updated"],
             responses=update_responses,
             deprecated=legacy,
             tags=_tags(*tags),

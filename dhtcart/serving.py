@@ -190,6 +190,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline = None
         if self.transport.is_closing():
             return
+        self.logger.info(
+            "%s - no whole request within %s s: 408, connection closed",
+            f"{self.client[0]}:{self.client[1]}" if self.client else "-",
+            self._request_timeout,
+        )
         cycle = self.cycle
         if cycle is None or cycle.response_complete or not cycle.response_started:
             self.transport.write(

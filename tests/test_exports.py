@@ -17,11 +17,12 @@ EXPECTED = {
     # the store and rebalancing
     "DHTServerStore", "RebalancePlan", "RebalanceReport",
     # carts
-    "CartItem", "CartService", "Receipt", "ReceiptLine",
+    "CartItem", "CartService", "Receipt", "ReceiptLine", "Versioned",
     # errors
     "CartEmpty", "Conflict", "DHTCartError", "EmptyRing", "ForkedError", "InvalidInput", "InvalidKey",
     "InvalidValue", "ItemNotFound", "NotFound", "SaleExpired", "ShardExists", "ShardNotFound",
     "ShardUnavailable", "StoreBusy", "StoreClosed", "TooManyRetries", "ValidationError", "VersionConflict",
+    "CorruptData", "PreconditionFailed",  # issue 10
     "__version__",
 }  # fmt: skip
 
