@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import signal
@@ -292,11 +293,14 @@ def _error(message: str) -> None:
 
 
 def _missing(*modules: str) -> list[str]:
+    """The modules that cannot be imported, found without importing them (prometheus_client must
+    not be imported before ``serve`` sets ``PROMETHEUS_MULTIPROC_DIR``)."""
     missing = []
     for name in modules:
         try:
-            importlib.import_module(name)
-        except ImportError:
+            if importlib.util.find_spec(name) is None:
+                missing.append(name)
+        except (ImportError, ValueError):  # a parent package is missing, or the module was blocked
             missing.append(name)
     return missing
 

@@ -160,8 +160,22 @@ T = TypeVar("T")
 # -- responses ------------------------------------------------------------------------------
 
 
-def _json(status: int, content: object, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(render.dumps_bytes(content), status_code=status, headers=headers, media_type="application/json")
+class _JSONResponse(Response):
+    """A JSON body rendered by :func:`dhtcart.render.dumps_bytes`, its headers built directly."""
+
+    media_type = "application/json"
+
+    def __init__(self, status: int, content: object, headers: Mapping[str, str] | None = None) -> None:
+        self.status_code = status
+        self.background = None
+        self.body = body = render.dumps_bytes(content)
+        raw = [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]
+        if headers:
+            raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        self.raw_headers = raw
+
+
+_json = _JSONResponse
 
 
 def _error(

@@ -5,8 +5,8 @@ process's exit code:
 
 * the port is checked first: in use, or not ours to take, the message says
   which option to change, and the code is :data:`EXIT_STARTUP_FAILED`;
-* ``PROMETHEUS_MULTIPROC_DIR`` is pointed at a fresh temporary directory for
-  this run (removed at exit), so the workers' metrics add up;
+* with several workers, ``PROMETHEUS_MULTIPROC_DIR`` is pointed at a fresh
+  temporary directory for this run (removed at exit), so their metrics add up;
 * uvicorn runs :func:`worker_app` in each worker, with
   :class:`GuardedHttpToolsProtocol` as its HTTP protocol: a client must send a
   whole request within ``request_timeout`` seconds of starting it (or of
@@ -260,8 +260,13 @@ def _forget_workers(pids: set[int | None]) -> None:
 
 @contextmanager
 def metrics_directory(settings: Settings) -> Iterator[str | None]:
-    """A fresh ``PROMETHEUS_MULTIPROC_DIR`` for this run (none when metrics are off), removed after."""
-    if not settings.metrics:
+    """A fresh ``PROMETHEUS_MULTIPROC_DIR`` for this run, removed after.
+
+    Only with several workers: one worker counts in its own memory (cheaper
+    than prometheus_client's files), and a previous run's directory, or one
+    from the caller's environment, is never reused (its counts would carry over).
+    """
+    if not settings.metrics or settings.workers == 1:
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         yield None
         return
