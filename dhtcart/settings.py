@@ -51,21 +51,21 @@ def _bool(text: str) -> bool:
         return True
     if low in _FALSE:
         return False
-    raise ValueError(f"must be one of {', '.join(_TRUE)} or {', '.join(_FALSE[:-1])}, got {text!r}")
+    raise InvalidInput("text", f"must be one of {', '.join(_TRUE)} or {', '.join(_FALSE[:-1])}, got {text!r}")
 
 
 def _int(text: str) -> int:
     try:
         return int(text.strip())
     except ValueError:
-        raise ValueError(f"must be an integer, got {text!r}") from None
+        raise InvalidInput("text", f"must be an integer, got {text!r}") from None
 
 
 def _float(text: str) -> float:
     try:
         return float(text.strip())
     except ValueError:
-        raise ValueError(f"must be a number, got {text!r}") from None
+        raise InvalidInput("text", f"must be a number, got {text!r}") from None
 
 
 def _lower(text: str) -> str:
@@ -82,7 +82,8 @@ class Option:
 
     ``flag`` is the ``dhtcart serve`` option (``--no-...`` for a setting that
     is on by default and switched off by the flag); ``parse`` turns the text
-    of a variable or option into the value; ``low``/``high`` (numbers) or
+    of a variable or option into the value (or raises
+    :class:`~dhtcart.errors.InvalidInput`); ``low``/``high`` (numbers) or
     ``choices`` (text) bound it.
     """
 
@@ -114,8 +115,8 @@ class Option:
         """Parse and check the text of a variable or option."""
         try:
             value = self.parse(text)
-        except ValueError as exc:
-            raise InvalidInput(label, str(exc)) from None
+        except InvalidInput as exc:
+            raise InvalidInput(label, exc.message) from None
         return self.check(value, label)
 
 
@@ -335,8 +336,8 @@ def cli_default(name: str, environ: Mapping[str, str] | None = None) -> Any:
         return _DEFAULTS[name]
     try:
         return option.parse(raw)
-    except ValueError as exc:
-        return _BadEnv(option.env, str(exc))
+    except InvalidInput as exc:
+        return _BadEnv(option.env, exc.message)
 
 
 def add_options(parser: Any, *names: str) -> None:
@@ -374,8 +375,8 @@ def _argparse_type(option: Option) -> Callable[[str], Any]:
     def convert(text: str) -> Any:
         try:
             return option.parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+        except InvalidInput as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
 
     convert.__name__ = option.parse.__name__.strip("_")  # argparse names it in "invalid int value"
     return convert

@@ -244,7 +244,9 @@ def test_healthz_touches_no_store() -> None:
 def test_metrics_in_process(api: TestClient) -> None:
     api.get("/items/mx")
     api.get("/no/such/route")
+    api.patch("/items/mx")  # a wrong method is counted on its route
     text = api.get("/metrics").text
+    assert 'dhtcart_http_requests_total{method="PATCH",route="/items/{customerId}",status="405"}' in text
     assert 'dhtcart_http_requests_total{method="GET",route="/items/{customerId}",status="200"}' in text
     assert 'route="unmatched",status="404"' in text
     assert 'dhtcart_store_operations_total{operation="list",shard="' in text
