@@ -6,7 +6,8 @@ Each server here is the command a user types (:class:`tests.serve_process.Server
 * ``ETag`` / ``If-Match``: a stale tag gets 412 and changes nothing; clients
   racing with one tag through two workers: exactly one wins, every round;
 * ``HEAD`` on every ``GET`` route: the same status and headers, no body;
-* ``/metrics`` counting the requests that two workers served;
+* ``/metrics`` counting the requests that two workers served, and keeping a
+  killed worker's counts while its live gauge goes;
 * stalled clients disconnected after ``--request-timeout``; the connection
   limit; a port in use; workers that cannot start (exit 3, never 0).
 
@@ -15,7 +16,9 @@ Every address is on the loopback interface; every loop is bounded.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import subprocess
 import threading
@@ -360,3 +363,49 @@ def test_workers_that_cannot_start_make_serve_exit_non_zero(tmp_path: Path, work
     assert r.returncode == 3, (r.returncode, r.stderr[-3000:])
     assert "cannot build the app" in r.stderr and "broken on purpose" in r.stderr
     assert time.monotonic() - started < 30
+
+
+def _workers_of(server: Server) -> set[int]:
+    """The pids of the server's worker processes (its spawned children, not multiprocessing's helpers)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == server.proc.pid and b"spawn_main" in cmdline:
+            pids.add(int(entry.name))
+    return pids
+
+
+def test_a_killed_worker_is_replaced_and_its_counts_kept(tmp_path: Path) -> None:
+    """SIGKILL one of two workers: uvicorn starts another; the dead one's counts stay, its gauge goes."""
+    srv = Server(tmp_path / "data", tmp_path / "server.log", "--workers", "2")
+    try:
+        for _ in range(40):
+            with httpx.Client(base_url=srv.url, timeout=10.0) as c:
+                assert c.get("/items/killed").status_code == 200
+        time.sleep(0.3)
+        before = _metric(httpx.get(srv.url + "/metrics", timeout=10).text, "dhtcart_http_requests_total")
+        assert before >= 40
+        workers = _workers_of(srv)
+        assert len(workers) == 2, workers
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            now = _workers_of(srv)
+            if len(now) == 2 and victim not in now:
+                text = httpx.get(srv.url + "/metrics", timeout=10).text
+                if _metric(text, "dhtcart_workers") == 2:
+                    break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"no replacement worker, or the dead one still counted:\n{srv.log()[-3000:]}")
+        assert _metric(text, "dhtcart_http_requests_total") >= before  # the dead worker's requests stay counted
+        assert srv.terminate() == 0
+    finally:
+        srv.stop()
