@@ -3,6 +3,7 @@
     python benchmarks/http_bench.py                      # 2,000 requests per cell, 1/8/32 connections
     python benchmarks/http_bench.py --requests 5000 --concurrency 1 8 32 64 --workers 2
     python benchmarks/http_bench.py --markdown docs/http-bench.md
+    python benchmarks/http_bench.py --concurrency 8 --no-metrics  # the cost of counting, by difference
 
 One ``dhtcart serve`` process (the command a user types, on a fresh LMDB store
 in a temporary directory, on a free loopback port) answers every cell of the
@@ -55,6 +56,7 @@ from pathlib import Path
 ITEM = "036000291459"
 ADD_BODY = b'{"offeredPrice": 9.99, "itemCount": 1}'
 ROUTES = ("noop", "add", "list", "checkout")
+GOAL = 0.70  #: add's requests/s against the no-op route's, at 8 connections (issue 10)
 
 WRK_SCRIPT = r"""
 local mode, quota, prefix, listn
@@ -132,7 +134,9 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, data: Path, workers: int, access_log: bool, log: Path, thread_pool: bool = False) -> None:
+    def __init__(
+        self, data: Path, workers: int, access_log: bool, log: Path, thread_pool: bool = False, metrics: bool = True
+    ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         script = shutil.which("dhtcart")
@@ -142,6 +146,8 @@ class Server:
             cmd.append("--no-access-log")
         if thread_pool:
             cmd.append("--thread-pool")
+        if not metrics:
+            cmd.append("--no-metrics")
         self.command = " ".join(["dhtcart", *cmd[cmd.index("serve") :]])
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -346,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--thread-pool", action="store_true", help="dhtcart serve --thread-pool: every store call in a thread"
     )
+    parser.add_argument("--no-metrics", action="store_true", help="dhtcart serve --no-metrics (on by default)")
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--markdown", type=Path, help="also write the markdown snippet to this file")
     args = parser.parse_args(argv)
@@ -362,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         data = Path(tmp) / "data"
         script = Path(tmp) / "bench.lua"
         script.write_text(WRK_SCRIPT)
-        server = Server(data, args.workers, args.access_log, Path(tmp) / "server.log", args.thread_pool)
+        server = Server(
+            data, args.workers, args.access_log, Path(tmp) / "server.log", args.thread_pool, not args.no_metrics
+        )
         try:
 
             def cell(route: str, c: int, prefix: str, requests: int) -> tuple[Cell, float | None]:
@@ -421,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         "client": f"wrk {_wrk_version()}" if client == "wrk" else "asyncio (raw HTTP/1.1)",
         "server": f"dhtcart serve --workers {args.workers}"
         + ("" if args.access_log else " --no-access-log")
-        + (" --thread-pool" if args.thread_pool else ""),
+        + (" --thread-pool" if args.thread_pool else "")
+        + (" --no-metrics" if args.no_metrics else ""),
         "rounds": str(args.rounds),
     }
     print(render_text(rows, header))
@@ -476,10 +486,11 @@ def render_markdown(rows: list[Row], header: dict[str, str], argv: list[str]) ->
             f"| {r.concurrency} | {r.route} | {r.requests:,} | {r.rps:,.0f} | {r.p50_ms:.2f} "
             f"| {r.p99_ms:.2f} | {_ratio(rows, r):.0%} | {_cpu(r)} | {r.bad} |"
         )
-    adds = [(r.concurrency, _ratio(rows, r)) for r in rows if r.route == "add"]
-    verdict = ", ".join(f"{ratio:.0%} at {n}" for n, ratio in adds)
-    met = all(ratio >= 0.5 for _, ratio in adds)
-    out += ["", f"Goal (add >= 50% of the no-op route's req/s): {'met' if met else 'NOT met'} ({verdict})."]
+    adds = {r.concurrency: _ratio(rows, r) for r in rows if r.route == "add"}
+    verdict = ", ".join(f"{ratio:.0%} at {n}" for n, ratio in adds.items())
+    if 8 in adds:
+        met = "met" if adds[8] >= GOAL else "NOT met"
+        out += ["", f"Goal (add >= {GOAL:.0%} of the no-op route's req/s at 8 connections): {met} ({verdict})."]
     return "\n".join(out) + "\n"
 
 

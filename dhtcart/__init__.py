@@ -11,10 +11,11 @@
 
 from dhtcart.backends import open_backend
 from dhtcart.backends.base import Backend, Record
-from dhtcart.cart import CartItem, CartService, Receipt, ReceiptLine
+from dhtcart.cart import CartItem, CartService, Receipt, ReceiptLine, Versioned
 from dhtcart.errors import (
     CartEmpty,
     Conflict,
+    CorruptData,
     DHTCartError,
     EmptyRing,
     ForkedError,
@@ -26,6 +27,7 @@ from dhtcart.errors import (
     LeaseLost,
     Moved,
     NotFound,
+    PreconditionFailed,
     SaleExpired,
     ShardExists,
     ShardNotFound,
@@ -53,6 +55,7 @@ __all__ = [
     "CartItem",
     "CartService",
     "Conflict",
+    "CorruptData",
     "DHTCartError",
     "DHTServer",
     "DHTServerStore",
@@ -69,6 +72,7 @@ __all__ = [
     "Moved",
     "NotFound",
     "PartitionRing",
+    "PreconditionFailed",
     "RebalancePlan",
     "RebalanceReport",
     "RebalanceStatus",
@@ -84,6 +88,7 @@ __all__ = [
     "TooManyRetries",
     "ValidationError",
     "VersionConflict",
+    "Versioned",
     "__version__",
     "hash_key",
     "open_backend",

@@ -2,7 +2,8 @@
 
 ::
 
-    dhtcart serve [--host H] [--port P] [--data DIR] [--shards N] [--workers N]
+    dhtcart serve [--host H] [--port P] [--data DIR] [--shards N] [--workers N] [--compat seed] ...
+    dhtcart init [--data DIR] [--shards N]
     dhtcart stats [--data DIR] [--json]
     dhtcart add-shard [NAME] [--weight W] [--data DIR]
     dhtcart remove-shard NAME [--data DIR]
@@ -13,7 +14,9 @@
 Only ``argparse`` and dhtcart's core are imported at module level; ``rich``,
 ``fastapi`` and ``uvicorn`` (the ``server`` extra) are imported by the
 commands that need them, and a missing one is reported with the command that
-installs it, not a traceback. See ``docs/cli.md``.
+installs it, not a traceback. Every option that the HTTP app reads too (and
+its environment variable and default) is declared once, in
+:mod:`dhtcart.settings`. See ``docs/cli.md``.
 
 Exit codes: 0 success; 1 the command failed (no store there, unknown shard,
 ...); 2 bad usage; 3 the server could not start (port in use, application
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import signal
@@ -35,7 +39,8 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from dhtcart import __version__
-from dhtcart.errors import DHTCartError, ShardExists, ShardNotFound, StoreBusy
+from dhtcart.errors import DHTCartError, InvalidInput, ShardExists, ShardNotFound, StoreBusy
+from dhtcart.settings import Settings, add_options
 from dhtcart.store import MANIFEST, DHTServerStore
 
 if TYPE_CHECKING:
@@ -62,9 +67,28 @@ EXIT_BUSY = 4
 EXIT_MISSING_EXTRA = 5
 
 INSTALL_HINT = 'pip install "dhtcart[server]"'
-DEFAULT_DATA = "./dhtcart-data"
-DEFAULT_SHARDS = 5
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+DEFAULT_DATA = Settings().data
+SERVE_EXTRA = ("fastapi", "uvicorn", "httptools", "prometheus_client", "fastapi_offline")
+
+#: the settings `dhtcart serve` takes, in the order its --help lists them
+SERVE_OPTIONS = (
+    "host",
+    "port",
+    "data",
+    "shards",
+    "workers",
+    "compat",
+    "log_level",
+    "access_log",
+    "metrics",
+    "max_body_bytes",
+    "request_timeout",
+    "keep_alive_timeout",
+    "max_connections",
+    "backlog",
+    "thread_pool",
+    "graceful_timeout",
+)
 
 
 class CommandError(Exception):
@@ -78,10 +102,6 @@ class CommandError(Exception):
 # -- the parser ------------------------------------------------------------------------
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name) or default
-
-
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=32)
@@ -90,9 +110,9 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 _EPILOG = """\
 environment:
   DHTCART_DATA      store directory for every command (default ./dhtcart-data)
-  DHTCART_HOST, DHTCART_PORT, DHTCART_SHARDS, DHTCART_WORKERS, DHTCART_LOG_LEVEL,
-  DHTCART_MAX_BODY_BYTES, DHTCART_THREAD_POOL
-                    defaults for the `serve` options of the same names
+  DHTCART_HOST, DHTCART_PORT, DHTCART_SHARDS, DHTCART_WORKERS, DHTCART_COMPAT, DHTCART_LOG_LEVEL,
+  DHTCART_MAX_BODY_BYTES, DHTCART_REQUEST_TIMEOUT, DHTCART_MAX_CONNECTIONS, DHTCART_THREAD_POOL, ...
+                    defaults for the `serve` options of the same names (see `dhtcart serve --help`)
 
 exit codes:
   0 success      1 command failed   2 bad usage   3 server could not start (port in use...)
@@ -113,12 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
     def data_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--data",
-            metavar="DIR",
-            default=_env("DHTCART_DATA", DEFAULT_DATA),
-            help="the store's directory (env DHTCART_DATA; default %(default)s)",
-        )
+        add_options(p, "data")
 
     # serve
     p = sub.add_parser(
@@ -126,52 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the HTTP API (uvicorn) on the store in --data",
         description="Run the cart HTTP API under uvicorn on the LMDB store in --data, creating "
         "the store (with --shards shards) if it does not exist. Logs one line per request; "
-        "SIGTERM or Ctrl-C shuts down gracefully (in-flight requests finish) and exits 0.",
+        "SIGTERM or Ctrl-C shuts down gracefully (in-flight requests finish) and exits 0. "
+        "Exits 3 if the port is taken or the workers cannot start.",
         epilog=_EPILOG,
         formatter_class=_Formatter,
     )
-    p.add_argument("--host", default=_env("DHTCART_HOST", "127.0.0.1"), help="interface (default %(default)s)")
-    p.add_argument("--port", type=int, default=_env("DHTCART_PORT", "8000"), help="port (default %(default)s)")
-    data_option(p)
-    p.add_argument(
-        "--shards",
-        type=int,
-        default=os.environ.get("DHTCART_SHARDS") or None,
-        help="shards of a new store (ignored when the store exists; default 5)",
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=_env("DHTCART_WORKERS", "1"),
-        help="worker processes sharing the store (default %(default)s)",
-    )
-    p.add_argument(
-        "--log-level",
-        choices=LOG_LEVELS,
-        default=_env("DHTCART_LOG_LEVEL", "info").lower(),
-        help="default %(default)s; 'warning' hides the per-request lines",
-    )
-    p.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
-    p.add_argument(
-        "--max-body-bytes",
-        type=int,
-        default=_env("DHTCART_MAX_BODY_BYTES", "65536"),
-        help="largest request body accepted, 413 beyond (default %(default)s)",
-    )
-    p.add_argument(
-        "--thread-pool",
-        action="store_true",
-        default=os.environ.get("DHTCART_THREAD_POOL", "") not in ("", "0"),
-        help="run every store call in the thread pool, even on fast local shards (env DHTCART_THREAD_POOL=1)",
-    )
-    p.add_argument(
-        "--graceful-timeout",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="on shutdown, wait this long for in-flight requests (default %(default)s)",
-    )
+    add_options(p, *SERVE_OPTIONS)
     p.set_defaults(func=_serve)
+
+    # init
+    p = sub.add_parser(
+        "init",
+        help="create a store in --data, without serving it",
+        description="Create the LMDB store in --data with --shards shards (or open it, finishing a "
+        "rebalance a killed process left half done, if it exists), then close it.",
+        formatter_class=_Formatter,
+    )
+    add_options(p, "data", "shards")
+    p.set_defaults(func=_init)
 
     # stats
     p = sub.add_parser(
@@ -306,11 +293,14 @@ def _error(message: str) -> None:
 
 
 def _missing(*modules: str) -> list[str]:
+    """The modules that cannot be imported, found without importing them (prometheus_client must
+    not be imported before ``serve`` sets ``PROMETHEUS_MULTIPROC_DIR``)."""
     missing = []
     for name in modules:
         try:
-            importlib.import_module(name)
-        except ImportError:
+            if importlib.util.find_spec(name) is None:
+                missing.append(name)
+        except (ImportError, ValueError):  # a parent package is missing, or the module was blocked
             missing.append(name)
     return missing
 
@@ -331,11 +321,41 @@ def _console(stderr: bool = False) -> Console:
 
 
 def _open_store(data: str) -> DHTServerStore:
-    """Open an existing store (never create one: that is ``serve``'s job)."""
+    """Open an existing store (never create one: that is ``init``'s and ``serve``'s job)."""
     root = Path(data)
     if not (root / MANIFEST).is_file():
-        raise CommandError(f"no dhtcart store in {root} (create one with: dhtcart serve --data {root})")
+        raise CommandError(f"no dhtcart store in {root} (create one with: dhtcart init --data {root})")
     return DHTServerStore.open(root, lock_timeout=5.0)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings the options and the environment give; a bad value is bad usage (exit 2)."""
+    try:
+        return Settings.from_namespace(args)
+    except InvalidInput as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+
+
+def _create(settings: Settings) -> tuple[str, int, bool, str]:
+    """Create (or open, recovering) the store in ``settings.data``: its path, its shards,
+    whether it existed, and a note for the user."""
+    data = os.path.abspath(settings.data)
+    existed = (Path(data) / MANIFEST).is_file()
+    with DHTServerStore.open(data, shards=settings.new_store_shards) as store:
+        count = len(store.servers)
+    note = ""
+    if existed and settings.shards is not None and count != settings.shards:
+        note = f"; --shards {settings.shards} ignored: the store exists"
+    return data, count, existed, note
+
+
+# -- init ------------------------------------------------------------------------------
+
+
+def _init(args: argparse.Namespace) -> int:
+    data, count, existed, note = _create(_settings(args))
+    print(f"dhtcart store {data}: {'already there' if existed else 'created'}, {count} shards{note}")
+    return EXIT_OK
 
 
 # -- serve -----------------------------------------------------------------------------
@@ -369,54 +389,32 @@ def _graceful_exit(signum: int, frame: FrameType | None) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    shards = DEFAULT_SHARDS if args.shards is None else args.shards
-    for name, value, low, high in (
-        ("--port", args.port, 0, 65535),
-        ("--workers", args.workers, 1, 512),
-        ("--shards", shards, 1, 4096),
-        ("--max-body-bytes", args.max_body_bytes, 0, 1 << 30),
-        ("--graceful-timeout", args.graceful_timeout, 0, 3600),
-    ):
-        if not low <= value <= high:
-            raise CommandError(f"{name} must be between {low} and {high}, got {value}", EXIT_USAGE)
-    _require("fastapi", "uvicorn")
+    settings = _settings(args)
+    _require(*SERVE_EXTRA)
+    from dhtcart.serving import PortUnavailable, check_port, serve
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _graceful_exit)
-    data = os.path.abspath(args.data)
+    try:
+        check_port(settings.host, settings.port)  # before touching the store: say what to change, exit 3
+    except PortUnavailable as exc:
+        raise CommandError(str(exc), EXIT_STARTUP_FAILED) from None
     # Create (or recover) the store once, before any worker starts, so every
     # worker opens the same store; each worker then opens its own LMDB handles.
-    with DHTServerStore.open(data, shards=shards) as store:
-        existing = len(store.servers)
-    os.environ.update(
-        DHTCART_DATA=data,
-        DHTCART_SHARDS=str(shards),
-        DHTCART_MAX_BODY_BYTES=str(args.max_body_bytes),
-        DHTCART_THREAD_POOL="1" if args.thread_pool else "0",
-    )
-    import uvicorn
-
-    note = ""
-    if args.shards is not None and existing != args.shards:
-        note = f"; --shards {args.shards} ignored: the store exists"
+    data, count, _, note = _create(settings)
+    settings = settings.replace(data=data)
+    os.environ.update(settings.to_env())  # what each worker reads back (Settings.from_env)
     print(
-        f"dhtcart {__version__}: store {data} ({existing} shards{note}); "
-        f"http://{args.host}:{args.port} (docs at /docs), {args.workers} worker(s)",
+        f"dhtcart {__version__}: store {data} ({count} shards{note}); "
+        f"http://{settings.host}:{settings.port} (docs at /docs, metrics at /metrics), "
+        f"{settings.workers} worker(s), {settings.compat} profile",
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(
-        "dhtcart.http:app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_config=_log_config(args.log_level, not args.no_access_log),
-        log_level=args.log_level,
-        access_log=False,  # dhtcart.access logs each request, with its latency
-        timeout_graceful_shutdown=args.graceful_timeout,
-        server_header=False,
-    )
-    return EXIT_OK
+    try:
+        return serve(settings, _log_config(settings.log_level, settings.access_log))
+    except PortUnavailable as exc:
+        raise CommandError(str(exc), EXIT_STARTUP_FAILED) from None
 
 
 # -- stats -----------------------------------------------------------------------------

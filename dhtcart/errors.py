@@ -16,7 +16,8 @@ Errors subclass the built-in that fits, so ``except ValueError`` or
     │   ├── VersionConflict               compare-and-set saw another version
     │   ├── SaleExpired                   checkout with expired sale prices
     │   ├── TooManyRetries                optimistic retries exhausted
-    │   └── ShardExists                   add_shard with a name already used
+    │   ├── ShardExists                   add_shard with a name already used
+    │   └── PreconditionFailed            the cart is not at the version the caller expected
     ├── ShardUnavailable (ConnectionError) a shard's server cannot be reached
     │   └── KeyUnavailable                redirects did not reach the key's owner in time
     ├── Moved                             a shard refused a key it does not own (a redirect)
@@ -24,7 +25,8 @@ Errors subclass the built-in that fits, so ``except ValueError`` or
     ├── StoreBusy                         another rebalancer holds the store's lease
     │   └── LeaseLost                     a rebalancer's lease passed to another
     ├── StoreClosed                       the store/shard was closed
-    └── ForkedError                       a handle opened before fork() used after it
+    ├── ForkedError                       a handle opened before fork() used after it
+    └── CorruptData (ValueError)          a stored record cannot be decoded
 
 A missing key is *not* an exception: ``get`` returns ``None``.
 """
@@ -36,6 +38,7 @@ from collections.abc import Sequence
 __all__ = [
     "CartEmpty",
     "Conflict",
+    "CorruptData",
     "DHTCartError",
     "EmptyRing",
     "ForkedError",
@@ -47,6 +50,7 @@ __all__ = [
     "LeaseLost",
     "Moved",
     "NotFound",
+    "PreconditionFailed",
     "SaleExpired",
     "ShardExists",
     "ShardNotFound",
@@ -218,3 +222,20 @@ class StoreClosed(DHTCartError):
 
 class ForkedError(DHTCartError):
     """A handle opened before ``fork()`` was used in the child: open it again there."""
+
+
+class PreconditionFailed(Conflict):
+    """The cart is not at the version the caller named (an HTTP ``If-Match``); nothing changed.
+
+    ``actual`` is the cart's current version (0: no cart was ever stored).
+    """
+
+    def __init__(self, customer_id: str, expected: object, actual: int) -> None:
+        super().__init__(f"cart of {customer_id!r} is at version {actual}, not {expected}; re-read it and decide again")
+        self.customer_id = customer_id
+        self.expected = expected
+        self.actual = actual
+
+
+class CorruptData(DHTCartError, ValueError):
+    """A stored record cannot be decoded (an unknown format tag, damaged bytes)."""

@@ -66,7 +66,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_python_m_dhtcart_without_arguments_prints_help() -> None:
     r = subprocess.run([sys.executable, "-m", "dhtcart"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0
-    for command in ("serve", "stats", "add-shard", "remove-shard", "set-weight", "plan"):
+    for command in ("serve", "init", "stats", "add-shard", "remove-shard", "set-weight", "plan"):
         assert command in r.stdout
     assert "exit codes" in r.stdout and "DHTCART_DATA" in r.stdout
 
@@ -75,6 +75,7 @@ def test_python_m_dhtcart_without_arguments_prints_help() -> None:
     "argv",
     [
         ["serve"],
+        ["init"],
         ["stats"],
         ["add-shard"],
         ["remove-shard"],
@@ -172,6 +173,21 @@ def test_stats_without_a_store_creates_nothing(tmp_path: Path, capsys: pytest.Ca
     assert main(["stats", "--data", str(tmp_path / "nothing")]) == EXIT_ERROR
     assert "no dhtcart store" in capsys.readouterr().err
     assert not (tmp_path / "nothing").exists()
+
+
+def test_init_creates_a_store_without_serving(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "new"
+    assert main(["init", "--data", str(data), "--shards", "3"]) == EXIT_OK
+    assert f"dhtcart store {data}: created, 3 shards" in capsys.readouterr().out
+    with DHTServerStore.open(data) as store:  # closed again: a rebalance may take it
+        assert sorted(store.servers) == ["shard-0", "shard-1", "shard-2"]
+    assert main(["init", "--data", str(data), "--shards", "4"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "already there, 3 shards; --shards 4 ignored" in out
+    assert main(["stats", "--data", str(tmp_path / "none")]) == EXIT_ERROR
+    assert "create one with: dhtcart init --data" in capsys.readouterr().err
+    assert main(["init", "--data", str(tmp_path / "bad"), "--shards", "0"]) == EXIT_USAGE
+    assert "--shards (or DHTCART_SHARDS): must be between 1 and 4096" in capsys.readouterr().err
 
 
 # -- add-shard / remove-shard / set-weight / plan ------------------------------------------------

@@ -17,12 +17,13 @@ EXPECTED = {
     # the store and rebalancing
     "DHTServerStore", "RebalancePlan", "RebalanceReport", "RebalanceStatus",
     # carts
-    "CartItem", "CartService", "Receipt", "ReceiptLine",
+    "CartItem", "CartService", "Receipt", "ReceiptLine", "Versioned",
     # errors
     "CartEmpty", "Conflict", "DHTCartError", "EmptyRing", "ForkedError", "InvalidInput", "InvalidKey",
     "InvalidValue", "ItemNotFound", "KeyUnavailable", "LeaseLost", "Moved", "NotFound", "SaleExpired",
     "ShardExists", "ShardNotFound",
     "ShardUnavailable", "StoreBusy", "StoreClosed", "TooManyRetries", "ValidationError", "VersionConflict",
+    "CorruptData", "PreconditionFailed",  # issue 10
     "__version__",
 }  # fmt: skip
 

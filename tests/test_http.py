@@ -350,18 +350,27 @@ def test_empty_customer_id_is_422(client: TestClient) -> None:
     assert err["details"]["errors"][0]["field"] == "customerId"
 
 
-class _Failing(CartService):
-    """A service whose every call raises ``exc``: the HTTP layer's mapping, alone."""
+class _FailingStore(DHTServerStore):
+    """A store whose every read and write raises ``exc``."""
 
     def __init__(self, exc: Exception) -> None:
-        super().__init__()
+        super().__init__(shards=1)
         self.exc = exc
 
-    def list_items(self, customer_id: str) -> Any:
+    def get(self, key: int) -> Any:
         raise self.exc
 
-    def checkout(self, customer_id: str) -> Any:
+    def put(self, key: int, value: bytes, expected_version: int | None = None) -> int:
         raise self.exc
+
+
+def _Failing(exc: Exception) -> CartService:
+    """A service over a store that raises ``exc``: the HTTP layer's mapping, alone.
+
+    (It used to override the service's methods; the HTTP face now calls the
+    versioned operations, so the failure is injected one layer lower.)
+    """
+    return CartService(_FailingStore(exc))
 
 
 @pytest.mark.parametrize(
@@ -483,9 +492,11 @@ def test_access_log_line(client: TestClient, caplog: pytest.LogCaptureFixture) -
 
 
 def test_dumps_renders_exact_decimals() -> None:
+    # non-ASCII text is written as UTF-8, not \u escapes (issue 10); control characters stay escaped
     assert dumps({"a": Decimal("1E+2"), "b": [Decimal("0.10"), 1, None, "\u00e9\n"]}) == (
-        '{"a":100,"b":[0.10,1,null,"\\u00e9\\n"]}'
+        '{"a":100,"b":[0.10,1,null,"\u00e9\\n"]}'
     )
+    assert dumps("\u00e9", ensure_ascii=True) == '"\\u00e9"'
     with pytest.raises(ValueError):
         dumps(Decimal("NaN"))
 

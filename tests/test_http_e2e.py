@@ -1,29 +1,20 @@
 """End to end: a real ``dhtcart serve`` process on a free loopback port, driven over HTTP.
 
-The server is started with the command a user types (``dhtcart serve --port P
---data DIR``; ``python -m dhtcart`` when the script is not on PATH), waited for
-(at most 20 s), and always stopped in teardown: SIGTERM, then SIGKILL to its
-whole process group if it lingers.
+The server is :class:`tests.serve_process.Server`: started with the command a
+user types (``dhtcart serve --port P --data DIR``), waited for, and always
+stopped in teardown. The issue-10 features (seed profile, ETag/If-Match,
+HEAD, metrics, stalled clients, port in use) are in ``test_http_serve.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -31,72 +22,8 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from dhtcart import CartService  # noqa: E402
-
-READY_TIMEOUT = 20.0
-
-
-def _command() -> list[str]:
-    script = shutil.which("dhtcart")
-    return [script] if script else [sys.executable, "-m", "dhtcart"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """One ``dhtcart serve`` process (and its workers, in their own process group)."""
-
-    def __init__(self, data: Path, log: Path, *extra: str) -> None:
-        self.data = data
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DHTCART_")}
-        self.proc = subprocess.Popen(
-            [*_command(), "serve", "--port", str(self.port), "--data", str(data), *extra],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # its own process group: teardown can reach the workers too
-        )
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"dhtcart serve exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise AssertionError(f"dhtcart serve not ready after {READY_TIMEOUT} s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def terminate(self, timeout: float = 15.0) -> int:
-        """SIGTERM, as a process manager sends it; return the exit code."""
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        try:
-            if self.proc.poll() is None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.terminate(10.0)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)  # leftover workers, if any
-            self.proc.wait(5)
-            self._log.close()
+from tests.serve_process import Server, assert_error  # noqa: E402
+from tests.serve_process import body as _body  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -113,19 +40,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def http(server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=10.0) as c:
         yield c
-
-
-def _body(r: Any) -> Any:
-    return json.loads(r.content, parse_float=Decimal)
-
-
-def _error(r: Any, status: int, code: str) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"] == "application/json"
-    doc = r.json()
-    assert set(doc) == {"error"} and set(doc["error"]) == {"code", "message", "details"}, doc
-    assert doc["error"]["code"] == code
-    return doc["error"]  # type: ignore[no-any-return]
 
 
 # -- the seed's scenario, every spelling ---------------------------------------------------
@@ -154,27 +68,27 @@ def test_seed_code_spellings(http: httpx.Client) -> None:
 
 def test_every_error_status_over_the_wire(http: httpx.Client, server: Server) -> None:
     json_type = {"content-type": "application/json"}
-    _error(http.post("/item/cy/x", content=b"{nope", headers=json_type), 400, "malformed_json")
-    _error(http.get("/no/such/thing"), 404, "not_found")
-    _error(http.delete("/item/cy/missing"), 404, "item_not_found")
-    _error(http.delete("/items/cy"), 404, "cart_empty")
+    assert_error(http.post("/item/cy/x", content=b"{nope", headers=json_type), 400, "malformed_json")
+    assert_error(http.get("/no/such/thing"), 404, "not_found")
+    assert_error(http.delete("/item/cy/missing"), 404, "item_not_found")
+    assert_error(http.delete("/items/cy"), 404, "cart_empty")
     r = http.request("PATCH", "/items/cy")
-    _error(r, 405, "method_not_allowed")
-    assert set(r.headers["allow"].split(", ")) == {"GET", "DELETE"}
+    assert_error(r, 405, "method_not_allowed")
+    assert set(r.headers["allow"].split(", ")) == {"GET", "HEAD", "DELETE"}  # HEAD works on every GET route
     http.post("/item/cy/old", json={"offeredPrice": 1, "specialSale": True, "saleExpiration": "2001-01-01"})
-    err = _error(http.delete("/items/cy"), 409, "sale_expired")
+    err = assert_error(http.delete("/items/cy"), 409, "sale_expired")
     assert err["details"]["itemIds"] == ["old"]
     big = b'{"offeredPrice": 1, "saleExpiration": "' + b"x" * 100_000 + b'"}'
-    _error(http.post("/item/cy/x", content=big, headers=json_type), 413, "payload_too_large")
-    _error(
+    assert_error(http.post("/item/cy/x", content=big, headers=json_type), 413, "payload_too_large")
+    assert_error(
         http.post("/item/cy/x", content=b'{"offeredPrice": 1}', headers={"content-type": "text/plain"}),
         415,
         "unsupported_media_type",
     )
-    _error(http.post("/item/cy/x", json={"offeredPrice": 1, "itemCount": "2"}), 422, "invalid_input")
-    _error(http.post("/item/cy/x", json={"offeredPrice": 1, "colour": "red"}), 422, "invalid_input")
-    _error(http.get("/items/" + "c" * 129), 422, "invalid_input")
-    _error(http.get("/items/a%01b"), 422, "invalid_input")
+    assert_error(http.post("/item/cy/x", json={"offeredPrice": 1, "itemCount": "2"}), 422, "invalid_input")
+    assert_error(http.post("/item/cy/x", json={"offeredPrice": 1, "colour": "red"}), 422, "invalid_input")
+    assert_error(http.get("/items/" + "c" * 129), 422, "invalid_input")
+    assert_error(http.get("/items/a%01b"), 422, "invalid_input")
     assert http.get("/healthz").json() == {"status": "ok"}
     # one log line per request: method, path, status, latency
     time.sleep(0.2)
@@ -241,7 +155,7 @@ def test_sigterm_with_requests_in_flight(tmp_path: Path) -> None:
                         if r.status_code == 200:
                             ok += 1
                         else:  # shutting down: a 503 in the error shape, never a 500
-                            _error(r, 503, "unavailable")
+                            assert_error(r, 503, "unavailable")
                             failed_cleanly["503"] += 1
 
         threads = [threading.Thread(target=client) for _ in range(8)]

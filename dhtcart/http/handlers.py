@@ -1,0 +1,322 @@
+"""The handlers: plain module-level ``async`` functions whose signatures are the OpenAPI document.
+
+Each cart handler parses what :class:`~dhtcart.http.binding.Operation` bound,
+calls :class:`~dhtcart.cart.CartService` through :func:`_cart` (on the event
+loop or in the thread pool, counted by shard), and renders through the app's
+profile. The operations handlers answer liveness, readiness and metrics; the
+document's viewers load their assets from the package.
+"""
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path as FilePath
+from typing import TypeVar
+
+import fastapi_offline
+from fastapi import Request, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
+from starlette.concurrency import run_in_threadpool
+
+from dhtcart.cart import CartItem, CartService, ExpectedVersion, Versioned, VersionedCarts
+from dhtcart.errors import (
+    CartEmpty,
+    CorruptData,
+    DHTCartError,
+    ShardUnavailable,
+    StoreBusy,
+    StoreClosed,
+    TooManyRetries,
+    ValidationError,
+)
+from dhtcart.http.models import AddItemRequest, AssetName, CustomerId, IfMatch, ItemId, UpdateCountRequest
+from dhtcart.http.profiles import Profile
+from dhtcart.http.responses import error, etag, json_response
+from dhtcart.http.state import app_state
+
+__all__ = [
+    "add_item",
+    "checkout",
+    "checkout_legacy",
+    "delete_item",
+    "docs_asset",
+    "expected_version",
+    "healthz",
+    "list_items",
+    "metrics",
+    "openapi",
+    "readyz",
+    "redoc",
+    "swagger_ui",
+    "update_count",
+]
+
+READY_TIMEOUT = 2.0  #: seconds /readyz waits for a shard to answer
+
+logger = logging.getLogger("dhtcart.http")
+
+T = TypeVar("T")
+
+# -- versions ---------------------------------------------------------------------------------
+
+_ENTITY_TAG = re.compile(r'"([0-9]{1,19})"')
+
+
+def expected_version(if_match: str | None) -> ExpectedVersion:
+    """The versions an ``If-Match`` header allows: ``None`` (no header, or ``*``), one, or several.
+
+    Tags are compared strongly (RFC 9110): a weak tag (``W/"3"``) or one that
+    is not a dhtcart version never matches, so the write gets 412.
+
+    >>> expected_version('"3"'), expected_version('*'), sorted(expected_version('"3", "5"'))
+    (3, None, [3, 5])
+    >>> expected_version('W/"3"')
+    frozenset()
+    """
+    if if_match is None or if_match.strip() == "*":
+        return None
+    versions = {int(m.group(1)) for tag in if_match.split(",") if (m := _ENTITY_TAG.fullmatch(tag.strip()))}
+    if len(versions) == 1:
+        return versions.pop()
+    return frozenset(versions)
+
+
+# -- calling the service ------------------------------------------------------------------------
+
+STORE_ERRORS = (ShardUnavailable, StoreBusy, StoreClosed, TooManyRetries, CorruptData)
+
+
+async def _cart(request: Request, operation: str, customer_id: str, call: Callable[[VersionedCarts], T]) -> T:
+    """Run one cart operation where it belongs (event loop or thread pool), counting it by shard."""
+    state = app_state(request)
+    service = state.service
+    if service is None:
+        raise StoreClosed("the cart service is not running")
+    metrics = state.metrics
+    try:
+        if state.runs_inline(service):
+            result = call(service.versioned)
+        else:
+            result = await run_in_threadpool(call, service.versioned)
+    except ValidationError:
+        raise  # refused before the store was asked
+    except STORE_ERRORS as exc:
+        if metrics is not None:
+            shard = exc.shard if isinstance(exc, ShardUnavailable) else _shard(service, customer_id)
+            metrics.store_operation(shard, operation)
+            metrics.store_error(shard, type(exc).__name__)
+        raise
+    except DHTCartError:
+        if metrics is not None:
+            metrics.store_operation(_shard(service, customer_id), operation)
+        raise
+    if metrics is not None:
+        metrics.store_operation(_shard(service, customer_id), operation)
+    return result
+
+
+def _shard(service: CartService, customer_id: str) -> str:
+    try:
+        return service.shard_of(customer_id)
+    except DHTCartError:
+        return "unknown"
+
+
+# -- handlers: the cart ------------------------------------------------------------------------
+
+
+async def list_items(request: Request, customer_id: CustomerId) -> Response:
+    """``GET /items/{customerId}``: the cart, with its version as the ``ETag``."""
+    items, version = await _cart(request, "list", customer_id, lambda carts: carts.list_items(customer_id))
+    return json_response(200, app_state(request).profile.cart(customer_id, items), etag(version))
+
+
+async def add_item(
+    request: Request, customer_id: CustomerId, item_id: ItemId, body: AddItemRequest, if_match: IfMatch = None
+) -> Response:
+    """``POST /item/{customerId}/{itemId}``: add units; the line after the add."""
+    count = body.count()
+    expected = expected_version(if_match)
+
+    def add(carts: VersionedCarts) -> Versioned[CartItem]:
+        return carts.add_item(
+            customer_id,
+            item_id,
+            body.offeredPrice,
+            count,
+            body.specialSale,
+            body.saleExpiration,
+            expected_version=expected,
+        )
+
+    item, version = await _cart(request, "add", customer_id, add)
+    return json_response(200, app_state(request).profile.line(item), etag(version))
+
+
+async def update_count(
+    request: Request, customer_id: CustomerId, item_id: ItemId, body: UpdateCountRequest, if_match: IfMatch = None
+) -> Response:
+    """``PUT /item/{customerId}/{itemId}``: set the count; 0 removes the line."""
+    expected = expected_version(if_match)
+    item, version = await _cart(
+        request,
+        "update",
+        customer_id,
+        lambda carts: carts.update_count(customer_id, item_id, body.newCount, expected_version=expected),
+    )
+    profile = app_state(request).profile
+    if item is None:
+        return _removed(profile, version)
+    return json_response(200, profile.line(item), etag(version))
+
+
+async def delete_item(request: Request, customer_id: CustomerId, item_id: ItemId, if_match: IfMatch = None) -> Response:
+    """``DELETE /item/{customerId}/{itemId}``: delete the line."""
+    expected = expected_version(if_match)
+    _, version = await _cart(
+        request, "delete", customer_id, lambda carts: carts.delete_item(customer_id, item_id, expected_version=expected)
+    )
+    return _removed(app_state(request).profile, version)
+
+
+def _removed(profile: Profile, version: int) -> Response:
+    if profile.removed is None:
+        return Response(status_code=204, headers=etag(version))
+    return json_response(200, profile.removed, etag(version))
+
+
+async def checkout(request: Request, customer_id: CustomerId, if_match: IfMatch = None) -> Response:
+    """``DELETE /items/{customerId}``: empty the cart atomically; the receipt."""
+    return await _checkout(request, customer_id, if_match, legacy=False)
+
+
+async def checkout_legacy(request: Request, customer_id: CustomerId, if_match: IfMatch = None) -> Response:
+    """``POST /checkout/{customerId}``: checkout, the seed code's spelling."""
+    return await _checkout(request, customer_id, if_match, legacy=True)
+
+
+async def _checkout(request: Request, customer_id: str, if_match: str | None, *, legacy: bool) -> Response:
+    profile = app_state(request).profile
+    expected = expected_version(if_match)
+    empty = profile.empty_checkout_legacy if legacy else profile.empty_checkout
+    try:
+        receipt, version = await _cart(
+            request, "checkout", customer_id, lambda carts: carts.checkout(customer_id, expected_version=expected)
+        )
+    except CartEmpty:
+        if empty is None:
+            raise
+        _, version = await _cart(request, "list", customer_id, lambda carts: carts.list_items(customer_id))
+        return json_response(200, empty, etag(version))
+    return json_response(200, (profile.receipt_legacy if legacy else profile.receipt)(receipt), etag(version))
+
+
+# -- handlers: operations --------------------------------------------------------------------
+
+
+class _OK(Response):
+    """The health answer, rendered once."""
+
+    media_type = "application/json"
+
+    def __init__(self) -> None:
+        super().__init__(b'{"status":"ok"}')
+
+
+async def healthz(request: Request) -> Response:
+    """``GET /healthz``: liveness; touches no store."""
+    if app_state(request).service is None:
+        return error(503, "unavailable", "the cart service is not running", None, {"Retry-After": "1"})
+    return _OK()
+
+
+async def readyz(request: Request) -> Response:
+    """``GET /readyz``: whether every shard answers (each asked at once, :data:`READY_TIMEOUT` s at most)."""
+    service = app_state(request).service
+    if service is None:
+        return error(503, "unavailable", "the cart service is not running", None, {"Retry-After": "1"})
+    shards = service.store.servers
+
+    async def probe(name: str, count: Callable[[], int]) -> str:
+        try:
+            await asyncio.wait_for(run_in_threadpool(count), READY_TIMEOUT)
+        except asyncio.TimeoutError:
+            logger.warning("readyz: shard %r did not answer within %s s", name, READY_TIMEOUT)
+            return "timeout"
+        except Exception as exc:  # a probe: whatever the shard raised, it is not ready
+            logger.warning("readyz: shard %r: %s", name, exc)
+            return "unavailable"
+        return "ok"
+
+    states = await asyncio.gather(*(probe(name, server.count) for name, server in shards.items()))
+    report = dict(zip(shards, states))
+    if all(s == "ok" for s in states):
+        return json_response(200, {"status": "ready", "shards": report})
+    down = sorted(name for name, s in report.items() if s != "ok")
+    return error(503, "not_ready", f"shards not answering: {', '.join(down)}", {"shards": report}, {"Retry-After": "1"})
+
+
+async def metrics(request: Request) -> Response:
+    """``GET /metrics``: the Prometheus text format, every worker's values summed."""
+    state = app_state(request)
+    if state.metrics is None:
+        return error(404, "not_found", "metrics are switched off (dhtcart serve --no-metrics)")
+    body, content_type = await run_in_threadpool(state.metrics.render)
+    return Response(body, media_type=content_type)
+
+
+# -- handlers: the document and its viewers, served from the package (no CDN) -------------------
+
+_ASSETS_DIR = FilePath(next(iter(fastapi_offline.__path__))) / "static"
+_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "redoc.standalone.js": "text/javascript",
+    "favicon.png": "image/png",
+}
+
+
+async def openapi(request: Request) -> Response:
+    """``GET /openapi.json``: the OpenAPI document (built once)."""
+    state = app_state(request)
+    if state.openapi is None:
+        state.openapi = json.dumps(request.scope["app"].openapi(), ensure_ascii=False).encode()
+    return Response(state.openapi, media_type="application/json")
+
+
+async def swagger_ui(request: Request) -> Response:
+    """``GET /docs``: Swagger UI, its scripts and styles from this package."""
+    root = request.scope.get("root_path", "")
+    page: HTMLResponse = get_swagger_ui_html(
+        openapi_url=f"{root}/openapi.json",
+        title="dhtcart - Swagger UI",
+        swagger_js_url=f"{root}/docs/static/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}/docs/static/swagger-ui.css",
+        swagger_favicon_url=f"{root}/docs/static/favicon.png",
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the internet
+    )
+    return page
+
+
+async def redoc(request: Request) -> Response:
+    """``GET /redoc``: ReDoc, from this package."""
+    root = request.scope.get("root_path", "")
+    page: HTMLResponse = get_redoc_html(
+        openapi_url=f"{root}/openapi.json",
+        title="dhtcart - ReDoc",
+        redoc_js_url=f"{root}/docs/static/redoc.standalone.js",
+        redoc_favicon_url=f"{root}/docs/static/favicon.png",
+        with_google_fonts=False,
+    )
+    return page
+
+
+async def docs_asset(request: Request, name: AssetName) -> Response:
+    """``GET /docs/static/{name}``: one of the viewers' files."""
+    media_type = _ASSETS.get(name)
+    if media_type is None:
+        return error(404, "not_found", f"no asset {name!r}")
+    return FileResponse(_ASSETS_DIR / name, media_type=media_type, headers={"Cache-Control": "public, max-age=86400"})

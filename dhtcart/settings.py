@@ -1,0 +1,382 @@
+"""One configuration for both faces: the ``dhtcart`` command and the HTTP app.
+
+Every setting is declared once, in :data:`OPTIONS`: its default, its
+environment variable, its ``dhtcart serve`` option, its range and its help.
+:class:`Settings` holds the values; the command line and the app factory both
+build one from here, so a variable is parsed (and refused) the same way
+wherever it is read:
+
+>>> Settings().port, Settings().data
+(8000, './dhtcart-data')
+>>> Settings.from_env({"DHTCART_PORT": "9001", "DHTCART_COMPAT": "seed"}).port
+9001
+>>> Settings.from_env({"DHTCART_WORKERS": "0"})
+Traceback (most recent call last):
+...
+dhtcart.errors.InvalidInput: DHTCART_WORKERS: must be between 1 and 512, got 0
+
+Precedence: a command-line option beats its environment variable, which beats
+the default. ``dhtcart serve`` hands its settings to the worker processes as
+environment variables (:meth:`Settings.to_env`); each worker reads them back
+with :meth:`Settings.from_env`.
+
+This module imports nothing beyond the standard library and
+:mod:`dhtcart.errors`: the command line reads it before it knows whether the
+server extra is installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dhtcart.errors import InvalidInput
+
+__all__ = ["COMPAT_PROFILES", "DEFAULT_SHARDS", "LOG_LEVELS", "OPTIONS", "Option", "Settings"]
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+COMPAT_PROFILES = ("default", "seed")  #: response shapes: dhtcart's documented API, or the seed code's
+DEFAULT_SHARDS = 5  #: shards of a new store when none is asked for
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise InvalidInput("text", f"must be one of {', '.join(_TRUE)} or {', '.join(_FALSE[:-1])}, got {text!r}")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise InvalidInput("text", f"must be an integer, got {text!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise InvalidInput("text", f"must be a number, got {text!r}") from None
+
+
+def _lower(text: str) -> str:
+    return text.strip().lower()
+
+
+def _text(text: str) -> str:
+    return text
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: where it comes from, what it may be, and what it means.
+
+    ``flag`` is the ``dhtcart serve`` option (``--no-...`` for a setting that
+    is on by default and switched off by the flag); ``parse`` turns the text
+    of a variable or option into the value (or raises
+    :class:`~dhtcart.errors.InvalidInput`); ``low``/``high`` (numbers) or
+    ``choices`` (text) bound it.
+    """
+
+    name: str
+    env: str
+    flag: str
+    help: str
+    parse: Callable[[str], Any] = _text
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None
+
+    @property
+    def is_switch(self) -> bool:
+        """A boolean setting: its flag takes no value."""
+        return self.parse is _bool
+
+    def check(self, value: Any, label: str) -> Any:
+        """``value`` if it is allowed, else :class:`InvalidInput` naming ``label``."""
+        if self.choices and value not in self.choices:
+            raise InvalidInput(label, f"must be one of {', '.join(self.choices)}, got {value!r}")
+        if self.low is not None and self.high is not None and not self.low <= value <= self.high:
+            low, high = (int(b) if float(b).is_integer() else b for b in (self.low, self.high))
+            raise InvalidInput(label, f"must be between {low} and {high}, got {value}")
+        return value
+
+    def read(self, text: str, label: str) -> Any:
+        """Parse and check the text of a variable or option."""
+        try:
+            value = self.parse(text)
+        except InvalidInput as exc:
+            raise InvalidInput(label, exc.message) from None
+        return self.check(value, label)
+
+
+#: every setting, in the order ``dhtcart serve --help`` lists them
+OPTIONS: tuple[Option, ...] = (
+    Option("host", "DHTCART_HOST", "--host", "interface to listen on (0.0.0.0 for all)"),
+    Option("port", "DHTCART_PORT", "--port", "TCP port", _int, 0, 65535),
+    Option("data", "DHTCART_DATA", "--data", "the store's directory", metavar="DIR"),
+    Option(
+        "shards",
+        "DHTCART_SHARDS",
+        "--shards",
+        f"shards of a new store (ignored when the store exists; default {DEFAULT_SHARDS})",
+        _int,
+        1,
+        4096,
+        metavar="N",
+    ),
+    Option("workers", "DHTCART_WORKERS", "--workers", "worker processes sharing the store", _int, 1, 512, metavar="N"),
+    Option(
+        "log_level",
+        "DHTCART_LOG_LEVEL",
+        "--log-level",
+        "'warning' hides the per-request lines",
+        _lower,
+        choices=LOG_LEVELS,
+    ),
+    Option("access_log", "DHTCART_ACCESS_LOG", "--no-access-log", "do not log one line per request", _bool),
+    Option(
+        "max_body_bytes",
+        "DHTCART_MAX_BODY_BYTES",
+        "--max-body-bytes",
+        "largest request body accepted, 413 beyond",
+        _int,
+        0,
+        1 << 30,
+        metavar="N",
+    ),
+    Option(
+        "thread_pool",
+        "DHTCART_THREAD_POOL",
+        "--thread-pool",
+        "run every store call in the thread pool, even on fast local shards",
+        _bool,
+    ),
+    Option(
+        "graceful_timeout",
+        "DHTCART_GRACEFUL_TIMEOUT",
+        "--graceful-timeout",
+        "on shutdown, wait this long for in-flight requests",
+        _float,
+        0,
+        3600,
+        metavar="SECONDS",
+    ),
+    Option(
+        "compat",
+        "DHTCART_COMPAT",
+        "--compat",
+        "response shapes: 'default' (the documented API) or 'seed' (the seed code's, for its clients)",
+        _lower,
+        choices=COMPAT_PROFILES,
+    ),
+    Option(
+        "request_timeout",
+        "DHTCART_REQUEST_TIMEOUT",
+        "--request-timeout",
+        "a client must send a whole request (headers and body) within this long of starting it "
+        "or of connecting; else 408 and the connection is closed",
+        _float,
+        0.1,
+        3600,
+        metavar="SECONDS",
+    ),
+    Option(
+        "keep_alive_timeout",
+        "DHTCART_KEEP_ALIVE_TIMEOUT",
+        "--keep-alive-timeout",
+        "close a keep-alive connection idle this long after a response",
+        _int,
+        1,
+        3600,
+        metavar="SECONDS",
+    ),
+    Option(
+        "max_connections",
+        "DHTCART_MAX_CONNECTIONS",
+        "--max-connections",
+        "open connections per worker; beyond it a request gets 503 and the connection is closed",
+        _int,
+        1,
+        1_000_000,
+        metavar="N",
+    ),
+    Option("backlog", "DHTCART_BACKLOG", "--backlog", "connections the kernel queues before accept", _int, 1, 65535),
+    Option("metrics", "DHTCART_METRICS", "--no-metrics", "do not serve /metrics nor count requests", _bool),
+)
+
+_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The configuration of the faces; see :data:`OPTIONS` for each field's meaning.
+
+    Constructing one checks every value (:class:`~dhtcart.errors.InvalidInput`
+    naming the field). ``shards`` is ``None`` unless asked for: a new store
+    then gets :data:`DEFAULT_SHARDS`, and an existing one keeps its own.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data: str = "./dhtcart-data"
+    shards: int | None = None
+    workers: int = 1
+    log_level: str = "info"
+    access_log: bool = True
+    max_body_bytes: int = 64 * 1024
+    thread_pool: bool = False
+    graceful_timeout: float = 10.0
+    compat: str = "default"
+    request_timeout: float = 10.0
+    keep_alive_timeout: int = 5
+    max_connections: int = 1000
+    backlog: int = 2048
+    metrics: bool = True
+
+    def __post_init__(self) -> None:
+        for option in OPTIONS:
+            value = getattr(self, option.name)
+            if value is None and option.name == "shards":
+                continue
+            _check_type(option, value)
+            option.check(value, option.name)
+
+    @property
+    def new_store_shards(self) -> int:
+        """How many shards a store created with these settings gets."""
+        return DEFAULT_SHARDS if self.shards is None else self.shards
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` (checked like any other value)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``DHTCART_*`` variables (``os.environ`` by default); unset or empty ones keep the default."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for option in OPTIONS:
+            raw = env.get(option.env)
+            if raw:
+                values[option.name] = option.read(raw, option.env)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The ``DHTCART_*`` variables that :meth:`from_env` reads back as these settings."""
+        out: dict[str, str] = {}
+        for option in OPTIONS:
+            value = getattr(self, option.name)
+            if value is None:
+                continue
+            out[option.env] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+        return out
+
+    @classmethod
+    def from_namespace(cls, args: Any) -> Settings:
+        """Settings from parsed command-line arguments (see :func:`add_options`); flags beat the environment."""
+        values: dict[str, Any] = {}
+        for option in OPTIONS:
+            if not hasattr(args, option.name):
+                continue
+            value = getattr(args, option.name)
+            if isinstance(value, _BadEnv):
+                raise InvalidInput(value.env, value.message)
+            if value is None:
+                continue
+            values[option.name] = option.check(value, f"{option.flag.replace('--no-', '--')} (or {option.env})")
+        return cls(**values)
+
+
+def _check_type(option: Option, value: Any) -> None:
+    default = _DEFAULTS.get(option.name)
+    expected: type | tuple[type, ...]
+    if isinstance(default, bool):
+        expected = bool
+    elif isinstance(default, float):
+        expected = (int, float)
+    elif option.parse is _int:
+        expected = int
+    else:
+        expected = str
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise InvalidInput(option.name, f"must be {getattr(expected, '__name__', 'a number')}, not {value!r}")
+
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Settings)}
+
+
+class _BadEnv:
+    """An environment variable that did not parse: reported when the settings are built."""
+
+    def __init__(self, env: str, message: str) -> None:
+        self.env = env
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"<invalid ${self.env}>"
+
+
+def cli_default(name: str, environ: Mapping[str, str] | None = None) -> Any:
+    """The value an option takes when it is not given: its variable's, else the default."""
+    option = _BY_NAME[name]
+    env = os.environ if environ is None else environ
+    raw = env.get(option.env)
+    if not raw:
+        return _DEFAULTS[name]
+    try:
+        return option.parse(raw)
+    except InvalidInput as exc:
+        return _BadEnv(option.env, exc.message)
+
+
+def add_options(parser: Any, *names: str) -> None:
+    """Add the options ``names`` to an :class:`argparse.ArgumentParser`, defaults from the environment."""
+    for name in names:
+        option = _BY_NAME[name]
+        default = cli_default(name)
+        shown = "" if option.name == "shards" else f"; default {_DEFAULTS[name]}"
+        help_text = f"{option.help} (env {option.env}{shown})"
+        if option.is_switch:
+            # --thread-pool turns a default-off setting on; --no-access-log turns a default-on one off
+            parser.add_argument(
+                option.flag,
+                dest=name,
+                action="store_const",
+                const=not option.flag.startswith("--no-"),
+                default=default,
+                help=help_text,
+            )
+            continue
+        kwargs: dict[str, Any] = {"dest": name, "default": default, "help": help_text}
+        if option.choices:
+            kwargs["choices"] = option.choices
+            kwargs["type"] = option.parse
+        elif option.parse is not _text:
+            kwargs["type"] = _argparse_type(option)
+        if option.metavar:
+            kwargs["metavar"] = option.metavar
+        parser.add_argument(option.flag, **kwargs)
+
+
+def _argparse_type(option: Option) -> Callable[[str], Any]:
+    import argparse
+
+    def convert(text: str) -> Any:
+        try:
+            return option.parse(text)
+        except InvalidInput as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+
+    convert.__name__ = option.parse.__name__.strip("_")  # argparse names it in "invalid int value"
+    return convert

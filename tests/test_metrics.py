@@ -1,0 +1,84 @@
+"""dhtcart.metrics alone: counting, mirrors of library counters, multiprocess files, dead workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("prometheus_client")
+
+from dhtcart.metrics import Metrics, forget_dead_workers
+from tests.helpers import child_env
+
+
+def test_requests_and_store_operations_are_counted() -> None:
+    m = Metrics()
+    for _ in range(3):
+        m.request("/items/{customerId}", "GET", 200, 0.0007)
+    m.request("unmatched", "GET", 404, 0.0001)
+    m.store_operation("shard-1", "add")
+    m.store_error("shard-1", "ShardUnavailable")
+    text = m.render()[0].decode()
+    assert 'dhtcart_http_requests_total{method="GET",route="/items/{customerId}",status="200"} 3.0' in text
+    assert (
+        'dhtcart_http_request_duration_seconds_bucket{le="0.001",method="GET",route="/items/{customerId}"} 3.0' in text
+    )
+    assert 'dhtcart_store_operations_total{operation="add",shard="shard-1"} 1.0' in text
+    assert 'dhtcart_store_errors_total{error="ShardUnavailable",shard="shard-1"} 1.0' in text
+
+
+def test_two_apps_in_one_process_do_not_collide() -> None:
+    a, b = Metrics(), Metrics()
+    a.request("/x", "GET", 200, 0.1)
+    assert 'route="/x"' not in b.render()[0].decode()
+
+
+def test_mirrors_turn_library_counters_into_metrics() -> None:
+    """How a store's own counters (redirects, retries, keys moved) become metrics: one declaration each."""
+    counts = {("shard-0",): 2.0}
+    progress = {(): 10.0}
+    m = Metrics()
+    m.mirror_counter("dhtcart_store_retries", "Retries.", ("shard",), lambda: counts)
+    m.mirror_gauge("dhtcart_rebalance_keys_planned", "Planned.", (), lambda: progress)
+    assert m.has_mirrors
+    text = m.render()[0].decode()
+    assert 'dhtcart_store_retries_total{shard="shard-0"} 2.0' in text and "dhtcart_rebalance_keys_planned 10.0" in text
+    counts[("shard-0",)] = 5.0
+    counts[("shard-1",)] = 1.0
+    text = m.render()[0].decode()
+    assert 'dhtcart_store_retries_total{shard="shard-0"} 5.0' in text
+    assert 'dhtcart_store_retries_total{shard="shard-1"} 1.0' in text
+    counts[("shard-0",)] = 1.0  # a new store object started again from zero: its total counts on top
+    assert 'dhtcart_store_retries_total{shard="shard-0"} 6.0' in m.render()[0].decode()
+
+
+_WORKER = """
+import sys
+from dhtcart.metrics import Metrics
+m = Metrics()
+m.worker_started()
+for _ in range(int(sys.argv[1])):
+    m.request("/healthz", "GET", 200, 0.001)
+"""
+
+
+def test_multiprocess_mode_sums_processes_and_forgets_dead_ones(tmp_path: Path) -> None:
+    env = child_env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    for n in (3, 4):
+        subprocess.run([sys.executable, "-c", _WORKER, str(n)], env=env, check=True, timeout=60)
+    assert any(name.startswith("gauge_livesum_") for name in os.listdir(tmp_path))
+    render = (
+        "from dhtcart.metrics import Metrics, forget_dead_workers\n"
+        "print(forget_dead_workers())\n"
+        "print(Metrics().render()[0].decode())"
+    )
+    out = subprocess.run([sys.executable, "-c", render], env=env, capture_output=True, text=True, check=True).stdout
+    assert 'dhtcart_http_requests_total{method="GET",route="/healthz",status="200"} 7.0' in out  # both, summed
+    assert "dhtcart_workers 0.0" in out  # both exited: their live gauges are gone
+    assert len(forget_dead_workers(str(tmp_path))) == 1  # the rendering process's own, now it exited too
+    assert not any(name.startswith("gauge_livesum_") for name in os.listdir(tmp_path))
+    assert forget_dead_workers(str(tmp_path)) == []
