@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,10 +112,17 @@ def check_history(events: list[dict[str, Any]]) -> int:
         for version, (_, _, e) in writes.items():
             assert e["expected"] == version - 1, f"key {key}: version {version} did not follow {version - 1}"
         assert sorted(writes) == list(range(1, len(writes) + 1)), f"key {key}: a version is missing"
+        # the newest version acknowledged before each moment: completion times sorted, running max
+        done = sorted((end, version) for version, (_, end, _) in writes.items())
+        ends = [end for end, _ in done]
+        newest: list[int] = []
+        for _, version in done:
+            newest.append(max(version, newest[-1]) if newest else version)
         for start, _, e in ops:
             if e["f"] != "read":
                 continue
-            newest_before = max((v for v, (_, end, _) in writes.items() if end < start), default=0)
+            i = bisect_left(ends, start)  # writes that completed strictly before the read began
+            newest_before = newest[i - 1] if i else 0
             assert e["version"] >= newest_before, (
                 f"key {key}: stale read of version {e['version']} after version {newest_before} was acknowledged"
             )
