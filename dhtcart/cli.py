@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from dhtcart import __version__
 from dhtcart.errors import DHTCartError, InvalidInput, ShardExists, ShardNotFound, StoreBusy
+from dhtcart.membership import is_url, open_membership
 from dhtcart.settings import Settings, add_options
 from dhtcart.store import MANIFEST, DHTServerStore
 
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from dhtcart.rebalance import RebalancePlan, RebalanceReport
+    from dhtcart.store import RebalanceStatus
 
 __all__ = [
     "EXIT_BUSY",
@@ -116,7 +118,7 @@ environment:
 
 exit codes:
   0 success      1 command failed   2 bad usage   3 server could not start (port in use...)
-  4 store busy (a server or another command has it open)   5 optional extra missing
+  4 store busy (another rebalance is running)   5 optional extra missing
 """
 
 
@@ -176,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "add-shard",
         help="add a shard and move its keys to it (progress bar)",
-        description="Add a shard and move to it the arcs it now owns, nothing else. The store must "
-        "not be open elsewhere (stop the server first): otherwise exits 4.",
+        description="Add a shard and move to it the arcs it now owns, nothing else, while servers and "
+        "other processes keep using the store. Exits 4 if another rebalance is running.",
         formatter_class=_Formatter,
     )
     p.add_argument("name", nargs="?", metavar="NAME", help="the new shard's name (default shard-N)")
@@ -194,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "remove-shard",
         help="move a shard's keys away, then drop it (progress bar)",
-        description="Move a shard's keys to their new owners, then drop the shard and its data. "
-        "The store must not be open elsewhere (stop the server first): otherwise exits 4.",
+        description="Move a shard's keys to their new owners, then drop the shard and its data, "
+        "while servers keep serving. Exits 4 if another rebalance is running.",
         formatter_class=_Formatter,
     )
     p.add_argument("name", metavar="NAME", help="the shard to remove")
@@ -206,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "set-weight",
         help="change a shard's weight and move the keys that change owner",
-        description="Change a shard's weight; moves only the arcs that change owner. The store "
-        "must not be open elsewhere: otherwise exits 4.",
+        description="Change a shard's weight; moves only the arcs that change owner, while servers "
+        "keep serving. Exits 4 if another rebalance is running.",
         formatter_class=_Formatter,
     )
     p.add_argument("name", metavar="NAME", help="the shard")
@@ -320,12 +322,22 @@ def _console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False)
 
 
+def _exists(data: str) -> bool:
+    """Whether a store lives at ``data`` (a directory, or a membership URL)."""
+    if not is_url(data):
+        return (Path(data) / MANIFEST).is_file()
+    membership = open_membership(data)
+    try:
+        return membership.load() is not None
+    finally:
+        membership.close()
+
+
 def _open_store(data: str) -> DHTServerStore:
     """Open an existing store (never create one: that is ``init``'s and ``serve``'s job)."""
-    root = Path(data)
-    if not (root / MANIFEST).is_file():
-        raise CommandError(f"no dhtcart store in {root} (create one with: dhtcart init --data {root})")
-    return DHTServerStore.open(root, lock_timeout=5.0)
+    if not _exists(data):
+        raise CommandError(f"no dhtcart store at {data} (create one with: dhtcart init --data {data})")
+    return DHTServerStore.open(data, lock_timeout=5.0)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -339,8 +351,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _create(settings: Settings) -> tuple[str, int, bool, str]:
     """Create (or open, recovering) the store in ``settings.data``: its path, its shards,
     whether it existed, and a note for the user."""
-    data = os.path.abspath(settings.data)
-    existed = (Path(data) / MANIFEST).is_file()
+    data = settings.data if is_url(settings.data) else os.path.abspath(settings.data)
+    existed = _exists(data)
     with DHTServerStore.open(data, shards=settings.new_store_shards) as store:
         count = len(store.servers)
     note = ""
@@ -425,6 +437,7 @@ def _stats(args: argparse.Namespace) -> int:
         counts = store.stats()
         weights = store.ring.nodes
         shares = {n: store.ring.share(n) for n in counts}
+        status = store.rebalance_status()
     if args.json:
         print(json.dumps(counts, indent=1))
         return EXIT_OK
@@ -458,7 +471,32 @@ def _stats(args: argparse.Namespace) -> int:
         f"{len(counts)} shards, {total:,} keys; max {most:,}, mean {mean:,.1f}, max/mean {balance}",
         soft_wrap=True,
     )
+    console.print(_status_line(status), soft_wrap=True)
     return EXIT_OK
+
+
+def _status_line(status: RebalanceStatus) -> str:
+    """The membership epoch, and a migration's progress, in one line."""
+    line = f"membership epoch {status.epoch}"
+    if status.migrating:
+        change = (
+            ", ".join([*(f"adding {n}" for n in status.adding), *(f"removing {n}" for n in status.removing)])
+            or "reweighting"
+        )
+        line += (
+            f"; rebalance in progress ({change}): {status.fraction_done:.1%} of the moving key space handed"
+            f" over, {status.arcs_done}/{status.arcs} arcs"
+        )
+        if status.unreachable:
+            line += f" (unreachable: {', '.join(status.unreachable)})"
+        line += (
+            f"; lease held by {status.holder}"
+            if status.holder
+            else "; no rebalancer running (finish it with any rebalance, or by reopening)"
+        )
+    elif status.holder:
+        line += f"; lease held by {status.holder}"
+    return line
 
 
 # -- rebalancing -----------------------------------------------------------------------

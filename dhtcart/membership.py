@@ -67,6 +67,7 @@ __all__ = [
     "Membership",
     "MembershipDoc",
     "RedisMembership",
+    "is_url",
     "open_membership",
 ]
 
@@ -534,9 +535,14 @@ class RedisMembership(Membership):
         self._backend.close()
 
 
+def is_url(location: str | os.PathLike[str]) -> bool:
+    """Whether ``location`` names a membership database (``redis://``, ``rediss://``), not a directory."""
+    text = os.fspath(location)
+    return isinstance(text, str) and text.startswith(("redis://", "rediss://"))
+
+
 def open_membership(location: str | os.PathLike[str], *, lease_ttl: float = DEFAULT_LEASE_TTL) -> Membership:
     """The membership at ``location``: a ``redis://``/``rediss://`` URL, or a directory."""
-    text = os.fspath(location)
-    if isinstance(text, str) and text.startswith(("redis://", "rediss://")):
-        return RedisMembership(text, lease_ttl=lease_ttl)
-    return DirectoryMembership(text)
+    if is_url(location):
+        return RedisMembership(str(os.fspath(location)), lease_ttl=lease_ttl)
+    return DirectoryMembership(location)

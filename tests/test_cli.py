@@ -23,6 +23,7 @@ from dhtcart.cli import (
     build_parser,
     main,
 )
+from tests.helpers import child_env
 
 pytest.importorskip("rich")
 
@@ -145,6 +146,39 @@ def test_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # -- stats ----------------------------------------------------------------------------------------
+
+
+_SLOW_REBALANCE = """
+import sys, time
+from dhtcart import DHTServerStore
+store = DHTServerStore.open(sys.argv[1])
+def slow(done, total):
+    print("progress", flush=True)
+    time.sleep(0.05)
+store.add_shard("half", batch_size=5, progress=slow)
+print("done", flush=True)
+"""
+
+
+def test_stats_shows_the_epoch_and_a_migration_in_progress(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stats", "--data", str(store_dir)]) == EXIT_OK
+    assert "membership epoch 1" in capsys.readouterr().out
+    rebalancer = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_REBALANCE, str(store_dir)], stdout=subprocess.PIPE, text=True, env=child_env()
+    )
+    try:
+        assert rebalancer.stdout is not None and rebalancer.stdout.readline().strip() == "progress"
+        assert main(["stats", "--data", str(store_dir)]) == EXIT_OK  # while it runs
+        out = capsys.readouterr().out
+        m = re.search(r"membership epoch 2; rebalance in progress \(adding half\): ([\d.]+)% of the moving", out)
+        assert m and 0 < float(m.group(1)) < 100, out
+        assert f"lease held by {rebalancer.pid}@" in out
+    finally:
+        rebalancer.kill()
+        rebalancer.wait(30)
+    assert main(["stats", "--data", str(store_dir)]) == EXIT_OK  # the next opener finishes the dead one's work
+    out = capsys.readouterr().out
+    assert "membership epoch 3" in out and "in progress" not in out and "half" in out
 
 
 def test_stats_table(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
