@@ -487,6 +487,8 @@ def _status_line(status: RebalanceStatus) -> str:
             f"; rebalance in progress ({change}): {status.fraction_done:.1%} of the moving key space handed"
             f" over, {status.arcs_done}/{status.arcs} arcs"
         )
+        if status.keys_planned:
+            line += f", {status.keys_moved:,} of ~{status.keys_planned:,} keys moved"
         if status.unreachable:
             line += f" (unreachable: {', '.join(status.unreachable)})"
         line += (

@@ -79,6 +79,7 @@ DEFAULT_LEASE_TTL = 5.0
 MANIFEST = "manifest.json"
 ADMIN = "ADMIN"
 LEASE_FILE = "LEASE"
+PROGRESS_FILE = "PROGRESS"
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,14 @@ class Membership(ABC):
         """Who holds the lease, when that can be told (for ``dhtcart stats``)."""
         return None
 
+    @abstractmethod
+    def report_progress(self, epoch: int, moved: int, planned: int) -> None:
+        """Tell every handle how far the migration of ``epoch`` has gone (best effort: not durable)."""
+
+    @abstractmethod
+    def progress(self) -> tuple[int, int, int] | None:
+        """``(epoch, keys moved, keys planned)`` of the last report, or ``None``."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the membership holds open. Idempotent."""
 
@@ -264,6 +273,12 @@ class LocalMembership(Membership):
 
     def lease_holder(self) -> str | None:
         return self._holder if self._lock.locked() else None
+
+    def report_progress(self, epoch: int, moved: int, planned: int) -> None:
+        self._progress = (epoch, moved, planned)
+
+    def progress(self) -> tuple[int, int, int] | None:
+        return getattr(self, "_progress", None)
 
 
 # -- a directory ---------------------------------------------------------------------------
@@ -356,6 +371,19 @@ class DirectoryMembership(Membership):
             return int(json.loads((self._dir / LEASE_FILE).read_text())["token"])
         except FileNotFoundError:
             return 0
+
+    def report_progress(self, epoch: int, moved: int, planned: int) -> None:
+        tmp = self._dir / f"{PROGRESS_FILE}.{os.getpid()}.tmp"
+        with contextlib.suppress(OSError):  # progress is advice: never fail a rebalance for it
+            tmp.write_text(json.dumps([epoch, moved, planned]))
+            os.replace(tmp, self._dir / PROGRESS_FILE)
+
+    def progress(self) -> tuple[int, int, int] | None:
+        try:
+            epoch, moved, planned = json.loads((self._dir / PROGRESS_FILE).read_text())
+        except (OSError, ValueError, TypeError):
+            return None
+        return int(epoch), int(moved), int(planned)
 
     def lease_holder(self) -> str | None:
         fd = os.open(self._dir / ADMIN, os.O_RDWR | os.O_CREAT, 0o600)
@@ -461,8 +489,9 @@ class RedisMembership(Membership):
     """The document in a Redis database: ``redis://host:port/db?prefix=...`` (default prefix ``dhtcart:``).
 
     Keys (under the URL's prefix): ``membership`` (the JSON document),
-    ``membership:epoch``, ``lease`` (``"<token> <holder>"`` with an expiry) and
-    ``lease:token`` (the last token handed out). When the database cannot be
+    ``membership:epoch``, ``lease`` (``"<token> <holder>"`` with an expiry),
+    ``lease:token`` (the last token handed out) and ``progress`` (the running
+    migration's keys moved and planned). When the database cannot be
     reached, loading or publishing raises
     :class:`~dhtcart.errors.ShardUnavailable` naming it; handles keep routing
     with the document they have.
@@ -481,6 +510,7 @@ class RedisMembership(Membership):
         self._epoch_key = f"{pfx}membership:epoch"
         self._lease_key = f"{pfx}lease"
         self._token_key = f"{pfx}lease:token"
+        self._progress_key = f"{pfx}progress"
 
     def _call(self, fn: Any, *args: Any, wrote: bool = False) -> Any:
         return self._backend.execute(fn, *args, wrote=wrote)
@@ -530,6 +560,19 @@ class RedisMembership(Membership):
     def lease_holder(self) -> str | None:
         raw = self._call(self._backend.client.get, self._lease_key)
         return None if raw is None else raw.decode().partition(" ")[2]
+
+    def report_progress(self, epoch: int, moved: int, planned: int) -> None:
+        client = self._backend.client
+        value = json.dumps([epoch, moved, planned])
+        with contextlib.suppress(ShardUnavailable):  # progress is advice: never fail a rebalance for it
+            self._call(lambda: client.set(self._progress_key, value, ex=3600), wrote=True)
+
+    def progress(self) -> tuple[int, int, int] | None:
+        raw = self._call(self._backend.client.get, self._progress_key)
+        if raw is None:
+            return None
+        epoch, moved, planned = json.loads(raw)
+        return int(epoch), int(moved), int(planned)
 
     def close(self) -> None:
         self._backend.close()

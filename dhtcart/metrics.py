@@ -39,6 +39,7 @@ once and kept (no ``labels()`` call per request).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -185,6 +186,47 @@ class Metrics:
 
         self._mirrors.append(sync)
         return gauge
+
+    def watch_store(self, store: Any) -> None:
+        """Export a :class:`~dhtcart.store.DHTServerStore`'s routing counts and its membership.
+
+        ``dhtcart_store_routing_total{event}``: ``redirect`` (a shard refused a key
+        it does not own and the store followed), ``reload`` (the membership read
+        again), ``wait`` (a pause on a batch being handed over), ``takeover`` (a
+        dead rebalancer's batch finished by this worker). Gauges:
+        ``dhtcart_membership_epoch``, ``dhtcart_rebalance_in_progress`` (0 or 1),
+        ``dhtcart_rebalance_fraction_done`` (of the moving key space),
+        ``dhtcart_rebalance_keys_moved`` and ``dhtcart_rebalance_keys_planned``.
+        """
+        self.mirror_counter(
+            "dhtcart_store_routing",
+            "Redirects followed, membership reloads, waits on a hand-over and takeovers, by the store.",
+            ("event",),
+            lambda: {(event.rstrip("s"),): float(n) for event, n in store.routing_stats().items()},
+        )
+        status: dict[str, Any] = {}
+
+        def read(field: str) -> Callable[[], Mapping[tuple[str, ...], float]]:
+            def value() -> Mapping[tuple[str, ...], float]:
+                if field == "epoch":  # the first gauge read at each sync reads the status for all
+                    # a shard or the membership unreachable: keep the last values
+                    with contextlib.suppress(Exception):
+                        status["now"] = store.rebalance_status()
+                now = status.get("now")
+                if now is None:
+                    return {}
+                return {(): float(getattr(now, field))}
+
+            return value
+
+        for field, name, doc in (
+            ("epoch", "dhtcart_membership_epoch", "The membership epoch this worker routes with."),
+            ("migrating", "dhtcart_rebalance_in_progress", "1 while a migration is in progress, else 0."),
+            ("fraction_done", "dhtcart_rebalance_fraction_done", "Share of the moving key space handed over."),
+            ("keys_moved", "dhtcart_rebalance_keys_moved", "Keys the migration has moved, as last reported."),
+            ("keys_planned", "dhtcart_rebalance_keys_planned", "Keys the migration expects to move."),
+        ):
+            self.mirror_gauge(name, doc, (), read(field), mode="max")
 
     @property
     def has_mirrors(self) -> bool:

@@ -189,7 +189,8 @@ class Mover:
 
     ``backends`` maps every shard of the migration to its (fenced) backend.
     ``check_lease`` is called before each batch and raises
-    :class:`~dhtcart.errors.LeaseLost` when the lease is gone.
+    :class:`~dhtcart.errors.LeaseLost` when the lease is gone; ``report`` after
+    each batch with the keys moved so far.
     """
 
     def __init__(
@@ -203,6 +204,7 @@ class Mover:
         progress: Progress | None = None,
         planned: int = 0,
         check_lease: Callable[[], None] | None = None,
+        report: Callable[[int], None] | None = None,
     ) -> None:
         self.migration = migration
         self.backends = backends
@@ -212,6 +214,7 @@ class Mover:
         self.progress = progress
         self.planned = planned
         self.check_lease = check_lease
+        self.report = report
         self.keys_moved = 0
         self.bytes_moved = 0
         self.batches = 0
@@ -348,5 +351,7 @@ class Mover:
         self.keys_moved += moved
         self.bytes_moved += nbytes
         self.batches += 1
+        if self.report is not None:
+            self.report(self.keys_moved)
         if self.progress is not None and moved:
             self.progress(self.keys_moved, max(self.planned, self.keys_moved))

@@ -143,6 +143,8 @@ class RebalanceStatus:
     adding: list[str]  #: shards the migration adds
     removing: list[str]  #: shards it removes
     unreachable: list[str]  #: shards whose records could not be read (their progress counts as none)
+    keys_moved: int = 0  #: keys the current (or last) migration has moved, as its rebalancer last reported
+    keys_planned: int = 0  #: the keys it expects to move (an estimate from shard counts)
 
 
 class _View:
@@ -634,8 +636,10 @@ class DHTServerStore:
         view = self._refresh()
         holder = self._membership.lease_holder()
         mig = view.migration
+        report = self._membership.progress()
+        moved, planned = (report[1], report[2]) if report is not None else (0, 0)
         if mig is None:
-            return RebalanceStatus(view.epoch, False, 0, 0, 1.0, holder, [], [], [])
+            return RebalanceStatus(view.epoch, False, 0, 0, 1.0, holder, [], [], [], moved, planned)
         done_arcs = 0
         done = total = 0
         segs: dict[str, Segments] = {}
@@ -652,6 +656,7 @@ class DHTServerStore:
             total += m.size
             done += owned
             done_arcs += int(owned == m.size)
+        since = view.doc.migration["since"] if view.doc.migration else -1
         adding = sorted(set(mig.new.nodes) - set(view.ring.nodes))
         removing = sorted(view.doc.migration["drop"]) if view.doc.migration else []
         return RebalanceStatus(
@@ -664,6 +669,8 @@ class DHTServerStore:
             adding,
             removing,
             sorted(unreachable),
+            moved if report is not None and report[0] == since else 0,
+            planned if report is not None and report[0] == since else 0,
         )
 
     # -- rebalancing ------------------------------------------------------------
@@ -788,6 +795,21 @@ class DHTServerStore:
             with lease:
                 self._finish(lease)
 
+    def _reporter(self, epoch: int, planned: int) -> Callable[[int], None]:
+        """Report keys moved to the membership (for every handle's status and metrics), at most
+        every quarter second."""
+        membership = self._membership
+        last = [0.0]
+        membership.report_progress(epoch, 0, planned)
+
+        def report(moved: int) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 0.25:
+                last[0] = now
+                membership.report_progress(epoch, moved, max(planned, moved))
+
+        return report
+
     def _finish(
         self, lease: Lease, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None
     ) -> Mover | None:
@@ -796,6 +818,7 @@ class DHTServerStore:
         mover = None
         doc = view.doc
         if view.migration is not None:
+            planned = estimate_keys(view.migration.moves, view.ring, view.servers)
             mover = Mover(
                 view.migration,
                 self._backends(view),
@@ -803,9 +826,12 @@ class DHTServerStore:
                 doc.epoch,
                 batch_size=batch_size,
                 progress=progress,
+                planned=planned,
                 check_lease=lease.check,
+                report=self._reporter(doc.epoch, planned),
             )
             mover.run()
+            self._membership.report_progress(doc.epoch, mover.keys_moved, max(planned, mover.keys_moved))
             doc = self._commit(doc, lease)
         if doc.retired:
             self._destroy_retired(doc, lease)
@@ -901,7 +927,7 @@ class DHTServerStore:
                 self._membership.publish(mig, lease)
                 view = self._apply(mig)
                 assert view.migration is not None
-                planned = estimate_keys(view.migration.moves, view.ring, view.servers) if progress else 0
+                planned = estimate_keys(view.migration.moves, view.ring, view.servers)
                 mover = Mover(
                     view.migration,
                     self._backends(view),
@@ -911,8 +937,10 @@ class DHTServerStore:
                     progress=progress,
                     planned=planned,
                     check_lease=lease.check,
+                    report=self._reporter(epoch, planned),
                 )
                 mover.run()
+                self._membership.report_progress(epoch, mover.keys_moved, max(planned, mover.keys_moved))
                 doc = self._commit(mig, lease)
                 if doc.retired:
                     self._destroy_retired(doc, lease)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,40 @@ def test_multiprocess_mode_sums_processes_and_forgets_dead_ones(tmp_path: Path) 
     assert len(forget_dead_workers(str(tmp_path))) == 1  # the rendering process's own, now it exited too
     assert not any(name.startswith("gauge_livesum_") for name in os.listdir(tmp_path))
     assert forget_dead_workers(str(tmp_path)) == []
+
+
+def test_a_watched_store_reports_its_redirects_and_a_rebalance(tmp_path: Path) -> None:
+    from dhtcart import DHTServerStore, hash_key
+
+    keys = [hash_key(f"k{i}") for i in range(500)]
+    with DHTServerStore.open(tmp_path / "s", shards=3) as watched:
+        for key in keys:
+            watched.put(key, b"v")
+        m = Metrics()
+        m.watch_store(watched)
+        text = m.render()[0].decode()
+        assert "dhtcart_membership_epoch 1.0" in text and "dhtcart_rebalance_in_progress 0.0" in text
+
+        def stop(done: int, total: int) -> None:
+            raise RuntimeError("stopped half way")
+
+        with DHTServerStore.open(tmp_path / "s") as other, pytest.raises(RuntimeError):
+            other.add_shard("new", batch_size=20, progress=stop)  # another handle rebalances, and stops
+        for key in keys:  # the watched handle meets the moved keys: redirects, a membership reload
+            assert watched.get(key) is not None
+        text = m.render()[0].decode()
+        assert "dhtcart_membership_epoch 2.0" in text and "dhtcart_rebalance_in_progress 1.0" in text
+        assert 'dhtcart_store_routing_total{event="redirect"}' in text
+        assert 'dhtcart_store_routing_total{event="reload"}' in text
+        moved, planned, fraction = (
+            float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+            for name in (
+                "dhtcart_rebalance_keys_moved",
+                "dhtcart_rebalance_keys_planned",
+                "dhtcart_rebalance_fraction_done",
+            )
+        )
+        assert 0 < moved <= planned and 0 < fraction < 1
+        watched.finish_rebalance()
+        text = m.render()[0].decode()
+        assert "dhtcart_membership_epoch 3.0" in text and "dhtcart_rebalance_in_progress 0.0" in text

@@ -132,6 +132,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.service = opened
     syncing: asyncio.Task[None] | None = None
     if state.metrics is not None:
+        state.metrics.watch_store(state.service.store)
         state.metrics.worker_started()
         if state.metrics.has_mirrors:
             syncing = asyncio.ensure_future(_sync_metrics(state.metrics))
