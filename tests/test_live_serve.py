@@ -11,13 +11,7 @@ lives only on its owner.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -26,23 +20,13 @@ from pathlib import Path
 import pytest
 
 from dhtcart import CartService, DHTServerStore
-from tests.helpers import child_env
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
+from tests.serve_process import Server, clean_env, command  # noqa: E402
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
-
-
-def _command() -> list[str]:
-    script = shutil.which("dhtcart")
-    return [script] if script else [sys.executable, "-m", "dhtcart"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_add_and_remove_a_shard_while_two_workers_serve(tmp_path: Path) -> None:
@@ -51,25 +35,15 @@ def test_add_and_remove_a_shard_while_two_workers_serve(tmp_path: Path) -> None:
         carts = CartService(store)
         for i in range(400):
             carts.add_item(f"bg-{i}", "sku-0", "1.00")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in child_env().items() if not k.startswith("DHTCART_")}
-    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [*_command(), "serve", "--port", str(port), "--data", str(data), "--workers", "2", "--no-access-log"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
     acked: Counter[tuple[str, str]] = Counter()
     statuses: Counter[int] = Counter()
     problems: list[str] = []
     stop = threading.Event()
     lock = threading.Lock()
+    server = Server(data, tmp_path / "server.log", "--workers", "2", "--no-access-log")
 
     def client(c: int) -> None:
-        with httpx.Client(base_url=url, timeout=30.0) as http:
+        with httpx.Client(base_url=server.url, timeout=30.0) as http:
             i = 0
             while not stop.is_set():
                 customer, item = f"live-{(c * 7 + i) % 40}", f"sku-{i % 3}"
@@ -81,47 +55,34 @@ def test_add_and_remove_a_shard_while_two_workers_serve(tmp_path: Path) -> None:
                     continue
                 with lock:
                     statuses[r.status_code] += 1
-                    if r.status_code == 201 or r.status_code == 200:
+                    if r.status_code in (200, 201):
                         acked[(customer, item)] += 1
                     elif r.status_code >= 500:
                         problems.append(f"{r.status_code}: {r.text[:200]}")
 
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-            time.sleep(0.1)
         threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(8)]
         for t in threads:
             t.start()
         time.sleep(1.0)
-        cli_env = {**env, "DHTCART_DATA": str(data)}
+        env = clean_env(DHTCART_DATA=str(data))
         for argv in (["add-shard", "extra", "--batch-size", "20"], ["remove-shard", "shard-0", "--batch-size", "20"]):
             before = sum(statuses.values())
-            done = subprocess.run([*_command(), *argv], capture_output=True, text=True, timeout=120, env=cli_env)
+            done = subprocess.run([*command(), *argv], capture_output=True, text=True, timeout=120, env=env)
             assert done.returncode == 0, f"{argv}: {done.stdout}\n{done.stderr}"
             assert sum(statuses.values()) > before + 20, "the server hardly served during the rebalance"
             time.sleep(0.5)
         stop.set()
         for t in threads:
             t.join(60)
+        metrics = httpx.get(server.url + "/metrics", timeout=10).text
     finally:
         stop.set()
-        with contextlib.suppress(ProcessLookupError):
-            server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(20)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGKILL)
-            log.close()
+        server.stop()
     assert not problems, problems[:5]
     assert set(statuses) <= {200, 201}, statuses
+    assert 'dhtcart_store_routing_total{event="redirect"}' in metrics  # the workers followed redirects
+    assert "dhtcart_membership_epoch 6.0" in metrics  # and route with the newest membership
     with DHTServerStore.open(data) as store:
         store._check()
         assert sorted(store.servers) == ["extra", "shard-1", "shard-2", "shard-3"]
