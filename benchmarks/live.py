@@ -166,7 +166,6 @@ def migration(n_keys: int, repeats: int) -> list[dict[str, Any]]:
     rows = []
     for writers in (0, 3):
         rates: list[float] = []
-        done_writes = 0
         procs = [_spawn("writer", str(directory), "3600", str(w)) for w in range(writers)]
         time.sleep(1.0 if writers else 0)
         started = time.monotonic()
@@ -186,7 +185,6 @@ def migration(n_keys: int, repeats: int) -> list[dict[str, Any]]:
                 "keys/s min": min(rates),
                 "rebalances": len(rates),
                 "seconds": seconds,
-                "writes": done_writes,
             }
         )
     store.close()
