@@ -353,11 +353,17 @@ class DirectoryMembership(Membership):
 
     def try_lease(self, holder: str) -> Lease | None:
         fd = os.open(self._dir / ADMIN, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
+        for attempt in range(5):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                # lease_holder() probes with a shared lock for a moment: only a refusal that
+                # lasts means another rebalancer
+                if attempt == 4:
+                    os.close(fd)
+                    return None
+                time.sleep(0.005)
         try:
             token = self._last_token() + 1
             _write_atomic(self._dir / LEASE_FILE, json.dumps({"token": token, "holder": holder}))

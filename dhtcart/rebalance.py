@@ -233,6 +233,8 @@ class Mover:
             self._route(source, target, idxs, in_flight_only)
         if in_flight_only:
             return
+        if self.check_lease is not None:
+            self.check_lease()
         by_source: dict[str, list[tuple[int, int]]] = {}
         for m in moves:
             by_source.setdefault(m.source, []).append((m.lo, m.hi))

@@ -44,6 +44,7 @@ one at a time, under the membership's lease (another rebalancer gets
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -297,7 +298,8 @@ class DHTServerStore:
         return self._apply(doc)
 
     def _claim_all(self, doc: MembershipDoc, ring: AnyRing, token: int, *, lazy: bool = False) -> None:
-        """Give every shard of ``doc`` the record of owning its arcs of ``ring``.
+        """Give every shard of ``doc`` the record of owning its arcs of ``ring`` (a store being
+        created claims its shards, whatever token they have seen).
 
         ``lazy``: a shard that cannot be reached now is claimed when it first
         refuses an operation (stores whose membership is in this process only).
@@ -309,7 +311,7 @@ class DHTServerStore:
             backend = self._server(name, url, doc.born[name]).backend
             record = Ownership(doc.epoch, token, Segments.owning(arcs[name]))
             try:
-                backend.claim(record)
+                backend.claim(record, force=True)
             except ShardUnavailable:
                 if not lazy:
                     raise
@@ -320,7 +322,7 @@ class DHTServerStore:
         record = self._unclaimed.get(backend)
         if record is None:
             return False
-        backend.claim(record)
+        backend.claim(record, force=True)
         self._unclaimed.pop(backend, None)
         return True
 
@@ -590,8 +592,15 @@ class DHTServerStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _take_over(self) -> None:
-        """Finish the batches a dead rebalancer left half done, if nobody holds the lease."""
-        lease = self._membership.try_lease(holder_name())
+        """Finish the batches a dead rebalancer left half done, if nobody holds the lease.
+
+        Best effort: whatever goes wrong (the membership's database down, a shard
+        unreachable), the waiting operation goes on waiting and tries again later.
+        """
+        try:
+            lease = self._membership.try_lease(holder_name())
+        except Exception:
+            return
         if lease is None:
             return
         try:
@@ -683,16 +692,23 @@ class DHTServerStore:
         return f"shard-{i}"
 
     def _ring_with(self, op: str, name: str, weight: int = 1) -> AnyRing:
-        ring = self._view.ring.copy()
-        servers = self._view.servers
+        """The ring after the change (from the current ring; call with no migration pending)."""
+        view = self._view
+        if view.migration is not None:
+            raise StoreBusy(
+                f"store {self.location}: a rebalance is in progress (or stopped unfinished);"
+                " plan once it has finished (any rebalance or finish_rebalance() finishes a stopped one)"
+            )
+        ring = view.ring.copy()
+        servers = view.servers
         if op == "add":
             if name in servers:
                 raise ShardExists(f"shard {name!r} is already in the store")
             total = sum(ring.nodes.values()) + weight
-        elif name not in servers:
-            raise ShardNotFound(f"no shard named {name!r}; shards: {', '.join(sorted(servers))}")
+        elif name not in ring.nodes:
+            raise ShardNotFound(f"no shard named {name!r}; shards: {', '.join(sorted(ring.nodes))}")
         elif op == "remove":
-            if len(servers) == 1:
+            if len(ring.nodes) == 1:
                 raise InvalidInput("name", "cannot remove the last shard of a store")
             total = sum(ring.nodes.values()) - ring.nodes[name]
         else:
@@ -790,9 +806,15 @@ class DHTServerStore:
         return lease
 
     def _finish_if_free(self) -> None:
+        """Finish a stopped migration when nobody holds the lease (the next opener's duty).
+
+        A shard it needs being down does not stop the opening: the store routes
+        with the membership as it is, and the next rebalance, opener or
+        :meth:`finish_rebalance` tries again.
+        """
         lease = self._membership.try_lease(holder_name())
         if lease is not None:
-            with lease:
+            with lease, contextlib.suppress(ShardUnavailable, KeyUnavailable):
                 self._finish(lease)
 
     def _reporter(self, epoch: int, planned: int) -> Callable[[int], None]:
@@ -855,19 +877,43 @@ class DHTServerStore:
         return new
 
     def _destroy_retired(self, doc: MembershipDoc, lease: Lease) -> MembershipDoc:
-        """Destroy the data of shards that left the ring (they own nothing any more)."""
+        """Empty the shards that left the ring (they own nothing any more), then remove them.
+
+        The emptying is fenced by the lease's token on the shard itself (its
+        record is set to own nothing, then every record is dropped), so a
+        rebalancer whose lease expired can never empty a shard that a successor
+        has re-created meanwhile. The medium itself (an LMDB directory, a Redis
+        shard's keys) is removed only where a lease cannot expire under a live
+        holder (a directory store's flock, a store in one process); a Redis-kept
+        store leaves a removed shard's empty ownership record behind, so that an
+        old rebalancer stays fenced out of it. A retired shard that cannot be
+        reached stays retired, to be emptied by the next lease holder.
+        """
         retiring = {s.name: s for s in getattr(self, "_retiring", [])}
+        removable = isinstance(self._membership, DirectoryMembership | LocalMembership)
+        left: dict[str, str] = {}
         for name, url in doc.retired.items():
             server = retiring.get(name)
-            backend = server.backend if server is not None else open_backend(url, context=self._context(name))
-            served = backend.ownership().segments.in_state(OWNED, FROZEN)
-            if served:
-                raise RuntimeError(f"shard {name!r} left the ring but still serves {len(served)} ranges")
-            backend.destroy()
+            try:
+                backend = server.backend if server is not None else open_backend(url, context=self._context(name))
+                served = backend.ownership().segments.in_state(OWNED, FROZEN)
+                if served:
+                    raise RuntimeError(f"shard {name!r} left the ring but still serves {len(served)} ranges")
+                backend.update_ownership(lease.token, doc.epoch, [(-1, MAX_KEY, NOT_OWNED, "")])
+                backend.drop_ranges(lease.token, [(-1, MAX_KEY)])
+                if removable:
+                    backend.destroy()
+                else:
+                    backend.close()
+            except ShardUnavailable:
+                left[name] = url
+                continue
             for key in [k for k in self._opened if k[0] == name]:
                 del self._opened[key]
         self._retiring = []
-        new = doc.next(retired={})
+        if left == doc.retired:
+            return doc
+        new = doc.next(retired=left)
         self._membership.publish(new, lease)
         self._apply(new)
         return new
@@ -888,10 +934,16 @@ class DHTServerStore:
             if op == "add":
                 name = _check_shard_name(name if name is not None else self._next_name())
             assert name is not None
-            self._refresh()
-            self._ring_with(op, name, weight)  # the errors before any data moves, without the lease
+            if self._refresh().migration is None:
+                self._ring_with(op, name, weight)  # the errors before any data moves, without the lease
             persistent = not isinstance(self._membership, LocalMembership)
             if op == "add":
+                if backend is None and persistent and self.directory is None:
+                    raise InvalidInput(
+                        "backend",
+                        "a store whose membership is kept in Redis has no directory for a new LMDB shard:"
+                        " give the new shard's backend= URL (e.g. redis://host:6379/0)",
+                    )
                 if backend is None:
                     backend = f"lmdb://{SHARDS_DIR}/{name}" if self.directory is not None else "memory://"
                 if persistent:
@@ -912,11 +964,15 @@ class DHTServerStore:
                     shards[name] = self._url_of(backend)
                     born[name] = epoch
                     added = self._server(name, shards[name], epoch).backend
-                    if added.count():
+                    held = added.count()
+                    if held or added.ownership().segments.in_state(OWNED, FROZEN):
+                        self._opened.pop((name, epoch), None)
+                        if not isinstance(backend, Backend):
+                            added.close()
                         raise InvalidInput(
                             "backend",
-                            f"the new shard's medium ({added.url}) already holds {added.count()} records:"
-                            " a new shard must start empty",
+                            f"the new shard's medium ({added.url}) already holds {held} records or is"
+                            " another shard's: a new shard must start empty, on a medium of its own",
                         )
                     added.claim(Ownership(epoch, lease.token, Segments.all()))  # owns nothing yet
                 mig = doc.next(

@@ -198,6 +198,8 @@ def test_three_writers_and_a_rebalancer_lose_no_increment(kind: str, tmp_path: P
 
 
 def test_a_redis_kept_store_opens_from_its_url_alone(redis_servers: list[Any], tmp_path: Path) -> None:
+    from dhtcart import InvalidInput
+
     _flush(redis_servers)
     location = f"{redis_servers[0].url}?prefix=m:"
     shards = {f"r{i}": f"{redis_servers[i].url}?prefix=s{i}:" for i in range(3)}
@@ -206,8 +208,14 @@ def test_a_redis_kept_store_opens_from_its_url_alone(redis_servers: list[Any], t
         store.put(7, b"seven")
     with DHTServerStore.open(location, shards={"ignored": "redis://nowhere:1/0"}) as again:
         assert sorted(again.servers) == ["r0", "r1", "r2"] and again.get(7) == Record(1, b"seven")
-    from dhtcart import InvalidInput
+        with pytest.raises(InvalidInput, match="backend= URL"):  # no directory for a default LMDB shard
+            again.add_shard("r3")
+        again.remove_shard("r2")  # a Redis-kept store empties a removed shard but keeps its fence
+        import redis
 
+        client = redis.Redis(port=redis_servers[2].port)
+        assert sorted(client.keys("s2:*")) == [b"s2:own", b"s2:own:meta"]
+        client.close()
     with pytest.raises(InvalidInput, match="needs shards"):
         DHTServerStore.open(f"{redis_servers[1].url}?prefix=empty:", shards=3)
 

@@ -194,3 +194,40 @@ def test_the_record_survives_reopening(env: BackendEnv) -> None:
     first.close()
     again = env.track(open_backend(url, context=ctx))
     assert again.ownership() == Ownership(4, 2, Segments.owning([(0, 10)]))
+
+
+@pytest.mark.parametrize("backend_kind", ["redis"])
+def test_a_stale_token_is_refused_by_the_server_even_when_the_cache_looks_current(env: BackendEnv) -> None:
+    """A rebalancer whose lease expired holds a cached record whose generation a re-created shard
+    can reach again; the server checks the token itself, so the old rebalancer changes nothing."""
+    from dhtcart.backends import open_backend
+
+    url = env.url()
+    ctx = BackendContext(name="x", fenced=True)
+    old = env.track(open_backend(url, context=ctx))
+    old.claim(Ownership(1, 2, Segments.all()))
+    old.update_ownership(2, 1, [(0, 10, OWNED, "")])  # gen 2, cached by the old rebalancer's object
+    successor = env.track(open_backend(url, context=ctx))
+    successor.destroy()  # the shard leaves and is created again on the same URL
+    successor = env.track(open_backend(url, context=ctx))
+    successor.claim(Ownership(5, 4, Segments.all()))
+    successor.update_ownership(4, 5)  # no change: the generation is still 1
+    successor.claim(Ownership(5, 4, Segments.all()))  # generation 2 again, as the old one cached
+    assert successor.import_ranges(4, [(100, 200)], [(150, Record(1, b"new data"))]) == 1
+    with pytest.raises(LeaseLost):
+        old.drop_ranges(2, [(100, 200)])
+    with pytest.raises(LeaseLost):
+        old.import_ranges(2, [(100, 200)], [])
+    with pytest.raises(LeaseLost):
+        old.claim(Ownership(1, 2, Segments.owning([(100, 200)])))
+    assert list(successor.scan(100, 200)) == [(150, Record(1, b"new data"))]
+
+
+def test_a_claim_with_an_older_token_is_refused_unless_forced(env: BackendEnv) -> None:
+    b = _fenced(env)
+    b.claim(Ownership(3, 7, Segments.all()))
+    with pytest.raises(LeaseLost):
+        b.claim(Ownership(4, 6, Segments.owning([(0, 10)])))
+    assert b.ownership().token == 7
+    b.claim(Ownership(4, 6, Segments.owning([(0, 10)])), force=True)  # a store in one process takes its shards
+    assert b.ownership() == Ownership(4, 6, Segments.owning([(0, 10)]))

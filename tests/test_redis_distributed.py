@@ -68,6 +68,7 @@ from dhtcart import (  # noqa: E402
     ShardUnavailable,
     hash_key,
 )
+from dhtcart.ring import ring_from_dict  # noqa: E402
 from tests.helpers import placement  # noqa: E402
 from tests.redis_server import RedisServer, ServerError, find_server_binary  # noqa: E402
 
@@ -682,6 +683,12 @@ def test_a_server_lost_during_a_rebalance_is_caught_up_on_reopening(
         with pytest.raises(ShardUnavailable, match="shard 'r3'"):  # the next rebalance finishes this one first
             store.add_shard("r4", backend=durable_servers[2].url + "?prefix=r4:")
 
+        # opening it meanwhile works (the migration cannot finish while r3 is down: it stays)
+        with DHTServerStore.open(directory) as meanwhile:
+            assert meanwhile.rebalance_status().migrating
+            new_ring = ring_from_dict(migration["ring"])
+            unmoved = [(k, r) for k, r in expected.items() if new_ring.node_for(k) == old_ring.node_for(k)]
+            assert unmoved and all(meanwhile.get(k) == r for k, r in unmoved)
         target.restart()
         store.close()
         store = DHTServerStore.open(directory)  # reopening finishes the journalled rebalance

@@ -337,3 +337,63 @@ def test_a_store_of_dhtcart_0_1_is_upgraded_when_opened(tmp_path: Path) -> None:
     (tmp_path / "unfinished" / "manifest.json").write_text(json.dumps(old))
     with pytest.raises(StoreBusy, match=r"dhtcart 0\.1"):
         DHTServerStore.open(tmp_path / "unfinished")
+
+
+def test_a_new_shard_on_another_shards_medium_is_refused(tmp_path: Path) -> None:
+    """Adding a shard on a medium that an existing shard uses (even an empty one) changes nothing."""
+    with DHTServerStore.open(tmp_path / "s", shards=3) as store:
+        for k in _keys(50):
+            if store.server_for(k).name != "shard-0":
+                store.put(k, b"v")  # shard-0 stays empty, but owns its arcs
+        assert store.stats()["shard-0"] == 0
+        with pytest.raises(InvalidInput, match="another shard's"):
+            store.add_shard("x", backend="lmdb://shards/shard-0")
+        with pytest.raises(InvalidInput, match="already holds"):
+            store.add_shard("y", backend="lmdb://shards/shard-1")
+        assert sorted(store.servers) == ["shard-0", "shard-1", "shard-2"] and store.epoch == 1
+        store._check()
+        store.add_shard("z")  # and the store goes on
+        store._check()
+
+
+def test_a_stopped_add_is_finished_by_the_next_change_of_its_shard(tmp_path: Path) -> None:
+    store = DHTServerStore.open(tmp_path / "s", shards=3)
+    for k in _keys(500):
+        store.put(k, b"v")
+
+    def stop(done: int, total: int) -> None:
+        raise RuntimeError("stopped half way")
+
+    with pytest.raises(RuntimeError):
+        store.add_shard("x", batch_size=20, progress=stop)
+    with pytest.raises(StoreBusy, match="in progress"):  # a plan describes a ring that is still changing
+        store.plan_remove_shard("x")
+    store.set_weight("x", 2)  # finishes adding x, then reweights it
+    store.remove_shard("x")
+    assert sorted(store.servers) == ["shard-0", "shard-1", "shard-2"]
+    store._check()
+    assert store.count() == len(set(_keys(500)))
+    store.close()
+
+
+def test_watching_the_lease_never_makes_a_rebalance_busy(tmp_path: Path) -> None:
+    """``rebalance_status()`` (``dhtcart stats``) asks who holds the lease; that must not refuse a rebalance."""
+    import threading
+
+    store = DHTServerStore.open(tmp_path / "s", shards=2)
+    stop = threading.Event()
+
+    def watch() -> None:
+        with DHTServerStore.open(tmp_path / "s") as watcher:
+            while not stop.is_set():
+                watcher.rebalance_status()
+
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        for i in range(60):
+            store.set_weight("shard-0", 1 + i % 3)
+    finally:
+        stop.set()
+        t.join(30)
+        store.close()

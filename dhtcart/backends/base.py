@@ -153,8 +153,13 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def claim(self, ownership: Ownership) -> None:
-        """Replace the ownership record unconditionally (a store creating its shards)."""
+    def claim(self, ownership: Ownership, *, force: bool = False) -> None:
+        """Replace the ownership record (a store creating its shards, or adding one).
+
+        Refused (:class:`~dhtcart.errors.LeaseLost`) if the shard has seen a
+        newer token than ``ownership.token``, unless ``force`` (a store whose
+        membership lives in one process claims its shards for itself).
+        """
 
     @abstractmethod
     def import_ranges(

@@ -413,8 +413,13 @@ class LMDBBackend(Backend):
 
         return self._write(op)
 
-    def claim(self, ownership: Ownership) -> None:
-        self._write(lambda txn: self._store_ownership(txn, ownership))
+    def claim(self, ownership: Ownership, *, force: bool = False) -> None:
+        def op(txn: lmdb.Transaction) -> None:
+            if not force:
+                self._shared.load_ownership(txn, txn.get(_GEN)).check_token(ownership.token)
+            self._store_ownership(txn, ownership)
+
+        self._write(op)
 
     def import_ranges(
         self, token: int, ranges: Sequence[tuple[int, int]], records: Sequence[tuple[int, Record]]

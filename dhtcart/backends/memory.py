@@ -159,9 +159,11 @@ class MemoryBackend(Backend):
             self._own = apply_changes(self._own, token, epoch, changes, expect)
             return self._own
 
-    def claim(self, ownership: Ownership) -> None:
+    def claim(self, ownership: Ownership, *, force: bool = False) -> None:
         with self._lock:
             self._check_open()
+            if not force:
+                self._own.check_token(ownership.token)
             self._own = ownership
 
     def import_ranges(

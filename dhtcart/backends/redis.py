@@ -85,6 +85,8 @@ _PUT_TXN = 10_000  # records per MULTI/EXEC transaction in put_many
 _PUT_CMD = 1_000  # records per MSET / ZADD command inside a transaction
 _DELETE_BATCH = 1_000  # records per delete_many script call
 _DROP_BATCH = 1_000  # records per drop_ranges script call (as in _LUA_RANGES)
+_IMPORT_BATCH = 1_000  # records per import script call
+_IMPORT_BYTES = 4 << 20  # and about this many bytes: one request stays well inside a server's query buffer
 
 # Server error prefixes meaning "this server cannot take the command now":
 # they are reported as ShardUnavailable, and the command was not applied.
@@ -212,25 +214,24 @@ return deleted
 """
 
 # KEYS[1] ownership set, KEYS[2] its hash; ARGV[1] the generation the caller
-# computed from ("" to replace unconditionally: a claim), ARGV[2] token,
-# ARGV[3] epoch, ARGV[4] how many members to remove ("all": every member), then
-# the members to remove, then the members to add. {1, gen} done, {0, gen} the
-# record changed meanwhile (recompute), {-1, token} a newer token was seen.
+# computed from ("" for a claim: any), ARGV[2] token, ARGV[3] epoch, ARGV[4] "1"
+# to skip the token check (a store claiming shards it alone owns), ARGV[5] how
+# many members to remove ("all": every member), then the members to remove, then
+# the members to add. {1, gen} done, {0, gen} the record changed meanwhile
+# (recompute), {-1, token} a newer token was seen: nothing changed.
 _LUA_SET_OWNERSHIP = """
 local meta = redis.call('HMGET', KEYS[2], 'gen', 'token')
 local gen = tonumber(meta[1] or '0')
 local token = tonumber(meta[2] or '0')
-local first = 5
-if ARGV[1] ~= '' then
-  if tonumber(ARGV[1]) ~= gen then return {0, gen} end
-  if tonumber(ARGV[2]) < token then return {-1, token} end
-end
-if ARGV[4] == 'all' then
+if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= gen then return {0, gen} end
+if ARGV[4] ~= '1' and tonumber(ARGV[2]) < token then return {-1, token} end
+local first = 6
+if ARGV[5] == 'all' then
   redis.call('DEL', KEYS[1])
 else
-  local n = tonumber(ARGV[4])
-  for i = 5, 4 + n do redis.call('ZREM', KEYS[1], ARGV[i]) end
-  first = 5 + n
+  local n = tonumber(ARGV[5])
+  for i = 6, 5 + n do redis.call('ZREM', KEYS[1], ARGV[i]) end
+  first = 6 + n
 end
 for i = first, #ARGV do redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
 redis.call('HSET', KEYS[2], 'gen', gen + 1, 'token', ARGV[2], 'epoch', ARGV[3])
@@ -238,33 +239,40 @@ return {1, gen + 1}
 """
 
 # KEYS[1] index, KEYS[2] ownership hash; ARGV[1] the generation the caller
-# checked the ranges against, ARGV[2] record-key prefix, ARGV[3] "drop" or
-# "import", ARGV[4] how many ranges, then their ZRANGEBYLEX bounds (two each),
-# then member, value pairs to write. "drop" deletes up to 1000 records of the
-# ranges (call again while it returns 1000); "import" deletes all of them, then
-# writes the pairs. Returns {deleted, written}, or {-1, 0} when the ownership
-# changed since the caller's check (check again).
+# checked the ranges against, ARGV[2] its token, ARGV[3] record-key prefix,
+# ARGV[4] "drop", "import" or "add", ARGV[5] how many ranges, then their
+# ZRANGEBYLEX bounds (two each), then member, value pairs to write. "drop"
+# deletes up to 1000 records of the ranges (call again while it returns 1000);
+# "import" deletes all of them, then writes the pairs; "add" only writes them
+# (the next part of an import). Returns {deleted, written}; {-1, 0} when the
+# ownership changed since the caller's check (check again); {-2, token} when a
+# newer rebalancer token was seen (nothing done).
 _LUA_RANGES = """
-if tonumber(redis.call('HGET', KEYS[2], 'gen') or '0') ~= tonumber(ARGV[1]) then return {-1, 0} end
-local nranges = tonumber(ARGV[4])
-local drop = ARGV[3] == 'drop'
+local meta = redis.call('HMGET', KEYS[2], 'gen', 'token')
+if tonumber(meta[1] or '0') ~= tonumber(ARGV[1]) then return {-1, 0} end
+if tonumber(ARGV[2]) < tonumber(meta[2] or '0') then return {-2, tonumber(meta[2])} end
+local nranges = tonumber(ARGV[5])
+local mode = ARGV[4]
+local drop = mode == 'drop'
 local gone = 0
-for r = 0, nranges - 1 do
-  local low, high = ARGV[5 + 2 * r], ARGV[6 + 2 * r]
-  while true do
-    local members = redis.call('ZRANGEBYLEX', KEYS[1], low, high, 'LIMIT', 0, 1000 - (drop and gone or 0))
-    if #members == 0 then break end
-    for i = 1, #members do
-      redis.call('DEL', ARGV[2] .. members[i])
-      redis.call('ZREM', KEYS[1], members[i])
+if mode ~= 'add' then
+  for r = 0, nranges - 1 do
+    local low, high = ARGV[6 + 2 * r], ARGV[7 + 2 * r]
+    while true do
+      local members = redis.call('ZRANGEBYLEX', KEYS[1], low, high, 'LIMIT', 0, 1000 - (drop and gone or 0))
+      if #members == 0 then break end
+      for i = 1, #members do
+        redis.call('DEL', ARGV[3] .. members[i])
+        redis.call('ZREM', KEYS[1], members[i])
+      end
+      gone = gone + #members
+      if drop and gone >= 1000 then return {gone, 0} end
     end
-    gone = gone + #members
-    if drop and gone >= 1000 then return {gone, 0} end
   end
 end
 local written = 0
-for i = 5 + 2 * nranges, #ARGV, 2 do
-  redis.call('SET', ARGV[2] .. ARGV[i], ARGV[i + 1])
+for i = 6 + 2 * nranges, #ARGV, 2 do
+  redis.call('SET', ARGV[3] .. ARGV[i], ARGV[i + 1])
   redis.call('ZADD', KEYS[1], 0, ARGV[i])
   written = written + 1
 end
@@ -772,7 +780,9 @@ class RedisBackend(Backend):
     def ownership(self) -> Ownership:
         return self._read_ownership()[1]
 
-    def _set_ownership(self, expected_gen: int | None, token: int, new: Ownership, old: Ownership | None) -> Any:
+    def _set_ownership(
+        self, expected_gen: int | None, token: int, new: Ownership, old: Ownership | None, force: bool = False
+    ) -> Any:
         if old is None:
             removes: list[bytes | str] = ["all"]
             adds = _members(new.segments)
@@ -781,7 +791,14 @@ class RedisBackend(Backend):
             gone, added = sorted(before - after), sorted(after - before)
             removes = [str(len(gone)), *gone]
             adds = added
-        args = ["" if expected_gen is None else str(expected_gen), str(token), str(new.epoch), *removes, *adds]
+        args = [
+            "" if expected_gen is None else str(expected_gen),
+            str(token),
+            str(new.epoch),
+            "1" if force else "",
+            *removes,
+            *adds,
+        ]
         return self._run(True, self._eval, "set_ownership", (self._own, self._own_meta), args)
 
     def update_ownership(
@@ -800,23 +817,28 @@ class RedisBackend(Backend):
                 raise LeaseLost(f"shard {self.name!r} has seen rebalancer token {value}, newer than {token}")
         raise LeaseLost(f"shard {self.name!r}: its ownership record kept changing under this rebalancer")
 
-    def claim(self, ownership: Ownership) -> None:
-        _, value = self._set_ownership(None, ownership.token, ownership, None)
+    def claim(self, ownership: Ownership, *, force: bool = False) -> None:
+        status, value = self._set_ownership(None, ownership.token, ownership, None, force)
+        if status == -1:
+            raise LeaseLost(f"shard {self.name!r} has seen rebalancer token {value}, newer than {ownership.token}")
         self._own_cache = (int(value), ownership)
 
     def _range_script(
-        self, token: int, ranges: Sequence[tuple[int, int]], what: str, pairs: Sequence[bytes]
+        self, token: int, ranges: Sequence[tuple[int, int]], mode: str, pairs: Sequence[bytes]
     ) -> tuple[int, int]:
         bounds: list[bytes] = []
         for lo, hi in ranges:
             bounds += _lex_range(lo, hi)
+        what = "drop" if mode == "drop" else "import"
         for _ in range(32):
             gen, own = self._read_ownership()
             own.check_token(token)
             for lo, hi in ranges:
                 own.check_unserved(lo, hi, what)
-            args = (str(gen), self._record_prefix, what, str(len(ranges)), *bounds, *pairs)
+            args = (str(gen), str(token), self._record_prefix, mode, str(len(ranges)), *bounds, *pairs)
             reply = self._run(True, self._eval, "range", (self._index, self._own_meta), args)
+            if reply[0] == -2:  # checked in the server too: the cached record may be older than the shard
+                raise LeaseLost(f"shard {self.name!r} has seen rebalancer token {reply[1]}, newer than {token}")
             if reply[0] != -1:
                 return int(reply[0]), int(reply[1])
         raise LeaseLost(f"shard {self.name!r}: its ownership record kept changing under this rebalancer")
@@ -824,10 +846,26 @@ class RedisBackend(Backend):
     def import_ranges(
         self, token: int, ranges: Sequence[tuple[int, int]], records: Sequence[tuple[int, Record]]
     ) -> int:
-        pairs: list[bytes] = []
-        for key, rec in records:
-            pairs += (_member(key), int(rec.version).to_bytes(8, "big") + bytes(rec.value))
-        return self._range_script(token, ranges, "import", pairs)[1]
+        """Copy ``records`` in script calls of at most 1,000 records and about 4 MB each (a
+        server's query buffer is limited); the first also deletes what was there."""
+        written = 0
+        mode = "import"
+        start = 0
+        while True:
+            pairs: list[bytes] = []
+            size = 0
+            end = start
+            while end < len(records) and end - start < _IMPORT_BATCH and size < _IMPORT_BYTES:
+                key, rec = records[end]
+                raw = int(rec.version).to_bytes(8, "big") + bytes(rec.value)
+                pairs += (_member(key), raw)
+                size += len(raw)
+                end += 1
+            written += self._range_script(token, ranges, mode, pairs)[1]
+            mode = "add"
+            start = end
+            if start >= len(records):
+                return written
 
     def drop_ranges(self, token: int, ranges: Sequence[tuple[int, int]]) -> int:
         total = 0
