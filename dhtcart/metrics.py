@@ -134,6 +134,7 @@ class Metrics:
         self._latency_children: dict[tuple[str, str], Any] = {}
         self._store_children: dict[tuple[str, str], Any] = {}
         self._mirrors: list[Callable[[], None]] = []
+        self._watched: list[Any] = []  # the store watch_store() exports (one; replaced on restart)
         self._sync_lock = threading.Lock()
 
     # -- declaring ------------------------------------------------------------------------
@@ -198,11 +199,16 @@ class Metrics:
         ``dhtcart_rebalance_fraction_done`` (of the moving key space),
         ``dhtcart_rebalance_keys_moved`` and ``dhtcart_rebalance_keys_planned``.
         """
+        if self._watched:  # the app started again: follow its new store
+            self._watched[0] = store
+            return
+        self._watched.append(store)
+        watched = self._watched
         self.mirror_counter(
             "dhtcart_store_routing",
             "Redirects followed, membership reloads, waits on a hand-over and takeovers, by the store.",
             ("event",),
-            lambda: {(event.rstrip("s"),): float(n) for event, n in store.routing_stats().items()},
+            lambda: {(event.rstrip("s"),): float(n) for event, n in watched[0].routing_stats().items()},
         )
         status: dict[str, Any] = {}
 
@@ -211,7 +217,7 @@ class Metrics:
                 if field == "epoch":  # the first gauge read at each sync reads the status for all
                     # a shard or the membership unreachable: keep the last values
                     with contextlib.suppress(Exception):
-                        status["now"] = store.rebalance_status()
+                        status["now"] = watched[0].rebalance_status()
                 now = status.get("now")
                 if now is None:
                     return {}

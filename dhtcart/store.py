@@ -896,6 +896,7 @@ class DHTServerStore:
             server = retiring.get(name)
             try:
                 backend = server.backend if server is not None else open_backend(url, context=self._context(name))
+                backend.update_ownership(lease.token, doc.epoch)  # fenced: refused if a newer rebalancer came
                 served = backend.ownership().segments.in_state(OWNED, FROZEN)
                 if served:
                     raise RuntimeError(f"shard {name!r} left the ring but still serves {len(served)} ranges")

@@ -165,20 +165,30 @@ class LMDBBackend(Backend):
         self.copy_format = _COPY_FORMAT
         self.fenced = fenced
         self.url = f"lmdb://{os.path.abspath(self.path)}"
-        os.makedirs(self.path, exist_ok=True)
-        st = os.stat(self.path)
-        self._id = (st.st_dev, st.st_ino)
-        with _ENVS_LOCK:
-            shared = _ENVS.get(self._id)
-            if shared is None:
-                shared = _ENVS[self._id] = _Env(self.path, durability, map_size, max_readers)
-            elif shared.durability != durability:
-                raise InvalidInput(
-                    "durability",
-                    f"{self.path} is already open in this process with durability={shared.durability!r}",
-                )
-            shared.users += 1
-        self._shared = shared
+        shared: _Env | None = None
+        for attempt in range(3):
+            try:
+                os.makedirs(self.path, exist_ok=True)
+                st = os.stat(self.path)
+                self._id = (st.st_dev, st.st_ino)
+                with _ENVS_LOCK:
+                    shared = _ENVS.get(self._id)
+                    if shared is None:
+                        shared = _ENVS[self._id] = _Env(self.path, durability, map_size, max_readers)
+                    elif shared.durability != durability:
+                        raise InvalidInput(
+                            "durability",
+                            f"{self.path} is already open in this process with durability={shared.durability!r}",
+                        )
+                    shared.users += 1
+                break
+            except (lmdb.Error, FileNotFoundError):
+                # the directory was removed while we opened it (a shard leaving while another
+                # process opens it by an older membership): make it again
+                if attempt == 2 or os.path.isdir(self.path):
+                    raise
+        assert shared is not None
+        self._shared: _Env = shared
         self._env = shared.env
         self._lock = shared.lock
         self._forks = _forks
