@@ -7,7 +7,8 @@ Errors subclass the built-in that fits, so ``except ValueError`` or
     ├── ValidationError (ValueError)      bad input; nothing was stored
     │   ├── InvalidKey (+TypeError)       not an int in [0, 2**63), or a bool
     │   ├── InvalidValue (+TypeError)     not bytes-like, or too large
-    │   └── InvalidInput (+TypeError)     an argument: a cart field, a node name, a URL...
+    │   ├── InvalidInput (+TypeError)     an argument: a cart field, a node name, a URL...
+    │   └── MalformedHistory              a history file is not in the documented format
     ├── NotFound (KeyError)               something asked for by name is absent
     │   ├── ItemNotFound                  no such item in the cart
     │   ├── CartEmpty                     checkout of an empty or missing cart
@@ -40,6 +41,7 @@ __all__ = [
     "InvalidKey",
     "InvalidValue",
     "ItemNotFound",
+    "MalformedHistory",
     "NotFound",
     "SaleExpired",
     "ShardExists",
@@ -75,6 +77,15 @@ class InvalidInput(ValidationError, TypeError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.message = message
+
+
+class MalformedHistory(ValidationError):
+    """A history of operations is not in the format of ``docs/verify.md``; ``line`` says where (1-based)."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(f"line {line}: {message}")
+        self.line = line
         self.message = message
 
 

@@ -20,7 +20,7 @@ EXPECTED = {
     "CartItem", "CartService", "Receipt", "ReceiptLine",
     # errors
     "CartEmpty", "Conflict", "DHTCartError", "EmptyRing", "ForkedError", "InvalidInput", "InvalidKey",
-    "InvalidValue", "ItemNotFound", "NotFound", "SaleExpired", "ShardExists", "ShardNotFound",
+    "InvalidValue", "ItemNotFound", "MalformedHistory", "NotFound", "SaleExpired", "ShardExists", "ShardNotFound",
     "ShardUnavailable", "StoreBusy", "StoreClosed", "TooManyRetries", "ValidationError", "VersionConflict",
     "__version__",
 }  # fmt: skip
