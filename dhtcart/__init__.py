@@ -33,6 +33,7 @@ from dhtcart.errors import (
     TooManyRetries,
     ValidationError,
     VersionConflict,
+    WorkloadFailed,
 )
 from dhtcart.hashing import KEY_SPACE, MAX_KEY, hash_key
 from dhtcart.rebalance import RebalancePlan, RebalanceReport
@@ -79,6 +80,7 @@ __all__ = [
     "TooManyRetries",
     "ValidationError",
     "VersionConflict",
+    "WorkloadFailed",
     "__version__",
     "hash_key",
     "open_backend",

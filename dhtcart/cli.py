@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from dhtcart import __version__
 from dhtcart.errors import DHTCartError, ShardExists, ShardNotFound, StoreBusy
 from dhtcart.store import MANIFEST, DHTServerStore
+from dhtcart.verify import add_verify_parser
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -253,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("weight", type=int, metavar="WEIGHT", help="its new weight (>= 1)")
     data_option(q)
     q.set_defaults(func=_plan_weight)
+    add_verify_parser(sub)
     return parser
 
 

@@ -22,6 +22,7 @@ Errors subclass the built-in that fits, so ``except ValueError`` or
     ├── EmptyRing (LookupError)           a ring with no nodes was asked for one
     ├── StoreBusy                         another process holds the store's lock
     ├── StoreClosed                       the store/shard was closed
+    ├── WorkloadFailed (RuntimeError)     a verification run's client processes could not run
     └── ForkedError                       a handle opened before fork() used after it
 
 A missing key is *not* an exception: ``get`` returns ``None``.
@@ -52,6 +53,7 @@ __all__ = [
     "TooManyRetries",
     "ValidationError",
     "VersionConflict",
+    "WorkloadFailed",
 ]
 
 
@@ -177,6 +179,10 @@ class StoreBusy(DHTCartError):
 
 class StoreClosed(DHTCartError):
     """The store, shard or backend was closed."""
+
+
+class WorkloadFailed(DHTCartError, RuntimeError):
+    """The client processes of a verification run could not start or run (``dhtcart verify``)."""
 
 
 class ForkedError(DHTCartError):

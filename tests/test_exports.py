@@ -22,6 +22,7 @@ EXPECTED = {
     "CartEmpty", "Conflict", "DHTCartError", "EmptyRing", "ForkedError", "InvalidInput", "InvalidKey",
     "InvalidValue", "ItemNotFound", "MalformedHistory", "NotFound", "SaleExpired", "ShardExists", "ShardNotFound",
     "ShardUnavailable", "StoreBusy", "StoreClosed", "TooManyRetries", "ValidationError", "VersionConflict",
+    "WorkloadFailed",
     "__version__",
 }  # fmt: skip
 
