@@ -2,8 +2,8 @@
 
 Histories come from the simulated register of ``tests/register_sim.py``:
 ``--processes`` clients with random overlaps, the operation mix of
-``dhtcart verify``'s workload, a share of unknown outcomes (``info``, some of
-them taking effect later or never) and of operations that never complete.
+``dhtcart verify``'s workload, and a share of unknown outcomes (``info``: the
+effect happened before, happens later, or never; 1% of them never complete).
 Each round checks a fresh history (a new seed) of each setting; the figure
 is the median over rounds, with min and max (the machine is shared: other
 jobs slow some rounds). A last setting plants one stale read in a valid
@@ -12,6 +12,7 @@ history, to time a rejection.
     python benchmarks/verify_bench.py                 # 5 rounds, about a minute
     python benchmarks/verify_bench.py --quick         # 10,000 operations, 1 round
     python benchmarks/verify_bench.py --rounds 7 --markdown
+    python benchmarks/verify_bench.py --info 0.1,0.2 --rounds 1   # where the search starts to branch
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dhtcart.checker import check_history
+from dhtcart.workload import MIX
 from tests.register_sim import simulate
 
 
@@ -58,10 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="10,000 operations, 1 round")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    parser.add_argument(
+        "--info",
+        metavar="SHARES",
+        help="comma-separated shares of unknown outcomes to measure instead, e.g. 0.1,0.2 (no planted run)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.operations, args.rounds = 10_000, 1
     settings = [("1% info", 0.01, False), ("5% info", 0.05, False), ("1% info, one stale read planted", 0.01, True)]
+    if args.info:
+        settings = [(f"{float(x):.0%} info", float(x), False) for x in args.info.split(",")]
     samples: dict[str, list[float]] = {name: [] for name, _, _ in settings}
     verdicts: dict[str, set[Any]] = {name: set() for name, _, _ in settings}
     started = datetime.now(timezone.utc)
@@ -75,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 operations=args.operations,
                 p_info=p_info,
                 p_open=0.01,
+                mix=MIX,
             )
             if plant:
                 events = plant_stale_read(events)
@@ -82,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             report = check_history(events)
             samples[name].append(time.perf_counter() - t0)
             verdicts[name].add(report.valid if not plant else tuple(sorted(report.anomaly_counts)))
-            print(f"round {r + 1} {name}: {samples[name][-1]:.2f} s, valid={report.valid}", file=sys.stderr)
+            undecided = f", {len(report.undecided)} keys undecided" if report.undecided else ""
+            print(f"round {r + 1} {name}: {samples[name][-1]:.2f} s, valid={report.valid}{undecided}", file=sys.stderr)
     print(
         f"{args.operations:,} operations, {args.keys} keys, {args.processes} processes, {args.rounds} rounds;"
         f" {started:%Y-%m-%d %H:%M} UTC; Python {platform.python_version()} on {platform.machine()}"
