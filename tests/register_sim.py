@@ -75,6 +75,7 @@ def simulate(
     p_info: float = 0.1,
     p_open: float = 0.02,
     p_report_found: float = 0.5,
+    p_reuse: float = 0.0,
     mix: dict[str, int] | None = None,
 ) -> tuple[list[dict[str, Any]], list[SimOp]]:
     """Run the simulation; return the history's events and the operations with their truth.
@@ -82,7 +83,8 @@ def simulate(
     ``p_info``: chance that a completion is ``info`` (the effect then happened
     before it, happens later, or never); ``p_open``: chance that such an
     operation never completes at all (a crash). ``p_report_found``: chance that
-    a ``fail`` says which version it found.
+    a ``fail`` says which version it found. ``p_reuse``: chance that a write
+    writes a value written before (values are unique otherwise).
     """
     mix = mix or DEFAULT_MIX
     names, weights = zip(*mix.items())
@@ -124,7 +126,7 @@ def simulate(
             op = SimOp(process=p, f="delete" if f == "cdelete" else f, key=key)
             event: dict[str, Any] = {"process": names_of[p], "type": "invoke", "f": op.f, "key": key}
             if op.f in ("write", "cas"):
-                op.value = f"v{n}"
+                op.value = f"v{rng.randrange(n)}" if n and rng.random() < p_reuse else f"v{n}"
                 event["value"] = op.value
             if f in ("cas", "cdelete"):
                 guess = seen.get((p, key), 0)
