@@ -448,7 +448,7 @@ class _Rules:
         deletes = _Deletes(self.ops)
         producers = self.producers(writers, reads_of)
         self.duplicates(producers, deletes)
-        self.stale_reads(writers, producers, deletes)
+        self.stale_reads(writers, deletes)
         return self.found
 
     def impossible_results(self) -> None:
@@ -581,7 +581,7 @@ class _Rules:
                 else:
                     self.add("duplicate-version", [a.op, b.op], f"two writes both made version {version}, {nodel}")
 
-    def stale_reads(self, writers: dict[Any, list[_Op]], producers: list[_Producer], deletes: _Deletes) -> None:
+    def stale_reads(self, writers: dict[Any, list[_Op]], deletes: _Deletes) -> None:
         """Reads that returned a state which a completed operation had already replaced.
 
         One sweep in line order. For a read R of value x (one writer, W, which
