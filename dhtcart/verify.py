@@ -10,8 +10,9 @@ Exit codes: 0 the history is linearizable; 1 it is not, or the search gave up
 on some key (not shown linearizable); 2 bad usage (flags, a missing or
 unreadable store or file, a malformed history, ``--kill-shard`` on a store
 none of whose shards can be paused); 3 the run could not be carried out (no
-client could start, or a client failed); 4 ``--rebalance`` was refused on
-every attempt because the store was busy.
+client could start, a client failed, the store could not be reached); 4 the
+store was busy (``--rebalance`` refused on every attempt, or the store could
+not be opened).
 
 ``add_verify_parser`` and ``run_verify`` are what ``dhtcart.cli`` registers;
 the work is in :mod:`dhtcart.workload` and :mod:`dhtcart.checker`. ``rich``
@@ -27,7 +28,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
-from dhtcart.errors import Conflict, InvalidInput, MalformedHistory, WorkloadFailed
+from dhtcart.errors import Conflict, DHTCartError, InvalidInput, MalformedHistory, StoreBusy, WorkloadFailed
 
 if TYPE_CHECKING:
     from dhtcart.checker import Anomaly, CheckReport
@@ -70,8 +71,9 @@ exit codes:
   0 linearizable   1 not linearizable (or not decided within the search bound)
   2 bad usage: flags, no store or file there, malformed history, --kill-shard
     on a store none of whose shards can be paused
-  3 the run could not be carried out (a client process failed)
-  4 --rebalance refused: the store was busy on every attempt
+  3 the run could not be carried out (a client process failed, the store
+    could not be reached)
+  4 the store was busy: --rebalance refused on every attempt, or it could not be opened
 """
 
 
@@ -215,8 +217,12 @@ def run_verify(args: argparse.Namespace) -> int:
         )
     except InvalidInput as exc:
         return _usage(exc.message)
-    except (WorkloadFailed, Conflict) as exc:
-        print(f"dhtcart verify: the run could not be carried out: {exc}", file=sys.stderr)
+    except StoreBusy as exc:
+        print(f"dhtcart verify: store busy: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    except (WorkloadFailed, Conflict, DHTCartError, OSError) as exc:
+        # never exit 1 for these: 1 says the history is not linearizable
+        print(f"dhtcart verify: the run could not be carried out: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_RUN_FAILED
     finally:
         status.stop()

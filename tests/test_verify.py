@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from dhtcart import DHTServerStore
 from tests.verify_support import (
     buggy_store,
     lmdb_store,
@@ -133,6 +134,17 @@ def test_usage_errors_exit_2(args: list[str], message: str, tmp_path: Path) -> N
     proc = verify(*[a if a not in ("x", "no-store-here") else str(tmp_path / a) for a in args])
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
+
+
+def test_an_unreachable_store_is_a_failed_run_not_a_verdict(tmp_path: Path) -> None:
+    """Nothing listens on the shard's port: exit 3, never 1 (which says "not linearizable")."""
+    from tests.redis_server import free_port
+
+    shards = {"r0": f"redis://127.0.0.1:{free_port()}/0?timeout=0.2"}
+    DHTServerStore.open(tmp_path / "store", shards=shards).close()
+    proc = verify("--data", str(tmp_path / "store"), "--seconds", "1")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "could not be carried out: ShardUnavailable" in proc.stderr
 
 
 def test_a_malformed_history_is_a_usage_error(tmp_path: Path) -> None:
