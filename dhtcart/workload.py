@@ -332,8 +332,9 @@ class _Faults:
         length = max(0.2, min(3.0, self.seconds / 5))
 
         def pauses() -> None:
+            over = 0.0  # when the last pause ends: never pause a server that is still paused
             for n in range(PAUSES):
-                at = start + (n + 1) * self.seconds / (PAUSES + 1)
+                at = max(start + (n + 1) * self.seconds / (PAUSES + 1), over + 0.05)
                 if self.stop.wait(max(0.0, at - time.monotonic())):
                     return
                 alive = [s for s in shards if s in self.store.servers]
@@ -343,6 +344,7 @@ class _Faults:
                 alive = [s for s in alive if s in owners] or alive
                 name = self.rng.choice(alive)
                 try:
+                    over = time.monotonic() + length
                     self.store.servers[name].backend.pause(length)
                     self.run.pauses += 1
                 except Exception as exc:  # reported, the run goes on
