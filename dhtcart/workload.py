@@ -575,7 +575,7 @@ def verify_store(
                 f.unlink()
             with contextlib.suppress(OSError):
                 (workdir / "config.json").unlink()
-            if history is not None:
+            if history is not None or not target.exists():  # else the history lives there
                 shutil.rmtree(workdir, ignore_errors=True)
 
 

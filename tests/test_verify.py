@@ -35,7 +35,7 @@ def _kinds(data: dict[str, Any]) -> set[str]:
 
 def test_lmdb_store_is_linearizable_and_keeps_the_users_data(tmp_path: Path) -> None:
     before = lmdb_store(tmp_path / "store")
-    proc = verify("--data", str(tmp_path / "store"), *RUN, "--json")
+    proc = verify("--data", str(tmp_path / "store"), *RUN, "--json", tmp=tmp_path)
     data = report_of(proc)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     check = data["check"]
@@ -48,7 +48,7 @@ def test_lmdb_store_is_linearizable_and_keeps_the_users_data(tmp_path: Path) -> 
 def test_a_planted_stale_read_is_caught_and_named(tmp_path: Path) -> None:
     env = buggy_store(tmp_path / "store", tmp_path / "plugins", "stale-read", 0.05)
     history = tmp_path / "history.jsonl"
-    proc = verify("--data", str(tmp_path / "store"), *RUN, "--history", str(history), env=env)
+    proc = verify("--data", str(tmp_path / "store"), *RUN, "--history", str(history), env=env, tmp=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "NOT LINEARIZABLE" in proc.stdout and "stale-read on key" in proc.stdout
     # the history it wrote shows the same when checked on its own (no plugin needed for that)
@@ -59,7 +59,7 @@ def test_a_planted_stale_read_is_caught_and_named(tmp_path: Path) -> None:
 
 def test_a_compare_and_set_let_through_on_an_old_version_is_caught(tmp_path: Path) -> None:
     env = buggy_store(tmp_path / "store", tmp_path / "plugins", "stale-cas", 0.2)
-    proc = verify("--data", str(tmp_path / "store"), *RUN, "--json", env=env)
+    proc = verify("--data", str(tmp_path / "store"), *RUN, "--json", env=env, tmp=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "cas-wrong-version" in _kinds(report_of(proc))
 
@@ -67,7 +67,7 @@ def test_a_compare_and_set_let_through_on_an_old_version_is_caught(tmp_path: Pat
 def test_redis_store_is_linearizable_while_shards_are_paused(tmp_path: Path, redis_trio: list[Any]) -> None:  # noqa: F811
     """Three real servers, each paused in turn for longer than the clients' timeout (0.3 s)."""
     before = redis_store(tmp_path / "store", redis_trio)
-    proc = verify("--data", str(tmp_path / "store"), "--kill-shard", *RUN[:-1], "3", "--json")
+    proc = verify("--data", str(tmp_path / "store"), "--kill-shard", *RUN[:-1], "3", "--json", tmp=tmp_path)
     data = report_of(proc)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert data["pauses"] == 3 and not data["pause_errors"]
@@ -79,7 +79,7 @@ def test_redis_store_is_linearizable_while_shards_are_paused(tmp_path: Path, red
 
 def test_redis_store_is_linearizable_flat_out(tmp_path: Path, redis_trio: list[Any]) -> None:  # noqa: F811
     redis_store(tmp_path / "store", redis_trio)
-    proc = verify("--data", str(tmp_path / "store"), *RUN, "--rate", "0", "--json")
+    proc = verify("--data", str(tmp_path / "store"), *RUN, "--rate", "0", "--json", tmp=tmp_path)
     data = report_of(proc)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert data["check"]["valid"] is True and data["check"]["operations"] > 1000
@@ -87,7 +87,7 @@ def test_redis_store_is_linearizable_flat_out(tmp_path: Path, redis_trio: list[A
 
 def test_kill_shard_needs_a_shard_that_can_pause(tmp_path: Path) -> None:
     before = lmdb_store(tmp_path / "store")
-    proc = verify("--data", str(tmp_path / "store"), "--kill-shard", "--seconds", "1")
+    proc = verify("--data", str(tmp_path / "store"), "--kill-shard", "--seconds", "1", tmp=tmp_path)
     assert proc.returncode == 2
     assert "can be paused" in proc.stderr
     assert user_data(tmp_path / "store") == before
@@ -142,7 +142,7 @@ def test_an_unreachable_store_is_a_failed_run_not_a_verdict(tmp_path: Path) -> N
 
     shards = {"r0": f"redis://127.0.0.1:{free_port()}/0?timeout=0.2"}
     DHTServerStore.open(tmp_path / "store", shards=shards).close()
-    proc = verify("--data", str(tmp_path / "store"), "--seconds", "1")
+    proc = verify("--data", str(tmp_path / "store"), "--seconds", "1", tmp=tmp_path)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "could not be carried out: ShardUnavailable" in proc.stderr
 

@@ -32,7 +32,8 @@ def test_lmdb_store_is_linearizable_while_shards_come_and_go(tmp_path: Path) -> 
     root = tmp_path / "store"
     before = lmdb_store(root)
     shards = set(_shards(root))
-    proc = verify("--data", str(root), "--rebalance", "--clients", "3", "--keys", "5", "--seconds", "4", "--json")
+    args = ["--data", str(root), "--rebalance", "--clients", "3", "--keys", "5", "--seconds", "4", "--json"]
+    proc = verify(*args, tmp=tmp_path)
     data = report_of(proc)
     assert proc.returncode == 0, f"exit {proc.returncode}: {data['rebalance_errors']}"
     assert data["rebalances"] >= 1 and data["check"]["valid"] is True
@@ -61,6 +62,7 @@ def test_redis_store_is_linearizable_while_shards_come_and_go_and_pause(
         "--seconds",
         "5",
         "--json",
+        tmp=tmp_path,
     )
     data = report_of(proc)
     assert proc.returncode == 0, f"exit {proc.returncode}: {data['rebalance_errors']}"

@@ -27,8 +27,16 @@ from tests.helpers import ROOT, child_env, run_python
 USER_KEYS = 30
 
 
-def verify(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m dhtcart verify ARGS`` and return the finished process."""
+def verify(
+    *args: str, env: dict[str, str] | None = None, tmp: Path | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m dhtcart verify ARGS`` and return the finished process.
+
+    With ``tmp``, a run without ``--history`` writes its history there (not in
+    a temporary directory of its own, which the command keeps).
+    """
+    if tmp is not None and "--check" not in args and "--history" not in args:
+        args = (*args, "--history", str(tmp / "history.jsonl"))
     return subprocess.run(
         [sys.executable, "-m", "dhtcart", "verify", *args],
         capture_output=True,
