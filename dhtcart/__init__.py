@@ -25,6 +25,7 @@ from dhtcart.errors import (
     ItemNotFound,
     KeyUnavailable,
     LeaseLost,
+    MalformedHistory,
     Moved,
     NotFound,
     PreconditionFailed,
@@ -37,6 +38,7 @@ from dhtcart.errors import (
     TooManyRetries,
     ValidationError,
     VersionConflict,
+    WorkloadFailed,
 )
 from dhtcart.hashing import KEY_SPACE, MAX_KEY, hash_key
 from dhtcart.rebalance import RebalancePlan, RebalanceReport
@@ -68,6 +70,7 @@ __all__ = [
     "ItemNotFound",
     "KeyUnavailable",
     "LeaseLost",
+    "MalformedHistory",
     "Move",
     "Moved",
     "NotFound",
@@ -89,6 +92,7 @@ __all__ = [
     "ValidationError",
     "VersionConflict",
     "Versioned",
+    "WorkloadFailed",
     "__version__",
     "hash_key",
     "open_backend",

@@ -43,6 +43,7 @@ from dhtcart.errors import DHTCartError, InvalidInput, ShardExists, ShardNotFoun
 from dhtcart.membership import is_url, open_membership
 from dhtcart.settings import Settings, add_options
 from dhtcart.store import MANIFEST, DHTServerStore
+from dhtcart.verify import add_verify_parser
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -242,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("weight", type=int, metavar="WEIGHT", help="its new weight (>= 1)")
     data_option(q)
     q.set_defaults(func=_plan_weight)
+    add_verify_parser(sub)
     return parser
 
 

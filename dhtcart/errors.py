@@ -7,7 +7,8 @@ Errors subclass the built-in that fits, so ``except ValueError`` or
     ├── ValidationError (ValueError)      bad input; nothing was stored
     │   ├── InvalidKey (+TypeError)       not an int in [0, 2**63), or a bool
     │   ├── InvalidValue (+TypeError)     not bytes-like, or too large
-    │   └── InvalidInput (+TypeError)     an argument: a cart field, a node name, a URL...
+    │   ├── InvalidInput (+TypeError)     an argument: a cart field, a node name, a URL...
+    │   └── MalformedHistory              a history file is not in the documented format
     ├── NotFound (KeyError)               something asked for by name is absent
     │   ├── ItemNotFound                  no such item in the cart
     │   ├── CartEmpty                     checkout of an empty or missing cart
@@ -26,7 +27,8 @@ Errors subclass the built-in that fits, so ``except ValueError`` or
     │   └── LeaseLost                     a rebalancer's lease passed to another
     ├── StoreClosed                       the store/shard was closed
     ├── ForkedError                       a handle opened before fork() used after it
-    └── CorruptData (ValueError)          a stored record cannot be decoded
+    ├── CorruptData (ValueError)          a stored record cannot be decoded
+    └── WorkloadFailed (RuntimeError)     a verification run's client processes could not run
 
 A missing key is *not* an exception: ``get`` returns ``None``.
 """
@@ -49,6 +51,7 @@ __all__ = [
     "KeyUnavailable",
     "LeaseLost",
     "Moved",
+    "MalformedHistory",
     "NotFound",
     "PreconditionFailed",
     "SaleExpired",
@@ -60,6 +63,7 @@ __all__ = [
     "TooManyRetries",
     "ValidationError",
     "VersionConflict",
+    "WorkloadFailed",
 ]
 
 
@@ -85,6 +89,15 @@ class InvalidInput(ValidationError, TypeError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.message = message
+
+
+class MalformedHistory(ValidationError):
+    """A history of operations is not in the format of ``docs/verify.md``; ``line`` says where (1-based)."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(f"line {line}: {message}")
+        self.line = line
         self.message = message
 
 
@@ -218,6 +231,10 @@ class LeaseLost(StoreBusy):
 
 class StoreClosed(DHTCartError):
     """The store, shard or backend was closed."""
+
+
+class WorkloadFailed(DHTCartError, RuntimeError):
+    """The client processes of a verification run could not start or run (``dhtcart verify``)."""
 
 
 class ForkedError(DHTCartError):

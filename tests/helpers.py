@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from dhtcart import DHTServerStore, Record
+from dhtcart.checker import CheckReport, check_history
 from dhtcart.hashing import MAX_KEY
+from dhtcart.history import HistoryRecorder, KeyValueStore, merge_histories, read_history
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "proc_worker.py"
@@ -111,3 +113,38 @@ def placement(store: DHTServerStore) -> dict[int, str]:
             assert key not in where, f"key {key} is on {where[key]} and on {name}"
             where[key] = name
     return where
+
+
+# -- recording what a test does, and checking it ----------------------------------------
+
+
+class Histories:
+    """The operations of one test, recorded per thread or per process, then merged and checked.
+
+    ``recorder(store, process)`` records in memory (threads of this process);
+    ``worker_args(process)`` are the arguments that make ``tests/proc_worker.py``
+    record into a file of ``directory``. ``check()`` merges everything by time
+    and asserts the history is linearizable (DESIGN invariant 6).
+    """
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory
+        self.streams: list[list[dict[str, Any]]] = []
+
+    def recorder(self, store: KeyValueStore, process: int | str) -> HistoryRecorder:
+        stream: list[dict[str, Any]] = []
+        self.streams.append(stream)
+        return HistoryRecorder(store, stream.append, process=process)
+
+    def worker_args(self, process: int) -> list[str]:
+        assert self.directory is not None, "worker histories need a directory"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return ["--history", str(self.directory / f"p{process}.jsonl"), "--process", str(process)]
+
+    def check(self) -> CheckReport:
+        files = sorted(self.directory.glob("p*.jsonl")) if self.directory is not None else []
+        report = check_history(merge_histories([*self.streams, *(read_history(f) for f in files)]))
+        assert report.valid is True, [
+            (a.kind, a.explanation, [str(op) for op in a.operations]) for a in report.anomalies
+        ]
+        return report

@@ -15,6 +15,10 @@ Usage: ``python tests/proc_worker.py MODE DIR [ARGS...]``
     random items to random customers' carts forever, printing
     ``added CUSTOMER ITEM COUNT`` (flushed) after each add returns. Killed by
     the parent.
+
+Every mode takes ``--history FILE --process N`` at the end: then each store
+operation is recorded (``dhtcart.history.HistoryRecorder``, as process N)
+into FILE, line by line, so a kill leaves every event recorded so far.
 """
 
 from __future__ import annotations
@@ -22,12 +26,26 @@ from __future__ import annotations
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def main(argv: list[str]) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from dhtcart import CartService, DHTServerStore, hash_key
+    from dhtcart.history import HistoryRecorder, HistoryWriter
     from tests.helpers import cas_increment, naive_increment
+
+    recording: tuple[str, int] | None = None
+    if "--history" in argv:
+        at = argv.index("--history")
+        recording = (argv[at + 1], int(argv[argv.index("--process") + 1]))
+        argv = argv[:at]
+
+    def recorded(store: DHTServerStore) -> Any:
+        """The store itself, or a recorder over it when --history was given."""
+        if recording is None:
+            return store
+        return HistoryRecorder(store, HistoryWriter(recording[0]), process=recording[1])
 
     mode, directory = argv[0], argv[1]
     if mode in ("cas", "naive"):
@@ -35,19 +53,21 @@ def main(argv: list[str]) -> int:
         pause = float(argv[3]) if mode == "naive" else 0.0
         key = hash_key("counter")
         with DHTServerStore.open(directory) as store:
+            target = recorded(store)
             print("ready", flush=True)
             sys.stdin.readline()
             retries = 0
             for _ in range(n):
                 if mode == "cas":
-                    retries += cas_increment(store, key)
+                    retries += cas_increment(target, key)
                 else:
-                    naive_increment(store, key, pause)
+                    naive_increment(target, key, pause)
             print(f"done {retries}", flush=True)
         return 0
     if mode == "cart-adds":
         n, customer = int(argv[2]), argv[3]
-        with CartService.open(directory) as carts:
+        with DHTServerStore.open(directory) as store:
+            carts = CartService(recorded(store))
             print("ready", flush=True)
             sys.stdin.readline()
             for _ in range(n):
@@ -58,7 +78,7 @@ def main(argv: list[str]) -> int:
         rnd = random.Random(int(argv[2]))
         customers = [f"customer-{i}" for i in range(12)]
         items = ["036000291459", "sku-1", "sku-2", "0042"]
-        carts = CartService.open(directory)
+        carts = CartService(recorded(DHTServerStore.open(directory)))
         print("ready", flush=True)
         while True:
             customer, item = rnd.choice(customers), rnd.choice(items)

@@ -6,6 +6,11 @@ line after each add returns. The parent kills it with SIGKILL at a random
 moment (sometimes while it is still opening the store), reopens the store and
 checks that every reported add is there, then starts the next round on the
 same store. ``DHTCART_CRASH_ROUNDS`` sets the number of rounds (default 20).
+
+Every round's child also records its store operations (as process
+``round + 1``), and so do the parent's reads after each round (process 0): the
+history of all the rounds, with the operations each kill cut short, must be
+linearizable.
 """
 
 from __future__ import annotations
@@ -19,17 +24,18 @@ from pathlib import Path
 
 import pytest
 
-from dhtcart import CartService
-from tests.helpers import worker
+from dhtcart import CartService, DHTServerStore
+from tests.helpers import Histories, worker
 
 ROUNDS = int(os.environ.get("DHTCART_CRASH_ROUNDS", "20"))
 CUSTOMERS = [f"customer-{i}" for i in range(12)]
 ROUND_TIMEOUT = 30.0  # seconds a round may take before the test gives up on it
 
 
-def _state(root: Path) -> Counter[tuple[str, str]]:
-    with CartService.open(root) as carts:
-        carts.store._check()
+def _state(root: Path, histories: Histories) -> Counter[tuple[str, str]]:
+    with DHTServerStore.open(root) as store:
+        store._check()
+        carts = CartService(histories.recorder(store, 0))  # type: ignore[arg-type]
         state: Counter[tuple[str, str]] = Counter()
         for c in CUSTOMERS:
             for item in carts.list_items(c):
@@ -41,12 +47,13 @@ def _state(root: Path) -> Counter[tuple[str, str]]:
 @pytest.mark.timeout(max(300, int(ROUNDS * ROUND_TIMEOUT)))
 def test_sigkill_loses_no_reported_add(tmp_path: Path) -> None:
     root = tmp_path / "carts"
+    histories = Histories(tmp_path / "histories")
     rnd = random.Random(int(os.environ.get("DHTCART_CRASH_SEED", "4242")))
     before: Counter[tuple[str, str]] = Counter()
     total_reported = 0
     killed_while_adding = 0
     for round_no in range(ROUNDS):
-        proc = worker("cart-crash", str(root), str(rnd.getrandbits(32)))
+        proc = worker("cart-crash", str(root), str(rnd.getrandbits(32)), *histories.worker_args(round_no + 1))
         if rnd.random() < 0.25:
             # blind: often while the child is still starting or opening the store
             time.sleep(rnd.uniform(0.0, 0.6))
@@ -80,7 +87,7 @@ def test_sigkill_loses_no_reported_add(tmp_path: Path) -> None:
             killed_while_adding += 1
         total_reported += adds
 
-        after = _state(root)
+        after = _state(root, histories)
         for pair, count in reported.items():
             assert after[pair] >= count, f"round {round_no}: {pair} reported {count}, found {after[pair]}"
         for pair, count in before.items():
@@ -92,3 +99,5 @@ def test_sigkill_loses_no_reported_add(tmp_path: Path) -> None:
         before = after
     assert killed_while_adding >= ROUNDS // 2, "most kills should land while the child is adding"
     assert total_reported > 0
+    report = histories.check()
+    assert report.open > 0, "some kills landed in the middle of a store operation"

@@ -24,6 +24,7 @@ EXPECTED = {
     "ShardExists", "ShardNotFound",
     "ShardUnavailable", "StoreBusy", "StoreClosed", "TooManyRetries", "ValidationError", "VersionConflict",
     "CorruptData", "PreconditionFailed",  # issue 10
+    "MalformedHistory", "WorkloadFailed",  # issue 9
     "__version__",
 }  # fmt: skip
 

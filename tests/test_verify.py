@@ -1,0 +1,154 @@
+"""``dhtcart verify`` end to end: real client processes on LMDB and Redis stores, a planted bug, ``--check``.
+
+Every run here is the real command in a subprocess, whose client processes
+open the store themselves. It must exit 0 on the real backends, and exit 1
+naming the anomaly on a backend with a planted bug (``tests/buggy_backend.py``,
+registered through the ``dhtcart.backends`` entry points). The ``--rebalance``
+runs are in ``tests/test_verify_rebalance.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dhtcart import DHTServerStore
+from tests.verify_support import (
+    buggy_store,
+    lmdb_store,
+    redis_store,
+    redis_trio,  # noqa: F401 - a fixture
+    report_of,
+    user_data,
+    verify,
+)
+
+RUN = ["--clients", "3", "--keys", "5", "--seconds", "2"]
+
+
+def _kinds(data: dict[str, Any]) -> set[str]:
+    return set(data["check"]["anomaly_counts"])
+
+
+def test_lmdb_store_is_linearizable_and_keeps_the_users_data(tmp_path: Path) -> None:
+    before = lmdb_store(tmp_path / "store")
+    proc = verify("--data", str(tmp_path / "store"), *RUN, "--json", tmp=tmp_path)
+    data = report_of(proc)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    check = data["check"]
+    assert check["valid"] is True and check["operations"] > 2000 and check["keys"] == 5
+    assert check["ok"] + check["fail"] + check["info"] == check["operations"]
+    assert data["keys_removed"] == 5 and data["client_failures"] == []
+    assert user_data(tmp_path / "store") == before
+
+
+def test_a_planted_stale_read_is_caught_and_named(tmp_path: Path) -> None:
+    env = buggy_store(tmp_path / "store", tmp_path / "plugins", "stale-read", 0.05)
+    history = tmp_path / "history.jsonl"
+    proc = verify("--data", str(tmp_path / "store"), *RUN, "--history", str(history), env=env, tmp=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "NOT LINEARIZABLE" in proc.stdout and "stale-read on key" in proc.stdout
+    # the history it wrote shows the same when checked on its own (no plugin needed for that)
+    again = verify("--check", str(history), "--json")
+    assert again.returncode == 1
+    assert "stale-read" in _kinds(report_of(again))
+
+
+def test_a_compare_and_set_let_through_on_an_old_version_is_caught(tmp_path: Path) -> None:
+    env = buggy_store(tmp_path / "store", tmp_path / "plugins", "stale-cas", 0.2)
+    proc = verify("--data", str(tmp_path / "store"), *RUN, "--json", env=env, tmp=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "cas-wrong-version" in _kinds(report_of(proc))
+
+
+def test_redis_store_is_linearizable_while_shards_are_paused(tmp_path: Path, redis_trio: list[Any]) -> None:  # noqa: F811
+    """Three real servers, each paused in turn for longer than the clients' timeout (0.3 s)."""
+    before = redis_store(tmp_path / "store", redis_trio)
+    proc = verify("--data", str(tmp_path / "store"), "--kill-shard", *RUN[:-1], "3", "--json", tmp=tmp_path)
+    data = report_of(proc)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert data["pauses"] == 3 and not data["pause_errors"]
+    assert data["check"]["valid"] is True
+    assert data["check"]["info"] > 0, "some operations timed out during the pauses"
+    assert data["keys_removed"] == 5
+    assert user_data(tmp_path / "store") == before
+
+
+def test_redis_store_is_linearizable_flat_out(tmp_path: Path, redis_trio: list[Any]) -> None:  # noqa: F811
+    redis_store(tmp_path / "store", redis_trio)
+    proc = verify("--data", str(tmp_path / "store"), *RUN, "--rate", "0", "--json", tmp=tmp_path)
+    data = report_of(proc)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert data["check"]["valid"] is True and data["check"]["operations"] > 1000
+
+
+def test_kill_shard_needs_a_shard_that_can_pause(tmp_path: Path) -> None:
+    before = lmdb_store(tmp_path / "store")
+    proc = verify("--data", str(tmp_path / "store"), "--kill-shard", "--seconds", "1", tmp=tmp_path)
+    assert proc.returncode == 2
+    assert "can be paused" in proc.stderr
+    assert user_data(tmp_path / "store") == before
+
+
+def _history(tmp_path: Path, read_value: str | None) -> Path:
+    events = [
+        {"process": 0, "type": "invoke", "f": "write", "key": 1, "value": "a"},
+        {"process": 0, "type": "ok", "f": "write", "key": 1, "value": "a", "version": 1},
+        {"process": 1, "type": "invoke", "f": "read", "key": 1},
+        {"process": 1, "type": "ok", "f": "read", "key": 1, "value": read_value, "version": 1 if read_value else 0},
+    ]
+    path = tmp_path / f"h-{read_value}.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return path
+
+
+def test_check_a_history_file(tmp_path: Path) -> None:
+    good = verify("--check", str(_history(tmp_path, "a")))
+    assert good.returncode == 0 and "LINEARIZABLE" in good.stdout
+    bad = verify("--check", str(_history(tmp_path, None)))
+    assert bad.returncode == 1
+    assert "stale-read on key 1" in bad.stdout and "process 1: read -> absent [line 3-4]" in bad.stdout
+    data = report_of(verify("--check", str(_history(tmp_path, None)), "--json"))
+    assert data["check"]["valid"] is False and data["check"]["anomalies"][0]["kind"] == "stale-read"
+    undecided = verify("--check", str(_history(tmp_path, "a")), "--max-steps", "1", "--json")
+    assert undecided.returncode == 1 and report_of(undecided)["check"]["valid"] is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--clients", "0", "--data", "x"], "--clients"),
+        (["--seconds", "0", "--data", "x"], "--seconds"),
+        ([], "one of the arguments"),
+        (["--data", "a", "--check", "b"], "not allowed with"),
+        (["--check", "h.jsonl", "--rebalance"], "only apply to a run"),
+        (["--data", "x", "--rebalance-backend", "memory://"], "needs --rebalance"),
+        (["--data", "no-store-here"], "no dhtcart store"),
+        (["--check", "no-such-file.jsonl"], "cannot read"),
+    ],
+)
+def test_usage_errors_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
+    proc = verify(*[a if a not in ("x", "no-store-here") else str(tmp_path / a) for a in args])
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+
+
+def test_an_unreachable_store_is_a_failed_run_not_a_verdict(tmp_path: Path) -> None:
+    """Nothing listens on the shard's port: exit 3, never 1 (which says "not linearizable")."""
+    from tests.redis_server import free_port
+
+    shards = {"r0": f"redis://127.0.0.1:{free_port()}/0?timeout=0.2"}
+    DHTServerStore.open(tmp_path / "store", shards=shards).close()
+    proc = verify("--data", str(tmp_path / "store"), "--seconds", "1", tmp=tmp_path)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "could not be carried out: ShardUnavailable" in proc.stderr
+
+
+def test_a_malformed_history_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"process": 0, "type": "ok", "f": "read", "key": 1}\n')
+    proc = verify("--check", str(path))
+    assert proc.returncode == 2 and "line 1: ok from process 0" in proc.stderr

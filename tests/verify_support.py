@@ -1,0 +1,115 @@
+"""Shared by the end-to-end tests of ``dhtcart verify`` (not a test module).
+
+The command runs as a real subprocess (``python -m dhtcart verify``) whose
+client processes open the store themselves; stores are real LMDB
+directories, or directories whose shards are real Redis servers, or shards
+of the planted-bug backend of ``tests/buggy_backend.py``, registered for the
+subprocesses through a ``*.dist-info`` directory on ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dhtcart import DHTServerStore, Record, hash_key
+from tests.buggy_backend import plugin_path
+from tests.conftest import skip_or_fail
+from tests.helpers import ROOT, child_env, run_python
+
+USER_KEYS = 30
+
+
+def verify(
+    *args: str, env: dict[str, str] | None = None, tmp: Path | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m dhtcart verify ARGS`` and return the finished process.
+
+    With ``tmp``, a run without ``--history`` writes its history there (not in
+    a temporary directory of its own, which the command keeps).
+    """
+    if tmp is not None and "--check" not in args and "--history" not in args:
+        args = (*args, "--history", str(tmp / "history.jsonl"))
+    return subprocess.run(
+        [sys.executable, "-m", "dhtcart", "verify", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(**(env or {})),
+        cwd=ROOT,
+    )
+
+
+def report_of(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The JSON report a ``--json`` run printed."""
+    try:
+        data: dict[str, Any] = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"no JSON report (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from None
+    return data
+
+
+def user_data(root: Path) -> dict[int, Record]:
+    """Every key and record in the store (to show a run leaves the user's data alone)."""
+    with DHTServerStore.open(root) as store:
+        return dict(store.items())
+
+
+def lmdb_store(root: Path, shards: int = 3) -> dict[int, Record]:
+    """A store of ``shards`` LMDB shards holding some user data; return that data."""
+    with DHTServerStore.open(root, shards=shards) as store:
+        for i in range(USER_KEYS):
+            store.put(hash_key(f"user-{i}"), b"keep me")
+    return user_data(root)
+
+
+def redis_store(root: Path, servers: list[Any], timeout: float = 0.3) -> dict[int, Record]:
+    """A store whose shards are the given real Redis servers (one each, a prefix of this store's own)."""
+    prefix = f"v{abs(hash(str(root))) % 10**8}:"
+    shards = {f"r{i}": f"redis://127.0.0.1:{s.port}/0?timeout={timeout}&prefix={prefix}" for i, s in enumerate(servers)}
+    with DHTServerStore.open(root, shards=shards) as store:
+        for i in range(USER_KEYS):
+            store.put(hash_key(f"user-{i}"), b"keep me")
+    return user_data(root)
+
+
+def buggy_store(root: Path, plugins: Path, bug: str, rate: float) -> dict[str, str]:
+    """A store of three planted-bug shards; return the environment that registers the backend."""
+    env = {"PYTHONPATH": os.pathsep.join([str(plugin_path(plugins)), str(ROOT)])}
+    urls = {f"b{i}": f"buggy://{root / f'b{i}'}?bug={bug}&rate={rate}" for i in range(3)}
+    run_python(
+        f"from dhtcart import DHTServerStore\nDHTServerStore.open({str(root)!r}, shards={urls!r}).close()",
+        **env,
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def redis_trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Any]]:
+    """Three real Redis servers for the module."""
+    try:
+        import redis  # noqa: F401
+
+        from tests.redis_server import RedisServer, find_server_binary
+    except ImportError as exc:
+        skip_or_fail(f"Redis support is not importable: {exc}")
+    binary = find_server_binary()
+    if binary is None:
+        skip_or_fail("no Redis server binary")
+    started: list[Any] = []
+    try:
+        for i in range(3):
+            server = RedisServer(tmp_path_factory.mktemp(f"verify-redis{i}"), binary=binary)
+            started.append(server)
+            server.start()
+        yield started
+    finally:
+        for server in started:
+            server.stop()
