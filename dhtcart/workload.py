@@ -157,30 +157,26 @@ def run_workload(
 # -- the store and its keys ------------------------------------------------------------
 
 
-def _accepts_urls() -> bool:
-    """Whether this dhtcart opens stores from a membership URL (live membership), not only a directory."""
-    import importlib.util
-
-    return importlib.util.find_spec("dhtcart.membership") is not None
-
-
 def open_store(location: str | os.PathLike[str], *, lock_timeout: float = 30.0) -> DHTServerStore:
     """Open an existing store: a directory with a manifest, or a ``redis://`` membership URL.
 
     Never creates one. Raises :class:`~dhtcart.errors.InvalidInput` when
     there is no store there.
     """
-    text = os.fspath(location)
-    if "://" in text:
-        if not _accepts_urls():
-            raise InvalidInput("store", f"{text}: this dhtcart opens stores by directory only, not by URL")
-        opener: Any = DHTServerStore.open
-        store: DHTServerStore = opener(text, lock_timeout=lock_timeout)
-        return store
+    from dhtcart.membership import is_url, open_membership
     from dhtcart.store import MANIFEST
 
-    if not (Path(text) / MANIFEST).is_file():
-        raise InvalidInput("store", f"no dhtcart store in {text}")
+    text = os.fspath(location)
+    if is_url(text):
+        membership = open_membership(text)
+        try:
+            exists = membership.load() is not None
+        finally:
+            membership.close()
+    else:
+        exists = (Path(text) / MANIFEST).is_file()
+    if not exists:
+        raise InvalidInput("store", f"no dhtcart store at {text}")
     return DHTServerStore.open(text, lock_timeout=lock_timeout)
 
 

@@ -24,34 +24,37 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from dhtcart.backends.base import Backend, Record
+from dhtcart.backends.base import BackendContext, Record
 from dhtcart.backends.lmdb import LMDBBackend
 from dhtcart.errors import InvalidInput, VersionConflict
 
 BUGS = ("stale-read", "stale-cas")
 
 
-class BuggyBackend(Backend):
-    """An LMDB shard that, with probability ``rate``, serves ``bug`` (see the module docstring)."""
+class BuggyBackend(LMDBBackend):
+    """An LMDB shard that, with probability ``rate``, serves ``bug`` (see the module docstring).
 
-    def __init__(self, path: str, *, bug: str, rate: float, seed: int | None = None) -> None:
+    Everything else (ownership fences included) is LMDB's own: the bug is the
+    only difference, as a third-party backend's bug would be.
+    """
+
+    def __init__(self, path: str, *, bug: str, rate: float, seed: int | None = None, fenced: bool = False) -> None:
         if bug not in BUGS:
             raise InvalidInput("bug", f"one of {', '.join(BUGS)}, not {bug!r}")
-        self.inner = LMDBBackend(path)
+        super().__init__(path, fenced=fenced)
         self.bug = bug
         self.rate = rate
-        self.url = f"buggy://{self.inner.path}?bug={bug}&rate={rate}"
+        self.url = f"buggy://{self.path}?bug={bug}&rate={rate}"
         self._rng = random.Random(seed)
         self._seen: dict[int, Record] = {}
-        self._lock = threading.Lock()
+        self._bug_lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> BuggyBackend:
+    def from_url(cls, url: str, *, context: BackendContext | None = None, **options: Any) -> BuggyBackend:
         parts = urlsplit(url)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         return cls(
@@ -59,14 +62,15 @@ class BuggyBackend(Backend):
             bug=query.get("bug", "stale-read"),
             rate=float(query.get("rate", "0.05")),
             seed=int(query["seed"]) if "seed" in query else None,
+            fenced=context is not None and context.fenced,
         )
 
     def _unlucky(self) -> bool:
-        with self._lock:
+        with self._bug_lock:
             return self._rng.random() < self.rate
 
     def get(self, key: int) -> Record | None:
-        current = self.inner.get(key)
+        current = super().get(key)
         cached = self._seen.get(key)
         if self.bug == "stale-read" and cached is not None and cached != current and self._unlucky():
             return cached  # the bug: a copy this process saw earlier
@@ -78,38 +82,20 @@ class BuggyBackend(Backend):
 
     def put(self, key: int, value: bytes, expected_version: int | None = None) -> int:
         try:
-            version = self.inner.put(key, value, expected_version)
+            version = super().put(key, value, expected_version)
         except VersionConflict:
             cached = self._seen.get(key)
             stale = cached.version if cached is not None else 0
             if self.bug != "stale-cas" or stale != expected_version or not self._unlucky():
                 raise
             version = stale + 1  # the bug: compared with the stale copy, and written over the newer record
-            self.inner.put_many([(key, Record(version, value))])
+            self.put_many([(key, Record(version, value))])
         self._seen[key] = Record(version, value)
         return version
 
     def delete(self, key: int, expected_version: int | None = None) -> bool:
         self._seen.pop(key, None)
-        return self.inner.delete(key, expected_version)
-
-    def scan(self, lo: int, hi: int, limit: int | None = None) -> Iterator[tuple[int, Record]]:
-        return self.inner.scan(lo, hi, limit)
-
-    def put_many(self, items: Iterable[tuple[int, Record]]) -> int:
-        return self.inner.put_many(items)
-
-    def delete_many(self, items: Iterable[tuple[int, int]]) -> int:
-        return self.inner.delete_many(items)
-
-    def count(self) -> int:
-        return self.inner.count()
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def destroy(self) -> None:
-        self.inner.destroy()
+        return super().delete(key, expected_version)
 
 
 def plugin_path(directory: Path) -> Path:

@@ -137,11 +137,15 @@ def test_usage_errors_exit_2(args: list[str], message: str, tmp_path: Path) -> N
 
 
 def test_an_unreachable_store_is_a_failed_run_not_a_verdict(tmp_path: Path) -> None:
-    """Nothing listens on the shard's port: exit 3, never 1 (which says "not linearizable")."""
-    from tests.redis_server import free_port
+    """The shard's server is gone: exit 3, never 1 (which says "not linearizable")."""
+    from tests.redis_server import RedisServer, find_server_binary
 
-    shards = {"r0": f"redis://127.0.0.1:{free_port()}/0?timeout=0.2"}
-    DHTServerStore.open(tmp_path / "store", shards=shards).close()
+    server = RedisServer(tmp_path / "redis", binary=find_server_binary())
+    server.start()  # a store is created on shards it can reach (it writes their ownership records)
+    try:
+        DHTServerStore.open(tmp_path / "store", shards={"r0": f"{server.url}?timeout=0.2"}).close()
+    finally:
+        server.stop()
     proc = verify("--data", str(tmp_path / "store"), "--seconds", "1", tmp=tmp_path)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "could not be carried out: ShardUnavailable" in proc.stderr
