@@ -18,6 +18,7 @@ SIGKILLs it reads only whole lines of things that really happened:
     it finds missing, so a deleted key that reappears is a resurrection.
     Stdin commands: ``pause`` (prints ``paused`` once no operation is in
     flight), ``resume``, ``stop`` (prints ``maxwait SECONDS OPS`` and exits).
+    With ``--history FILE`` every operation is recorded there (``docs/verify.md``).
 
 ``rebalancer``
     Print ``opening``, open the store (which finishes a migration a killed
@@ -85,8 +86,12 @@ def value_for(key: int, version: int) -> bytes:
 
 
 def writer(args: argparse.Namespace) -> None:
+    from dhtcart.history import HistoryRecorder, HistoryWriter
+
     rng = random.Random(args.seed)
-    store = DHTServerStore.open(args.directory, lock_timeout=30, redirect_timeout=args.redirect_timeout)
+    handle = DHTServerStore.open(args.directory, lock_timeout=30, redirect_timeout=args.redirect_timeout)
+    sink = HistoryWriter(args.history) if args.history else None
+    store: Any = HistoryRecorder(handle, sink, process=f"writer-{args.seed}") if sink is not None else handle
     keys = [key_of(i) for i in range(args.first, args.last)]
     deletable = set(keys[: len(keys) // 4])
     running = threading.Event()
@@ -142,7 +147,9 @@ def writer(args: argparse.Namespace) -> None:
         idle.set()
         time.sleep(0.001)
     say("maxwait", f"{worst:.3f}", ops)
-    store.close()
+    if sink is not None:
+        sink.close()
+    handle.close()
 
 
 # -- rebalancer -----------------------------------------------------------------------------
@@ -338,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lock-timeout", type=float, default=10.0)
     parser.add_argument("--redirect-timeout", type=float, default=15.0)
     parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--history", default="", help="writer: record every operation to this file")
     args = parser.parse_args(argv)
     modes = {"writer": writer, "rebalancer": rebalancer, "crashat": crashat, "try": try_once, "race": race}
     if args.mode == "try":

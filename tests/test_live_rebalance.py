@@ -7,9 +7,8 @@ directory for an LMDB store; for a Redis store, the URL of the Redis database
 that keeps the membership (no file is shared, as on separate hosts). Afterwards
 each counter equals the increments its writers saw acknowledged, every key
 lives only on its owner, and the writers' histories (every read and
-compare-and-set, with invocation and completion times) are checked: each key's
-acknowledged compare-and-sets form one chain of versions, and no read saw a
-version older than one already acknowledged before the read began.
+compare-and-set, with invocation and completion times) are checked for
+linearizability by ``dhtcart.checker``.
 
 Redis-specific: a rebalancer killed mid-batch leaves its lease to expire, and a
 client that waits on the frozen batch takes it over within the lease's time to
@@ -25,7 +24,6 @@ import signal
 import subprocess
 import sys
 import time
-from bisect import bisect_left
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ import pytest
 from dhtcart import DHTServerStore, Record, ShardUnavailable, hash_key
 from dhtcart.backends.ownership import FROZEN
 from tests.conftest import skip_or_fail
-from tests.helpers import child_env, placement
+from tests.helpers import Histories, child_env, placement
 from tests.live_child import counter_key
 
 CHILD = Path(__file__).with_name("live_child.py")
@@ -89,52 +87,9 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def check_history(events: list[dict[str, Any]]) -> int:
-    """Per key: acknowledged compare-and-sets form one chain of versions (each from the one
-    before, none twice), and no read returns a version older than a write acknowledged before
-    the read was invoked, or a value other than the one written at that version. Returns the
-    number of operations checked."""
-    by_key: dict[int, list[dict[str, Any]]] = {}
-    for e in events:
-        by_key.setdefault(e["key"], []).append(e)
-    n = 0
-    for key, evs in by_key.items():
-        invoked: dict[tuple[int, str], int] = {}
-        ops = []  # (invoke time, completion time, event)
-        for e in sorted(evs, key=lambda e: (e["time"], e["type"] != "invoke")):
-            if e["type"] == "invoke":
-                invoked[(e["process"], e["f"])] = e["time"]
-            else:
-                ops.append((invoked.pop((e["process"], e["f"])), e["time"], e))
-        writes = {o[2]["version"]: o for o in ops if o[2]["f"] == "cas" and o[2]["type"] == "ok"}
-        cas_ok = [o for o in ops if o[2]["f"] == "cas" and o[2]["type"] == "ok"]
-        assert len(writes) == len(cas_ok), f"key {key}: two compare-and-sets acknowledged one version"
-        for version, (_, _, e) in writes.items():
-            assert e["expected"] == version - 1, f"key {key}: version {version} did not follow {version - 1}"
-        assert sorted(writes) == list(range(1, len(writes) + 1)), f"key {key}: a version is missing"
-        # the newest version acknowledged before each moment: completion times sorted, running max
-        done = sorted((end, version) for version, (_, end, _) in writes.items())
-        ends = [end for end, _ in done]
-        newest: list[int] = []
-        for _, version in done:
-            newest.append(max(version, newest[-1]) if newest else version)
-        for start, _, e in ops:
-            if e["f"] != "read":
-                continue
-            i = bisect_left(ends, start)  # writes that completed strictly before the read began
-            newest_before = newest[i - 1] if i else 0
-            assert e["version"] >= newest_before, (
-                f"key {key}: stale read of version {e['version']} after version {newest_before} was acknowledged"
-            )
-            if e["version"]:
-                assert e["version"] in writes, f"key {key}: read version {e['version']}, never written"
-                assert e["value"] == writes[e["version"]][2]["value"], f"key {key}: read a value never written"
-        n += len(ops)
-    return n
-
-
 @pytest.mark.parametrize("kind", ["lmdb", "redis"])
 def test_three_writers_and_a_rebalancer_lose_no_increment(kind: str, tmp_path: Path, request: Any) -> None:
+    (tmp_path / "histories").mkdir()
     if kind == "lmdb":
         location = str(tmp_path / "store")
         DHTServerStore.open(location, shards=3).close()
@@ -152,7 +107,7 @@ def test_three_writers_and_a_rebalancer_lose_no_increment(kind: str, tmp_path: P
     writers = [
         _spawn(
             "incr", location, "--seconds", str(SECONDS), "--keys", str(KEYS), "--seed", str(w),
-            "--history", str(tmp_path / f"h{w}.jsonl"),
+            "--history", str(tmp_path / "histories" / f"p{w}.jsonl"),
         )
         for w in range(3)
     ]  # fmt: skip
@@ -174,11 +129,7 @@ def test_three_writers_and_a_rebalancer_lose_no_increment(kind: str, tmp_path: P
                     acked[int(key)] = acked.get(int(key), 0) + n
             elif word == "maxwait":
                 waits.append(float(rest.split()[0]))
-    events = []
-    for w in range(3):
-        with open(tmp_path / f"h{w}.jsonl", encoding="utf-8") as f:
-            events += [json.loads(line) for line in f]
-    checked = check_history(events)
+    checked = Histories(tmp_path / "histories").check().operations  # linearizable, by dhtcart.checker
     with DHTServerStore.open(location) as store:
         store._check()  # every key only on its owner, every shard's record its arcs
         placement(store)

@@ -32,7 +32,7 @@ from dhtcart import (
     VersionConflict,
     hash_key,
 )
-from tests.helpers import manifest, placement
+from tests.helpers import Histories, manifest, placement
 
 N_KEYS = 4000
 
@@ -331,15 +331,18 @@ class Traffic:
 
     Each worker owns its keys (so what it reads must be exactly what it last
     wrote, even mid-migration) and all workers increment shared counters with
-    compare-and-set (so a lost update shows as a wrong total).
+    compare-and-set (so a lost update shows as a wrong total); every operation
+    is recorded and the history checked for linearizability.
     """
 
     def __init__(self, store: DHTServerStore, workers: int = 4, owned: int = 300, counters: int = 8) -> None:
         self.store = store
         self.owned = [[hash_key(f"w{w}-k{i}") for i in range(owned)] for w in range(workers)]
         self.counters = [hash_key(f"counter-{i}") for i in range(counters)]
+        self.histories = Histories()  # every operation, the setup's too, checked for linearizability
+        setup = self.histories.recorder(store, "setup")
         for key in self.counters:
-            store.put(key, b"0")
+            setup.put(key, b"0")
         self.models: list[dict[int, Record | None]] = [dict.fromkeys(ks) for ks in self.owned]
         self.increments = Counter[int]()
         self.latencies: list[float] = []
@@ -347,6 +350,7 @@ class Traffic:
         self.errors: list[BaseException] = []
         self.stop = threading.Event()
         self._lock = threading.Lock()
+        self.recorders = [self.histories.recorder(store, w) for w in range(workers)]
         self.threads = [threading.Thread(target=self._run, args=(w,), daemon=True) for w in range(workers)]
 
     @staticmethod
@@ -360,7 +364,7 @@ class Traffic:
         import random
 
         rng = random.Random(w)
-        store, model, keys = self.store, self.models[w], self.owned[w]
+        store, model, keys = self.recorders[w], self.models[w], self.owned[w]
         lat: list[float] = []
         incs: Counter[int] = Counter()
         n = 0
@@ -415,6 +419,7 @@ class Traffic:
 
     def check(self) -> None:
         assert not self.errors, self.errors
+        self.histories.check()
         for model in self.models:
             for key, rec in model.items():
                 assert self.store.get(key) == rec, f"acknowledged write of {key} lost"

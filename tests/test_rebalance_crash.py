@@ -16,8 +16,8 @@ whole test while rebalancer children are SIGKILLed at random moments, 30
 rounds in CI (``DHTCART_REBALANCE_ROUNDS`` for more; ``DHTCART_REBALANCE_SEED``
 replays a run). Between rounds the writers are paused and the parent checks:
 every key has its last acknowledged value (or the one write in flight),
-nothing deleted came back, every key is on exactly its owner; and the writers'
-longest wait is bounded.
+nothing deleted came back, every key is on exactly its owner; the writers'
+longest wait is bounded; and their recorded histories are linearizable.
 
 The lease: two processes looping rebalances never run one at the same time.
 """
@@ -34,13 +34,15 @@ import time
 from collections import Counter
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dhtcart import DHTServerStore, Record
 from dhtcart.backends.lmdb import LMDBBackend
 from dhtcart.backends.ownership import FROZEN
-from tests.helpers import child_env, manifest, placement
+from dhtcart.history import HistoryRecorder, HistoryWriter
+from tests.helpers import Histories, child_env, manifest, placement
 from tests.rebalance_child import key_of, value_for
 
 CHILD = Path(__file__).resolve().parent / "rebalance_child.py"
@@ -123,12 +125,17 @@ class Lines:
         return "\n".join(self._err[-30:])
 
 
-def _make_store(directory: Path, n_keys: int, shards: int = 4) -> dict[int, int]:
+def _make_store(directory: Path, n_keys: int, shards: int = 4, history: Path | None = None) -> dict[int, int]:
+    """A store of ``n_keys`` keys at version 1 (their writes recorded in ``history`` if given)."""
     store = DHTServerStore.open(directory, shards=shards, partitions=PARTITIONS)
+    sink = HistoryWriter(history) if history is not None else None
+    writes: Any = HistoryRecorder(store, sink, process="setup") if sink is not None else store
     model = {}
     for i in range(n_keys):
         key = key_of(i)
-        model[key] = store.put(key, value_for(key, 1))
+        model[key] = writes.put(key, value_for(key, 1))
+    if sink is not None:
+        sink.close()
     store.close()
     return model
 
@@ -273,7 +280,7 @@ def test_killed_twice_once_inside_the_recovery_of_open(tmp_path: Path) -> None:
 class Writers:
     """Writer processes on disjoint key ranges, paused for the parent's checks."""
 
-    def __init__(self, directory: Path, n: int, n_keys: int, seed: int) -> None:
+    def __init__(self, directory: Path, n: int, n_keys: int, seed: int, histories: Path) -> None:
         step = n_keys // n
         self.procs = [
             _spawn(
@@ -285,6 +292,8 @@ class Writers:
                 str((i + 1) * step),
                 "--seed",
                 str(seed + i),
+                "--history",
+                str(histories / f"p{i}.jsonl"),
                 stdin=subprocess.PIPE,
             )
             for i in range(n)
@@ -341,9 +350,11 @@ def test_sigkill_at_random_moments_while_writers_write(tmp_path: Path, request: 
     rng = random.Random(seed)
     print(f"\nseed {seed} (DHTCART_REBALANCE_SEED={seed} replays it), {rounds} rounds")
     directory = tmp_path / "store"
-    model = Model(_make_store(directory, N_KEYS))
+    histories = tmp_path / "histories"
+    histories.mkdir()
+    model = Model(_make_store(directory, N_KEYS, history=histories / "p-setup.jsonl"))
     stats: Counter[str] = Counter()
-    writers = Writers(directory, 2, N_KEYS, seed)
+    writers = Writers(directory, 2, N_KEYS, seed, histories)
     started = time.monotonic()
     try:
         for r in range(rounds):
@@ -386,6 +397,8 @@ def test_sigkill_at_random_moments_while_writers_write(tmp_path: Path, request: 
     seconds = time.monotonic() - started
     print(f"{rounds} rounds in {seconds:.1f} s; {len(model.deleted)} keys deleted; writers' longest waits {waits};")
     print(dict(stats))
+    report = Histories(histories).check()  # every writer's operations: linearizable
+    print(f"{report.operations} operations checked for linearizability")
     assert stats["killed mid-migration"] >= rounds // 3, stats  # or this test proves little
     assert stats["rebalances completed"] >= rounds // 2, stats
     assert max(waits) < 5.0, f"a writer waited {max(waits):.2f} s"
