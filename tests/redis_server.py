@@ -30,10 +30,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-__all__ = ["RedisServer", "ServerError", "find_server_binary", "free_port"]
+__all__ = ["RedisServer", "ServerError", "find_server_binary", "free_port", "running"]
 
 ENV_VAR = "DHTCART_REDIS_SERVER"
 START_TIMEOUT = 10.0  # seconds to wait for PING after starting
@@ -333,3 +335,18 @@ class RedisServer:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<RedisServer {self.binary} 127.0.0.1:{self.port} {state}>"
+
+
+@contextlib.contextmanager
+def running(count: int, directory: Callable[[int], Path], binary: str, **options: Any) -> Iterator[list[RedisServer]]:
+    """``count`` servers started in ``directory(i)`` (with ``RedisServer`` ``options``), stopped at the end."""
+    started: list[RedisServer] = []
+    try:
+        for i in range(count):
+            server = RedisServer(directory(i), binary=binary, **options)
+            started.append(server)
+            server.start()
+        yield started
+    finally:
+        for server in started:
+            server.stop()

@@ -32,7 +32,7 @@ import pytest
 
 from dhtcart import DHTServerStore, Record, ShardUnavailable, hash_key
 from dhtcart.backends.ownership import FROZEN
-from tests.conftest import skip_or_fail
+from tests.conftest import redis_binary
 from tests.helpers import Histories, child_env, placement
 from tests.live_child import counter_key
 
@@ -47,24 +47,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 @pytest.fixture(scope="module")
 def redis_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Any]]:
     """Four real Redis (or Valkey) servers on loopback ports, for this module."""
-    try:
-        import dhtcart.backends.redis  # noqa: F401
-        from tests.redis_server import RedisServer, find_server_binary
-    except ImportError as exc:
-        skip_or_fail(f"Redis support is not importable: {exc}")
-    binary = find_server_binary()
-    if binary is None:
-        skip_or_fail("no Redis server binary")
-    started = []
-    try:
-        for i in range(4):
-            server = RedisServer(tmp_path_factory.mktemp(f"live{i}"), binary=binary)
-            started.append(server)
-            server.start()
-        yield started
-    finally:
-        for server in started:
-            server.stop()
+    from tests.redis_server import running
+
+    with running(4, lambda i: tmp_path_factory.mktemp(f"live{i}"), redis_binary()) as servers:
+        yield servers
 
 
 def _flush(servers: list[Any]) -> None:

@@ -70,7 +70,7 @@ from dhtcart import (  # noqa: E402
 )
 from dhtcart.ring import ring_from_dict  # noqa: E402
 from tests.helpers import placement  # noqa: E402
-from tests.redis_server import RedisServer, ServerError, find_server_binary  # noqa: E402
+from tests.redis_server import RedisServer, ServerError, find_server_binary, running  # noqa: E402
 
 try:
     import redis
@@ -115,16 +115,8 @@ def server_binary() -> str:
 @pytest.fixture(scope="module")
 def server_pool(server_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
     """Four servers (no persistence) shared by the module's tests that never stop them."""
-    started: list[RedisServer] = []
-    try:
-        for i in range(4):
-            server = RedisServer(tmp_path_factory.mktemp(f"redis{i}"), binary=server_binary)
-            started.append(server)
-            server.start()
-        yield started
-    finally:
-        for server in started:
-            server.stop()
+    with running(4, lambda i: tmp_path_factory.mktemp(f"redis{i}"), server_binary) as servers:
+        yield servers
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import pytest
 
 from dhtcart import DHTServerStore, Record, hash_key
 from tests.buggy_backend import plugin_path
-from tests.conftest import skip_or_fail
+from tests.conftest import redis_binary
 from tests.helpers import ROOT, child_env, run_python
 
 USER_KEYS = 30
@@ -94,22 +94,7 @@ def buggy_store(root: Path, plugins: Path, bug: str, rate: float) -> dict[str, s
 @pytest.fixture(scope="module")
 def redis_trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Any]]:
     """Three real Redis servers for the module."""
-    try:
-        import redis  # noqa: F401
+    from tests.redis_server import running
 
-        from tests.redis_server import RedisServer, find_server_binary
-    except ImportError as exc:
-        skip_or_fail(f"Redis support is not importable: {exc}")
-    binary = find_server_binary()
-    if binary is None:
-        skip_or_fail("no Redis server binary")
-    started: list[Any] = []
-    try:
-        for i in range(3):
-            server = RedisServer(tmp_path_factory.mktemp(f"verify-redis{i}"), binary=binary)
-            started.append(server)
-            server.start()
-        yield started
-    finally:
-        for server in started:
-            server.stop()
+    with running(3, lambda i: tmp_path_factory.mktemp(f"verify-redis{i}"), redis_binary()) as servers:
+        yield servers
