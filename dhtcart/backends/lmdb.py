@@ -38,7 +38,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -47,8 +46,8 @@ from urllib.parse import parse_qsl
 import lmdb
 
 from dhtcart.backends.base import Backend, BackendContext, Change, Record, apply_changes
-from dhtcart.backends.ownership import FROZEN, OWNED, TABLE_SHIFT, Ownership
-from dhtcart.errors import ForkedError, InvalidInput, Moved, StoreClosed, VersionConflict
+from dhtcart.backends.ownership import OWNED, TABLE_SHIFT, Ownership
+from dhtcart.errors import ForkedError, InvalidInput, StoreClosed, VersionConflict
 
 __all__ = ["DEFAULT_MAP_SIZE", "Durability", "LMDBBackend"]
 
@@ -240,15 +239,7 @@ class LMDBBackend(Backend):
 
     def _fence(self, txn: lmdb.Transaction, key: int, write: bool) -> None:
         """Raise Moved unless the ownership record lets this operation through."""
-        own = self._shared.load_ownership(txn, txn.get(_GEN))
-        segs = own.segments
-        if segs.slice_state(key >> TABLE_SHIFT) == OWNED:
-            return
-        i = bisect_left(segs.his, key)
-        state = segs.states[i]
-        if state == OWNED or (state == FROZEN and not write):
-            return
-        raise Moved(key, own.epoch, state, segs.peers[i] or None)
+        self._shared.load_ownership(txn, txn.get(_GEN)).check(key, write)
 
     def _write(self, fn: Callable[[lmdb.Transaction], _T]) -> _T:
         """Run ``fn(txn)`` in a write transaction, growing the map when it is full."""

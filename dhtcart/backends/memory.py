@@ -7,7 +7,6 @@ fenced, the ownership record is checked under the same lock as the operation.
 from __future__ import annotations
 
 import threading
-from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
@@ -15,8 +14,8 @@ from typing import Any
 from sortedcontainers import SortedDict
 
 from dhtcart.backends.base import Backend, BackendContext, Change, Record, apply_changes
-from dhtcart.backends.ownership import FROZEN, OWNED, TABLE_SHIFT, Ownership
-from dhtcart.errors import InvalidInput, Moved, StoreClosed, VersionConflict
+from dhtcart.backends.ownership import Ownership
+from dhtcart.errors import InvalidInput, StoreClosed, VersionConflict
 
 __all__ = ["MemoryBackend"]
 
@@ -58,14 +57,7 @@ class MemoryBackend(Backend):
 
     def _fence(self, key: int, write: bool) -> None:
         """Raise Moved unless the record lets this operation through (call with the lock held)."""
-        segs = self._own.segments
-        if segs.slice_state(key >> TABLE_SHIFT) == OWNED:
-            return
-        i = bisect_left(segs.his, key)
-        state = segs.states[i]
-        if state == OWNED or (state == FROZEN and not write):
-            return
-        raise Moved(key, self._own.epoch, state, segs.peers[i] or None)
+        self._own.check(key, write)
 
     def get(self, key: int) -> Record | None:
         if not self.fenced:

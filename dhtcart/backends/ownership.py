@@ -38,7 +38,7 @@ from collections.abc import Iterable, Sequence
 from itertools import pairwise
 from typing import Any, NamedTuple
 
-from dhtcart.errors import LeaseLost
+from dhtcart.errors import LeaseLost, Moved
 
 __all__ = ["FROZEN", "NOT_OWNED", "OWNED", "STATES", "TABLE_BITS", "TABLE_SHIFT", "Ownership", "Segments", "WHOLE"]
 
@@ -258,6 +258,18 @@ class Ownership(NamedTuple):
             peers[int(i)] = p
         rows = zip(his, data["states"], peers, strict=True)
         return cls(int(data["epoch"]), int(data["token"]), Segments.from_list(rows))
+
+    def check(self, key: int, write: bool) -> None:
+        """Raise :class:`~dhtcart.errors.Moved` unless this record lets an operation on ``key``
+        through: a read if the key is owned or frozen, a write only if it is owned."""
+        segs = self.segments
+        if segs.slice_state(key >> TABLE_SHIFT) == OWNED:
+            return
+        i = bisect_left(segs.his, key)
+        state = segs.states[i]
+        if state == OWNED or (state == FROZEN and not write):
+            return
+        raise Moved(key, self.epoch, state, segs.peers[i] or None)
 
     def check_unserved(self, lo: int, hi: int, what: str) -> None:
         """Raise :class:`~dhtcart.errors.LeaseLost` if the shard serves any key of ``(lo, hi]``."""
