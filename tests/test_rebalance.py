@@ -587,3 +587,21 @@ def test_hash_ring_moves_minimally_but_balances_worse(many_keys: list[int]) -> N
     counts = _shares(ten, many_keys)
     # 160 random points per node: roughly +-1/sqrt(160) per node, so worse than 1.02
     assert 1.02 < max(counts.values()) / (len(many_keys) / 10) < 1.25
+
+
+def test_the_store_doubles_its_partitions_as_it_grows() -> None:
+    """Fewer than 64 partitions per unit of weight after a change: the ring doubles first (no key moves
+    for that), so balance stays within 1/64 however many shards join."""
+    store = DHTServerStore(shards=2, partitions=64)
+    model = fill(store, 2000)
+    before = placement(store)
+    report = store.add_shard("third")  # 3 shards need 192 partitions: 64 -> 128 -> 256
+    assert isinstance(store.ring, PartitionRing) and store.ring.partitions == 256
+    after = placement(store)
+    assert {after[k] for k in model if after[k] != before[k]} == {"third"}  # moves only to the new shard
+    assert report.keys_moved == sum(1 for k in model if after[k] != before[k])
+    counts = store.ring.counts()
+    assert max(counts.values()) - min(counts.values()) <= 1
+    check_invariants(store, model)
+    doubled = PartitionRing(["a", "b", "c"], partitions=64).doubled()
+    assert doubled.partitions == 128 and doubled.moves(doubled.doubled()) == []
