@@ -870,10 +870,8 @@ class DHTServerStore:
             migration=None,
             retired={**doc.retired, **{n: doc.shards[n] for n in drop if n in doc.shards}},
         )
-        retired_servers = [self._view.servers[n] for n in drop if n in self._view.servers]
         self._membership.publish(new, lease)
         self._apply(new)
-        self._retiring = retired_servers
         return new
 
     def _destroy_retired(self, doc: MembershipDoc, lease: Lease) -> MembershipDoc:
@@ -889,7 +887,8 @@ class DHTServerStore:
         old rebalancer stays fenced out of it. A retired shard that cannot be
         reached stays retired, to be emptied by the next lease holder.
         """
-        retiring = {s.name: s for s in getattr(self, "_retiring", [])}
+        # a retired shard this handle has open: its newest incarnation (the one that left)
+        retiring = {name: server for (name, _), server in sorted(self._opened.items(), key=lambda kv: kv[0][1])}
         removable = isinstance(self._membership, DirectoryMembership | LocalMembership)
         left: dict[str, str] = {}
         for name, url in doc.retired.items():
@@ -911,7 +910,6 @@ class DHTServerStore:
                 continue
             for key in [k for k in self._opened if k[0] == name]:
                 del self._opened[key]
-        self._retiring = []
         if left == doc.retired:
             return doc
         new = doc.next(retired=left)
