@@ -49,7 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dhtcart import DHTServerStore, HashRing, PartitionRing, Record, hash_key
+from dhtcart import DHTServerStore, HashRing, PartitionRing, hash_key
 
 try:
     from uhashring import HashRing as UHashRing
@@ -245,15 +245,9 @@ def value_of(key: int) -> bytes:
 
 
 def load_store(store: DHTServerStore, keys: np.ndarray) -> None:
-    """Bulk-load the keys with version 1 (set-up, not measured): one put_many per shard."""
-    ring = store.ring
-    by_shard: dict[str, list[tuple[int, Record]]] = {name: [] for name in store.servers}
+    """Load the keys, each at version 1 (set-up, not measured)."""
     for k in sorted(int(k) for k in keys):
-        by_shard[ring.node_for(k)].append((k, Record(1, value_of(k))))
-    for name, rows in by_shard.items():
-        server = store.servers[name]
-        for i in range(0, len(rows), 100_000):
-            server.put_many(rows[i : i + 100_000])
+        store.put(k, value_of(k))
 
 
 def putmulti_floor(count: int, directory: Path) -> float:

@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any
 from dhtcart import __version__
 from dhtcart.errors import DHTCartError, InvalidInput, ShardExists, ShardNotFound, StoreBusy
 from dhtcart.membership import is_url, open_membership
-from dhtcart.settings import Settings, add_options
-from dhtcart.store import MANIFEST, DHTServerStore
+from dhtcart.settings import MANIFEST, Settings, add_options
+from dhtcart.store import DHTServerStore
 from dhtcart.verify import add_verify_parser
 
 if TYPE_CHECKING:

@@ -12,7 +12,8 @@ Errors subclass the built-in that fits, so ``except ValueError`` or
     ├── NotFound (KeyError)               something asked for by name is absent
     │   ├── ItemNotFound                  no such item in the cart
     │   ├── CartEmpty                     checkout of an empty or missing cart
-    │   └── ShardNotFound                 no shard of that name
+    │   ├── ShardNotFound                 no shard of that name
+    │   └── StoreNotFound                 no store at that location (opened with create=False)
     ├── Conflict                          the request is valid but the state forbids it
     │   ├── VersionConflict               compare-and-set saw another version
     │   ├── SaleExpired                   checkout with expired sale prices
@@ -60,6 +61,7 @@ __all__ = [
     "ShardUnavailable",
     "StoreBusy",
     "StoreClosed",
+    "StoreNotFound",
     "TooManyRetries",
     "ValidationError",
     "VersionConflict",
@@ -127,6 +129,10 @@ class CartEmpty(NotFound):
 
 class ShardNotFound(NotFound):
     """No shard of that name is a member of the store."""
+
+
+class StoreNotFound(NotFound):
+    """No store exists at the location given, and the caller asked not to create one."""
 
 
 class Conflict(DHTCartError):

@@ -38,8 +38,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any, Protocol
 
 from dhtcart.backends.base import Record
+from dhtcart.checks import check_key, check_value
 from dhtcart.errors import InvalidValue, MalformedHistory, VersionConflict
-from dhtcart.server import check_key, check_value
 
 __all__ = [
     "HistoryRecorder",

@@ -521,10 +521,6 @@ class PartitionRing(_RingBase):
             raise EmptyRing("the ring has no nodes")
         return owners[key >> self._shift]
 
-    def partition_of(self, key: int) -> int:
-        """The partition holding ``key``."""
-        return key >> self._shift
-
     @property
     def shift(self) -> int:
         """``key >> shift`` is the partition of ``key``."""

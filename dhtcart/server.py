@@ -1,4 +1,13 @@
-"""One shard: validation and versions in front of a backend.
+"""``DHTServer``: one shard on its own, a backend with every argument checked.
+
+A convenience for using one backend directly, outside any store, with the
+store's argument checks in front of it. It is not a layer of the store: a
+store routes each key straight to its shards' backends (through the fencing
+protocol of :mod:`dhtcart.backends.fencing`), and ``store.shards`` hands out
+``DHTServer`` objects over those backends for inspection (``count``,
+``scan``). In dhtcart's words a *shard* is one member of the ring: a name
+(the ring node) and its backend (the medium); ``DHTServer`` is its Python
+object.
 
 >>> with DHTServer() as shard:
 ...     shard.put(42, b"hello")
@@ -11,61 +20,15 @@ Record(version=2, value=b'world')
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from dhtcart.backends import open_backend
 from dhtcart.backends.base import Backend, Record
-from dhtcart.errors import InvalidInput, InvalidKey, InvalidValue
-from dhtcart.hashing import KEY_SPACE, MAX_KEY
+from dhtcart.checks import MAX_VALUE_SIZE, check_key, check_range, check_value, check_version
+from dhtcart.errors import InvalidInput
 
-__all__ = ["MAX_VALUE_SIZE", "DHTServer", "check_key", "check_value", "check_version"]
-
-#: the largest value a shard accepts, in bytes
-MAX_VALUE_SIZE = 16 * 1024 * 1024
-
-
-def check_key(key: object) -> int:
-    """Return ``key`` if it is an ``int`` in ``[0, 2**63)`` (not a ``bool``), else raise :class:`InvalidKey`."""
-    if type(key) is not int:
-        if isinstance(key, bool) or not isinstance(key, int):
-            raise InvalidKey(
-                f"key must be an int in [0, 2**63), not {type(key).__name__}; use dhtcart.hash_key(text) for strings"
-            )
-        key = int(key)
-    if not 0 <= key < KEY_SPACE:
-        raise InvalidKey(f"key {key} is outside [0, 2**63)")
-    return key
-
-
-def check_value(value: object) -> bytes:
-    """Return ``value`` as ``bytes`` if it is bytes-like and small enough, else raise :class:`InvalidValue`."""
-    if type(value) is bytes:
-        data = value
-    elif isinstance(value, (bytearray, memoryview)):
-        data = bytes(value)
-    else:
-        raise InvalidValue(f"value must be bytes-like (bytes, bytearray, memoryview), not {type(value).__name__}")
-    if len(data) > MAX_VALUE_SIZE:
-        raise InvalidValue(f"value of {len(data)} bytes exceeds the limit of {MAX_VALUE_SIZE} bytes")
-    return data
-
-
-def check_version(version: object, what: str = "expected_version") -> int:
-    """Return ``version`` if it is an ``int >= 0`` (not a ``bool``), else raise :class:`InvalidValue`."""
-    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        raise InvalidValue(f"{what} must be an int >= 0, not {version!r}")
-    return version
-
-
-def _check_range(lo: object, hi: object) -> tuple[int, int]:
-    for name, bound in (("lo", lo), ("hi", hi)):
-        if isinstance(bound, bool) or not isinstance(bound, int):
-            raise InvalidKey(f"{name} must be an int, not {type(bound).__name__}")
-    assert isinstance(lo, int) and isinstance(hi, int)
-    if not (-1 <= lo <= MAX_KEY and -1 <= hi <= MAX_KEY):
-        raise InvalidKey(f"range ({lo}, {hi}] must lie within [-1, 2**63 - 1]")
-    return lo, hi
+__all__ = ["MAX_VALUE_SIZE", "DHTServer"]
 
 
 class DHTServer:
@@ -117,31 +80,12 @@ class DHTServer:
 
     def scan(self, lo: int, hi: int, limit: int | None = None) -> Iterator[tuple[int, Record]]:
         """Yield ``(key, record)`` for ``lo < key <= hi``, in key order (``lo`` may be -1)."""
-        lo, hi = _check_range(lo, hi)
+        lo, hi = check_range(lo, hi)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise InvalidInput("limit", f"must be an int >= 0, not {limit!r}")
         if lo >= hi:
             return iter(())
         return self.backend.scan(lo, hi, limit)
-
-    def put_many(self, items: Iterable[tuple[int, Record]]) -> int:
-        """Write records keeping their versions (migration). All are checked before any is written."""
-        checked = []
-        for key, rec in items:
-            if not isinstance(rec, Record):
-                if not isinstance(rec, tuple) or len(rec) != 2:
-                    raise InvalidValue(f"key {key}: a record is (version, value), not {rec!r:.60}")
-                rec = Record(*rec)
-            version = check_version(rec.version, "version")
-            if version < 1:
-                raise InvalidValue(f"key {key}: a stored version is >= 1, not {version}")
-            checked.append((check_key(key), Record(version, check_value(rec.value))))
-        return self.backend.put_many(checked) if checked else 0
-
-    def delete_many(self, items: Iterable[tuple[int, int]]) -> int:
-        """Delete each ``(key, version)`` still at that version; return how many went."""
-        checked = [(check_key(k), check_version(v, "version")) for k, v in items]
-        return self.backend.delete_many(checked) if checked else 0
 
     def count(self) -> int:
         """Number of keys on this shard."""

@@ -35,7 +35,46 @@ from typing import Any
 
 from dhtcart.errors import InvalidInput
 
-__all__ = ["COMPAT_PROFILES", "DEFAULT_SHARDS", "LOG_LEVELS", "OPTIONS", "Option", "Settings"]
+__all__ = [
+    "COMPAT_PROFILES",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_LEASE_TTL",
+    "DEFAULT_LOCK_TIMEOUT",
+    "DEFAULT_REDIRECT_TIMEOUT",
+    "DEFAULT_SHARDS",
+    "DEFAULT_TAKEOVER_AFTER",
+    "LOG_LEVELS",
+    "MANIFEST",
+    "MANIFEST_FORMAT",
+    "OPTIONS",
+    "PROMETHEUS_DIR_ENV",
+    "REDIS_PASSWORD_ENV",
+    "SHARDS_DIR",
+    "Option",
+    "Settings",
+]
+
+# -- the library's constants: every layer reads them from here, none repeats them -------------
+
+#: the membership document of a store kept in a directory, and its format (1 was dhtcart 0.1's)
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 2
+#: the directory, inside a store's directory, of its LMDB shards
+SHARDS_DIR = "shards"
+#: seconds an opener waits for another process that is creating or upgrading the store
+DEFAULT_LOCK_TIMEOUT = 10.0
+#: keys per hand-over batch of a rebalance
+DEFAULT_BATCH_SIZE = 1000
+#: seconds an operation follows redirects before it raises KeyUnavailable
+DEFAULT_REDIRECT_TIMEOUT = 15.0
+#: seconds an operation waits on a hand-over before it tries to finish a stopped rebalancer's batch
+DEFAULT_TAKEOVER_AFTER = 0.25
+#: seconds a rebalance lease kept in a database (Redis, etcd) outlives a holder that stopped renewing it
+DEFAULT_LEASE_TTL = 5.0
+#: the variable a Redis shard's or membership's password is read from when its URL carries none
+REDIS_PASSWORD_ENV = "DHTCART_REDIS_PASSWORD"
+#: the variable that points prometheus_client at the directory its worker processes share
+PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 COMPAT_PROFILES = ("default", "seed")  #: response shapes: dhtcart's documented API, or the seed code's

@@ -164,7 +164,7 @@ def open_store(location: str | os.PathLike[str], *, lock_timeout: float = 30.0) 
     there is no store there.
     """
     from dhtcart.membership import is_url, open_membership
-    from dhtcart.store import MANIFEST
+    from dhtcart.settings import MANIFEST
 
     text = os.fspath(location)
     if is_url(text):

@@ -80,6 +80,11 @@ class BuggyBackend(LMDBBackend):
             self._seen.pop(key, None)
         return current
 
+    def _overwrite(self, key: int, record: Record) -> None:
+        """Write ``record`` as it is, over whatever is stored (the bug's blind write)."""
+        raw = record.version.to_bytes(8, "big") + record.value
+        self._write(lambda txn: txn.put(key.to_bytes(8, "big"), raw))
+
     def put(self, key: int, value: bytes, expected_version: int | None = None) -> int:
         try:
             version = super().put(key, value, expected_version)
@@ -89,7 +94,7 @@ class BuggyBackend(LMDBBackend):
             if self.bug != "stale-cas" or stale != expected_version or not self._unlucky():
                 raise
             version = stale + 1  # the bug: compared with the stale copy, and written over the newer record
-            self.put_many([(key, Record(version, value))])
+            self._overwrite(key, Record(version, value))
         self._seen[key] = Record(version, value)
         return version
 

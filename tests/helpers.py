@@ -59,6 +59,19 @@ def worker(*args: str, **popen: Any) -> subprocess.Popen[str]:
     )
 
 
+def load_records(backend: Any, records: Any) -> int:
+    """Write ``(key, Record)`` pairs keeping their versions, as a migration's copy does (test set-up).
+
+    One ``import_ranges`` per key, each over the range ``(key - 1, key]``, so no
+    other record is touched; the backend must not serve those keys (an unfenced
+    backend serves none). Returns how many were written.
+    """
+    n = 0
+    for key, rec in records:
+        n += backend.import_ranges(0, [(key - 1, key)], [(key, Record(*rec))])
+    return n
+
+
 def snapshot(store: DHTServerStore) -> dict[int, Record]:
     """Every key and record of a store, whatever shard it is on (keys must be unique)."""
     out: dict[int, Record] = {}

@@ -27,7 +27,7 @@ from dhtcart.backends.lmdb import LMDBBackend
 from dhtcart.backends.memory import MemoryBackend
 from dhtcart.hashing import MAX_KEY
 from tests.conftest import BackendEnv
-from tests.helpers import child_env
+from tests.helpers import child_env, load_records
 
 # -- the interface, on every backend ------------------------------------------------
 
@@ -44,14 +44,16 @@ def test_backend_interface(make_backend: Callable[..., Backend]) -> None:
     with pytest.raises(VersionConflict):
         b.put(6, b"c", 3)
     assert b.get(5) == Record(2, b"b") and b.get(6) is None
-    assert b.put_many([(MAX_KEY, Record(9, b"top")), (0, Record(3, b"bottom"))]) == 2
+    assert load_records(b, [(MAX_KEY, Record(9, b"top")), (0, Record(3, b"bottom"))]) == 2
     assert list(b.scan(-1, MAX_KEY)) == [
         (0, Record(3, b"bottom")),
         (5, Record(2, b"b")),
         (MAX_KEY, Record(9, b"top")),
     ]
     assert list(b.scan(0, MAX_KEY, 1)) == [(5, Record(2, b"b"))]
-    assert b.delete_many([(0, 3), (5, 1), (MAX_KEY, 9)]) == 2
+    assert b.delete(0, 3) and b.delete(MAX_KEY, 9)
+    with pytest.raises(VersionConflict):
+        b.delete(5, 1)
     assert b.count() == 1
     with pytest.raises(VersionConflict):
         b.delete(5, 1)
@@ -190,7 +192,7 @@ def test_lmdb_map_grows_by_itself(tmp_path: Path) -> None:
         for k in range(300):  # ~3 MB through a 64 KiB map
             assert b.put(k, value) == 1
         records = [(10_000 + k, Record(5, os.urandom(8_000))) for k in range(500)]
-        assert b.put_many(records) == 500  # one transaction far larger than the map was
+        assert b.import_ranges(0, [(9_999, MAX_KEY)], records) == 500  # one transaction far larger than the map was
         grown = b._env.info()["map_size"]
         assert grown > start
         assert b.count() == 800
@@ -206,7 +208,7 @@ def test_lmdb_full_map_loses_the_whole_transaction(tmp_path: Path, monkeypatch: 
         b.put(1, b"kept")
         too_much = [(100 + k, Record(1, os.urandom(4_000))) for k in range(500)]  # ~2 MB
         with pytest.raises(lmdb.MapFullError):
-            b.put_many(too_much)
+            b.import_ranges(0, [(99, MAX_KEY)], too_much)
         assert b.count() == 1, "nothing of the failed transaction is there"
         assert list(b.scan(-1, MAX_KEY)) == [(1, Record(1, b"kept"))]
         with pytest.raises(lmdb.MapFullError):

@@ -30,8 +30,6 @@ from dhtcart import (
     InvalidValue,
     ItemNotFound,
     PartitionRing,
-    Record,
-    ValidationError,
     hash_key,
     open_backend,
 )
@@ -188,24 +186,12 @@ def _rows() -> Iterator[Any]:
         yield row(f"shard.get-key-{name}", lambda w, k=k: w.shard.get(k), InvalidKey, TypeError)
         yield row(f"shard.put-key-{name}", lambda w, k=k: w.shard.put(k, b"v"), InvalidKey, ValueError)
         yield row(f"shard.delete-key-{name}", lambda w, k=k: w.shard.delete(k), InvalidKey, ValueError)
-        yield row(
-            f"shard.put_many-key-{name}",
-            lambda w, k=k: w.shard.put_many([(5, Record(1, b"ok")), (k, Record(1, b"v"))]),
-            InvalidKey,
-            TypeError,
-        )
         yield row(f"store.get-key-{name}", lambda w, k=k: w.store.get(k), InvalidKey, TypeError)
         yield row(f"store.put-key-{name}", lambda w, k=k: w.store.put(k, b"v"), InvalidKey, ValueError)
         yield row(f"store.delete-key-{name}", lambda w, k=k: w.store.delete(k), InvalidKey, ValueError)
     for name, v in BAD_VALUES:
         yield row(f"shard.put-value-{name}", lambda w, v=v: w.shard.put(7, v), InvalidValue, TypeError)
         yield row(f"store.put-value-{name}", lambda w, v=v: w.store.put(7, v), InvalidValue, ValueError)
-        yield row(
-            f"shard.put_many-value-{name}",
-            lambda w, v=v: w.shard.put_many([(5, Record(1, b"ok")), (6, Record(1, v))]),
-            InvalidValue,
-            TypeError,
-        )
     for name, ver in BAD_VERSIONS:
         yield row(
             f"shard.put-version-{name}",
@@ -231,18 +217,6 @@ def _rows() -> Iterator[Any]:
             InvalidValue,
             ValueError,
         )
-        yield row(
-            f"shard.put_many-version-{name}",
-            lambda w, ver=ver: w.shard.put_many([(5, Record(1, b"ok")), (6, Record(ver, b"v"))]),
-            InvalidValue,
-            ValueError,
-        )
-    yield row(
-        "shard.put_many-version-zero",
-        lambda w: w.shard.put_many([(5, Record(1, b"ok")), (6, Record(0, b"v"))]),
-        InvalidValue,
-        ValueError,
-    )
     for name, bound in [
         ("str", "0"),
         ("none", None),
@@ -429,19 +403,6 @@ def test_every_refusal_is_a_dhtcart_error(world: World) -> None:
                 outside.append(f"{param.id}: {type(exc).__name__}")
     where = sorted({o.split("-")[0] for o in outside})
     assert not outside, f"{len(outside)} refusals are plain built-ins, not DHTCartError, in: {where}"
-
-
-@pytest.mark.parametrize("url", ["memory://", "lmdb"])
-def test_put_many_plain_tuple_record(url: str, tmp_path: Path) -> None:
-    """A plain ``(version, value)`` tuple where a Record is expected: either taken as
-    that Record, or refused with a typed error storing nothing; never AttributeError."""
-    with DHTServer(f"lmdb://{tmp_path}" if url == "lmdb" else url) as shard:
-        try:
-            shard.put_many([(5, (1, b"v")), (6, Record(2, b"w"))])  # type: ignore[list-item]
-        except ValidationError:
-            assert shard.count() == 0
-        else:
-            assert list(shard.scan(-1, MAX_KEY)) == [(5, Record(1, b"v")), (6, Record(2, b"w"))]
 
 
 def test_too_many_lines_in_one_cart(monkeypatch: pytest.MonkeyPatch) -> None:

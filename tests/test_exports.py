@@ -25,6 +25,7 @@ EXPECTED = {
     "ShardUnavailable", "StoreBusy", "StoreClosed", "TooManyRetries", "ValidationError", "VersionConflict",
     "CorruptData", "PreconditionFailed",  # issue 10
     "MalformedHistory", "WorkloadFailed",  # issue 9
+    "StoreNotFound",  # issue 15
     "__version__",
 }  # fmt: skip
 

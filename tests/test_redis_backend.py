@@ -29,6 +29,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:  # tests.redis_server, whatever pytest's import mode
     sys.path.insert(0, _ROOT)
 
+from tests.helpers import load_records  # noqa: E402
 from tests.redis_server import (  # noqa: E402
     RedisServer,
     ServerError,
@@ -219,7 +220,8 @@ def test_password_from_url_or_environment(server_binary: str, tmp_path: Path, mo
 #: the ACL user given in docs/redis.md: only what the backend needs, only its keys
 DOCS_ACL = (
     "on >{password} ~dhtcart:* resetchannels -@all +get +set +getrange +mget +mset +del"
-    " +zadd +zrem +zrangebylex +zrange +zcard +evalsha +script|load +multi +exec +scan +ping"
+    " +zadd +zrem +zrangebylex +zrange +zcard +zlexcount +hget +hmget +hset +evalsha +script|load +multi +exec +scan"
+    " +ping"
 )
 
 
@@ -232,9 +234,9 @@ def test_minimal_acl_user_from_the_docs(server: RedisServer, raw: redis.Redis) -
         b = RedisBackend.from_url(f"redis://{user}:{password}@127.0.0.1:{server.port}/0")
         raw.script_flush()  # the user must be able to load the scripts itself
         assert b.put(1, b"a") == 1 and b.put(1, b"b", expected_version=1) == 2
-        assert b.put_many([(2, Record(3, b"x"))]) == 1
+        assert b.import_ranges(0, [(1, 2)], [(2, Record(3, b"x"))]) == 1
         assert [k for k, _ in b.scan(-1, MAX_KEY)] == [1, 2] and b.count() == 2
-        assert b.delete_many([(2, 3)]) == 1 and b.delete(1, expected_version=2)
+        assert b.delete(2, expected_version=3) and b.delete(1, expected_version=2)
         b.put(3, b"c")
         b.destroy()
         assert not list(raw.scan_iter(match="dhtcart:*"))
@@ -323,7 +325,7 @@ def test_binary_values_round_trip(backend: RedisBackend) -> None:
 
 def test_noscript_recovery(backend: RedisBackend, raw: redis.Redis) -> None:
     assert backend.put(1, b"a") == 1
-    backend.put_many([(2, Record(5, b"b")), (3, Record(1, b"c"))])
+    backend.import_ranges(0, [(1, 3)], [(2, Record(5, b"b")), (3, Record(1, b"c"))])
     raw.script_flush()
     assert backend.put(1, b"b", expected_version=1) == 2
     raw.script_flush()
@@ -332,7 +334,10 @@ def test_noscript_recovery(backend: RedisBackend, raw: redis.Redis) -> None:
     raw.script_flush()
     assert backend.delete(1, expected_version=2) is True
     raw.script_flush()
-    assert backend.delete_many([(2, 5), (3, 9)]) == 1
+    assert backend.delete(2, expected_version=5) is True
+    raw.script_flush()
+    with pytest.raises(VersionConflict):
+        backend.delete(3, expected_version=9)
     assert backend.count() == 1 and backend.get(3) == Record(1, b"c")
 
 
@@ -388,13 +393,13 @@ def test_index_consistency_and_scan_order(backend: RedisBackend, raw: redis.Redi
     for k in keys[:1200]:
         model[k] = Record(backend.put(k, k.to_bytes(8, "big")), k.to_bytes(8, "big"))
     bulk = {k: Record(rng.randrange(1, 1000), b"m%d" % k) for k in keys[1200:]}
-    assert backend.put_many(bulk.items()) == len(bulk)
+    assert load_records(backend, bulk.items()) == len(bulk)
     model.update(bulk)
     for k in rng.sample(keys, 300):
         if k in model:
             assert backend.delete(k, expected_version=model.pop(k).version)
     gone = [(k, model[k].version) for k in rng.sample(sorted(model), 300)]
-    assert backend.delete_many(gone) == 300
+    assert sum(backend.delete(k, expected_version=v) for k, v in gone) == 300
     for k, _ in gone:
         del model[k]
     for k in EDGE_KEYS:  # whatever was deleted above, the edges are present now
@@ -419,41 +424,29 @@ def test_index_consistency_and_scan_order(backend: RedisBackend, raw: redis.Redi
 
 
 def test_scan_skips_keys_deleted_while_scanning(backend: RedisBackend) -> None:
-    backend.put_many((k, Record(1, b"x")) for k in range(2500))
+    backend.import_ranges(0, [(-1, 2499)], [(k, Record(1, b"x")) for k in range(2500)])
     seen = []
     for k, _ in backend.scan(-1, MAX_KEY):
         seen.append(k)
         if k == 10:
-            backend.delete_many((j, 1) for j in range(1500, 2500))
+            backend.drop_ranges(0, [(1499, 2499)])
     assert seen == list(range(1500))
 
 
-def test_put_many_keeps_versions_and_overwrites(backend: RedisBackend, raw: redis.Redis) -> None:
+def test_import_keeps_versions_and_overwrites(backend: RedisBackend, raw: redis.Redis) -> None:
     backend.put(5, b"old")
     backend.put(5, b"older")
-    n = 12_345  # crosses the 10,000-record transaction and 1,000-record command sizes
-    assert backend.put_many((k, Record(k % 7 + 1, b"v%d" % k)) for k in range(n)) == n
-    assert backend.put_many([]) == 0
+    n = 2_345  # crosses the 1,000-record script calls of one import
+    records = [(k, Record(k % 7 + 1, b"v%d" % k)) for k in range(n)]
+    assert backend.import_ranges(0, [(-1, n - 1)], records) == n
     assert backend.count() == n
     assert backend.get(5) == Record(6, b"v5")  # overwritten with the given version
     assert backend.put(5, b"next", expected_version=6) == 7
-    assert backend.get(12_000) == Record(12_000 % 7 + 1, b"v12000")
-    assert backend.put_many([(MAX_KEY, Record(2**40, b"big"))]) == 1
+    assert backend.get(2_000) == Record(2_000 % 7 + 1, b"v2000")
+    assert backend.import_ranges(0, [(MAX_KEY - 1, MAX_KEY)], [(MAX_KEY, Record(2**40, b"big"))]) == 1
     assert backend.get(MAX_KEY) == Record(2**40, b"big")
     assert backend.put(MAX_KEY, b"x") == 2**40 + 1
     _check_index(backend, raw, dict(backend.scan(-1, MAX_KEY)))
-
-
-def test_delete_many_only_where_version_matches(backend: RedisBackend, raw: redis.Redis) -> None:
-    backend.put_many((k, Record(3, b"x")) for k in range(2100))
-    backend.put(7, b"newer")  # version 4: a write after the copy was taken
-    items = [(k, 3) for k in range(2100)] + [(999_999, 1), (5000, 0), (6000, 2**70)]
-    assert backend.delete_many(items) == 2099
-    assert backend.get(7) == Record(4, b"newer")
-    assert backend.count() == 1
-    assert backend.delete_many([(7, 3), (7, 5)]) == 0
-    assert backend.delete_many(iter([(7, 4)])) == 1
-    _check_index(backend, raw, {})
 
 
 def test_prefix_isolation_and_destroy(server: RedisServer, raw: redis.Redis) -> None:
@@ -465,10 +458,10 @@ def test_prefix_isolation_and_destroy(server: RedisServer, raw: redis.Redis) -> 
     b = RedisBackend.from_url(f"{server.url}?prefix={tag}:b*[x]:")  # glob characters
     a.put(1, b"a")
     b.put(1, b"b")
-    b.put_many((k, Record(1, b"b")) for k in range(2, 1500))
+    b.import_ranges(0, [(1, 1499)], [(k, Record(1, b"b")) for k in range(2, 1500)])
     assert a.get(1) == Record(1, b"a") and b.get(1) == Record(1, b"b")
     assert (a.count(), b.count()) == (1, 1499)
-    a.delete_many([(1, 1)])
+    a.delete(1, expected_version=1)
     assert b.get(1) == Record(1, b"b")
     b.destroy()
     with pytest.raises(StoreClosed):
@@ -493,8 +486,7 @@ def test_close_is_idempotent_and_final(server: RedisServer) -> None:
         lambda: b.put(1, b"y"),
         lambda: b.delete(1),
         lambda: list(b.scan(0, 9)),
-        lambda: b.put_many([]),
-        lambda: b.delete_many([]),
+        lambda: b.drop_ranges(0, [(0, 9)]),
         b.count,
     ):
         with pytest.raises(StoreClosed):
@@ -518,8 +510,8 @@ def test_killed_server_raises_shard_unavailable_then_recovers(own_server: RedisS
         "delete": lambda: b.delete(1),
         "scan": lambda: list(b.scan(-1, MAX_KEY)),
         "count": b.count,
-        "put_many": lambda: b.put_many([(2, Record(1, b"c"))]),
-        "delete_many": lambda: b.delete_many([(1, 1)]),
+        "import": lambda: b.import_ranges(0, [(1, 2)], [(2, Record(1, b"c"))]),
+        "drop": lambda: b.drop_ranges(0, [(-1, MAX_KEY)]),
     }
     for what, call in calls.items():
         started = time.monotonic()
@@ -590,15 +582,15 @@ def test_write_timing_out_is_all_or_nothing(own_server: RedisServer) -> None:
 def test_no_partial_write_during_outage(aof_server: RedisServer) -> None:
     b = RedisBackend.from_url(aof_server.url + "?timeout=0.5", name="aof")
     b.put(1, b"v1")
-    b.put_many((k, Record(2, b"m")) for k in range(100, 200))
+    b.import_ranges(0, [(99, 199)], [(k, Record(2, b"m")) for k in range(100, 200)])
     before = list(b.scan(-1, MAX_KEY))
     aof_server.kill()
     calls: list[Callable[[], object]] = [
         lambda: b.put(1, b"v2", expected_version=1),
         lambda: b.put(2, b"new"),
         lambda: b.delete(1),
-        lambda: b.put_many((k, Record(9, b"z")) for k in range(100, 300)),
-        lambda: b.delete_many((k, 2) for k in range(100, 200)),
+        lambda: b.import_ranges(0, [(99, 299)], [(k, Record(9, b"z")) for k in range(100, 300)]),
+        lambda: b.drop_ranges(0, [(99, 199)]),
     ]
     for call in calls:
         with pytest.raises(ShardUnavailable):
@@ -647,9 +639,9 @@ def test_appendonly_kill9_loses_no_acknowledged_write(aof_server: RedisServer) -
         t.join(60)
     assert not errors
     bulk = {1000 + k: Record(k + 1, b"bulk") for k in range(3000)}
-    b.put_many(bulk.items())
+    b.import_ranges(0, [(999, 3999)], sorted(bulk.items()))
     model.update(bulk)
-    b.delete_many((k, bulk[k].version) for k in range(1000, 1500))
+    b.drop_ranges(0, [(999, 1499)])
     for k in range(1000, 1500):
         del model[k]
     aof_server.kill()  # SIGKILL: no shutdown, no final fsync
@@ -673,12 +665,12 @@ def test_full_server_refuses_whole_writes(server_binary: str, tmp_path: Path) ->
         assert b.get(written) is None
         assert b.count() == written
         with pytest.raises(ShardUnavailable):
-            b.put_many((10_000 + k, Record(1, big)) for k in range(50))
+            b.import_ranges(0, [(9_999, 10_049)], [(10_000 + k, Record(1, big)) for k in range(50)])
         assert b.count() == written and b.get(10_000) is None  # the batch: none of it
         r = redis.Redis(port=srv.port)
         assert r.zcard("dhtcart:idx") == len(_record_keys(r, "dhtcart:")) == written
         r.close()
-        assert b.delete_many((k, 1) for k in range(written)) == written  # deleting still works
+        assert sum(b.delete(k, expected_version=1) for k in range(written)) == written  # deleting still works
         assert b.count() == 0 and b.put(0, b"room again") == 1
         b.close()
 

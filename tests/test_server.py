@@ -11,7 +11,7 @@ from dhtcart import DHTServer, Record, StoreClosed, VersionConflict
 from dhtcart.errors import Conflict, DHTCartError
 from dhtcart.hashing import MAX_KEY
 from tests.conftest import BackendEnv
-from tests.helpers import EDGE_KEYS
+from tests.helpers import EDGE_KEYS, load_records
 
 
 def test_missing_key_is_none(shard: DHTServer) -> None:
@@ -109,7 +109,7 @@ def test_unconditional_delete_and_recreate(shard: DHTServer) -> None:
 
 
 def _fill(shard: DHTServer, keys: list[int]) -> dict[int, Record]:
-    shard.put_many((k, Record(1 + k % 5, k.to_bytes(8, "big"))) for k in keys)
+    load_records(shard.backend, ((k, Record(1 + k % 5, k.to_bytes(8, "big"))) for k in keys))
     return {k: Record(1 + k % 5, k.to_bytes(8, "big")) for k in keys}
 
 
@@ -147,29 +147,17 @@ def test_scan_limit_across_batches(shard: DHTServer) -> None:
     assert len(list(shard.scan(-1, MAX_KEY))) == 2600
 
 
-def test_put_many_keeps_versions(shard: DHTServer) -> None:
+def test_copied_records_keep_their_versions(shard: DHTServer) -> None:
+    """A migration's copy (import_ranges) writes records with their versions; writes continue from them."""
     shard.put(1, b"old")
     shard.put(1, b"old2")
-    n = shard.put_many([(1, Record(7, b"seven")), (2, Record(1, b"one")), (3, Record(42, b""))])
-    assert n == 3
-    assert shard.get(1) == Record(7, b"seven"), "put_many overwrites, with the given version"
+    records = [(1, Record(7, b"seven")), (2, Record(1, b"one")), (3, Record(42, b""))]
+    assert shard.backend.import_ranges(0, [(0, 3)], records) == 3  # type: ignore[attr-defined]
+    assert shard.get(1) == Record(7, b"seven"), "the copy replaces what the range held, with the given version"
     assert shard.get(2) == Record(1, b"one")
     assert shard.get(3) == Record(42, b"")
     assert shard.put(1, b"eight") == 8, "later writes continue from the kept version"
     assert shard.put(3, b"x", expected_version=42) == 43
-    assert shard.put_many([]) == 0
-    assert shard.count() == 3
-
-
-def test_delete_many_only_at_matching_version(shard: DHTServer) -> None:
-    for k in range(1, 7):
-        for _ in range(k):
-            shard.put(k, b"v")  # key k is at version k
-    removed = shard.delete_many([(1, 1), (2, 1), (3, 3), (4, 5), (5, 5), (99, 1), (6, 0)])
-    assert removed == 3  # keys 1, 3, 5
-    assert [k for k, _ in shard.scan(-1, MAX_KEY)] == [2, 4, 6]
-    assert shard.get(2) == Record(2, b"v") and shard.get(4) == Record(4, b"v")
-    assert shard.delete_many([]) == 0
     assert shard.count() == 3
 
 
@@ -194,8 +182,6 @@ def test_close_and_context_manager(env: BackendEnv) -> None:
         lambda: shard.put(1, b"b"),
         lambda: shard.delete(1),
         lambda: list(shard.scan(-1, MAX_KEY)),
-        lambda: shard.put_many([(2, Record(1, b"c"))]),
-        lambda: shard.delete_many([(1, 1)]),
         lambda: shard.count(),
     ):
         with pytest.raises(StoreClosed):

@@ -103,22 +103,6 @@ class ShardMachine(RuleBasedStateMachine):
             with pytest.raises(VersionConflict):
                 self.shard.delete(key, expected_version=current + 1)
 
-    @rule(items=st.dictionaries(pool_keys, st.tuples(st.integers(1, 50), small_values), max_size=6))
-    def put_many(self, items: dict[int, tuple[int, bytes]]) -> None:
-        recs = [(k, Record(v, val)) for k, (v, val) in items.items()]
-        assert self.shard.put_many(recs) == len(recs)
-        self.model.update(dict(recs))
-
-    @rule(data=st.data())
-    def delete_many(self, data: st.DataObject) -> None:
-        keys = data.draw(st.lists(pool_keys, max_size=6, unique=True))
-        pairs = [(k, self._version(k) + data.draw(st.sampled_from([0, 0, 1]))) for k in keys]
-        expected = sum(1 for k, v in pairs if k in self.model and self.model[k].version == v)
-        assert self.shard.delete_many(pairs) == expected
-        for k, v in pairs:
-            if k in self.model and self.model[k].version == v:
-                del self.model[k]
-
     @rule(lo=st.sampled_from([-1, *KEY_POOL]), hi=st.sampled_from(KEY_POOL), limit=st.none() | st.integers(0, 5))
     def scan(self, lo: int, hi: int, limit: int | None) -> None:
         expect = sorted((k, r) for k, r in self.model.items() if lo < k <= hi)

@@ -38,14 +38,15 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl
 
 import lmdb
 
-from dhtcart.backends.base import Backend, BackendContext, Change, Record, apply_changes
+from dhtcart.backends.base import BackendContext, Record
+from dhtcart.backends.fencing import Change, FencedBackend, apply_changes
 from dhtcart.backends.ownership import OWNED, TABLE_SHIFT, Ownership
 from dhtcart.errors import ForkedError, InvalidInput, StoreClosed, VersionConflict
 
@@ -136,7 +137,7 @@ def _delete_range(txn: lmdb.Transaction, lo: int, hi: int) -> int:
         n += 1
 
 
-class LMDBBackend(Backend):
+class LMDBBackend(FencedBackend):
     """Records in one LMDB environment under ``path``.
 
     >>> import tempfile
@@ -356,29 +357,6 @@ class LMDBBackend(Backend):
             lo = batch[-1][0]
             if remaining is not None:
                 remaining -= len(batch)
-
-    def put_many(self, items: Iterable[tuple[int, Record]]) -> int:
-        rows = [(_kb(k), r.version.to_bytes(8, "big") + r.value) for k, r in items]
-
-        def op(txn: lmdb.Transaction) -> int:
-            txn.cursor().putmulti(rows)
-            return len(rows)
-
-        return self._write(op)
-
-    def delete_many(self, items: Iterable[tuple[int, int]]) -> int:
-        rows = [(_kb(k), v) for k, v in items]
-
-        def op(txn: lmdb.Transaction) -> int:
-            n = 0
-            for kb, version in rows:
-                raw = txn.get(kb)
-                if raw is not None and int.from_bytes(raw[:8], "big") == version:
-                    txn.delete(kb)
-                    n += 1
-            return n
-
-        return self._write(op)
 
     def count(self) -> int:
         def op(txn: lmdb.Transaction) -> int:

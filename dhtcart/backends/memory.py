@@ -7,13 +7,14 @@ fenced, the ownership record is checked under the same lock as the operation.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from itertools import islice
 from typing import Any
 
 from sortedcontainers import SortedDict
 
-from dhtcart.backends.base import Backend, BackendContext, Change, Record, apply_changes
+from dhtcart.backends.base import BackendContext, Record
+from dhtcart.backends.fencing import Change, FencedBackend, apply_changes
 from dhtcart.backends.ownership import Ownership
 from dhtcart.errors import InvalidInput, StoreClosed, VersionConflict
 
@@ -22,7 +23,7 @@ __all__ = ["MemoryBackend"]
 _SCAN_BATCH = 512
 
 
-class MemoryBackend(Backend):
+class MemoryBackend(FencedBackend):
     """Records in a :class:`sortedcontainers.SortedDict`, ordered by key.
 
     >>> b = MemoryBackend()
@@ -113,25 +114,6 @@ class MemoryBackend(Backend):
             lo = batch[-1][0]
             if remaining is not None:
                 remaining -= len(batch)
-
-    def put_many(self, items: Iterable[tuple[int, Record]]) -> int:
-        items = list(items)
-        with self._lock:
-            self._check_open()
-            for key, rec in items:
-                self._data[key] = Record(rec.version, bytes(rec.value))
-        return len(items)
-
-    def delete_many(self, items: Iterable[tuple[int, int]]) -> int:
-        n = 0
-        with self._lock:
-            self._check_open()
-            for key, version in items:
-                old = self._data.get(key)
-                if old is not None and old.version == version:
-                    del self._data[key]
-                    n += 1
-        return n
 
     def count(self) -> int:
         self._check_open()

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 
 from dhtcart.errors import LeaseLost, Moved
 
-__all__ = ["FROZEN", "NOT_OWNED", "OWNED", "STATES", "TABLE_BITS", "TABLE_SHIFT", "Ownership", "Segments", "WHOLE"]
+__all__ = ["FROZEN", "NOT_OWNED", "OWNED", "STATES", "TABLE_BITS", "TABLE_SHIFT", "Ownership", "Segments"]
 
 OWNED = "o"
 FROZEN = "f"
@@ -48,8 +48,6 @@ NOT_OWNED = "-"
 STATES = frozenset({OWNED, FROZEN, NOT_OWNED})
 
 _MAX_KEY = (1 << 63) - 1
-#: the whole key space as one range ``(lo, hi]``
-WHOLE = (-1, _MAX_KEY)
 #: :meth:`Segments.slice_state` cuts the key space into ``2**TABLE_BITS`` slices
 TABLE_BITS = 12
 TABLE_SHIFT = 63 - TABLE_BITS

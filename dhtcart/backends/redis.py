@@ -65,7 +65,8 @@ from redis.exceptions import (
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from dhtcart.backends.base import Backend, BackendContext, Change, Record, apply_changes
+from dhtcart.backends.base import BackendContext, Record
+from dhtcart.backends.fencing import Change, FencedBackend, apply_changes
 from dhtcart.backends.ownership import STATES, Ownership, Segments
 from dhtcart.errors import InvalidInput, LeaseLost, Moved, ShardUnavailable, StoreClosed, VersionConflict
 
@@ -81,9 +82,6 @@ DEFAULT_PREFIX = "dhtcart:"
 _KEY_HEX = 16  # 2**63 - 1 is 7fffffffffffffff: 16 hex digits
 _MAX_KEY = (1 << 63) - 1
 _SCAN_BATCH = 1000  # members per ZRANGEBYLEX + MGET round trip
-_PUT_TXN = 10_000  # records per MULTI/EXEC transaction in put_many
-_PUT_CMD = 1_000  # records per MSET / ZADD command inside a transaction
-_DELETE_BATCH = 1_000  # records per delete_many script call
 _DROP_BATCH = 1_000  # records per drop_ranges script call (as in _LUA_RANGES)
 _IMPORT_BATCH = 1_000  # records per import script call
 _IMPORT_BYTES = 4 << 20  # and about this many bytes: one request stays well inside a server's query buffer
@@ -196,22 +194,6 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return {1, current}
 """
 )
-
-# KEYS[1] index, KEYS[2..n+1] record keys; ARGV[1..n] members, ARGV[n+1..2n]
-# expected versions as 8 raw bytes (compared bytewise: exact for any version).
-# Deletes each record whose stored version is the one given; returns the count.
-_LUA_DELETE_MANY = """
-local n = #KEYS - 1
-local deleted = 0
-for i = 1, n do
-  if redis.call('GETRANGE', KEYS[i + 1], 0, 7) == ARGV[n + i] then
-    redis.call('DEL', KEYS[i + 1])
-    redis.call('ZREM', KEYS[1], ARGV[i])
-    deleted = deleted + 1
-  end
-end
-return deleted
-"""
 
 # KEYS[1] ownership set, KEYS[2] its hash; ARGV[1] the generation the caller
 # computed from ("" for a claim: any), ARGV[2] token, ARGV[3] epoch, ARGV[4] "1"
@@ -344,7 +326,7 @@ def _lex_range(lo: int, hi: int) -> tuple[bytes, bytes]:
     return (b"-" if lo < 0 else b"(" + _member(lo)), b"[" + _member(hi)
 
 
-class RedisBackend(Backend):
+class RedisBackend(FencedBackend):
     """One shard on a Redis or Valkey server (one server or database per shard).
 
     Open it with :meth:`from_url` (or :func:`dhtcart.backends.open_backend`)::
@@ -433,7 +415,6 @@ class RedisBackend(Backend):
             "get": _LUA_GET,
             "put": _LUA_PUT,
             "delete": _LUA_DELETE,
-            "delete_many": _LUA_DELETE_MANY,
             "set_ownership": _LUA_SET_OWNERSHIP,
             "range": _LUA_RANGES,
         }
@@ -687,73 +668,6 @@ class RedisBackend(Backend):
             if len(members) < n:
                 return
             low = b"(" + members[-1]
-
-    def put_many(self, items: Iterable[tuple[int, Record]]) -> int:
-        """Write records keeping their versions; return how many were written.
-
-        Pipelined: each run of up to 10,000 records is one ``MULTI``/``EXEC``
-        transaction (``MSET`` of the records and ``ZADD`` of their index
-        members, in commands of 1,000), sent in one round trip and applied all
-        together or not at all. Overwrites whatever was stored under those keys.
-        Idempotent, so a call cut short by :class:`ShardUnavailable` can simply
-        be repeated.
-        """
-        self._check_open()
-        written = 0
-        batch: list[tuple[int, Record]] = []
-        for item in items:
-            batch.append(item)
-            if len(batch) >= _PUT_TXN:
-                written += self._run(True, self._put_batch, batch)
-                batch = []
-        if batch:
-            written += self._run(True, self._put_batch, batch)
-        return written
-
-    def _put_batch(self, batch: Sequence[tuple[int, Record]]) -> int:
-        rp = self._record_prefix
-        pipe = self._client.pipeline(transaction=True)
-        for start in range(0, len(batch), _PUT_CMD):
-            chunk = batch[start : start + _PUT_CMD]
-            mapping: dict[bytes, bytes] = {}
-            scores: dict[bytes, int] = {}
-            for key, rec in chunk:
-                member = _member(key)
-                mapping[rp + member] = int(rec.version).to_bytes(8, "big") + bytes(rec.value)
-                scores[member] = 0
-            pipe.mset(mapping)
-            pipe.zadd(self._index, scores)
-        pipe.execute()
-        return len(batch)
-
-    def delete_many(self, items: Iterable[tuple[int, int]]) -> int:
-        """Delete each ``(key, version)`` whose stored version is ``version``.
-
-        Batches of 1,000, one atomic script call each; a record whose version
-        differs (a newer write) is kept. Returns how many were deleted.
-        """
-        self._check_open()
-        deleted = 0
-        batch: list[tuple[int, int]] = []
-        for item in items:
-            batch.append(item)
-            if len(batch) >= _DELETE_BATCH:
-                deleted += self._run(True, self._delete_batch, batch)
-                batch = []
-        if batch:
-            deleted += self._run(True, self._delete_batch, batch)
-        return deleted
-
-    def _delete_batch(self, batch: Sequence[tuple[int, int]]) -> int:
-        members = [_member(key) for key, _ in batch]
-        versions: list[bytes | str] = []
-        for _, version in batch:
-            v = int(version)
-            # a version no record can hold must match nothing, not even an
-            # absent record (GETRANGE answers "" then): one byte never matches
-            versions.append(v.to_bytes(8, "big") if 0 < v < 1 << 64 else b"-")
-        keys = [self._index, *(self._record_prefix + m for m in members)]
-        return int(self._eval("delete_many", keys, [*members, *versions]))
 
     def count(self) -> int:
         """Return the number of keys stored (``ZCARD`` of the index)."""
