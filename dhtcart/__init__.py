@@ -9,6 +9,7 @@
 ``import dhtcart`` imports neither Redis nor the HTTP server; those are extras.
 """
 
+from dhtcart._version import __version__
 from dhtcart.backends import open_backend
 from dhtcart.backends.base import Backend, Record
 from dhtcart.cart import CartItem, CartService, Receipt, ReceiptLine, Versioned
@@ -28,14 +29,17 @@ from dhtcart.errors import (
     MalformedHistory,
     Moved,
     NotFound,
+    PortUnavailable,
     PreconditionFailed,
     SaleExpired,
     ShardExists,
+    ShardFull,
     ShardNotFound,
     ShardUnavailable,
     StoreBusy,
     StoreClosed,
     StoreNotFound,
+    StoreReadOnly,
     TooManyRetries,
     ValidationError,
     VersionConflict,
@@ -46,8 +50,6 @@ from dhtcart.rebalance import RebalancePlan, RebalanceReport
 from dhtcart.ring import Arc, HashRing, Move, PartitionRing
 from dhtcart.server import DHTServer
 from dhtcart.store import DHTServerStore, RebalanceStatus
-
-__version__ = "0.1.0"
 
 __all__ = [
     "KEY_SPACE",
@@ -76,6 +78,7 @@ __all__ = [
     "Moved",
     "NotFound",
     "PartitionRing",
+    "PortUnavailable",
     "PreconditionFailed",
     "RebalancePlan",
     "RebalanceReport",
@@ -85,11 +88,13 @@ __all__ = [
     "Record",
     "SaleExpired",
     "ShardExists",
+    "ShardFull",
     "ShardNotFound",
     "ShardUnavailable",
     "StoreBusy",
     "StoreClosed",
     "StoreNotFound",
+    "StoreReadOnly",
     "TooManyRetries",
     "ValidationError",
     "VersionConflict",

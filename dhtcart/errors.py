@@ -21,7 +21,10 @@ Errors subclass the built-in that fits, so ``except ValueError`` or
     │   ├── ShardExists                   add_shard with a name already used
     │   └── PreconditionFailed            the cart is not at the version the caller expected
     ├── ShardUnavailable (ConnectionError) a shard's server cannot be reached
-    │   └── KeyUnavailable                redirects did not reach the key's owner in time
+    │   ├── KeyUnavailable                redirects did not reach the key's owner in time
+    │   └── ShardFull                     a shard's medium has no room left (a full disk); reads go on
+    ├── StoreReadOnly (PermissionError)   the store's medium may be read but not changed
+    ├── PortUnavailable (OSError)         the HTTP server cannot listen where it was asked to
     ├── Moved                             a shard refused a key it does not own (a redirect)
     ├── EmptyRing (LookupError)           a ring with no nodes was asked for one
     ├── StoreBusy                         another rebalancer holds the store's lease
@@ -54,14 +57,17 @@ __all__ = [
     "Moved",
     "MalformedHistory",
     "NotFound",
+    "PortUnavailable",
     "PreconditionFailed",
     "SaleExpired",
     "ShardExists",
     "ShardNotFound",
+    "ShardFull",
     "ShardUnavailable",
     "StoreBusy",
     "StoreClosed",
     "StoreNotFound",
+    "StoreReadOnly",
     "TooManyRetries",
     "ValidationError",
     "VersionConflict",
@@ -197,6 +203,21 @@ class KeyUnavailable(ShardUnavailable):
         super().__init__(shard, "-", reason)
         self.key = key
         self.args = (f"key {key}: no owner reachable: {reason}",)
+
+
+class ShardFull(ShardUnavailable):
+    """A shard's medium has no room left (a full disk, a full Redis ``maxmemory``): the write
+    was not applied. Reads keep working; writes work again once room is made."""
+
+
+class StoreReadOnly(DHTCartError, PermissionError):
+    """The store's medium (a directory, a file) may be read but not changed: inspecting the
+    store works, changing it does not. Nothing was changed."""
+
+
+class PortUnavailable(DHTCartError, OSError):
+    """The HTTP server cannot listen on the host and port it was given (in use, not an
+    address of this machine, not permitted): choose another ``--host`` or ``--port``."""
 
 
 class Moved(DHTCartError):

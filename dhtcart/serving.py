@@ -44,7 +44,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f'dhtcart.serving needs the server extra ({exc.name} is missing): pip install "dhtcart[server]"'
     ) from exc
 
-from dhtcart.errors import DHTCartError
+from dhtcart.errors import PortUnavailable
 from dhtcart.settings import Settings
 
 __all__ = [
@@ -60,10 +60,6 @@ __all__ = [
 EXIT_STARTUP_FAILED = STARTUP_FAILURE  # 3: what uvicorn itself exits with when it cannot start
 
 logger = logging.getLogger("dhtcart.serve")
-
-
-class PortUnavailable(DHTCartError, OSError):
-    """The address to listen on is taken (or not ours to take); the message says what to change."""
 
 
 def check_port(host: str, port: int) -> None:

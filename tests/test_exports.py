@@ -25,7 +25,7 @@ EXPECTED = {
     "ShardUnavailable", "StoreBusy", "StoreClosed", "TooManyRetries", "ValidationError", "VersionConflict",
     "CorruptData", "PreconditionFailed",  # issue 10
     "MalformedHistory", "WorkloadFailed",  # issue 9
-    "StoreNotFound",  # issue 15
+    "StoreNotFound", "StoreReadOnly", "ShardFull", "PortUnavailable",  # issue 15
     "__version__",
 }  # fmt: skip
 

@@ -33,7 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["Backend", "BackendContext", "Record"]
+from dhtcart.errors import VersionConflict
+
+__all__ = ["Backend", "BackendContext", "Record", "check_expected"]
 
 
 class Record(NamedTuple):
@@ -58,6 +60,14 @@ class BackendContext:
     base_dir: Path | None = None
     durability: str = "process"
     fenced: bool = False
+
+
+def check_expected(key: int, expected_version: int | None, current: int) -> None:
+    """The compare-and-set rule of every backend, in one place: raise
+    :class:`~dhtcart.errors.VersionConflict` unless ``expected_version`` is ``None``
+    (unconditional) or equals ``current`` (0: absent). Call it inside the atomic step."""
+    if expected_version is not None and expected_version != current:
+        raise VersionConflict(key, expected_version, current)
 
 
 class Backend(ABC):

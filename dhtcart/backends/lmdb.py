@@ -45,10 +45,10 @@ from urllib.parse import parse_qsl
 
 import lmdb
 
-from dhtcart.backends.base import BackendContext, Record
+from dhtcart.backends.base import BackendContext, Record, check_expected
 from dhtcart.backends.fencing import Change, FencedBackend, apply_changes
 from dhtcart.backends.ownership import OWNED, TABLE_SHIFT, Ownership
-from dhtcart.errors import ForkedError, InvalidInput, StoreClosed, VersionConflict
+from dhtcart.errors import ForkedError, InvalidInput, StoreClosed
 
 __all__ = ["DEFAULT_MAP_SIZE", "Durability", "LMDBBackend"]
 
@@ -307,8 +307,7 @@ class LMDBBackend(FencedBackend):
                 self._fence(txn, key, True)
             raw = txn.get(kb)
             current = 0 if raw is None else int.from_bytes(raw[:8], "big")
-            if expected_version is not None and expected_version != current:
-                raise VersionConflict(key, expected_version, current)
+            check_expected(key, expected_version, current)
             version = current + 1
             txn.put(kb, version.to_bytes(8, "big") + value)
             return version
@@ -324,8 +323,7 @@ class LMDBBackend(FencedBackend):
                 self._fence(txn, key, True)
             raw = txn.get(kb)
             current = 0 if raw is None else int.from_bytes(raw[:8], "big")
-            if expected_version is not None and expected_version != current:
-                raise VersionConflict(key, expected_version, current)
+            check_expected(key, expected_version, current)
             return raw is not None and bool(txn.delete(kb))
 
         return self._write(op)

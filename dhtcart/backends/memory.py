@@ -13,10 +13,10 @@ from typing import Any
 
 from sortedcontainers import SortedDict
 
-from dhtcart.backends.base import BackendContext, Record
+from dhtcart.backends.base import BackendContext, Record, check_expected
 from dhtcart.backends.fencing import Change, FencedBackend, apply_changes
 from dhtcart.backends.ownership import Ownership
-from dhtcart.errors import InvalidInput, StoreClosed, VersionConflict
+from dhtcart.errors import InvalidInput, StoreClosed
 
 __all__ = ["MemoryBackend"]
 
@@ -78,8 +78,7 @@ class MemoryBackend(FencedBackend):
                 self._fence(key, True)
             old: Record | None = self._data.get(key)
             current = old.version if old is not None else 0
-            if expected_version is not None and expected_version != current:
-                raise VersionConflict(key, expected_version, current)
+            check_expected(key, expected_version, current)
             version = current + 1
             self._data[key] = Record(version, value)
             return version
@@ -91,8 +90,7 @@ class MemoryBackend(FencedBackend):
                 self._fence(key, True)
             old: Record | None = self._data.get(key)
             current = old.version if old is not None else 0
-            if expected_version is not None and expected_version != current:
-                raise VersionConflict(key, expected_version, current)
+            check_expected(key, expected_version, current)
             if old is None:
                 return False
             del self._data[key]
