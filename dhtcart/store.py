@@ -314,6 +314,11 @@ class DHTServerStore(MutableMapping[int, bytes]):
             del self._opened[(name, born)]
             server.close()
 
+    def _pushed(self, doc: MembershipDoc) -> None:
+        """A document the membership pushed (its watch thread): route with it if it is newer."""
+        if not self._closed:
+            self._apply(doc)
+
     def _refresh(self) -> _View:
         """Reload the membership; route with it if it is newer."""
         self._counters["reloads"] += 1
@@ -397,6 +402,9 @@ class DHTServerStore(MutableMapping[int, bytes]):
                 doc = store._coordinator.create_or_upgrade(shards, durability, partitions, lock_timeout)
             store._durability = doc.durability
             store._apply(doc)
+            # a kind that pushes new epochs (etcd) switches this handle as soon as one is published;
+            # the shards' redirects stay the safety net, so a late or lost push costs a redirect
+            membership.watch(store._pushed)
             if finish and (doc.migration is not None or doc.retired):
                 store._coordinator.finish_if_free()
         except BaseException:
