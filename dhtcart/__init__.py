@@ -25,6 +25,7 @@ from dhtcart.errors import (
     InvalidValue,
     ItemNotFound,
     KeyUnavailable,
+    LeaseExpired,
     LeaseLost,
     MalformedHistory,
     Moved,
@@ -44,6 +45,7 @@ from dhtcart.errors import (
     ValidationError,
     VersionConflict,
     WorkloadFailed,
+    WriteInFlight,
 )
 from dhtcart.hashing import KEY_SPACE, MAX_KEY, hash_key
 from dhtcart.rebalance import RebalancePlan, RebalanceReport
@@ -72,6 +74,7 @@ __all__ = [
     "InvalidValue",
     "ItemNotFound",
     "KeyUnavailable",
+    "LeaseExpired",
     "LeaseLost",
     "MalformedHistory",
     "Move",
@@ -100,6 +103,7 @@ __all__ = [
     "VersionConflict",
     "Versioned",
     "WorkloadFailed",
+    "WriteInFlight",
     "__version__",
     "hash_key",
     "open_backend",

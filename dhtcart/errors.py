@@ -26,6 +26,8 @@ Errors subclass the built-in that fits, so ``except ValueError`` or
     ├── StoreReadOnly (PermissionError)   the store's medium may be read but not changed
     ├── PortUnavailable (OSError)         the HTTP server cannot listen where it was asked to
     ├── Moved                             a shard refused a key it does not own (a redirect)
+    │   └── LeaseExpired                  a primary's lease to serve reads ran out: renew, then retry
+    ├── WriteInFlight                     a write of the key is decided and not committed: finish it first
     ├── EmptyRing (LookupError)           a ring with no nodes was asked for one
     ├── StoreBusy                         another rebalancer holds the store's lease
     │   └── LeaseLost                     a rebalancer's lease passed to another
@@ -53,6 +55,7 @@ __all__ = [
     "InvalidValue",
     "ItemNotFound",
     "KeyUnavailable",
+    "LeaseExpired",
     "LeaseLost",
     "Moved",
     "MalformedHistory",
@@ -72,6 +75,7 @@ __all__ = [
     "ValidationError",
     "VersionConflict",
     "WorkloadFailed",
+    "WriteInFlight",
 ]
 
 
@@ -184,11 +188,13 @@ class ShardUnavailable(DHTCartError, ConnectionError):
     re-read before retrying a non-idempotent change.
     """
 
-    def __init__(self, shard: str, address: str, reason: str) -> None:
+    def __init__(self, shard: str, address: str, reason: str, *, unknown: bool = False) -> None:
         super().__init__(f"shard {shard!r} at {address} is unavailable: {reason}")
         self.shard = shard
         self.address = address
         self.reason = reason
+        #: whether the request may have been applied (it was sent and no reply came)
+        self.unknown = unknown
 
 
 class KeyUnavailable(ShardUnavailable):
@@ -239,6 +245,28 @@ class Moved(DHTCartError):
         self.state = state
         self.owner = owner
         self.shard: str | None = None  #: the refusing shard's name, filled in by the store
+
+
+class LeaseExpired(Moved):
+    """A primary of a replicated store refused a read because its lease to serve ran out.
+
+    A lease is renewed by a client that has just read the membership and
+    found the shard still a member (``docs/replication.md``); a primary taken
+    out while it was unreachable is never renewed, so it never answers a read
+    that a newer primary might contradict. The store renews and retries by
+    itself.
+    """
+
+
+class WriteInFlight(DHTCartError):
+    """A primary has a write of ``key`` decided and not yet committed (its writer is slow or
+    died): the store finishes that write (applies it to the backups, commits it), then
+    retries its own. ``pending`` is the decided write (:class:`~dhtcart.backends.fencing.Pending`)."""
+
+    def __init__(self, key: int, pending: object) -> None:
+        super().__init__(f"key {key}: a replicated write is decided and not committed yet; finish it, then retry")
+        self.key = key
+        self.pending = pending
 
 
 class EmptyRing(DHTCartError, LookupError):

@@ -38,8 +38,10 @@ from dhtcart.errors import InvalidInput
 __all__ = [
     "COMPAT_PROFILES",
     "DEFAULT_BATCH_SIZE",
+    "DEFAULT_CLOCK_SKEW",
     "DEFAULT_LEASE_TTL",
     "DEFAULT_LOCK_TIMEOUT",
+    "DEFAULT_READ_LEASE",
     "DEFAULT_REDIRECT_TIMEOUT",
     "DEFAULT_SHARDS",
     "DEFAULT_TAKEOVER_AFTER",
@@ -71,6 +73,10 @@ DEFAULT_REDIRECT_TIMEOUT = 15.0
 DEFAULT_TAKEOVER_AFTER = 0.25
 #: seconds a rebalance lease kept in a database (Redis, etcd) outlives a holder that stopped renewing it
 DEFAULT_LEASE_TTL = 5.0
+#: seconds a primary of a replicated store serves reads after its lease is renewed
+DEFAULT_READ_LEASE = 2.0
+#: seconds by which two hosts' clocks may differ (a failover waits out a lease plus twice this)
+DEFAULT_CLOCK_SKEW = 0.25
 #: the variable a Redis shard's or membership's password is read from when its URL carries none
 REDIS_PASSWORD_ENV = "DHTCART_REDIS_PASSWORD"
 #: the variable that points prometheus_client at the directory its worker processes share

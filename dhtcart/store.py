@@ -48,26 +48,38 @@ time, under the membership's lease (another rebalancer gets
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Literal, TypeVar
 
 from dhtcart.backends import open_backend
 from dhtcart.backends.base import BackendContext, Record
-from dhtcart.backends.fencing import FencedBackend
-from dhtcart.backends.ownership import FROZEN, NOT_OWNED, OWNED, Ownership, Segments
+from dhtcart.backends.fencing import FencedBackend, Pending
+from dhtcart.backends.ownership import (
+    BACKUP,
+    NOT_OWNED,
+    READABLE,
+    Ownership,
+    Segments,
+    peer_id,
+    split_peers,
+)
 from dhtcart.checks import MAX_VALUE_SIZE, check_key, check_seconds, check_shard_name, check_value, check_version
 from dhtcart.errors import (
+    DHTCartError,
     InvalidInput,
     KeyUnavailable,
+    LeaseExpired,
     Moved,
     ShardUnavailable,
     StoreClosed,
     StoreNotFound,
+    WriteInFlight,
 )
 from dhtcart.hashing import KEY_SPACE, MAX_KEY
 from dhtcart.membership import (
@@ -78,14 +90,16 @@ from dhtcart.membership import (
     parse_location,
 )
 from dhtcart.rebalance.coordinator import Coordinator, RebalanceStatus
-from dhtcart.rebalance.mover import Migration
+from dhtcart.rebalance.mover import Migration, target_state
 from dhtcart.rebalance.plan import Progress, RebalancePlan, RebalanceReport
+from dhtcart.replication.placement import check_replicas, placement_of, shard_domains
 from dhtcart.ring import DEFAULT_PARTITIONS, HashRing, PartitionRing, ring_from_dict
 from dhtcart.server import DHTServer
 from dhtcart.settings import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_LEASE_TTL,
     DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_READ_LEASE,
     DEFAULT_REDIRECT_TIMEOUT,
     DEFAULT_TAKEOVER_AFTER,
     MANIFEST_FORMAT,
@@ -102,22 +116,50 @@ AnyRing = HashRing | PartitionRing
 class _View:
     """One epoch of the membership, as this handle routes with it (immutable once built)."""
 
-    __slots__ = ("doc", "epoch", "migration", "names", "ring", "shards", "shift", "table")
+    __slots__ = (
+        "doc",
+        "epoch",
+        "ids",
+        "migration",
+        "names",
+        "placement",
+        "replicated",
+        "ring",
+        "shards",
+        "shift",
+        "table",
+    )
 
     def __init__(self, doc: MembershipDoc, shards: dict[str, DHTServer], ring: AnyRing | None = None) -> None:
         self.doc = doc
         self.epoch = doc.epoch
         self.ring: AnyRing = ring_from_dict(doc.ring) if ring is None else ring
         self.shards = shards
-        self.migration = None if doc.migration is None else Migration(self.ring, ring_from_dict(doc.migration["ring"]))
+        #: writes go through the replicated protocol (decide, apply, commit)
+        self.replicated = doc.replicas > 1 or bool(doc.migration and doc.migration.get("replicas", 1) > 1)
+        #: each shard's name in records: ``name@born``
+        self.ids = {n: peer_id(n, doc.born.get(n, 0)) for n in shards}
+        self.placement = placement_of(doc, self.ring)
+        self.migration: Migration | None = None
+        if doc.migration is not None:
+            new = placement_of(doc, ring_from_dict(doc.migration["ring"]), doc.migration.get("replicas"))
+            self.migration = Migration(self.placement, new)
         self.table: list[FencedBackend] | None = None
         self.shift = 0
         #: each backend's shard name (the label of what an operation touched)
         self.names: dict[FencedBackend, str] = {s.backend: n for n, s in shards.items()}  # type: ignore[misc]
         if self.migration is None and isinstance(self.ring, PartitionRing):
-            # the hot path: a shift and an index straight to the backend
-            self.table = [self.backend(o) for o in self.ring.owners()]
+            # the hot path: a shift and an index straight to the primary's backend
             self.shift = self.ring.shift
+            if not doc.down:
+                self.table = [self.backend(o) for o in self.ring.owners()]
+            elif all(names for _, _, names in self.placement.lists()):
+                table: list[FencedBackend] = [self.backend(self.ring.owners()[0])] * self.ring.partitions
+                for lo, hi, names in self.placement.lists():
+                    backend = self.backend(names[0])
+                    for part in range((lo + 1) >> self.shift, (hi >> self.shift) + 1):
+                        table[part] = backend
+                self.table = table
 
     def backend(self, name: str) -> FencedBackend:
         backend = self.shards[name].backend
@@ -125,16 +167,26 @@ class _View:
         return backend
 
     def backends(self) -> dict[str, FencedBackend]:
-        """Every shard's backend by name (during a migration, old and new shards)."""
+        """Every shard's backend by name (during a migration, old and new shards), down ones included."""
         return {n: self.backend(n) for n in self.shards}
+
+    def live_backends(self) -> dict[str, FencedBackend]:
+        """The backends of the shards that are not down."""
+        return {n: self.backend(n) for n in self.shards if n not in self.doc.down}
+
+    def replicas(self, key: int) -> tuple[str, ...]:
+        """The replica list of ``key`` this handle routes with (primary first)."""
+        mig = self.migration
+        return mig.replicas(key) if mig is not None else self.placement.replicas_for(key)
 
     def route(self, key: int) -> FencedBackend:
         table = self.table
         if table is not None:
             return table[key >> self.shift]
-        mig = self.migration
-        name = mig.owner(key) if mig is not None else self.ring.node_for(key)
-        return self.backend(name)
+        names = self.replicas(key)
+        if not names:
+            raise KeyUnavailable(key, "-", "every shard that holds a copy of this key is down")
+        return self.backend(names[0])
 
 
 def _op_get(backend: FencedBackend, key: int) -> Record | None:
@@ -175,7 +227,12 @@ class DHTServerStore(MutableMapping[int, bytes]):
         partitions: int = DEFAULT_PARTITIONS,
         ring: AnyRing | None = None,
         redirect_timeout: float = DEFAULT_REDIRECT_TIMEOUT,
+        replicas: int = 1,
+        domains: Mapping[str, str] | None = None,
+        read_lease: float = DEFAULT_READ_LEASE,
     ) -> None:
+        replicas = check_replicas(replicas)
+        read_lease = check_seconds("read_lease", read_lease)
         urls = self._shard_urls(shards, backend)
         if ring is None:
             ring = PartitionRing(list(urls), partitions=partitions)
@@ -184,12 +241,16 @@ class DHTServerStore(MutableMapping[int, bytes]):
         self._init(LocalMembership(), "process", redirect_timeout)
         self._instances.update((n, u) for n, u in urls.items() if isinstance(u, FencedBackend))
         try:
+            named = {n: u if isinstance(u, str) else u.url for n, u in urls.items()}
             doc = MembershipDoc(
                 1,
                 ring.to_dict(),
-                {n: u if isinstance(u, str) else u.url for n, u in urls.items()},
+                named,
                 dict.fromkeys(urls, 1),
                 "process",
+                replicas=replicas,
+                domains=shard_domains(named, domains),
+                read_lease=read_lease,
             )
             # claim the shards: a store without shared membership owns them alone (a shard
             # that cannot be reached now is claimed when it first answers)
@@ -351,6 +412,9 @@ class DHTServerStore(MutableMapping[int, bytes]):
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         redirect_timeout: float = DEFAULT_REDIRECT_TIMEOUT,
         lease_ttl: float = DEFAULT_LEASE_TTL,
+        replicas: int = 1,
+        domains: Mapping[str, str] | None = None,
+        read_lease: float = DEFAULT_READ_LEASE,
     ) -> DHTServerStore:
         """Create or reopen the store at ``location``.
 
@@ -377,7 +441,17 @@ class DHTServerStore(MutableMapping[int, bytes]):
         ``finish=False`` and changes nothing. ``lock_timeout`` bounds the wait
         for another process that is creating the store; ``lease_ttl`` is how
         long a database-kept lease outlives a dead holder.
+
+        ``replicas`` (a new store's; default 1) is how many copies of every key
+        the store keeps, on distinct shards in distinct failure ``domains``
+        where there are that many (``{shard: domain}``; by default a Redis
+        server is one domain, any other shard its own); change it later with
+        :meth:`set_replicas`. ``read_lease``: the seconds a primary of a
+        replicated store serves reads after a renewal, which bounds how long a
+        failover waits (``docs/replication.md``).
         """
+        replicas = check_replicas(replicas)
+        read_lease = check_seconds("read_lease", read_lease)
         loc = parse_location(location)
         if durability is None:
             durability = "power" if loc.options.get("durability") == "power" else "process"
@@ -387,7 +461,14 @@ class DHTServerStore(MutableMapping[int, bytes]):
         if loc.kind == "memory":
             if not create:
                 raise StoreNotFound("memory:// is a new store each time it is opened: there is none to reopen")
-            return cls(shards if shards else 5, partitions=partitions, redirect_timeout=redirect_timeout)
+            return cls(
+                shards if shards else 5,
+                partitions=partitions,
+                redirect_timeout=redirect_timeout,
+                replicas=replicas,
+                domains=domains,
+                read_lease=read_lease,
+            )
         membership = open_membership(loc, lease_ttl=check_seconds("lease_ttl", lease_ttl))
         store = cls.__new__(cls)
         store._init(membership, durability, redirect_timeout)
@@ -399,7 +480,15 @@ class DHTServerStore(MutableMapping[int, bytes]):
                     f" (create one with: dhtcart init --data {_quote(location)})"
                 )
             if doc is None or doc.legacy:
-                doc = store._coordinator.create_or_upgrade(shards, durability, partitions, lock_timeout)
+                doc = store._coordinator.create_or_upgrade(
+                    shards,
+                    durability,
+                    partitions,
+                    lock_timeout,
+                    replicas=replicas,
+                    domains=domains,
+                    read_lease=read_lease,
+                )
             store._durability = doc.durability
             store._apply(doc)
             # a kind that pushes new epochs (etcd) switches this handle as soon as one is published;
@@ -423,6 +512,18 @@ class DHTServerStore(MutableMapping[int, bytes]):
     def epoch(self) -> int:
         """The membership epoch this handle routes with."""
         return self._view.epoch
+
+    @property
+    def replicas(self) -> int:
+        """Copies of every key the store keeps (during a change of it, the number it goes to)."""
+        doc = self._view.doc
+        return int(doc.migration.get("replicas", doc.replicas)) if doc.migration else doc.replicas
+
+    def replicas_for(self, key: int) -> tuple[str, ...]:
+        """The shards that hold ``key`` now, as far as this handle knows: its primary first, then
+        its backups (shards taken out by a failover are left out; during a rebalance, the list the
+        key's batch is at)."""
+        return self._view.replicas(check_key(key))
 
     @property
     def shards(self) -> dict[str, DHTServer]:
@@ -514,8 +615,8 @@ class DHTServerStore(MutableMapping[int, bytes]):
             record = backend.get(key)
             self._last.backend = backend
             return record
-        except (Moved, StoreClosed) as exc:
-            return self._retry(key, exc, _op_get)
+        except (Moved, StoreClosed, ShardUnavailable) as exc:
+            return self._retry(key, exc, _op_get, write=False)
 
     def put(self, key: int, value: bytes, expected_version: int | None = None) -> int:
         """Store ``value``; return the new version (compare-and-set with ``expected_version``)."""
@@ -526,6 +627,8 @@ class DHTServerStore(MutableMapping[int, bytes]):
         if expected_version is not None and (type(expected_version) is not int or expected_version < 0):
             check_version(expected_version)
         view = self._view
+        if view.replicated:
+            return self._replicated(key, value, expected_version).version
         table = view.table
         try:
             backend = table[key >> view.shift] if table is not None else view.route(key)
@@ -542,6 +645,8 @@ class DHTServerStore(MutableMapping[int, bytes]):
         if expected_version is not None and (type(expected_version) is not int or expected_version < 0):
             check_version(expected_version)
         view = self._view
+        if view.replicated:
+            return self._replicated(key, None, expected_version).version != 0
         try:
             backend = view.route(key)
             existed = backend.delete(key, expected_version)
@@ -550,16 +655,134 @@ class DHTServerStore(MutableMapping[int, bytes]):
         except (Moved, StoreClosed) as exc:
             return self._retry(key, exc, lambda b, k: b.delete(k, expected_version))
 
-    def _retry(self, key: int, exc: Exception, op: Callable[[FencedBackend, int], _T]) -> _T:
+    # -- replicated writes (docs/replication.md) -------------------------------------
+
+    def _replicated(self, key: int, value: bytes | None, expected_version: int | None) -> Pending:
+        """A write of a store that keeps several copies: decided by the key's primary, applied
+        by every backup its record lists, then committed (``value`` ``None``: a delete)."""
+        decided_on: list[FencedBackend] = []
+
+        def decide(backend: FencedBackend, k: int) -> Pending:
+            decided_on.append(backend)
+            return backend.decide(k, value, expected_version)
+
+        try:
+            view = self._view
+            backend = view.route(key)
+            decided_on.append(backend)
+            pending = backend.decide(key, value, expected_version)
+        except (Moved, StoreClosed, ShardUnavailable, WriteInFlight) as exc:
+            pending = self._retry(key, exc, decide)
+        primary = decided_on[-1]
+        self._last.backend = primary
+        if pending.version:  # a delete of an absent key replicates nothing
+            self._complete(primary, pending)
+        return pending
+
+    def _complete(self, primary: FencedBackend, pending: Pending) -> None:
+        """Apply a write ``primary`` decided to every backup its record lists, then commit it.
+
+        A backup that does not answer is taken out by a failover and the write
+        goes on with the others; one that refuses (it was pointed at another
+        primary) means the range moved on: the write is then either finished
+        already (by the handle that moved it) or of unknown outcome (its
+        primary was taken out), and the caller is told which.
+        """
+        deadline = time.monotonic() + self._redirect_timeout
+        while True:
+            view = self._view
+            name = view.names.get(primary)
+            if name is None:
+                raise ShardUnavailable("?", "-", "the primary left the store while a write was in flight", unknown=True)
+            refused = False
+            failed: list[str] = []
+            for backup, born in split_peers(pending.backups):
+                target = view.shards.get(backup)
+                if target is None or view.doc.born.get(backup) != born:
+                    refused = True  # this handle's view is older than the primary's record
+                    continue
+                try:
+                    view.backend(backup).apply(view.ids[name], pending)
+                except Moved:
+                    refused = True
+                except ShardUnavailable:
+                    failed.append(backup)
+                except StoreClosed:
+                    refused = True
+            if not refused and not failed:
+                try:
+                    primary.commit(pending.key, pending.version)
+                except ShardUnavailable as exc:
+                    self._suspect([name])
+                    raise ShardUnavailable(
+                        exc.shard,
+                        exc.address,
+                        f"{exc.reason} (the write is on every backup: it will most likely stand)",
+                        unknown=True,
+                    ) from exc
+                return
+            if failed:
+                self._suspect(failed)
+            try:
+                fresh = primary.pending(pending.key)
+            except (ShardUnavailable, StoreClosed) as exc:
+                raise ShardUnavailable(
+                    name, "-", "the primary stopped answering while a write was in flight", unknown=True
+                ) from exc
+            view = self._refresh()
+            if name in view.doc.down or name not in view.doc.shards:
+                raise ShardUnavailable(
+                    name,
+                    "-",
+                    "the primary was taken out while a write was in flight: its outcome is unknown",
+                    unknown=True,
+                )
+            if fresh is None or fresh.version != pending.version:
+                return  # another handle (a migration, a writer after us) finished it
+            pending = fresh  # the backups the primary's record lists now
+            if time.monotonic() > deadline:
+                raise KeyUnavailable(pending.key, name, "the backups of this write did not take it in time")
+            time.sleep(0.001)
+
+    def _renew(self, backend: FencedBackend) -> None:
+        """Renew a primary's lease to serve reads, from a membership read just now (if it is still a member)."""
+        start = time.time()
+        try:
+            doc = self._membership.load()
+        except ShardUnavailable:
+            return  # the membership cannot be read: no renewal, the read waits and tries again
+        if doc is None:
+            raise StoreClosed(f"the store at {self._membership.location} no longer exists")
+        view = self._apply(doc)
+        name = view.names.get(backend)
+        if name is not None and name in doc.shards and name not in doc.down:
+            with contextlib.suppress(ShardUnavailable, StoreClosed):
+                backend.renew_lease(doc.epoch, start + doc.read_lease)
+
+    def _suspect(self, names: Iterable[str]) -> None:
+        """Shards that did not answer: have them taken out of the replica sets of their keys
+        (a failover, if they still do not answer and every key keeps a copy)."""
+        if self._view.doc.replicas > 1 or self._view.replicated:
+            with contextlib.suppress(DHTCartError):  # best effort: the operation waits and tries again
+                self._coordinator.failover(set(names))
+
+    def _retry(self, key: int, exc: Exception, op: Callable[[FencedBackend, int], _T], *, write: bool = True) -> _T:
         """Follow redirects for ``key`` until ``op`` runs on its owner, or the bound is reached.
 
         A redirect that names the owner is followed at once (at most a few in a
         row); one from a shard with a newer epoch reloads the membership first;
         one without an owner (a hand-over in flight) waits, with a growing
         pause of at most 5 ms, and every ``DEFAULT_TAKEOVER_AFTER`` seconds of
-        waiting tries to take the lease and finish a dead rebalancer's batch itself.
+        waiting tries to take the lease and finish a dead rebalancer's batch
+        itself. In a store that keeps several copies, a primary whose lease ran
+        out is renewed, a write in flight on the key is finished first, and a
+        shard that does not answer is taken out (a failover) before the next try
+        (a write whose request may have reached it is not tried again: its
+        outcome is unknown and the caller is told so).
         """
         if isinstance(exc, StoreClosed) and self._closed:
+            raise exc
+        if isinstance(exc, ShardUnavailable) and not self._view.replicated:
             raise exc
         if self._unclaimed and isinstance(exc, Moved):
             backend = self._view.route(key)
@@ -572,15 +795,21 @@ class DHTServerStore(MutableMapping[int, bytes]):
         last_reload = 0.0
         follows = 0
         next_takeover = start + self._takeover_after
+        target: FencedBackend | None = None
         for attempt in itertools.count():
             counters["redirects"] += 1
             now = time.monotonic()
-            moved = exc if isinstance(exc, Moved) else None
+            moved = exc if isinstance(exc, Moved) and not isinstance(exc, LeaseExpired) else None
+            if isinstance(exc, ShardUnavailable):
+                if write and exc.unknown:
+                    raise exc  # the request may have been applied: never apply it twice
+                if target is not None and self._view.names.get(target):
+                    self._suspect([self._view.names[target]])
             view = self._view
-            owner = moved.owner if moved is not None and moved.state == NOT_OWNED else None
+            owner = moved.owner if moved is not None and moved.state in (NOT_OWNED, BACKUP) else None
             if (
-                moved is None  # a shard closed under us: it left the membership
-                or moved.epoch > view.epoch  # the shard has seen a newer membership
+                (moved is None and not isinstance(exc, LeaseExpired | WriteInFlight))  # closed, unreachable
+                or (moved is not None and moved.epoch > view.epoch)  # the shard has seen a newer membership
                 or (attempt == 0 and owner not in view.shards)  # a redirect this view cannot follow
                 or now - last_reload > 0.05  # waiting long: the membership may have moved on
             ):
@@ -590,12 +819,14 @@ class DHTServerStore(MutableMapping[int, bytes]):
                     if now > deadline:
                         raise
                 last_reload = now
-            if owner is not None and owner in view.shards and follows < 4:
+            if isinstance(exc, LeaseExpired | WriteInFlight) and target is not None and now < deadline:
+                pass  # renewed or finished just below: try the same shard again at once
+            elif owner is not None and owner in view.shards and follows < 4:
                 follows += 1
                 target = view.backend(owner)
                 if view.migration is not None:
                     view.migration.learn(key, owner)
-            else:  # a hand-over in flight (frozen, or released and not yet taken): wait
+            else:  # a hand-over in flight (frozen, released and not yet taken, a failover): wait
                 if now > deadline:
                     where = moved.shard if moved is not None and moved.shard else "?"
                     raise KeyUnavailable(
@@ -604,7 +835,7 @@ class DHTServerStore(MutableMapping[int, bytes]):
                         f"redirects reached no owner within {self._redirect_timeout:g} s"
                         " (a hand-over did not finish: is a shard it needs down?)",
                     ) from exc
-                if now >= next_takeover and view.migration is not None:
+                if now >= next_takeover and (view.migration is not None or view.doc.down):
                     next_takeover = now + self._takeover_after  # the lease may be held: try again later
                     self._coordinator.take_over()
                     view = self._view
@@ -617,8 +848,18 @@ class DHTServerStore(MutableMapping[int, bytes]):
                 result = op(target, key)
                 self._last.backend = target
                 return result
+            except LeaseExpired as again:
+                self._renew(target)
+                exc = again
             except Moved as again:
                 again.shard = view.names.get(target)
+                exc = again
+            except WriteInFlight as again:
+                self._complete(target, again.pending)  # type: ignore[arg-type]  # a Pending
+                exc = again
+            except ShardUnavailable as again:
+                if not view.replicated:
+                    raise
                 exc = again
             except StoreClosed as again:
                 if self._closed:
@@ -662,10 +903,9 @@ class DHTServerStore(MutableMapping[int, bytes]):
         Only the ranges each shard owns are read, so a copy left on a shard that
         no longer owns it is never listed and every key appears once.
         """
-        for server in list(self._view.shards.values()):
-            backend = server.backend
-            assert isinstance(backend, FencedBackend)
-            for lo, hi in backend.ownership().segments.in_state(OWNED, FROZEN):
+        view = self._view
+        for backend in view.live_backends().values():
+            for lo, hi in backend.ownership().segments.in_state(*READABLE):
                 yield from backend.scan(lo, hi)
 
     def values(self) -> Iterator[bytes]:  # type: ignore[override]
@@ -674,12 +914,18 @@ class DHTServerStore(MutableMapping[int, bytes]):
             yield record.value
 
     def stats(self) -> dict[str, int]:
-        """Keys per shard (during a rebalance, a batch in flight may be counted on both sides)."""
-        return {name: s.count() for name, s in sorted(self._view.shards.items())}
+        """Keys per shard (during a rebalance, a batch in flight may be counted on both sides;
+        with several copies, each copy counts on its shard). Shards taken out by a failover
+        are left out."""
+        view = self._view
+        return {name: s.count() for name, s in sorted(view.shards.items()) if name not in view.doc.down}
 
     def count(self) -> int:
-        """Keys in the whole store (exact outside a rebalance)."""
-        return sum(s.count() for s in self._view.shards.values())
+        """Keys in the whole store (exact outside a rebalance), each counted once."""
+        view = self._view
+        if not view.replicated:
+            return sum(s.count() for s in view.shards.values())
+        return sum(1 for _ in self.items())
 
     def rebalance_status(self) -> RebalanceStatus:
         """The epoch, and how far a migration in progress has gone (read from the shards' records)."""
@@ -709,6 +955,7 @@ class DHTServerStore(MutableMapping[int, bytes]):
         weight: int = 1,
         backend: str | FencedBackend | None = None,
         *,
+        domain: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         progress: Progress | None = None,
     ) -> RebalanceReport:
@@ -716,9 +963,27 @@ class DHTServerStore(MutableMapping[int, bytes]):
 
         ``backend`` is the new shard's URL (or, for a store without shared
         membership, an open backend): by default a new LMDB directory in a
-        directory store, ``memory://`` in an in-process one.
+        directory store, ``memory://`` in an in-process one. ``domain`` names
+        its failure domain (a host, a rack, a disk: copies of a key go to
+        distinct domains where there are enough); by default a Redis server's
+        ``host:port``, or the shard itself.
         """
-        return self._coordinator.rebalance("add", name, weight, backend, batch_size, progress)
+        return self._coordinator.rebalance("add", name, weight, backend, batch_size, progress, domain=domain)
+
+    def set_replicas(
+        self, replicas: int, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None
+    ) -> RebalanceReport:
+        """Keep ``replicas`` copies of every key from now on: the copies are made (or dropped)
+        live, with the hand-over protocol, while every handle keeps serving."""
+        return self._coordinator.set_replicas(check_replicas(replicas), batch_size, progress)
+
+    def repair(self, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None) -> list[str]:
+        """Restore the copies of every key that a failover took out: remove the shards it took out
+        from the ring (their keys get new copies on the next shards of their preference lists).
+        Returns the shards removed. A failover starts this by itself in the background; this runs
+        it now and waits for it."""
+        self._check_open()
+        return self._coordinator.repair(batch_size=batch_size, progress=progress)
 
     def remove_shard(
         self, name: str, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None
@@ -757,25 +1022,43 @@ class DHTServerStore(MutableMapping[int, bytes]):
             raise StoreClosed("the store is closed")
 
     def _check(self) -> None:
-        """Assert the store's invariants: the ring's own, every shard's record owning
-        exactly its arcs, and every key on its owner only."""
+        """Assert the store's invariants: the ring's own, every live shard's record holding exactly
+        its ranges of the replica lists (primary or backup), and every key on exactly its
+        replicas, with the same version and value on each (used by the tests)."""
         view = self._refresh()
+        doc = view.doc
         assert view.migration is None, "a rebalance is in progress"
-        assert not view.doc.retired, "a retired shard is not destroyed yet"
+        assert not set(doc.retired) & set(doc.shards), "a retired shard is still a member"
+        assert all(e.get("promoted") for e in doc.down.values()), "a failover is unfinished"
         ring = view.ring
         ring._check()
         assert set(ring.nodes) == set(view.shards), "ring and shards disagree"
-        arcs: dict[str, list[tuple[int, int]]] = {n: [] for n in view.shards}
-        for arc in ring.arcs():
-            arcs[arc.node].append((arc.lo, arc.hi))
-        for name, backend in view.backends().items():
-            segs = backend.ownership().segments
-            assert not segs.in_state(FROZEN), f"{name} has frozen ranges"
-            expected = Segments.owning(arcs[name]).in_state(OWNED)
-            assert segs.in_state(OWNED) == expected, f"{name}'s ownership record differs from its arcs"
-            for key, _ in backend.scan(-1, MAX_KEY):
-                owner = ring.node_for(key)
-                assert owner == name, f"key {key} is on {name}, its owner is {owner}"
+        live = view.live_backends()
+        want: dict[str, Segments] = {}
+        changes: dict[str, list[tuple[int, int, str, str]]] = {n: [] for n in live}
+        for lo, hi, names in view.placement.lists():
+            assert names, f"keys ({lo}, {hi}] have no live copy"
+            state, peer = target_state(names, view.ids)
+            changes[names[0]].append((lo, hi, state, peer))
+            for backup in names[1:]:
+                changes[backup].append((lo, hi, BACKUP, view.ids[names[0]]))
+        for name, backend in live.items():
+            want[name] = Segments.all().replace_many(changes[name])
+            own = backend.ownership()
+            segs = own.segments  # where a range went (a not-owned range's peer) is only a hint
+            segs = segs.replace_many([(a, b, NOT_OWNED, "") for a, b in segs.in_state(NOT_OWNED)])
+            assert segs == want[name], f"{name}'s ownership record differs from its replica lists"
+            assert own.leased == (doc.replicas > 1), f"{name}'s record is leased={own.leased}"
+            assert not backend.scan_pending(-1, MAX_KEY) or doc.replicas > 1, f"{name} has pending writes"
+        copies: dict[int, dict[str, Record]] = {}
+        for name, backend in live.items():
+            for key, rec in backend.scan(-1, MAX_KEY):
+                copies.setdefault(key, {})[name] = rec
+        for key, held in copies.items():
+            names = view.placement.replicas_for(key)
+            assert set(held) == set(names), f"key {key} is on {sorted(held)}, its replicas are {list(names)}"
+            primary = held[names[0]]
+            assert all(r == primary for r in held.values()), f"key {key}'s copies differ: {held}"
 
     def close(self) -> None:
         """Close every shard and the membership. Idempotent."""

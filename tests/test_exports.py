@@ -26,6 +26,7 @@ EXPECTED = {
     "CorruptData", "PreconditionFailed",  # issue 10
     "MalformedHistory", "WorkloadFailed",  # issue 9
     "StoreNotFound", "StoreReadOnly", "ShardFull", "PortUnavailable",  # issue 15
+    "LeaseExpired", "WriteInFlight",  # issue 13
     "__version__",
 }  # fmt: skip
 

@@ -14,28 +14,50 @@ serves every key.
 
 The rebalancer changes ownership and moves records with the token-fenced
 methods below (``update_ownership``, ``claim``, ``import_ranges``,
-``drop_ranges``): each refuses a token older than the newest the shard has
-seen (:class:`~dhtcart.errors.LeaseLost`), so a rebalancer that lost its lease
-can change nothing. The protocol that drives them is in
-:mod:`dhtcart.rebalance.mover`.
+``drop_ranges``, ``repair_records``): each refuses a token older than the
+newest the shard has seen (:class:`~dhtcart.errors.LeaseLost`), so a
+rebalancer that lost its lease can change nothing. The protocol that drives
+them is in :mod:`dhtcart.rebalance.mover`.
+
+**Replicated writes** (a store with ``replicas > 1``; ``docs/replication.md``)
+take three steps, each atomic on one shard:
+
+1. :meth:`FencedBackend.decide` on the key's primary: the ownership check, the
+   compare-and-set against the *committed* version, and the write recorded as
+   :class:`Pending` (one pending write per key at most: another is refused
+   with :class:`~dhtcart.errors.WriteInFlight` until it is finished);
+2. :meth:`FencedBackend.apply` on every backup the primary's record lists: a
+   backup takes only writes decided by the primary *its* record names;
+3. :meth:`FencedBackend.commit` on the primary: the pending write becomes the
+   record that reads return.
+
+Reads return committed records only, so a value is never read before every
+replica holds it. On a ``leased`` record a primary answers reads only while
+its lease runs (:meth:`renew_lease`), else :class:`~dhtcart.errors.LeaseExpired`.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from dhtcart.backends.base import Backend, Record
 from dhtcart.backends.ownership import Ownership
 
-__all__ = ["Change", "FencedBackend", "apply_changes"]
+__all__ = ["Change", "FencedBackend", "Pending", "apply_changes"]
 
 #: one ownership change: ``(lo, hi, state, peer)`` sets the keys ``lo < key <= hi``
 Change = tuple[int, int, str, str]
 
 
 def apply_changes(
-    current: Ownership, token: int, epoch: int, changes: Sequence[Change], expect: str | None
+    current: Ownership,
+    token: int,
+    epoch: int,
+    changes: Sequence[Change],
+    expect: str | None,
+    leased: bool | None = None,
 ) -> Ownership:
     """The record after ``changes``, made by the holder of ``token`` at membership ``epoch``.
 
@@ -46,7 +68,40 @@ def apply_changes(
     """
     current.check_token(token)
     segments = current.segments.replace_many(changes, expect=expect)
-    return Ownership(max(epoch, current.epoch), max(token, current.token), segments)
+    return Ownership(
+        max(epoch, current.epoch),
+        max(token, current.token),
+        segments,
+        current.leased if leased is None else leased,
+    )
+
+
+class Pending(NamedTuple):
+    """A write a primary decided and has not committed: ``prev`` is the version it replaces
+    (0: absent), ``version`` the one it makes (``prev + 1``), ``value`` the bytes or ``None``
+    for a delete; ``backups`` the primary's record's list of them when read (``name@born``,
+    comma separated)."""
+
+    key: int
+    prev: int
+    version: int
+    value: bytes | None
+    backups: str = ""
+
+    def encode(self) -> bytes:
+        """``prev`` and ``version`` as 8 bytes each, a flag byte (1: put, 0: delete), the value."""
+        flag = b"\x00" if self.value is None else b"\x01"
+        return self.prev.to_bytes(8, "big") + self.version.to_bytes(8, "big") + flag + (self.value or b"")
+
+    @classmethod
+    def decode(cls, key: int, raw: bytes, backups: str = "") -> Pending:
+        """The inverse of :meth:`encode` (``CorruptData`` for bytes that are not one)."""
+        from dhtcart.errors import CorruptData
+
+        if len(raw) < 17 or raw[16:17] not in (b"\x00", b"\x01"):
+            raise CorruptData(f"key {key}: a pending write of {len(raw)} bytes cannot be decoded")
+        value = bytes(raw[17:]) if raw[16:17] == b"\x01" else None
+        return cls(key, int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:16], "big"), value, backups)
 
 
 class FencedBackend(Backend):
@@ -71,12 +126,19 @@ class FencedBackend(Backend):
 
     @abstractmethod
     def update_ownership(
-        self, token: int, epoch: int, changes: Sequence[Change] = (), expect: str | None = None
+        self,
+        token: int,
+        epoch: int,
+        changes: Sequence[Change] = (),
+        expect: str | None = None,
+        *,
+        leased: bool | None = None,
     ) -> Ownership:
         """Apply ``changes`` atomically (see :func:`apply_changes`); return the new record.
 
         With no changes, this only raises the record's token (a new rebalancer
-        fencing out the old one).
+        fencing out the old one). ``leased`` sets whether the record's reads
+        need a lease (``None``: unchanged).
         """
 
     @abstractmethod
@@ -126,3 +188,66 @@ class FencedBackend(Backend):
             if found == n:
                 return key, n
         return hi, found
+
+    # -- replicated writes and leases (``docs/replication.md``) ------------------------
+
+    @abstractmethod
+    def decide(self, key: int, value: bytes | None, expected_version: int | None = None) -> Pending:
+        """On the key's primary: decide a write (``value``; ``None`` deletes) and record it pending.
+
+        Atomic with the ownership check: the shard must own the key or be its
+        primary (else :class:`~dhtcart.errors.Moved`); a pending write of the
+        key raises :class:`~dhtcart.errors.WriteInFlight` (finish it first);
+        ``expected_version`` is compared with the committed version
+        (:class:`~dhtcart.errors.VersionConflict`). Returns the pending write,
+        with the backups it must reach.
+        """
+
+    @abstractmethod
+    def pending(self, key: int) -> Pending | None:
+        """The write of ``key`` decided and not committed on this shard, with its backups now."""
+
+    @abstractmethod
+    def scan_pending(self, lo: int, hi: int) -> list[Pending]:
+        """Every pending write of ``lo < key <= hi``, with their backups now (a migration finishes them)."""
+
+    @abstractmethod
+    def commit(self, key: int, version: int) -> bool:
+        """Make the pending write of ``key`` at ``version`` the record; whether it was still pending.
+
+        Idempotent: a write already committed (by its writer, or by another
+        handle that finished it) is left as it is.
+        """
+
+    @abstractmethod
+    def apply(self, primary: str, pending: Pending) -> None:
+        """On a backup: apply a write that ``primary`` (``name@born``) decided, if newer than what is kept.
+
+        Refused (:class:`~dhtcart.errors.Moved`) unless this shard's record
+        keeps the key as a backup of that very primary, so a write decided by
+        a primary that was taken out never lands. A put is applied unless the
+        shard already holds its version or a newer one; a delete removes a
+        record no newer than the one it deleted.
+        """
+
+    @abstractmethod
+    def repair_records(self, token: int, records: Sequence[tuple[int, Record]]) -> int:
+        """Write each record unless this shard holds that version or a newer one (token-fenced).
+
+        Used to bring the surviving replicas of a range level with each other
+        before one of them becomes its primary. Returns how many were written.
+        """
+
+    @abstractmethod
+    def renew_lease(self, epoch: int, until: float) -> float:
+        """Let this shard serve reads until ``until`` (seconds since the Unix epoch), if ``epoch``
+        is not older than its record's; return the lease's end now (0: none).
+
+        The caller read the membership at ``epoch`` and found this shard a
+        member no earlier than ``until - lease``: see ``docs/replication.md``
+        for why that bounds what a paused shard can answer.
+        """
+
+    @abstractmethod
+    def lease(self) -> float:
+        """When this shard's lease to serve reads ends (seconds since the Unix epoch; 0: none)."""

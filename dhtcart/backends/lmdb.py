@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -46,9 +47,9 @@ from urllib.parse import parse_qsl
 import lmdb
 
 from dhtcart.backends.base import BackendContext, Record, check_expected
-from dhtcart.backends.fencing import Change, FencedBackend, apply_changes
-from dhtcart.backends.ownership import OWNED, TABLE_SHIFT, Ownership
-from dhtcart.errors import ForkedError, InvalidInput, StoreClosed
+from dhtcart.backends.fencing import Change, FencedBackend, Pending, apply_changes
+from dhtcart.backends.ownership import BACKUP, OWNED, PRIMARY, TABLE_SHIFT, Ownership
+from dhtcart.errors import ForkedError, InvalidInput, LeaseExpired, StoreClosed, WriteInFlight
 
 __all__ = ["DEFAULT_MAP_SIZE", "Durability", "LMDBBackend"]
 
@@ -63,9 +64,17 @@ _T = TypeVar("_T")
 _META = b"\xff" * 8
 _GEN = _META + b"gen"  # 8-byte counter, +1 at every ownership change
 _OWN = _META + b"own"  # Ownership.to_json()
+_LEASE = _META + b"lease"  # 8-byte big-endian milliseconds since the epoch: the lease to serve reads
+# Pending (decided, not committed) writes of a primary: 0xfe then the 8-byte key, so they
+# sort after every record key and before the ownership keys, and no record scan reads them.
+_PENDING = b"\xfe"
 _UNREAD = object()
 #: records exported as they are stored: 8-byte big-endian key, 8-byte big-endian version + value
 _COPY_FORMAT = "lmdb-v1"
+
+#: slice states a read passes without looking at the segments
+_FAST_READ = frozenset({OWNED, PRIMARY})
+_MAX_KEY = (1 << 63) - 1
 
 _forks = 0  # how many times this process is a fork's child (checked instead of getpid per call)
 
@@ -123,18 +132,39 @@ def _unpack(raw: bytes) -> Record:
 
 
 def _delete_range(txn: lmdb.Transaction, lo: int, hi: int) -> int:
-    """Delete every record ``lo < key <= hi`` in ``txn``; return how many."""
+    """Delete every record ``lo < key <= hi`` in ``txn`` (and any pending write there); return how many records."""
     cur = txn.cursor()
     n = 0
-    if not cur.set_range(_kb(lo + 1)):
-        return 0
     hi_kb = _kb(hi)
-    while True:
-        kb = bytes(cur.key())  # b"" once the cursor has run off the end
-        if len(kb) != 8 or kb > hi_kb:
-            return n
-        cur.delete()  # and moves to the next record
-        n += 1
+    if cur.set_range(_kb(lo + 1)):
+        while True:
+            kb = bytes(cur.key())  # b"" once the cursor has run off the end
+            if len(kb) != 8 or kb > hi_kb:
+                break
+            cur.delete()  # and moves to the next record
+            n += 1
+    if cur.set_range(_PENDING + _kb(lo + 1)):
+        while True:
+            kb = bytes(cur.key())
+            if len(kb) != 9 or kb[:1] != _PENDING or kb[1:] > hi_kb:
+                break
+            cur.delete()
+    return n
+
+
+def _pendings(txn: lmdb.Transaction, lo: int, hi: int) -> list[tuple[int, bytes]]:
+    """``(key, encoded Pending)`` of every pending write ``lo < key <= hi`` in ``txn``."""
+    out: list[tuple[int, bytes]] = []
+    cur = txn.cursor()
+    if not cur.set_range(_PENDING + _kb(lo + 1)):
+        return out
+    hi_kb = _kb(hi)
+    for key, raw in cur:
+        kb = bytes(key)
+        if len(kb) != 9 or kb[:1] != _PENDING or kb[1:] > hi_kb:
+            break
+        out.append((int.from_bytes(kb[1:], "big"), bytes(raw)))
+    return out
 
 
 class LMDBBackend(FencedBackend):
@@ -154,12 +184,14 @@ class LMDBBackend(FencedBackend):
         map_size: int = DEFAULT_MAP_SIZE,
         max_readers: int = 1024,
         fenced: bool = False,
+        name: str = "lmdb",
     ) -> None:
         if durability not in ("process", "power"):
             raise InvalidInput("durability", f"must be 'process' or 'power', not {durability!r}")
         if isinstance(map_size, bool) or not isinstance(map_size, int) or map_size < 4096:
             raise InvalidInput("map_size", f"must be an int >= 4096, not {map_size!r}")
         self.path = os.fspath(path)
+        self.name = name
         self.durability: Durability = durability
         self.fast_local = durability == "process"  # "power" waits for a disk flush per write
         self.copy_format = _COPY_FORMAT
@@ -226,6 +258,7 @@ class LMDBBackend(FencedBackend):
                 path = str(Path(context.base_dir) / path)
             options.setdefault("durability", context.durability)
             options.setdefault("fenced", context.fenced)
+            options.setdefault("name", context.name)
         return cls(path, **options)
 
     # -- plumbing -------------------------------------------------------------
@@ -237,6 +270,13 @@ class LMDBBackend(FencedBackend):
             raise ForkedError(
                 f"{self!r} was opened before fork() and used in the child; open the store again in the child"
             )
+
+    def _check_lease(self, txn: lmdb.Transaction, key: int) -> None:
+        """Raise LeaseExpired unless this shard's lease to serve reads runs now (a leased record)."""
+        raw = txn.get(_LEASE)
+        if raw is None or time.time() * 1000 >= int.from_bytes(raw, "big"):
+            own = self._shared.own
+            raise LeaseExpired(key, own.epoch, own.segments.lookup(key)[0])
 
     def _fence(self, txn: lmdb.Transaction, key: int, write: bool) -> None:
         """Raise Moved unless the ownership record lets this operation through."""
@@ -291,8 +331,10 @@ class LMDBBackend(FencedBackend):
                     if tid != shared.tid:  # another snapshot than the one last checked: read the generation
                         shared.load_ownership(txn, txn.get(_GEN))
                         shared.tid = tid
-                    if shared.slices.get(key >> TABLE_SHIFT) != OWNED:
+                    if shared.slices.get(key >> TABLE_SHIFT) not in _FAST_READ:
                         self._fence(txn, key, False)
+                    if shared.own.leased:
+                        self._check_lease(txn, key)
                 raw = txn.get(kb)
             finally:
                 txn.abort()
@@ -359,7 +401,8 @@ class LMDBBackend(FencedBackend):
     def count(self) -> int:
         def op(txn: lmdb.Transaction) -> int:
             entries: int = txn.stat(self._env.open_db())["entries"]
-            return entries - (txn.get(_GEN) is not None) - (txn.get(_OWN) is not None)
+            meta = sum(txn.get(k) is not None for k in (_GEN, _OWN, _LEASE))
+            return entries - meta - len(_pendings(txn, -1, _MAX_KEY))
 
         return self._read(op)
 
@@ -379,11 +422,17 @@ class LMDBBackend(FencedBackend):
         shared.own, shared.slices, shared.gen, shared.tid = own, own.segments.slices, nxt, -1
 
     def update_ownership(
-        self, token: int, epoch: int, changes: Sequence[Change] = (), expect: str | None = None
+        self,
+        token: int,
+        epoch: int,
+        changes: Sequence[Change] = (),
+        expect: str | None = None,
+        *,
+        leased: bool | None = None,
     ) -> Ownership:
         def op(txn: lmdb.Transaction) -> Ownership:
             current = self._shared.load_ownership(txn, txn.get(_GEN))
-            new = apply_changes(current, token, epoch, changes, expect)
+            new = apply_changes(current, token, epoch, changes, expect, leased)
             if new != current:
                 self._store_ownership(txn, new)
             return new
@@ -466,6 +515,120 @@ class LMDBBackend(FencedBackend):
             return hi, found
 
         return self._read(op)
+
+    # -- replicated writes and leases -----------------------------------------------------
+
+    def _own_now(self, txn: lmdb.Transaction) -> Ownership:
+        return self._shared.load_ownership(txn, txn.get(_GEN))
+
+    def _backups_of(self, own: Ownership, key: int) -> str:
+        state, peer = own.segments.lookup(key)
+        return "" if state == BACKUP else peer
+
+    def decide(self, key: int, value: bytes | None, expected_version: int | None = None) -> Pending:
+        kb = _kb(key)
+        fenced = self.fenced
+
+        def op(txn: lmdb.Transaction) -> Pending:
+            backups = self._own_now(txn).check_decide(key) if fenced else ""
+            waiting = txn.get(_PENDING + kb)
+            if waiting is not None:
+                raise WriteInFlight(key, Pending.decode(key, bytes(waiting), backups))
+            raw = txn.get(kb)
+            current = 0 if raw is None else int.from_bytes(raw[:8], "big")
+            check_expected(key, expected_version, current)
+            if value is None and raw is None:
+                return Pending(key, 0, 0, None, backups)  # nothing to delete: nothing to replicate
+            decided = Pending(key, current, current + 1, value, backups)
+            txn.put(_PENDING + kb, decided.encode())
+            return decided
+
+        return self._write(op)
+
+    def pending(self, key: int) -> Pending | None:
+        def op(txn: lmdb.Transaction) -> Pending | None:
+            raw = txn.get(_PENDING + _kb(key))
+            if raw is None:
+                return None
+            return Pending.decode(key, bytes(raw), self._backups_of(self._own_now(txn), key))
+
+        return self._read(op)
+
+    def scan_pending(self, lo: int, hi: int) -> list[Pending]:
+        def op(txn: lmdb.Transaction) -> list[Pending]:
+            own = self._own_now(txn)
+            return [Pending.decode(k, raw, self._backups_of(own, k)) for k, raw in _pendings(txn, lo, hi)]
+
+        return self._read(op)
+
+    def commit(self, key: int, version: int) -> bool:
+        kb = _kb(key)
+
+        def op(txn: lmdb.Transaction) -> bool:
+            raw = txn.get(_PENDING + kb)
+            if raw is None:
+                return False
+            waiting = Pending.decode(key, bytes(raw), "")
+            if waiting.version != version:
+                return False
+            txn.delete(_PENDING + kb)
+            if waiting.value is None:
+                txn.delete(kb)
+            else:
+                txn.put(kb, waiting.version.to_bytes(8, "big") + waiting.value)
+            return True
+
+        return self._write(op)
+
+    def apply(self, primary: str, pending: Pending) -> None:
+        key = pending.key
+        kb = _kb(key)
+        fenced = self.fenced
+
+        def op(txn: lmdb.Transaction) -> None:
+            if fenced:
+                self._own_now(txn).check_apply(key, primary)
+            raw = txn.get(kb)
+            current = 0 if raw is None else int.from_bytes(raw[:8], "big")
+            if pending.value is None:
+                if raw is not None and current <= pending.prev:
+                    txn.delete(kb)
+            elif current < pending.version:
+                txn.put(kb, pending.version.to_bytes(8, "big") + pending.value)
+
+        self._write(op)
+
+    def repair_records(self, token: int, records: Sequence[tuple[int, Record]]) -> int:
+        rows = [(_kb(k), r) for k, r in records]
+
+        def op(txn: lmdb.Transaction) -> int:
+            self._own_now(txn).check_token(token)
+            n = 0
+            for kb, rec in rows:
+                raw = txn.get(kb)
+                if raw is None or int.from_bytes(raw[:8], "big") < rec.version:
+                    txn.put(kb, rec.version.to_bytes(8, "big") + bytes(rec.value))
+                    n += 1
+            return n
+
+        return self._write(op)
+
+    def renew_lease(self, epoch: int, until: float) -> float:
+        until_ms = int(until * 1000)
+
+        def op(txn: lmdb.Transaction) -> float:
+            raw = txn.get(_LEASE)
+            current = 0 if raw is None else int.from_bytes(raw, "big")
+            if epoch >= self._own_now(txn).epoch and until_ms > current:
+                txn.put(_LEASE, until_ms.to_bytes(8, "big"))
+                current = until_ms
+            return current / 1000
+
+        return self._write(op)
+
+    def lease(self) -> float:
+        raw = self._read(lambda txn: txn.get(_LEASE))
+        return 0.0 if raw is None else int.from_bytes(raw, "big") / 1000
 
     def sync(self) -> None:
         """Flush to disk now (useful in ``"process"`` mode before a planned shutdown)."""

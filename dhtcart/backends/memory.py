@@ -7,6 +7,7 @@ fenced, the ownership record is checked under the same lock as the operation.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from itertools import islice
 from typing import Any
@@ -14,9 +15,10 @@ from typing import Any
 from sortedcontainers import SortedDict
 
 from dhtcart.backends.base import BackendContext, Record, check_expected
-from dhtcart.backends.fencing import Change, FencedBackend, apply_changes
-from dhtcart.backends.ownership import Ownership
-from dhtcart.errors import InvalidInput, StoreClosed
+from dhtcart.backends.fencing import Change, FencedBackend, Pending, apply_changes
+from dhtcart.backends.ownership import BACKUP, Ownership
+from dhtcart.checks import check_seconds
+from dhtcart.errors import InvalidInput, LeaseExpired, ShardUnavailable, StoreClosed, WriteInFlight
 
 __all__ = ["MemoryBackend"]
 
@@ -35,13 +37,17 @@ class MemoryBackend(FencedBackend):
 
     fast_local = True
 
-    def __init__(self, *, fenced: bool = False) -> None:
+    def __init__(self, *, fenced: bool = False, name: str = "memory") -> None:
         self.url = "memory://"
+        self.name = name
         self.fenced = fenced
+        self._paused_until = 0.0  # monotonic time until which the shard does not answer
         self._data: SortedDict = SortedDict()
         self._lock = threading.Lock()
         self._closed = False
         self._own = Ownership.nothing()
+        self._pending: dict[int, Pending] = {}  # decided, not committed (this shard as a primary)
+        self._lease = 0.0  # end of the lease to serve reads, seconds since the epoch
 
     @classmethod
     def from_url(cls, url: str, *, context: BackendContext | None = None, **options: Any) -> MemoryBackend:
@@ -50,15 +56,20 @@ class MemoryBackend(FencedBackend):
             raise InvalidInput("url", f"memory:// takes no options, got {sorted(options)}")
         if url.partition("://")[2].strip("/"):
             raise InvalidInput("url", f"memory:// takes no path or query, got {url!r}")
-        return cls(fenced=context is not None and context.fenced)
+        if context is None:
+            return cls()
+        return cls(fenced=context.fenced, name=context.name)
 
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosed(f"{self!r} is closed")
+        if self._paused_until and time.monotonic() < self._paused_until:
+            raise ShardUnavailable(self.name, self.url, "paused (fault injection): no request reached it")
 
-    def _fence(self, key: int, write: bool) -> None:
-        """Raise Moved unless the record lets this operation through (call with the lock held)."""
-        self._own.check(key, write)
+    def pause(self, seconds: float) -> None:
+        """Refuse every operation for ``seconds`` with :class:`~dhtcart.errors.ShardUnavailable`
+        (nothing is applied), as a server that went away and came back (fault injection)."""
+        self._paused_until = time.monotonic() + check_seconds("seconds", seconds)
 
     def get(self, key: int) -> Record | None:
         if not self.fenced:
@@ -67,7 +78,11 @@ class MemoryBackend(FencedBackend):
             return rec
         with self._lock:
             self._check_open()
-            self._fence(key, False)
+            own = self._own
+            own.check(key, False)
+            if own.leased and time.time() >= self._lease:
+                state, _ = own.segments.lookup(key)
+                raise LeaseExpired(key, own.epoch, state)
             rec = self._data.get(key)
             return rec
 
@@ -75,7 +90,7 @@ class MemoryBackend(FencedBackend):
         with self._lock:
             self._check_open()
             if self.fenced:
-                self._fence(key, True)
+                self._own.check(key, True)
             old: Record | None = self._data.get(key)
             current = old.version if old is not None else 0
             check_expected(key, expected_version, current)
@@ -87,7 +102,7 @@ class MemoryBackend(FencedBackend):
         with self._lock:
             self._check_open()
             if self.fenced:
-                self._fence(key, True)
+                self._own.check(key, True)
             old: Record | None = self._data.get(key)
             current = old.version if old is not None else 0
             check_expected(key, expected_version, current)
@@ -124,11 +139,17 @@ class MemoryBackend(FencedBackend):
         return self._own
 
     def update_ownership(
-        self, token: int, epoch: int, changes: Sequence[Change] = (), expect: str | None = None
+        self,
+        token: int,
+        epoch: int,
+        changes: Sequence[Change] = (),
+        expect: str | None = None,
+        *,
+        leased: bool | None = None,
     ) -> Ownership:
         with self._lock:
             self._check_open()
-            self._own = apply_changes(self._own, token, epoch, changes, expect)
+            self._own = apply_changes(self._own, token, epoch, changes, expect, leased)
             return self._own
 
     def claim(self, ownership: Ownership, *, force: bool = False) -> None:
@@ -158,6 +179,8 @@ class MemoryBackend(FencedBackend):
             for k in list(data.irange(lo, hi, inclusive=(False, True))):
                 del data[k]
                 n += 1
+            for k in [k for k in self._pending if lo < k <= hi]:
+                del self._pending[k]
         return n
 
     def drop_ranges(self, token: int, ranges: Sequence[tuple[int, int]]) -> int:
@@ -173,6 +196,89 @@ class MemoryBackend(FencedBackend):
             self._check_open()
             keys = list(islice(self._data.irange(lo, hi, inclusive=(False, True)), n))
         return (keys[-1], n) if len(keys) == n else (hi, len(keys))
+
+    # -- replicated writes and leases -----------------------------------------------------
+
+    def _backups(self, key: int) -> str:
+        state, peer = self._own.segments.lookup(key)
+        return "" if state == BACKUP else peer
+
+    def decide(self, key: int, value: bytes | None, expected_version: int | None = None) -> Pending:
+        with self._lock:
+            self._check_open()
+            backups = self._own.check_decide(key) if self.fenced else ""
+            waiting = self._pending.get(key)
+            if waiting is not None:
+                raise WriteInFlight(key, waiting._replace(backups=backups))
+            old: Record | None = self._data.get(key)
+            current = old.version if old is not None else 0
+            check_expected(key, expected_version, current)
+            if value is None and old is None:
+                return Pending(key, 0, 0, None, backups)  # nothing to delete: nothing to replicate
+            decided = Pending(key, current, current + 1, value, backups)
+            self._pending[key] = decided
+            return decided
+
+    def pending(self, key: int) -> Pending | None:
+        with self._lock:
+            self._check_open()
+            waiting = self._pending.get(key)
+            return None if waiting is None else waiting._replace(backups=self._backups(key))
+
+    def scan_pending(self, lo: int, hi: int) -> list[Pending]:
+        with self._lock:
+            self._check_open()
+            return [p._replace(backups=self._backups(k)) for k, p in sorted(self._pending.items()) if lo < k <= hi]
+
+    def commit(self, key: int, version: int) -> bool:
+        with self._lock:
+            self._check_open()
+            waiting = self._pending.get(key)
+            if waiting is None or waiting.version != version:
+                return False
+            del self._pending[key]
+            if waiting.value is None:
+                self._data.pop(key, None)
+            else:
+                self._data[key] = Record(waiting.version, waiting.value)
+            return True
+
+    def apply(self, primary: str, pending: Pending) -> None:
+        key = pending.key
+        with self._lock:
+            self._check_open()
+            if self.fenced:
+                self._own.check_apply(key, primary)
+            old: Record | None = self._data.get(key)
+            current = old.version if old is not None else 0
+            if pending.value is None:
+                if old is not None and current <= pending.prev:
+                    del self._data[key]
+            elif current < pending.version:
+                self._data[key] = Record(pending.version, pending.value)
+
+    def repair_records(self, token: int, records: Sequence[tuple[int, Record]]) -> int:
+        n = 0
+        with self._lock:
+            self._check_open()
+            self._own.check_token(token)
+            for key, rec in records:
+                old: Record | None = self._data.get(key)
+                if old is None or old.version < rec.version:
+                    self._data[key] = Record(rec.version, bytes(rec.value))
+                    n += 1
+        return n
+
+    def renew_lease(self, epoch: int, until: float) -> float:
+        with self._lock:
+            self._check_open()
+            if epoch >= self._own.epoch and until > self._lease:
+                self._lease = until
+            return self._lease
+
+    def lease(self) -> float:
+        self._check_open()
+        return self._lease
 
     def close(self) -> None:
         self._closed = True

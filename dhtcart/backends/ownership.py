@@ -7,13 +7,28 @@ refused), and :class:`Segments`, a partition of the whole key space into
 ranges ``(lo, hi]``, each in one state:
 
 ``OWNED`` (``"o"``)
-    the shard serves reads and writes of these keys;
+    the shard alone serves reads and writes of these keys;
+``PRIMARY`` (``"p"``)
+    the shard serves reads of these keys and decides their writes, which
+    other shards copy: ``peer`` lists those *backups* (``name@born``, comma
+    separated). A plain write is refused: it must go through the replicated
+    write (decide here, apply at every backup, commit here);
 ``FROZEN`` (``"f"``)
     the shard serves reads but refuses writes: the range is being copied to
-    its next owner, so nothing may change under the copy;
+    its next owner, so nothing may change under the copy (``peer``: the
+    backups it had, if any);
+``BACKUP`` (``"b"``)
+    the shard keeps a copy of these keys, applies the writes that its primary
+    decided (``peer`` names it, ``name@born``) and refuses everything else;
 ``NOT_OWNED`` (``"-"``)
     the shard refuses every operation; ``peer`` names the shard the range was
     handed to, when this shard knows it.
+
+A record is ``leased`` in a store that keeps more than one copy of each key:
+its shard then serves reads only while its *lease* runs (a time kept beside
+the record, renewed by clients that have just read the membership), so that a
+primary that was taken out while it was unreachable answers nothing stale when
+it comes back (``docs/replication.md``).
 
 A backend checks the state of a key in the same atomic step as the operation
 (an LMDB transaction, a Redis script, a lock) and refuses with
@@ -40,12 +55,56 @@ from typing import Any, NamedTuple
 
 from dhtcart.errors import LeaseLost, Moved
 
-__all__ = ["FROZEN", "NOT_OWNED", "OWNED", "STATES", "TABLE_BITS", "TABLE_SHIFT", "Ownership", "Segments"]
+__all__ = [
+    "BACKUP",
+    "FROZEN",
+    "NOT_OWNED",
+    "OWNED",
+    "PRIMARY",
+    "READABLE",
+    "SERVED",
+    "STATES",
+    "TABLE_BITS",
+    "TABLE_SHIFT",
+    "Ownership",
+    "Segments",
+    "join_peers",
+    "peer_id",
+    "split_peers",
+]
 
 OWNED = "o"
+PRIMARY = "p"
 FROZEN = "f"
+BACKUP = "b"
 NOT_OWNED = "-"
-STATES = frozenset({OWNED, FROZEN, NOT_OWNED})
+STATES = frozenset({OWNED, PRIMARY, FROZEN, BACKUP, NOT_OWNED})
+#: the states in which a shard answers reads
+READABLE = frozenset({OWNED, PRIMARY, FROZEN})
+#: the states in which a shard holds a copy that must not be overwritten by a migration's import
+SERVED = frozenset({OWNED, PRIMARY, FROZEN, BACKUP})
+
+
+def peer_id(name: str, born: int) -> str:
+    """How a record names a shard of one incarnation: ``name@born``."""
+    return f"{name}@{born}"
+
+
+def join_peers(ids: Iterable[str]) -> str:
+    """A ``peer`` field listing shards (``name@born`` each)."""
+    return ",".join(ids)
+
+
+def split_peers(peer: str) -> list[tuple[str, int]]:
+    """``(name, born)`` of each shard a ``peer`` field lists (a bare name has born 0)."""
+    out: list[tuple[str, int]] = []
+    for part in peer.split(","):
+        if not part:
+            continue
+        name, _, born = part.partition("@")
+        out.append((name, int(born) if born.isdigit() else 0))
+    return out
+
 
 _MAX_KEY = (1 << 63) - 1
 #: :meth:`Segments.slice_state` cuts the key space into ``2**TABLE_BITS`` slices
@@ -221,12 +280,25 @@ def _merge(his: Sequence[int], states: Sequence[str], peers: Sequence[str]) -> t
     return out_h, out_s, out_p
 
 
+def _redirect(state: str, peer: str) -> str | None:
+    """The shard a refusal points to: the new owner of a range handed over, a backup's primary."""
+    if not peer:
+        return None
+    if state == NOT_OWNED:
+        return peer
+    if state == BACKUP:
+        return peer.partition("@")[0]
+    return None
+
+
 class Ownership(NamedTuple):
     """A shard's record of what it owns (see the module doc)."""
 
     epoch: int
     token: int
     segments: Segments
+    #: whether reads need a running lease (a store that keeps several copies of each key)
+    leased: bool = False
 
     @classmethod
     def nothing(cls) -> Ownership:
@@ -240,6 +312,7 @@ class Ownership(NamedTuple):
             {
                 "epoch": self.epoch,
                 "token": self.token,
+                **({"leased": True} if self.leased else {}),
                 "his": segs.his,
                 "states": "".join(segs.states),
                 "peers": {str(i): p for i, p in enumerate(segs.peers) if p},
@@ -255,24 +328,47 @@ class Ownership(NamedTuple):
         for i, p in data["peers"].items():
             peers[int(i)] = p
         rows = zip(his, data["states"], peers, strict=True)
-        return cls(int(data["epoch"]), int(data["token"]), Segments.from_list(rows))
+        return cls(int(data["epoch"]), int(data["token"]), Segments.from_list(rows), bool(data.get("leased", False)))
 
     def check(self, key: int, write: bool) -> None:
         """Raise :class:`~dhtcart.errors.Moved` unless this record lets an operation on ``key``
-        through: a read if the key is owned or frozen, a write only if it is owned."""
+        through: a read if the key is owned, primary or frozen, a plain write only if it is
+        owned (a primary's writes are replicated: see :meth:`check_decide`)."""
         segs = self.segments
         if segs.slice_state(key >> TABLE_SHIFT) == OWNED:
             return
         i = bisect_left(segs.his, key)
         state = segs.states[i]
-        if state == OWNED or (state == FROZEN and not write):
+        if state == OWNED or (not write and state in READABLE):
             return
-        raise Moved(key, self.epoch, state, segs.peers[i] or None)
+        raise Moved(key, self.epoch, state, _redirect(state, segs.peers[i]))
 
-    def check_unserved(self, lo: int, hi: int, what: str) -> None:
+    def check_decide(self, key: int) -> str:
+        """The backups of ``key`` (its segment's ``peer``) if this shard may decide a write of it
+        (owned or primary), else :class:`~dhtcart.errors.Moved`."""
+        segs = self.segments
+        i = bisect_left(segs.his, key)
+        state = segs.states[i]
+        if state == OWNED:
+            return ""
+        if state == PRIMARY:
+            return segs.peers[i]
+        raise Moved(key, self.epoch, state, _redirect(state, segs.peers[i]))
+
+    def check_apply(self, key: int, primary: str) -> None:
+        """Raise :class:`~dhtcart.errors.Moved` unless this shard keeps ``key`` as a backup of
+        ``primary`` (``name@born``): a write decided by any other shard is refused."""
+        segs = self.segments
+        i = bisect_left(segs.his, key)
+        state, peer = segs.states[i], segs.peers[i]
+        if state == BACKUP and peer == primary:
+            return
+        raise Moved(key, self.epoch, state, _redirect(state, peer))
+
+    def check_unserved(self, lo: int, hi: int, what: str, *, allow: str = "") -> None:
         """Raise :class:`~dhtcart.errors.LeaseLost` if the shard serves any key of ``(lo, hi]``."""
         for a, b, state, _ in self.segments.spans(lo, hi):
-            if state != NOT_OWNED:
+            if state != NOT_OWNED and state not in allow:
                 raise LeaseLost(f"cannot {what} keys ({a}, {b}]: this shard serves them (state {state!r})")
 
     def check_token(self, token: int) -> None:

@@ -66,7 +66,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from dhtcart.backends.base import BackendContext, Record
-from dhtcart.backends.fencing import Change, FencedBackend, apply_changes
+from dhtcart.backends.fencing import Change, FencedBackend, Pending, apply_changes
 from dhtcart.backends.ownership import STATES, Ownership, Segments
 from dhtcart.errors import InvalidInput, LeaseLost, Moved, ShardUnavailable, StoreClosed, VersionConflict
 
@@ -716,11 +716,19 @@ class RedisBackend(FencedBackend):
         return self._run(True, self._eval, "set_ownership", (self._own, self._own_meta), args)
 
     def update_ownership(
-        self, token: int, epoch: int, changes: Sequence[Change] = (), expect: str | None = None
+        self,
+        token: int,
+        epoch: int,
+        changes: Sequence[Change] = (),
+        expect: str | None = None,
+        *,
+        leased: bool | None = None,
     ) -> Ownership:
+        if leased:
+            raise NotImplementedError("replicated stores on Redis shards are not built yet")
         for _ in range(32):
             gen, current = self._read_ownership()
-            new = apply_changes(current, token, epoch, changes, expect)
+            new = apply_changes(current, token, epoch, changes, expect, leased)
             if new == current:
                 return current
             status, value = self._set_ownership(gen, new.token, new, current)
@@ -795,6 +803,32 @@ class RedisBackend(FencedBackend):
         if found:
             return int(found[0], 16), n
         return hi, int(self._run(False, self._client.zlexcount, self._index, low, high))
+
+    # -- replicated writes: not yet on Redis (issue 13, in progress) --------------------
+
+    def decide(self, key: int, value: bytes | None, expected_version: int | None = None) -> Pending:
+        raise NotImplementedError("replicated writes on Redis shards are not built yet")
+
+    def pending(self, key: int) -> Pending | None:
+        raise NotImplementedError("replicated writes on Redis shards are not built yet")
+
+    def scan_pending(self, lo: int, hi: int) -> list[Pending]:
+        return []
+
+    def commit(self, key: int, version: int) -> bool:
+        raise NotImplementedError("replicated writes on Redis shards are not built yet")
+
+    def apply(self, primary: str, pending: Pending) -> None:
+        raise NotImplementedError("replicated writes on Redis shards are not built yet")
+
+    def repair_records(self, token: int, records: Sequence[tuple[int, Record]]) -> int:
+        raise NotImplementedError("replicated writes on Redis shards are not built yet")
+
+    def renew_lease(self, epoch: int, until: float) -> float:
+        return 0.0
+
+    def lease(self) -> float:
+        return 0.0
 
     def pause(self, seconds: float) -> None:
         """Pause every client of the server for ``seconds`` (``CLIENT PAUSE ... ALL``).

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dhtcart.errors import InvalidInput, StoreBusy
-from dhtcart.settings import MANIFEST_FORMAT
+from dhtcart.settings import DEFAULT_CLOCK_SKEW, DEFAULT_READ_LEASE, MANIFEST_FORMAT
 
 __all__ = ["FORMAT", "Lease", "Membership", "MembershipDoc", "holder_name"]
 
@@ -31,9 +31,17 @@ class MembershipDoc:
     ``shards`` maps names to backend URLs; ``born`` gives the epoch at which
     each shard joined (a shard removed and added again under the same name is
     a new shard: handles reopen it); ``migration`` is ``None`` or
-    ``{"ring": <the new ring>, "drop": [names], "since": epoch}``, during which
+    ``{"ring": <the new ring>, "drop": [names], "since": epoch}`` (and
+    ``"replicas"`` when it changes the number of copies), during which
     ``shards`` lists old and new shards; ``retired`` are shards that left the
     ring and whose data is still to be destroyed.
+
+    Replication (``docs/replication.md``): ``replicas`` copies of every key;
+    ``domains`` names the failure domain of shards that have one;
+    ``down`` the shards a failover took out (``{name: {"epoch": E,
+    "promoted": bool}}``), which keep their place in the ring until the repair
+    removes them; ``read_lease`` the seconds a primary serves reads after a
+    renewal and ``clock_skew`` the most that two hosts' clocks may differ.
     """
 
     epoch: int
@@ -43,6 +51,11 @@ class MembershipDoc:
     durability: str
     migration: dict[str, Any] | None = None
     retired: dict[str, str] = field(default_factory=dict)
+    replicas: int = 1
+    domains: dict[str, str] = field(default_factory=dict)
+    down: dict[str, dict[str, Any]] = field(default_factory=dict)
+    read_lease: float = DEFAULT_READ_LEASE
+    clock_skew: float = DEFAULT_CLOCK_SKEW
     #: dhtcart 0.1's manifest, read but not yet upgraded (the store upgrades it)
     legacy: bool = False
 
@@ -60,6 +73,11 @@ class MembershipDoc:
             "born": self.born,
             "migration": self.migration,
             "retired": self.retired,
+            "replicas": self.replicas,
+            "domains": self.domains,
+            "down": self.down,
+            "read_lease": self.read_lease,
+            "clock_skew": self.clock_skew,
         }
 
     def to_json(self) -> str:
@@ -88,6 +106,11 @@ class MembershipDoc:
             durability=data.get("durability", "process"),
             migration=data.get("migration"),
             retired=dict(data.get("retired") or {}),
+            replicas=int(data.get("replicas", 1)),
+            domains=dict(data.get("domains") or {}),
+            down={k: dict(v) for k, v in (data.get("down") or {}).items()},
+            read_lease=float(data.get("read_lease", DEFAULT_READ_LEASE)),
+            clock_skew=float(data.get("clock_skew", DEFAULT_CLOCK_SKEW)),
         )
 
 

@@ -22,15 +22,16 @@ drawn in ``docs/rebalance.md``.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from dhtcart.backends import open_backend
 from dhtcart.backends.fencing import FencedBackend
 from dhtcart.backends.memory import MemoryBackend
-from dhtcart.backends.ownership import FROZEN, NOT_OWNED, OWNED, Ownership, Segments
+from dhtcart.backends.ownership import BACKUP, NOT_OWNED, SERVED, Ownership, Segments, peer_id
 from dhtcart.checks import check_shard_name
 from dhtcart.errors import (
     InvalidInput,
@@ -43,10 +44,12 @@ from dhtcart.errors import (
 )
 from dhtcart.hashing import MAX_KEY
 from dhtcart.membership import DirectoryMembership, Lease, LocalMembership, MembershipDoc, holder_name
-from dhtcart.rebalance.mover import Mover
+from dhtcart.rebalance import failover as takeout
+from dhtcart.rebalance.mover import Mover, target_state
 from dhtcart.rebalance.plan import Progress, RebalancePlan, RebalanceReport, estimate_keys, plan
+from dhtcart.replication.placement import placement_of, shard_domains
 from dhtcart.ring import MAX_PARTITIONS, PARTITIONS_PER_WEIGHT, HashRing, PartitionRing, ring_from_dict
-from dhtcart.settings import DEFAULT_BATCH_SIZE, SHARDS_DIR
+from dhtcart.settings import DEFAULT_BATCH_SIZE, DEFAULT_READ_LEASE, SHARDS_DIR
 
 if TYPE_CHECKING:
     from dhtcart.store import DHTServerStore, _View
@@ -71,6 +74,10 @@ class RebalanceStatus:
     unreachable: list[str]  #: shards whose records could not be read (their progress counts as none)
     keys_moved: int = 0  #: keys the current (or last) migration has moved, as its rebalancer last reported
     keys_planned: int = 0  #: the keys it expects to move (an estimate from shard counts)
+    replicas: int = 1  #: copies of every key the store keeps (during a change of it: the new number)
+    down: list[str] = field(default_factory=list)  #: shards taken out by a failover, not yet removed
+    #: share of the key space with fewer live copies than ``replicas`` (0.0: every key fully replicated)
+    under_replicated: float = 0.0
 
 
 def check_persistent_url(name: str, url: object) -> str:
@@ -90,6 +97,8 @@ class Coordinator:
     def __init__(self, store: DHTServerStore) -> None:
         self._store = store
         self._membership = store._membership
+        self._failing = threading.Lock()  # this handle's failovers, one at a time
+        self._repairing: threading.Thread | None = None
 
     # -- leases -------------------------------------------------------------------
 
@@ -122,27 +131,44 @@ class Coordinator:
     # -- creating -----------------------------------------------------------------
 
     def claim_all(self, doc: MembershipDoc, ring: AnyRing, token: int, *, lazy: bool = False) -> None:
-        """Give every shard of ``doc`` the record of owning its arcs of ``ring`` (a store being
-        created claims its shards, whatever token they have seen).
+        """Give every shard of ``doc`` the record of its ranges of ``ring`` (a store being created
+        claims its shards, whatever token they have seen): owned or primary where it comes first
+        in a range's replica list, backup where it comes later.
 
         ``lazy``: a shard that cannot be reached now is claimed when it first
         refuses an operation (stores whose membership is in this process only).
         """
-        arcs: dict[str, list[tuple[int, int]]] = {n: [] for n in doc.shards}
-        for arc in ring.arcs():
-            arcs[arc.node].append((arc.lo, arc.hi))
+        ids = {n: peer_id(n, doc.born[n]) for n in doc.shards}
+        changes: dict[str, list[tuple[int, int, str, str]]] = {n: [] for n in doc.shards}
+        for lo, hi, names in placement_of(doc, ring).lists():
+            if not names:
+                continue
+            state, peer = target_state(names, ids)
+            changes[names[0]].append((lo, hi, state, peer))
+            for backup in names[1:]:
+                changes[backup].append((lo, hi, BACKUP, ids[names[0]]))
         for name, url in doc.shards.items():
             backend = self._store._backend(name, url, doc.born[name])
-            record = Ownership(doc.epoch, token, Segments.owning(arcs[name]))
+            record = Ownership(doc.epoch, token, Segments.all().replace_many(changes[name]), doc.replicas > 1)
             try:
                 backend.claim(record, force=True)
+                if doc.replicas > 1:
+                    backend.renew_lease(doc.epoch, time.time() + doc.read_lease)
             except ShardUnavailable:
                 if not lazy:
                     raise
                 self._store._unclaimed[backend] = record
 
     def create_or_upgrade(
-        self, shards: int | Mapping[str, str], durability: str, partitions: int, lock_timeout: float
+        self,
+        shards: int | Mapping[str, str],
+        durability: str,
+        partitions: int,
+        lock_timeout: float,
+        *,
+        replicas: int = 1,
+        domains: Mapping[str, str] | None = None,
+        read_lease: float = DEFAULT_READ_LEASE,
     ) -> MembershipDoc:
         """Create the store (its shards claimed), or upgrade dhtcart 0.1's manifest; return the document."""
         store = self._store
@@ -167,7 +193,16 @@ class Coordinator:
             for name, url in named.items():
                 check_persistent_url(name, url)
             ring = PartitionRing(list(named), partitions=partitions)
-            doc = MembershipDoc(1, ring.to_dict(), named, dict.fromkeys(named, 1), durability)
+            doc = MembershipDoc(
+                1,
+                ring.to_dict(),
+                named,
+                dict.fromkeys(named, 1),
+                durability,
+                replicas=replicas,
+                domains=shard_domains(named, domains),
+                read_lease=read_lease,
+            )
             self.claim_all(doc, ring, lease.token)
             return self._membership.create(doc)
 
@@ -215,10 +250,12 @@ class Coordinator:
         try:
             store._counters["takeovers"] += 1
             view = store._refresh()
+            if any(not e.get("promoted") for e in view.doc.down.values()):
+                self._finish_failover(lease)
+                view = store._view
             if view.migration is None:
                 return
-            mover = Mover(view.migration, view.backends(), lease.token, view.epoch, check_lease=lease.check)
-            mover.run(in_flight_only=True)
+            self._mover(view, lease).run(in_flight_only=True)
         except Exception:
             pass
         finally:
@@ -244,27 +281,49 @@ class Coordinator:
     ) -> Mover:
         """Hand over every batch of the migration ``view`` shows, reporting progress."""
         assert view.migration is not None
-        planned = estimate_keys(view.migration.moves, view.ring, view.backends())
-        mover = Mover(
-            view.migration,
-            view.backends(),
-            lease.token,
-            view.epoch,
+        planned = estimate_keys(view.migration.moves, view.ring, view.live_backends())
+        mover = self._mover(
+            view,
+            lease,
             batch_size=batch_size,
             progress=progress,
             planned=planned,
-            check_lease=lease.check,
             report=self._reporter(view.epoch, planned),
         )
         mover.run()
         self._membership.report_progress(view.epoch, mover.keys_moved, max(planned, mover.keys_moved))
         return mover
 
+    def _mover(self, view: _View, lease: Lease, **options: Any) -> Mover:
+        """The mover of the migration ``view`` shows, with this lease (live shards only)."""
+        assert view.migration is not None
+        doc = view.doc
+        leased = view.migration.new.replicas > 1 or view.migration.old.replicas > 1
+
+        def grant(backend: FencedBackend) -> None:  # the rebalancer read the membership: it may renew
+            backend.renew_lease(doc.epoch, time.time() + doc.read_lease)
+
+        return Mover(
+            view.migration,
+            view.live_backends(),
+            lease.token,
+            view.epoch,
+            ids=view.ids,
+            leased=leased,
+            grant=grant,
+            check_lease=lease.check,
+            **options,
+        )
+
     def finish(
         self, lease: Lease, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None
     ) -> Mover | None:
-        """Holding ``lease``: finish the migration in the membership, if any, and destroy retired shards."""
+        """Holding ``lease``: finish a failover and a migration in the membership, if any, and
+        destroy retired shards."""
         view = self._store._refresh()
+        if any(not e.get("promoted") for e in view.doc.down.values()):
+            self._finish_failover(lease)
+            view = self._store._view
         mover = None
         doc = view.doc
         if view.migration is not None:
@@ -278,13 +337,21 @@ class Coordinator:
         """The migration is done: publish the new ring, and the shards that left as retired."""
         assert doc.migration is not None
         drop = list(doc.migration["drop"])
+        replicas = int(doc.migration.get("replicas", doc.replicas))
         new = doc.next(
             ring=doc.migration["ring"],
             shards={n: u for n, u in doc.shards.items() if n not in drop},
             born={n: b for n, b in doc.born.items() if n not in drop},
             migration=None,
             retired={**doc.retired, **{n: doc.shards[n] for n in drop if n in doc.shards}},
+            replicas=replicas,
+            domains={n: d for n, d in doc.domains.items() if n not in drop},
+            down={n: e for n, e in doc.down.items() if n not in drop},
         )
+        if replicas == 1 and doc.replicas > 1:  # one copy again: reads need no lease any more
+            for name, backend in self._store._view.live_backends().items():
+                if name in new.shards:
+                    backend.update_ownership(lease.token, new.epoch, leased=False)
         self._membership.publish(new, lease)
         self._store._apply(new)
         return new
@@ -311,7 +378,7 @@ class Coordinator:
                 if not isinstance(backend, FencedBackend):  # pragma: no cover - a store's shards are fenced
                     raise InvalidInput("backend", f"shard {name!r} is not a fenced backend")
                 backend.update_ownership(lease.token, doc.epoch)  # fenced: refused if a newer rebalancer came
-                served = backend.ownership().segments.in_state(OWNED, FROZEN)
+                served = backend.ownership().segments.in_state(*SERVED)
                 if served:
                     raise LeaseLost(f"shard {name!r} left the ring but still serves {len(served)} ranges")
                 backend.update_ownership(lease.token, doc.epoch, [(-1, MAX_KEY, NOT_OWNED, "")])
@@ -330,6 +397,138 @@ class Coordinator:
         self._membership.publish(new, lease)
         store._apply(new)
         return new
+
+    # -- failover and repair (docs/replication.md) ----------------------------------
+
+    def failover(self, suspects: set[str]) -> bool:
+        """Take the ``suspects`` that still do not answer out of the replica sets of their keys.
+
+        Run by whichever handle saw them fail (see
+        :mod:`dhtcart.rebalance.failover` for the steps and their bounds). A
+        suspect that answers is left alone; one whose removal would leave a
+        range without a copy is left too. Another rebalancer holding the lease
+        means the caller waits and tries again. After a failover, the repair
+        (the removal of the dead shards from the ring, which restores the
+        missing copies) runs in a background thread of this handle. Returns
+        whether a failover ran.
+        """
+        store = self._store
+        if not self._failing.acquire(blocking=False):
+            with self._failing:  # another thread of this handle is at it: wait for it
+                return False
+        try:
+            doc = store._refresh().doc
+            if doc.replicas < 2 or not {n for n in suspects if n in doc.shards and n not in doc.down}:
+                return False
+            try:
+                lease = self._membership.try_lease(holder_name())
+            except ShardUnavailable:
+                return False
+            if lease is None:
+                return False
+            with lease:
+                ran = self._take_out(lease, suspects)
+        finally:
+            self._failing.release()
+        if ran:
+            self.repair_in_background()
+        return ran
+
+    def _take_out(self, lease: Lease, suspects: set[str]) -> bool:
+        store = self._store
+        view = store._refresh()
+        doc = view.doc
+        live = view.live_backends()
+        dead = sorted(n for n in suspects if n in live and not takeout.probe(live[n]))
+        if not dead:
+            if any(not e.get("promoted") for e in doc.down.values()):
+                self._finish_failover(lease)
+            return False
+        down = dict(doc.down)
+        ring = view.ring
+        new_ring = ring_from_dict(doc.migration["ring"]) if doc.migration else None
+        for name in dead:  # every range must keep a copy (in both placements during a migration)
+            trial = doc.next(down={**down, name: {}})
+            rings = [ring] if new_ring is None else [ring, new_ring]
+            if all(names for r in rings for _, _, names in placement_of(trial, r).lists()):
+                down[name] = {}
+        taken = [n for n in dead if n in down and n not in doc.down]
+        if not taken:
+            return False
+        # the decision needs every other live shard's record: one that does not answer either
+        # (and is not taken out with these, to keep a copy of every range) stops the failover
+        # before anything is published; the next operation that meets it tries again
+        segments = {n: b.ownership().segments for n, b in live.items() if n not in taken}
+        trial = doc.next(down=down)
+        placements = [placement_of(trial, r) for r in ([ring] if new_ring is None else [ring, new_ring])]
+
+        def order(key: int) -> tuple[str, ...]:  # the replica lists of the key, old then new
+            return tuple(n for p in placements for n in p.replicas_for(key))
+
+        dead_ids = {view.ids[n]: n for n in taken}
+        orphans = takeout.decide(segments, set(dead_ids), order)
+        by_dead: dict[str, list[list[Any]]] = {n: [] for n in taken}
+        for orphan in orphans:  # every orphan belongs to the dead shard its survivors named
+            by_dead[self._dead_primary(segments, orphan, dead_ids)].append(orphan.to_list())
+        for name in taken:
+            down[name] = {"epoch": doc.epoch + 1, "promoted": False, "orphans": by_dead[name]}
+        new = doc.next(down=down)
+        self._membership.publish(new, lease)
+        store._apply(new)
+        self._finish_failover(lease)
+        return True
+
+    @staticmethod
+    def _dead_primary(segments: Mapping[str, Segments], orphan: takeout.Orphan, dead: Mapping[str, str]) -> str:
+        """Which dead shard ``orphan``'s survivors kept it for."""
+        for name in orphan.survivors:
+            state, peer = segments[name].lookup(orphan.hi)
+            if state == BACKUP and peer in dead:
+                return dead[peer]
+        return next(iter(dead.values()))  # pragma: no cover - decide() only returns such ranges
+
+    def _finish_failover(self, lease: Lease) -> None:
+        """Holding ``lease``: finish every failover the membership shows unfinished."""
+        store = self._store
+        view = store._refresh()
+
+        def publish(doc: MembershipDoc) -> None:
+            self._membership.publish(doc, lease)
+            store._apply(doc)
+
+        takeout.finish(view.doc, lease, view.live_backends(), view.ids, publish)
+
+    def repair_in_background(self) -> None:
+        """Restore the copies a failover took out, in a daemon thread of this handle (one at a time).
+
+        The repair removes the dead shards from the ring with the hand-over
+        protocol: live, crash-safe, and finished by the next opener, rebalance
+        or ``finish_rebalance()`` if this process stops first.
+        """
+        if self._repairing is not None and self._repairing.is_alive():
+            return
+        self._repairing = threading.Thread(target=self._repair_quietly, name="dhtcart-repair", daemon=True)
+        self._repairing.start()
+
+    def _repair_quietly(self) -> None:
+        with contextlib.suppress(Exception):  # best effort: the next opener or rebalance finishes it
+            self.repair()
+
+    def repair(self, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None) -> list[str]:
+        """Remove every shard a failover took out from the ring (restoring the missing copies on the
+        next shards of each key's preference list); return their names."""
+        store = self._store
+        removed = []
+        for _ in range(16):  # bounded: one removal per dead shard
+            view = store._refresh()
+            down = sorted(n for n, e in view.doc.down.items() if e.get("promoted") and n in view.ring.nodes)
+            if not down or store._closed:
+                break
+            if len(view.ring.nodes) == 1:
+                break
+            self.rebalance("remove", down[0], 1, None, batch_size, progress)
+            removed.append(down[0])
+        return removed
 
     # -- rebalancing --------------------------------------------------------------
 
@@ -393,6 +592,8 @@ class Coordinator:
         backend: str | FencedBackend | None,
         batch_size: int,
         progress: Progress | None,
+        *,
+        domain: str | None = None,
     ) -> RebalanceReport:
         """Add, remove or reweight a shard: the migration published, handed over, committed."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -433,7 +634,7 @@ class Coordinator:
                     born[name] = epoch
                     added = store._backend(name, shards[name], epoch)
                     held = added.count()
-                    if held or added.ownership().segments.in_state(OWNED, FROZEN):
+                    if held or added.ownership().segments.in_state(*SERVED):
                         store._forget(name, epoch, close=not isinstance(backend, FencedBackend))
                         raise InvalidInput(
                             "backend",
@@ -441,9 +642,13 @@ class Coordinator:
                             " another shard's: a new shard must start empty, on a medium of its own",
                         )
                     added.claim(Ownership(epoch, lease.token, Segments.all()))  # owns nothing yet
+                domains = dict(doc.domains)
+                if op == "add":
+                    domains[name] = domain or shard_domains({name: shards[name]})[name]
                 mig = doc.next(
                     shards=shards,
                     born=born,
+                    domains=domains,
                     migration={"ring": new_ring.to_dict(), "drop": [name] if op == "remove" else [], "since": epoch},
                 )
                 self._membership.publish(mig, lease)
@@ -453,6 +658,26 @@ class Coordinator:
                 if doc.retired:
                     self._destroy_retired(doc, lease)
                 return self._report(mover, start, before)
+
+    def set_replicas(self, replicas: int, batch_size: int, progress: Progress | None) -> RebalanceReport:
+        """Keep ``replicas`` copies of every key: a migration of the same ring to that many copies."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInput("batch_size", f"must be a positive int, got {batch_size!r}")
+        store = self._store
+        store._check_open()
+        with store._admin, self.lease() as lease:
+            self.finish(lease)
+            doc = store._view.doc
+            start = time.perf_counter()
+            before = store.stats()
+            if replicas == doc.replicas:
+                return self._report(None, start, before)
+            mig = doc.next(migration={"ring": doc.ring, "drop": [], "since": doc.epoch + 1, "replicas": replicas})
+            self._membership.publish(mig, lease)
+            view = store._apply(mig)
+            mover = self._move(view, lease, batch_size, progress)
+            self._commit(mig, lease)
+            return self._report(mover, start, before)
 
     def _report(self, mover: Mover | None, start: float, before: dict[str, int]) -> RebalanceReport:
         return RebalanceReport(
@@ -467,33 +692,47 @@ class Coordinator:
     # -- status -----------------------------------------------------------------
 
     def status(self) -> RebalanceStatus:
-        """The epoch, and how far a migration in progress has gone (read from the shards' records)."""
+        """The epoch, how far a migration in progress has gone (read from the shards' records),
+        the shards down and the share of the key space short of copies."""
         view = self._store._refresh()
+        doc = view.doc
         holder = self._membership.lease_holder()
         mig = view.migration
         report = self._membership.progress()
         moved, planned = (report[1], report[2]) if report is not None else (0, 0)
+        target = mig.new if mig is not None else view.placement
+        short = sum(hi - lo for lo, hi, _ in target.under_replicated()) / float(MAX_KEY + 1)
+        if mig is not None:  # a range counts as short until its batch has reached every new copy
+            short += sum(m.size for m in mig.moves if len(m.new) > len(m.old)) / float(MAX_KEY + 1)
+        replicas = int(doc.migration.get("replicas", doc.replicas)) if doc.migration else doc.replicas
+        down = sorted(doc.down)
         if mig is None:
-            return RebalanceStatus(view.epoch, False, 0, 0, 1.0, holder, [], [], [], moved, planned)
+            return RebalanceStatus(
+                view.epoch, False, 0, 0, 1.0, holder, [], [], [], moved, planned, replicas, down, min(short, 1.0)
+            )
         done_arcs = 0
         done = total = 0
         segs: dict[str, Segments] = {}
         unreachable = []
-        for name, backend in view.backends().items():
-            if name in mig.new.nodes:
-                try:
-                    segs[name] = backend.ownership().segments
-                except ShardUnavailable:
-                    unreachable.append(name)
-                    segs[name] = Segments.all()
+        for name, backend in view.live_backends().items():
+            try:
+                segs[name] = backend.ownership().segments
+            except ShardUnavailable:
+                unreachable.append(name)
+                segs[name] = Segments.all()
         for m in mig.moves:
-            owned = sum(b - a for a, b, st, _ in segs[m.target].spans(m.lo, m.hi) if st == OWNED)
+            if not m.new or m.target not in segs:
+                continue
+            want = target_state(m.new, view.ids)
+            owned = sum(b - a for a, b, st, peer in segs[m.target].spans(m.lo, m.hi) if (st, peer) == want)
             total += m.size
             done += owned
             done_arcs += int(owned == m.size)
-        since = view.doc.migration["since"] if view.doc.migration else -1
-        adding = sorted(set(mig.new.nodes) - set(view.ring.nodes))
-        removing = sorted(view.doc.migration["drop"]) if view.doc.migration else []
+        if mig.moves and total:
+            short -= sum(m.size for m in mig.moves if len(m.new) > len(m.old)) * (done / total) / float(MAX_KEY + 1)
+        since = doc.migration["since"] if doc.migration else -1
+        adding = sorted(set(mig.new.ring.nodes) - set(view.ring.nodes))
+        removing = sorted(doc.migration["drop"]) if doc.migration else []
         return RebalanceStatus(
             view.epoch,
             True,
@@ -506,4 +745,7 @@ class Coordinator:
             sorted(unreachable),
             moved if report is not None and report[0] == since else 0,
             planned if report is not None and report[0] == since else 0,
+            replicas,
+            down,
+            max(0.0, min(short, 1.0)),
         )

@@ -8,8 +8,9 @@ stays.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from dhtcart.backends.base import Backend
 from dhtcart.ring import Move, Ring
@@ -18,6 +19,16 @@ __all__ = ["Progress", "RebalancePlan", "RebalanceReport", "estimate_keys", "pla
 
 #: progress callback: ``progress(keys_moved_so_far, keys_planned)``
 Progress = Callable[[int, int], None]
+
+
+class _Moving(Protocol):
+    """A range that moves: a ring's :class:`~dhtcart.ring.Move` or a replica list's change."""
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,7 @@ class RebalanceReport:
         return max(counts) / (sum(counts) / len(counts))
 
 
-def estimate_keys(moves: list[Move], old: Ring, backends: Mapping[str, Backend]) -> int:
+def estimate_keys(moves: Sequence[_Moving], old: Ring, backends: Mapping[str, Backend]) -> int:
     """Estimate the keys in ``moves`` from shard counts and arc sizes, reading no records.
 
     Keys are uniform hashes, so a source shard's keys in an arc are about its

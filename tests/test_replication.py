@@ -1,0 +1,397 @@
+"""Replication in one process: placement, the shard-side protocol, replicated stores, failover, repair.
+
+The cross-process and cross-host tests (writer processes, SIGKILL, Redis
+servers killed and paused) are in ``test_replication_procs.py`` and
+``test_replication_redis.py``; the protocol is drawn in ``docs/replication.md``.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dhtcart import DHTServerStore, LeaseExpired, Moved, Record, VersionConflict, WriteInFlight, hash_key
+from dhtcart.backends.fencing import FencedBackend, Pending
+from dhtcart.backends.ownership import BACKUP, OWNED, PRIMARY, Ownership, Segments
+from dhtcart.errors import InvalidInput, ShardUnavailable
+from dhtcart.hashing import MAX_KEY
+from dhtcart.rebalance import failover as takeout
+from dhtcart.replication.placement import Placement, default_domain
+from dhtcart.ring import HashRing, PartitionRing
+from tests.conftest import BackendEnv
+from tests.helpers import Histories
+
+KINDS = ["memory", "lmdb"]
+
+
+@pytest.fixture(params=KINDS)
+def renv(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BackendEnv]:
+    """A :class:`BackendEnv` of each backend that can be replicated in one process."""
+    e = BackendEnv(request.param, tmp_path)
+    yield e
+    e.close_all()
+
+
+def _keys(n: int, tag: str = "k") -> list[int]:
+    return [hash_key(f"{tag}-{i}") for i in range(n)]
+
+
+def _unreachable(backend: object) -> None:
+    """Make one handle's backend object refuse every call, as a medium that stopped answering
+    this process (the medium itself, and other handles, are untouched)."""
+    from dhtcart.errors import ShardUnavailable
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ShardUnavailable("victim", "-", "unreachable from this handle (fault injection)")
+
+    for method in ("get", "put", "delete", "scan", "count", "ownership", "decide", "apply", "commit", "pending"):
+        setattr(backend, method, refuse)
+
+
+def _copies(store: DHTServerStore, key: int) -> dict[str, Record]:
+    """The copies of ``key`` on every live shard, read behind the store's back."""
+    out = {}
+    for name, shard in store.shards.items():
+        if name in store.rebalance_status().down:
+            continue
+        for _, rec in shard.backend.scan(key - 1, key):
+            out[name] = rec
+    return out
+
+
+# -- placement ----------------------------------------------------------------------------
+
+
+def test_replica_lists_are_distinct_shards_in_distinct_domains() -> None:
+    ring = PartitionRing([f"s{i}" for i in range(6)], partitions=256)
+    domains = {f"s{i}": f"host{i // 2}" for i in range(6)}  # three hosts, two shards each
+    p = Placement(ring, 3, domains)
+    for lo, hi, names in p.lists():
+        assert len(names) == 3 and len(set(names)) == 3
+        assert len({domains[n] for n in names}) == 3, (lo, hi, names)
+        assert names[0] == ring.node_for(hi)
+    fewer = Placement(ring, 4, domains)  # four copies, three domains: the fourth shares a domain
+    assert all(len(names) == 4 and len({domains[n] for n in names}) == 3 for _, _, names in fewer.lists())
+
+
+def test_two_databases_of_one_redis_server_are_one_domain() -> None:
+    assert default_domain("a", "redis://10.0.0.1:6379/0") == default_domain("b", "redis://10.0.0.1:6379/1")
+    assert default_domain("a", "redis://10.0.0.1:6379/0") != default_domain("b", "redis://10.0.0.1:6380/0")
+    assert default_domain("a", "lmdb:///x") != default_domain("b", "lmdb:///x")
+
+
+@given(
+    n=st.integers(1, 7),
+    replicas=st.integers(1, 4),
+    down=st.sets(st.integers(0, 6), max_size=3),
+    keys=st.lists(st.integers(0, MAX_KEY), min_size=1, max_size=20),
+)
+def test_placement_lists_agree_with_the_preference_list(n: int, replicas: int, down: set[int], keys: list[int]) -> None:
+    ring = HashRing([f"s{i}" for i in range(n)], vnodes=16)
+    dead = frozenset(f"s{i}" for i in down if i < n)
+    p = Placement(ring, replicas, {}, dead)
+    for key in keys:
+        full = ring.preference_list(key, min(replicas, n))
+        assert p.replicas_for(key) == tuple(s for s in full if s not in dead)
+    # the lists cover the key space, and diff() finds exactly the keys whose lists differ
+    other = Placement(ring, min(replicas + 1, 7), {}, frozenset())
+    moves = p.diff(other)
+    for key in keys:
+        moving = any(m.lo < key <= m.hi for m in moves)
+        assert moving == (p.replicas_for(key) != other.replicas_for(key))
+
+
+def test_bad_numbers_of_copies_are_refused() -> None:
+    for bad in (0, -1, 8, True, 2.0, "2"):
+        with pytest.raises(InvalidInput):
+            DHTServerStore(shards=3, replicas=bad)  # type: ignore[arg-type]
+
+
+# -- the shard side: decide, apply, commit, leases ------------------------------------------
+
+
+def _pair(renv: BackendEnv) -> tuple[FencedBackend, FencedBackend]:
+    """A primary and its backup over the whole key space, fenced, as a store would set them."""
+    primary = renv.backend(renv.url(), context=None)
+    backup = renv.backend(renv.url(), context=None)
+    assert isinstance(primary, FencedBackend) and isinstance(backup, FencedBackend)
+    primary.fenced = backup.fenced = True
+    primary.claim(Ownership(1, 1, Segments.all(PRIMARY, "b@1"), leased=True), force=True)
+    backup.claim(Ownership(1, 1, Segments.all(BACKUP, "a@1"), leased=True), force=True)
+    return primary, backup
+
+
+def test_decide_apply_commit(renv: BackendEnv) -> None:
+    primary, backup = _pair(renv)
+    decided = primary.decide(7, b"one", expected_version=0)
+    assert decided == Pending(7, 0, 1, b"one", "b@1")
+    with pytest.raises(WriteInFlight) as info:  # one pending write per key
+        primary.decide(7, b"two")
+    assert info.value.pending == decided
+    primary.renew_lease(1, time.time() + 60)
+    assert primary.get(7) is None, "a pending write is not read"
+    backup.apply("a@1", decided)
+    backup.apply("a@1", decided)  # idempotent
+    with pytest.raises(Moved):
+        backup.apply("c@1", decided)  # only the primary the backup's record names
+    assert primary.commit(7, 1) is True and primary.commit(7, 1) is False
+    assert primary.get(7) == Record(1, b"one")
+    with pytest.raises(VersionConflict):  # against the committed version
+        primary.decide(7, b"x", expected_version=0)
+    gone = primary.decide(7, None, expected_version=1)
+    assert gone.value is None and gone.prev == 1
+    backup.apply("a@1", gone)
+    primary.commit(7, gone.version)
+    assert primary.get(7) is None and list(backup.scan(-1, MAX_KEY)) == []
+    assert primary.decide(8, None).version == 0, "deleting an absent key decides nothing"
+    assert primary.pending(8) is None
+
+
+def test_a_primary_without_a_running_lease_answers_no_read(renv: BackendEnv) -> None:
+    primary, backup = _pair(renv)
+    pend = primary.decide(3, b"v")
+    backup.apply("a@1", pend)
+    primary.commit(3, pend.version)
+    with pytest.raises(LeaseExpired):
+        primary.get(3)
+    assert primary.renew_lease(0, time.time() + 60) == 0, "a renewal from an older epoch is refused"
+    until = primary.renew_lease(1, time.time() + 0.3)
+    assert primary.get(3) == Record(1, b"v") and primary.lease() == pytest.approx(until, abs=0.002)
+    time.sleep(0.35)
+    with pytest.raises(LeaseExpired):
+        primary.get(3)
+    with pytest.raises(Moved):
+        backup.get(3)  # a backup answers no read, leased or not
+
+
+def test_pending_writes_are_finished_or_dropped_with_their_range(renv: BackendEnv) -> None:
+    primary, _ = _pair(renv)
+    for k in (5, 10, 15):
+        primary.decide(k, b"p%d" % k)
+    assert [p.key for p in primary.scan_pending(5, 15)] == [10, 15]
+    assert all(p.backups == "b@1" for p in primary.scan_pending(-1, MAX_KEY))
+    assert primary.count() == 0, "pending writes are not records"
+    primary.update_ownership(2, 2, [(-1, MAX_KEY, "-", "")])
+    primary.drop_ranges(2, [(-1, 10)])
+    assert [p.key for p in primary.scan_pending(-1, MAX_KEY)] == [15]
+
+
+def test_repair_records_keeps_the_newest(renv: BackendEnv) -> None:
+    _, backup = _pair(renv)
+    backup.apply("a@1", Pending(1, 0, 3, b"three"))
+    assert backup.repair_records(1, [(1, Record(2, b"two")), (2, Record(5, b"five"))]) == 1
+    assert dict(backup.scan(-1, MAX_KEY)) == {1: Record(3, b"three"), 2: Record(5, b"five")}
+
+
+# -- replicated stores ------------------------------------------------------------------------
+
+
+def test_every_key_lives_on_exactly_its_replicas(renv: BackendEnv) -> None:
+    store = renv.store(4, replicas=3)
+    assert store.replicas == 3
+    keys = _keys(300)
+    for i, k in enumerate(keys):
+        store.put(k, b"v%d" % i)
+    for k in keys[::3]:
+        store.put(k, b"again", expected_version=1)
+    for k in keys[1::7]:
+        assert store.delete(k)
+    with pytest.raises(VersionConflict):
+        store.put(keys[0], b"stale", expected_version=1)
+    store._check()
+    for k in keys[:30]:
+        names = store.replicas_for(k)
+        assert len(set(names)) == 3
+        held = _copies(store, k)
+        assert set(held) == (set(names) if store.get(k) is not None else set())
+
+
+def test_set_replicas_makes_and_drops_copies_live(renv: BackendEnv) -> None:
+    store = renv.store(4)
+    keys = _keys(400)
+    model = {k: store.put(k, b"v") for k in keys}
+    for n in (2, 3, 1, 2):
+        report = store.set_replicas(n)
+        assert store.replicas == n
+        store._check()
+        assert {k: store.get(k) for k in keys} == {k: Record(v, b"v") for k, v in model.items()}
+        assert report.keys_moved >= 0
+    assert all(len(store.replicas_for(k)) == 2 for k in keys)
+
+
+def test_rebalances_keep_every_copy(renv: BackendEnv) -> None:
+    store = renv.store(3, replicas=2)
+    keys = _keys(300)
+    for k in keys:
+        store.put(k, b"x")
+    store.add_shard("extra")
+    store._check()
+    store.set_weight("extra", 3)
+    store._check()
+    store.remove_shard("shard-0")
+    store._check()
+    assert all(store.get(k) == Record(1, b"x") for k in keys)
+    assert all(len(store.replicas_for(k)) == 2 for k in keys)
+
+
+def test_concurrent_compare_and_set_with_replicas_is_linearizable(renv: BackendEnv, tmp_path: Path) -> None:
+    store = renv.store(4, replicas=2)
+    keys = _keys(6, "hot")
+    histories = Histories()
+    handles = [histories.recorder(store, i) for i in range(4)]
+    done = [0] * 4
+
+    def work(i: int) -> None:
+        h = handles[i]
+        rnd = random.Random(i)
+        for _ in range(120):
+            k = rnd.choice(keys)
+            rec = h.get(k)
+            try:
+                h.put(k, b"%d" % (int(rec.value) + 1 if rec else 1), rec.version if rec else 0)
+                done[i] += 1
+            except VersionConflict:
+                pass
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    histories.check()
+    assert sum(int(store.get(k).value) for k in keys if store.get(k)) == sum(done), "every acknowledged increment"
+    store._check()
+
+
+def test_a_pending_write_is_finished_by_the_next_writer(renv: BackendEnv) -> None:
+    """A writer that died after deciding (its write pending on the primary, applied on no
+    backup) never blocks the key: the next writer finishes it, then writes its own."""
+    store = renv.store(3, replicas=3)
+    key = hash_key("orphaned-write")
+    store.put(key, b"one")
+    primary = store.shards[store.replicas_for(key)[0]].backend
+    assert isinstance(primary, FencedBackend)
+    primary.decide(key, b"two", expected_version=1)  # the writer dies here
+    assert store.get(key) == Record(1, b"one"), "not committed: not read"
+    assert store.put(key, b"three", expected_version=2) == 3, "the dead writer's write counts first"
+    assert store.get(key) == Record(3, b"three")
+    store._check()
+
+
+def test_failover_takes_a_dead_shard_out_and_the_repair_restores_every_copy(renv: BackendEnv) -> None:
+    store = renv.store(4, replicas=2, read_lease=0.3)
+    keys = _keys(400)
+    for k in keys:
+        store.put(k, b"before")
+    victim = store.replicas_for(keys[0])[0]
+    _unreachable(store.shards[victim].backend)  # stops answering, never comes back
+    started = time.monotonic()
+    assert store.put(keys[0], b"after", expected_version=1) == 2
+    took = time.monotonic() - started
+    assert victim in store.rebalance_status().down
+    assert took < 15, f"the first write to a dead primary's key took {took:.1f} s"
+    for k in keys[1:]:  # every key readable and writable, with its last value
+        assert store.get(k) == Record(1, b"before")
+    deadline = time.monotonic() + 60
+    while (store.rebalance_status().down or store.rebalance_status().migrating) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = store.rebalance_status()
+    assert status.down == [] and status.under_replicated == 0.0, status
+    assert victim not in store.ring.nodes
+    assert store.get(keys[0]) == Record(2, b"after")
+    for k in keys:
+        assert len(store.replicas_for(k)) == 2 and victim not in store.replicas_for(k)
+        assert len(_copies(store, k)) == 2
+
+
+def test_a_failover_stopped_after_its_decision_is_finished_by_the_next_holder(
+    renv: BackendEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = renv.store(3, replicas=2, read_lease=0.2)
+    keys = _keys(200)
+    for k in keys:
+        store.put(k, b"v")
+    victim = store.replicas_for(keys[0])[0]
+    _unreachable(store.shards[victim].backend)
+
+    real_finish = takeout.finish
+    stops = {"n": 0}
+
+    def stop_after_decision(*args: object, **kwargs: object) -> object:
+        stops["n"] += 1
+        if stops["n"] == 1:
+            raise RuntimeError("the failover's process died after publishing its decision")
+        return real_finish(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(takeout, "finish", stop_after_decision)
+    with pytest.raises(RuntimeError):
+        store._coordinator.failover({victim})
+    doc = store._refresh().doc
+    assert victim in doc.down and not doc.down[victim]["promoted"], "the decision is published, not carried out"
+    store._coordinator.repair_in_background = lambda: None  # type: ignore[method-assign]
+    assert store.put(keys[0], b"w", expected_version=1) == 2  # a waiting write finishes the failover
+    assert store._refresh().doc.down[victim]["promoted"]
+    assert all(store.get(k) is not None for k in keys)
+    store.repair()
+    store._check()
+
+
+def test_a_primary_taken_out_while_paused_answers_nothing_stale(lmdb_env: BackendEnv) -> None:
+    """Two handles of one store: the second sees the primary fail and takes it out; the first,
+    still routing with the old epoch, reads through the old primary after it comes back.
+    (Two handles of one store share a membership: LMDB here; Redis in test_replication_redis.py.)"""
+    renv = lmdb_env
+    directory = renv.fresh_dir("store")
+    first = renv.track(DHTServerStore.open(directory, shards=3, replicas=2, read_lease=0.3))
+    second = renv.track(DHTServerStore.open(directory))
+    key = next(k for k in _keys(50) if first.replicas_for(k))
+    first.put(key, b"old")
+    assert first.get(key) == Record(1, b"old")
+    victim = first.replicas_for(key)[0]
+    _unreachable(second.shards[victim].backend)  # for the second handle only
+    second._coordinator.repair_in_background = lambda: None  # type: ignore[method-assign]
+    assert second.put(key, b"new", expected_version=1) == 2
+    assert victim in second.rebalance_status().down
+    # the first handle still routes to the old primary, which never learned it was taken out
+    assert first._view.replicas(key)[0] == victim
+    assert first.get(key) == Record(2, b"new"), "the old primary's lease ran out: no stale read"
+
+
+def test_the_last_copy_of_a_range_is_never_taken_out() -> None:
+    """Both shards of a two-copy store stop answering: one is taken out, never both; the
+    failover waits for the other (the last copy) to answer, then finishes, losing nothing."""
+    store = DHTServerStore(shards=2, replicas=2, read_lease=0.1)
+    keys = _keys(50)
+    for k in keys:
+        store.put(k, b"x")
+    for shard in store.shards.values():
+        shard.backend.pause(0.8)
+    store._coordinator.repair_in_background = lambda: None  # type: ignore[method-assign]
+    with pytest.raises(ShardUnavailable):  # the last copy does not answer: nothing can be decided yet
+        store._coordinator.failover({"shard-0", "shard-1"})
+    assert not store._refresh().doc.down, "nothing was published"
+    time.sleep(0.9)  # both answer again
+    assert all(store.get(k) == Record(1, b"x") for k in keys)
+    store._check()
+    store.close()
+
+
+def test_a_replicated_store_survives_reopening(tmp_path: Path) -> None:
+    with DHTServerStore.open(tmp_path / "s", shards=3, replicas=2) as store:
+        for i, k in enumerate(_keys(100)):
+            store.put(k, b"%d" % i)
+    with DHTServerStore.open(tmp_path / "s") as again:
+        assert again.replicas == 2
+        assert [again.get(k) for k in _keys(100)] == [Record(1, b"%d" % i) for i in range(100)]
+        again._check()
+        assert OWNED not in {
+            st for s in again.shards.values() for _, _, st, _ in s.backend.ownership().segments.spans()
+        }
