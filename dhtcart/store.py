@@ -69,6 +69,7 @@ from dhtcart.backends.ownership import (
     peer_id,
     split_peers,
 )
+from dhtcart.backends.unreachable import UnreachableBackend
 from dhtcart.checks import MAX_VALUE_SIZE, check_key, check_seconds, check_shard_name, check_value, check_version
 from dhtcart.errors import (
     DHTCartError,
@@ -299,11 +300,16 @@ class DHTServerStore(MutableMapping[int, bytes]):
 
     # -- shards and views (also the coordinator's interface to this handle) ----------------
 
-    def _context(self, name: str) -> BackendContext:
-        return BackendContext(name=name, base_dir=self._membership.base_dir, durability=self._durability, fenced=True)
+    def _context(self, name: str, create: bool = False) -> BackendContext:
+        return BackendContext(
+            name=name, base_dir=self._membership.base_dir, durability=self._durability, fenced=True, create=create
+        )
 
-    def _server(self, name: str, url: str, born: int) -> DHTServer:
-        """The open shard ``name`` of incarnation ``born`` (opened on first use)."""
+    def _server(self, name: str, url: str, born: int, create: bool = False) -> DHTServer:
+        """The open shard ``name`` of incarnation ``born`` (opened on first use; ``create``: a new
+        shard, whose medium may be made). A shard that cannot be opened is kept as an
+        :class:`~dhtcart.backends.unreachable.UnreachableBackend`: every call to it raises
+        :class:`~dhtcart.errors.ShardUnavailable`, and the store opens all the same."""
         key = (name, born)
         server = self._opened.get(key)
         if server is None:
@@ -315,7 +321,10 @@ class DHTServerStore(MutableMapping[int, bytes]):
                         instance.fenced = True
                         backend = instance
                     else:
-                        opened = open_backend(url, context=self._context(name))
+                        try:
+                            opened = open_backend(url, context=self._context(name, create))
+                        except ShardUnavailable as exc:
+                            opened = UnreachableBackend(name, url, exc.reason)
                         if not isinstance(opened, FencedBackend):
                             opened.close()
                             raise InvalidInput(
@@ -327,8 +336,8 @@ class DHTServerStore(MutableMapping[int, bytes]):
                     server = self._opened[key] = DHTServer(backend, name=name)
         return server
 
-    def _backend(self, name: str, url: str, born: int) -> FencedBackend:
-        backend = self._server(name, url, born).backend
+    def _backend(self, name: str, url: str, born: int, create: bool = False) -> FencedBackend:
+        backend = self._server(name, url, born, create).backend
         assert isinstance(backend, FencedBackend)
         return backend
 
@@ -635,7 +644,7 @@ class DHTServerStore(MutableMapping[int, bytes]):
             version = backend.put(key, value, expected_version)
             self._last.backend = backend
             return version
-        except (Moved, StoreClosed) as exc:
+        except (Moved, StoreClosed, ShardUnavailable) as exc:
             return self._retry(key, exc, lambda b, k: b.put(k, value, expected_version))
 
     def delete(self, key: int, expected_version: int | None = None) -> bool:
@@ -652,7 +661,7 @@ class DHTServerStore(MutableMapping[int, bytes]):
             existed = backend.delete(key, expected_version)
             self._last.backend = backend
             return existed
-        except (Moved, StoreClosed) as exc:
+        except (Moved, StoreClosed, ShardUnavailable) as exc:
             return self._retry(key, exc, lambda b, k: b.delete(k, expected_version))
 
     # -- replicated writes (docs/replication.md) -------------------------------------
@@ -766,6 +775,18 @@ class DHTServerStore(MutableMapping[int, bytes]):
             with contextlib.suppress(DHTCartError):  # best effort: the operation waits and tries again
                 self._coordinator.failover(set(names))
 
+    def _left_or_raise(self, exc: ShardUnavailable, write: bool) -> None:
+        """A shard of a store with one copy per key did not answer: raise, unless it has left the
+        membership meanwhile (a handle routing with an older epoch), so the caller routes again."""
+        if write and exc.unknown:
+            raise exc
+        try:
+            view = self._refresh()
+        except ShardUnavailable:
+            raise exc from None
+        if exc.shard in view.shards:
+            raise exc
+
     def _retry(self, key: int, exc: Exception, op: Callable[[FencedBackend, int], _T], *, write: bool = True) -> _T:
         """Follow redirects for ``key`` until ``op`` runs on its owner, or the bound is reached.
 
@@ -783,7 +804,7 @@ class DHTServerStore(MutableMapping[int, bytes]):
         if isinstance(exc, StoreClosed) and self._closed:
             raise exc
         if isinstance(exc, ShardUnavailable) and not self._view.replicated:
-            raise exc
+            self._left_or_raise(exc, write)
         if self._unclaimed and isinstance(exc, Moved):
             backend = self._view.route(key)
             if self._claim_late(backend):
@@ -859,7 +880,7 @@ class DHTServerStore(MutableMapping[int, bytes]):
                 exc = again
             except ShardUnavailable as again:
                 if not view.replicated:
-                    raise
+                    self._left_or_raise(again, write)
                 exc = again
             except StoreClosed as again:
                 if self._closed:

@@ -7,6 +7,11 @@ Usage: ``python tests/proc_worker.py MODE DIR [ARGS...]``
     then add one to the counter ``hash_key("counter")`` N times, with
     compare-and-set (``cas``) or by read-then-put (``naive``). Prints
     ``done RETRIES``.
+``cas-until DIR K SEED``
+    Open the store in DIR, print ``ready``, wait for a line on stdin, then add
+    one to a random counter among ``hash_key("counter-0")`` ... ``counter-{K-1}``
+    with compare-and-set, until a second line arrives on stdin; print
+    ``done ACKS RETRIES`` (ACKS: acknowledged increments).
 ``cart-adds DIR N CUSTOMER``
     Open ``CartService.open(DIR)``, print ``ready``, wait for stdin, add one
     unit of ``sku`` to CUSTOMER's cart N times; print ``done``.
@@ -63,6 +68,23 @@ def main(argv: list[str]) -> int:
                 else:
                     naive_increment(target, key, pause)
             print(f"done {retries}", flush=True)
+        return 0
+    if mode == "cas-until":
+        import threading
+
+        keys = [hash_key(f"counter-{i}") for i in range(int(argv[2]))]
+        rnd = random.Random(int(argv[3]))
+        stop = threading.Event()
+        with DHTServerStore.open(directory) as store:
+            target = recorded(store)
+            print("ready", flush=True)
+            sys.stdin.readline()
+            threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+            acks = retries = 0
+            while not stop.is_set():
+                retries += cas_increment(target, rnd.choice(keys))
+                acks += 1
+            print(f"done {acks} {retries}", flush=True)
         return 0
     if mode == "cart-adds":
         n, customer = int(argv[2]), argv[3]

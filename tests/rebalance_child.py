@@ -163,8 +163,12 @@ def _one_rebalance(store: DHTServerStore, rng: random.Random, names: Any, **kw: 
     elif len(shards) > 5:
         op = "remove"
     else:
-        op = rng.choice(["add", "remove", "weight"])
-    if op == "add":
+        op = rng.choice(["add", "remove", "weight", "replicas"] if store.replicas > 1 else ["add", "remove", "weight"])
+    if op == "replicas":
+        n = 3 if store.replicas == 2 else 2
+        say("op replicas", n)
+        store.set_replicas(n, batch_size=batch, **kw)
+    elif op == "add":
         name = next(names)
         say("op add", name)
         store.add_shard(name, weight=rng.choice([1, 1, 2]), batch_size=batch, **kw)

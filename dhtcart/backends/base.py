@@ -53,13 +53,17 @@ class BackendContext:
     taken inside ``base_dir`` (the store's directory); ``durability`` is the
     store's choice for media that offer one (LMDB), unless the URL says
     otherwise; ``fenced`` makes the backend check its ownership record on every
-    operation (see the module doc).
+    operation (see the module doc); ``create`` says the shard is new, so its
+    medium may be made: a store opening an existing shard passes ``False``, and
+    a medium that has vanished (a deleted directory, a lost disk) is then
+    :class:`~dhtcart.errors.ShardUnavailable`, never silently made again empty.
     """
 
     name: str = "shard"
     base_dir: Path | None = None
     durability: str = "process"
     fenced: bool = False
+    create: bool = True
 
 
 def check_expected(key: int, expected_version: int | None, current: int) -> None:

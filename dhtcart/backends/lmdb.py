@@ -49,7 +49,7 @@ import lmdb
 from dhtcart.backends.base import BackendContext, Record, check_expected
 from dhtcart.backends.fencing import Change, FencedBackend, Pending, apply_changes
 from dhtcart.backends.ownership import BACKUP, OWNED, PRIMARY, TABLE_SHIFT, Ownership
-from dhtcart.errors import ForkedError, InvalidInput, LeaseExpired, StoreClosed, WriteInFlight
+from dhtcart.errors import ForkedError, InvalidInput, LeaseExpired, ShardUnavailable, StoreClosed, WriteInFlight
 
 __all__ = ["DEFAULT_MAP_SIZE", "Durability", "LMDBBackend"]
 
@@ -185,6 +185,7 @@ class LMDBBackend(FencedBackend):
         max_readers: int = 1024,
         fenced: bool = False,
         name: str = "lmdb",
+        create: bool = True,
     ) -> None:
         if durability not in ("process", "power"):
             raise InvalidInput("durability", f"must be 'process' or 'power', not {durability!r}")
@@ -197,6 +198,10 @@ class LMDBBackend(FencedBackend):
         self.copy_format = _COPY_FORMAT
         self.fenced = fenced
         self.url = f"lmdb://{os.path.abspath(self.path)}"
+        if not create and not os.path.isfile(os.path.join(self.path, "data.mdb")):
+            raise ShardUnavailable(
+                name, self.url, "its LMDB environment is gone (the directory was deleted, or its disk lost)"
+            )
         shared: _Env | None = None
         for attempt in range(3):
             try:
@@ -259,6 +264,7 @@ class LMDBBackend(FencedBackend):
             options.setdefault("durability", context.durability)
             options.setdefault("fenced", context.fenced)
             options.setdefault("name", context.name)
+            options.setdefault("create", context.create)
         return cls(path, **options)
 
     # -- plumbing -------------------------------------------------------------

@@ -49,7 +49,7 @@ from dhtcart.rebalance.mover import Mover, target_state
 from dhtcart.rebalance.plan import Progress, RebalancePlan, RebalanceReport, estimate_keys, plan
 from dhtcart.replication.placement import placement_of, shard_domains
 from dhtcart.ring import MAX_PARTITIONS, PARTITIONS_PER_WEIGHT, HashRing, PartitionRing, ring_from_dict
-from dhtcart.settings import DEFAULT_BATCH_SIZE, DEFAULT_READ_LEASE, SHARDS_DIR
+from dhtcart.settings import DEFAULT_BATCH_SIZE, DEFAULT_LOCK_TIMEOUT, DEFAULT_READ_LEASE, SHARDS_DIR
 
 if TYPE_CHECKING:
     from dhtcart.store import DHTServerStore, _View
@@ -148,7 +148,7 @@ class Coordinator:
             for backup in names[1:]:
                 changes[backup].append((lo, hi, BACKUP, ids[names[0]]))
         for name, url in doc.shards.items():
-            backend = self._store._backend(name, url, doc.born[name])
+            backend = self._store._backend(name, url, doc.born[name], create=True)
             record = Ownership(doc.epoch, token, Segments.all().replace_many(changes[name]), doc.replicas > 1)
             try:
                 backend.claim(record, force=True)
@@ -516,18 +516,32 @@ class Coordinator:
 
     def repair(self, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None) -> list[str]:
         """Remove every shard a failover took out from the ring (restoring the missing copies on the
-        next shards of each key's preference list); return their names."""
+        next shards of each key's preference list); return the names this call removed.
+
+        Waits for this handle's background repair first; another handle's
+        repair holding the lease makes this wait too (:class:`StoreBusy` after
+        the store's lock timeout).
+        """
         store = self._store
-        removed = []
-        for _ in range(16):  # bounded: one removal per dead shard
+        running = self._repairing
+        if running is not None and running is not threading.current_thread():
+            running.join()
+        removed: list[str] = []
+        deadline = time.monotonic() + DEFAULT_LOCK_TIMEOUT
+        for _ in range(64):  # bounded: one removal per dead shard, and a few waits for the lease
             view = store._refresh()
             down = sorted(n for n, e in view.doc.down.items() if e.get("promoted") and n in view.ring.nodes)
-            if not down or store._closed:
+            if not down or store._closed or len(view.ring.nodes) == 1:
                 break
-            if len(view.ring.nodes) == 1:
-                break
-            self.rebalance("remove", down[0], 1, None, batch_size, progress)
-            removed.append(down[0])
+            try:
+                self.rebalance("remove", down[0], 1, None, batch_size, progress)
+                removed.append(down[0])
+            except ShardNotFound:
+                continue  # another handle removed it meanwhile
+            except StoreBusy:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         return removed
 
     # -- rebalancing --------------------------------------------------------------
@@ -632,7 +646,7 @@ class Coordinator:
                         store._instances[name] = backend
                     shards[name] = backend if isinstance(backend, str) else backend.url
                     born[name] = epoch
-                    added = store._backend(name, shards[name], epoch)
+                    added = store._backend(name, shards[name], epoch, create=True)
                     held = added.count()
                     if held or added.ownership().segments.in_state(*SERVED):
                         store._forget(name, epoch, close=not isinstance(backend, FencedBackend))
