@@ -191,10 +191,9 @@ class Model:
             self.versions[key] = rec.version
         for key in self.deleted:
             assert store.get(key) is None, f"deleted key {key} came back"
-        if store.replicas == 1:
-            where = set(placement(store))  # also asserts that no key is on two shards
-        else:  # store._check() asserts every key is on exactly its replicas
-            where = {key for key, _ in store.items()}
+        # one copy: placement() asserts no key is on two shards; more: store._check() asserts
+        # every key is on exactly its replicas
+        where = set(placement(store)) if store.replicas == 1 else {key for key, _ in store.items()}
         assert where == set(self.versions), "a key is missing from the shards, or an unknown one appeared"
         self.pending.clear()
 
