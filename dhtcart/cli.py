@@ -469,6 +469,11 @@ def _resolved(text: str, loc: Location) -> str:
     return f"lmdb://{path}?{urlencode(loc.options)}" if loc.options else path
 
 
+def _where(store: DHTServerStore) -> str:
+    """Where a store's membership lives, for messages: its absolute directory, or its URL (password masked)."""
+    return store.location if store.directory is None else os.path.abspath(store.location)
+
+
 def _existing_location(text: str, command: str) -> Location:
     """The location of a store that ``command`` works on (memory:// holds none to work on)."""
     loc = _location(text)
@@ -674,7 +679,7 @@ def _stats(args: argparse.Namespace) -> int:
         weights = store.ring.nodes
         shares = {n: store.ring.share(n) if n in weights else 0.0 for n in counts}
         membership = type(store.membership).__name__
-        location = store.location if store.directory is None else os.path.abspath(store.location)
+        location = _where(store)
     down = {n: why for n, why in health.items() if why is not None}
     if args.json:
         print(json.dumps(counts, indent=1))
@@ -877,7 +882,7 @@ def _plan(args: argparse.Namespace) -> int:
         if status.migrating:
             state = f"in progress (lease held by {status.holder})" if status.holder else "interrupted"
             raise CommandError(
-                f"store {store.location}: a rebalance is {state}; plan once it has finished"
+                f"store {_where(store)}: a rebalance is {state}; plan once it has finished"
                 + ("" if status.holder else f" (`dhtcart finish --data {_shown(args.data)}` finishes it)"),
                 EXIT_BUSY,
             )
