@@ -20,14 +20,32 @@ the default. ``dhtcart serve`` hands its settings to the worker processes as
 environment variables (:meth:`Settings.to_env`); each worker reads them back
 with :meth:`Settings.from_env`.
 
-This module imports nothing beyond the standard library and
-:mod:`dhtcart.errors`: the command line reads it before it knows whether the
-server extra is installed.
+The location in ``data`` is read by :func:`dhtcart.membership.parse_location`
+(imported when a location is read: the membership package imports this
+module's constants), so a location is accepted or refused the same way by the
+command line, the app and the library:
+
+>>> Settings(data="lmdb:///srv/carts").data
+'lmdb:///srv/carts'
+>>> Settings.from_env({"DHTCART_DATA": "http://shop/carts"})  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+dhtcart.errors.InvalidInput: DHTCART_DATA: unknown scheme 'http' in 'http://shop/carts'; a store's location is ...
+
+A store kept in a database is created with its shards named:
+
+>>> Settings.from_env({"DHTCART_SHARD_URLS": "a=redis://h:6380/0, b=redis://h:6381/0"}).new_store_shards
+{'a': 'redis://h:6380/0', 'b': 'redis://h:6381/0'}
+
+Otherwise this module imports nothing beyond the standard library,
+:mod:`dhtcart.errors` and :mod:`dhtcart.checks`: the command line reads it
+before it knows whether the server extra is installed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,6 +57,7 @@ __all__ = [
     "COMPAT_PROFILES",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_CLOCK_SKEW",
+    "DEFAULT_DATA",
     "DEFAULT_LEASE_TTL",
     "DEFAULT_LOCK_TIMEOUT",
     "DEFAULT_READ_LEASE",
@@ -81,6 +100,8 @@ DEFAULT_CLOCK_SKEW = 0.25
 REDIS_PASSWORD_ENV = "DHTCART_REDIS_PASSWORD"
 #: the variable that points prometheus_client at the directory its worker processes share
 PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: where the faces keep their store when no location is given (``--data``, ``DHTCART_DATA``)
+DEFAULT_DATA = "./dhtcart-data"
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 COMPAT_PROFILES = ("default", "seed")  #: response shapes: dhtcart's documented API, or the seed code's
@@ -121,6 +142,52 @@ def _text(text: str) -> str:
     return text
 
 
+def _location(text: str) -> str:
+    """``text`` if it is a store's location (see :func:`dhtcart.membership.parse_location`)."""
+    from dhtcart.membership import parse_location  # here: dhtcart.membership imports this module
+
+    parse_location(text)
+    return text
+
+
+def _check_location(value: Any) -> None:
+    _location(value)
+
+
+ShardURLs = tuple[tuple[str, str], ...]
+
+
+def _shard_urls(text: str) -> ShardURLs:
+    """``NAME=URL`` items, separated by commas or white space, as ``((name, url), ...)``."""
+    items = text.replace(",", " ").split()
+    if not items:
+        raise InvalidInput("text", "give each shard as NAME=URL (e.g. a=redis://host:6380/0)")
+    pairs = []
+    for item in items:
+        name, sep, url = item.partition("=")
+        if not sep:
+            raise InvalidInput("text", f"{item!r} is not NAME=URL (e.g. a=redis://host:6380/0)")
+        pairs.append((name, url))
+    _check_shard_urls(tuple(pairs))
+    return tuple(pairs)
+
+
+def _check_shard_urls(value: Any) -> None:
+    from dhtcart.checks import check_shard_name
+
+    seen: set[str] = set()
+    for name, url in value:
+        try:
+            check_shard_name(name)
+        except InvalidInput as exc:
+            raise InvalidInput("text", exc.message) from None
+        if name in seen:
+            raise InvalidInput("text", f"shard {name!r} is named twice")
+        seen.add(name)
+        if "://" not in url:
+            raise InvalidInput("text", f"shard {name!r}: {url!r} is not a backend URL (e.g. redis://host:6380/0)")
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting: where it comes from, what it may be, and what it means.
@@ -129,7 +196,10 @@ class Option:
     is on by default and switched off by the flag); ``parse`` turns the text
     of a variable or option into the value (or raises
     :class:`~dhtcart.errors.InvalidInput`); ``low``/``high`` (numbers) or
-    ``choices`` (text) bound it.
+    ``choices`` (text) bound it; ``validate`` checks what else a value must
+    be (a location, a list of shards), raising :class:`InvalidInput`. A
+    ``repeat`` option may be given several times on the command line, each
+    adding to the value (a tuple); its variable lists the items at once.
     """
 
     name: str
@@ -141,6 +211,8 @@ class Option:
     high: float | None = None
     choices: tuple[str, ...] = ()
     metavar: str | None = None
+    validate: Callable[[Any], None] | None = None
+    repeat: bool = False
 
     @property
     def is_switch(self) -> bool:
@@ -154,6 +226,11 @@ class Option:
         if self.low is not None and self.high is not None and not self.low <= value <= self.high:
             low, high = (int(b) if float(b).is_integer() else b for b in (self.low, self.high))
             raise InvalidInput(label, f"must be between {low} and {high}, got {value}")
+        if self.validate is not None:
+            try:
+                self.validate(value)
+            except InvalidInput as exc:
+                raise InvalidInput(label, exc.message) from None
         return value
 
     def read(self, text: str, label: str) -> Any:
@@ -169,7 +246,16 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("host", "DHTCART_HOST", "--host", "interface to listen on (0.0.0.0 for all)"),
     Option("port", "DHTCART_PORT", "--port", "TCP port", _int, 0, 65535),
-    Option("data", "DHTCART_DATA", "--data", "the store's directory", metavar="DIR"),
+    Option(
+        "data",
+        "DHTCART_DATA",
+        "--data",
+        "where the store is: a directory, lmdb://PATH, redis://host:port/db (its membership's database)"
+        " or, for serve, memory://",
+        _location,
+        metavar="LOCATION",
+        validate=_check_location,
+    ),
     Option(
         "shards",
         "DHTCART_SHARDS",
@@ -179,6 +265,17 @@ OPTIONS: tuple[Option, ...] = (
         1,
         4096,
         metavar="N",
+    ),
+    Option(
+        "shard_urls",
+        "DHTCART_SHARD_URLS",
+        "--shard",
+        "a shard of a new store, as NAME=URL (repeat it for each; the variable lists them, comma-separated);"
+        " a store kept in a database needs them; instead of --shards",
+        _shard_urls,
+        metavar="NAME=URL",
+        validate=_check_shard_urls,
+        repeat=True,
     ),
     Option("workers", "DHTCART_WORKERS", "--workers", "worker processes sharing the store", _int, 1, 512, metavar="N"),
     Option(
@@ -274,8 +371,9 @@ class Settings:
 
     host: str = "127.0.0.1"
     port: int = 8000
-    data: str = "./dhtcart-data"
+    data: str = DEFAULT_DATA
     shards: int | None = None
+    shard_urls: ShardURLs = ()
     workers: int = 1
     log_level: str = "info"
     access_log: bool = True
@@ -296,10 +394,18 @@ class Settings:
                 continue
             _check_type(option, value)
             option.check(value, option.name)
+        if self.shards is not None and self.shard_urls:
+            raise InvalidInput(
+                "shards", "give either a number of shards or each shard's NAME=URL (shard_urls), not both"
+            )
 
     @property
-    def new_store_shards(self) -> int:
-        """How many shards a store created with these settings gets."""
+    def new_store_shards(self) -> int | dict[str, str]:
+        """The shards a store created with these settings gets: a number of LMDB shards in its
+        directory, or each shard's URL by name (what :meth:`DHTServerStore.open
+        <dhtcart.store.DHTServerStore.open>` takes as ``shards``)."""
+        if self.shard_urls:
+            return dict(self.shard_urls)
         return DEFAULT_SHARDS if self.shards is None else self.shards
 
     def replace(self, **changes: Any) -> Settings:
@@ -322,9 +428,14 @@ class Settings:
         out: dict[str, str] = {}
         for option in OPTIONS:
             value = getattr(self, option.name)
-            if value is None:
+            if value is None or value == ():
                 continue
-            out[option.env] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+            if isinstance(value, bool):
+                out[option.env] = "1" if value else "0"
+            elif isinstance(value, tuple):
+                out[option.env] = ",".join(f"{name}={url}" for name, url in value)
+            else:
+                out[option.env] = str(value)
         return out
 
     @classmethod
@@ -339,8 +450,18 @@ class Settings:
                 raise InvalidInput(value.env, value.message)
             if value is None:
                 continue
-            values[option.name] = option.check(value, f"{option.flag.replace('--no-', '--')} (or {option.env})")
+            values[option.name] = option.check(value, option_label(option))
+        if values.get("shards") is not None and values.get("shard_urls"):
+            raise InvalidInput(
+                f"{option_label(_BY_NAME['shards'])} and {option_label(_BY_NAME['shard_urls'])}",
+                "give either a number of LMDB shards or each shard's NAME=URL, not both",
+            )
         return cls(**values)
+
+
+def option_label(option: Option) -> str:
+    """How messages name an option: its flag and its variable (``--port (or DHTCART_PORT)``)."""
+    return f"{option.flag.replace('--no-', '--')} (or {option.env})"
 
 
 def _check_type(option: Option, value: Any) -> None:
@@ -348,6 +469,8 @@ def _check_type(option: Option, value: Any) -> None:
     expected: type | tuple[type, ...]
     if isinstance(default, bool):
         expected = bool
+    elif isinstance(default, tuple):
+        expected = tuple
     elif isinstance(default, float):
         expected = (int, float)
     elif option.parse is _int:
@@ -390,8 +513,19 @@ def add_options(parser: Any, *names: str) -> None:
     for name in names:
         option = _BY_NAME[name]
         default = cli_default(name)
-        shown = "" if option.name == "shards" else f"; default {_DEFAULTS[name]}"
+        shown = "" if _DEFAULTS[name] in (None, ()) else f"; default {_DEFAULTS[name]}"
         help_text = f"{option.help} (env {option.env}{shown})"
+        if option.repeat:
+            parser.add_argument(
+                option.flag,
+                dest=name,
+                action=_repeat_action(),
+                type=_argparse_type(option),
+                default=default,
+                metavar=option.metavar,
+                help=help_text,
+            )
+            continue
         if option.is_switch:
             # --thread-pool turns a default-off setting on; --no-access-log turns a default-on one off
             parser.add_argument(
@@ -412,6 +546,26 @@ def add_options(parser: Any, *names: str) -> None:
         if option.metavar:
             kwargs["metavar"] = option.metavar
         parser.add_argument(option.flag, **kwargs)
+
+
+@functools.cache
+def _repeat_action() -> type:
+    """The argparse action of a ``repeat`` option (made when a parser is built: the app never needs argparse)."""
+    import argparse
+
+    class Repeat(argparse.Action):
+        """Every use of a repeatable option adds its items; the first use replaces the default
+        (the environment's), so the command line beats the variable."""
+
+        def __call__(
+            self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: Any = None
+        ) -> None:
+            current = getattr(namespace, self.dest, None)
+            if current is self.default or not isinstance(current, tuple):
+                current = ()
+            setattr(namespace, self.dest, (*current, *values))
+
+    return Repeat
 
 
 def _argparse_type(option: Option) -> Callable[[str], Any]:

@@ -23,6 +23,7 @@ from dhtcart.cli import (
     build_parser,
     main,
 )
+from dhtcart.settings import DEFAULT_BATCH_SIZE, DEFAULT_LOCK_TIMEOUT, OPTIONS, REDIS_PASSWORD_ENV
 from tests.helpers import child_env
 
 pytest.importorskip("rich")
@@ -67,9 +68,45 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_python_m_dhtcart_without_arguments_prints_help() -> None:
     r = subprocess.run([sys.executable, "-m", "dhtcart"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0
-    for command in ("serve", "init", "stats", "add-shard", "remove-shard", "set-weight", "plan"):
+    for command in ("serve", "init", "stats", "finish", "add-shard", "remove-shard", "set-weight", "plan", "verify"):
         assert command in r.stdout
     assert "exit codes" in r.stdout and "DHTCART_DATA" in r.stdout
+
+
+def test_help_lists_every_variable_from_the_settings() -> None:
+    """The environment section is written from dhtcart.settings.OPTIONS, not by hand."""
+    r = subprocess.run([sys.executable, "-m", "dhtcart", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0
+    listed = dict(re.findall(r"^  (DHTCART_\w+)\s+(.+)$", r.stdout, re.MULTILINE))
+    assert set(listed) == {o.env for o in OPTIONS} | {REDIS_PASSWORD_ENV}
+    for option in OPTIONS:
+        assert listed[option.env].startswith(f"{option.flag} ("), listed[option.env]
+    assert listed["DHTCART_DATA"].endswith("(every command)")
+    assert listed["DHTCART_SHARDS"].endswith("(init, serve)")
+
+
+_HEAVY = ("dhtcart.store", "dhtcart.backends", "dhtcart.rebalance", "dhtcart.cart", "dhtcart.workload",
+          "dhtcart.verify", "lmdb", "sortedcontainers", "redis", "rich", "fastapi", "uvicorn")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--version"], ["--help"], ["frobnicate"], ["serve", "--port", "eighty"], ["add-shard", ""], ["stats", "--nope"]],
+)
+def test_version_help_and_usage_errors_import_no_store(argv: list[str], tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "dhtcart", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in child_env().items() if not k.startswith("DHTCART_")},
+        cwd=tmp_path,
+    )
+    assert r.returncode == (0 if argv[0].startswith("--") else EXIT_USAGE), r.stderr
+    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "dhtcart.cli" in imported  # the measure works
+    heavy = sorted(m for m in imported if m.startswith(_HEAVY))
+    assert heavy == [], f"dhtcart {' '.join(argv)} imported {heavy}"
 
 
 @pytest.mark.parametrize(
@@ -85,6 +122,8 @@ def test_python_m_dhtcart_without_arguments_prints_help() -> None:
         ["plan", "add-shard"],
         ["plan", "remove-shard"],
         ["plan", "set-weight"],
+        ["finish"],
+        ["verify"],
     ],
 )
 def test_every_command_has_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -176,9 +215,15 @@ def test_stats_shows_the_epoch_and_a_migration_in_progress(store_dir: Path, caps
     finally:
         rebalancer.kill()
         rebalancer.wait(30)
-    assert main(["stats", "--data", str(store_dir)]) == EXIT_OK  # the next opener finishes the dead one's work
+    assert main(["stats", "--data", str(store_dir)]) == EXIT_OK  # inspection leaves the dead one's work alone
+    out = " ".join(capsys.readouterr().out.split())
+    assert "membership epoch 2; rebalance interrupted (adding half)" in out
+    assert f"`dhtcart finish --data {store_dir}` finishes it" in out
+    assert main(["finish", "--data", str(store_dir)]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["stats", "--data", str(store_dir)]) == EXIT_OK
     out = capsys.readouterr().out
-    assert "membership epoch 3" in out and "in progress" not in out and "half" in out
+    assert "membership epoch 3" in out and "in progress" not in out and "interrupted" not in out and "half" in out
 
 
 def test_stats_table(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -263,8 +308,55 @@ def test_rebalance_errors(store_dir: Path, capsys: pytest.CaptureFixture[str]) -
     assert "already" in capsys.readouterr().err
     assert main(["remove-shard", "nope", "--data", str(store_dir)]) == EXIT_ERROR
     assert "no shard named 'nope'" in capsys.readouterr().err
-    assert main(["add-shard", "bad name!", "--data", str(store_dir)]) == EXIT_ERROR
-    assert "shard name" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # a name no shard can have is bad usage, refused by argparse
+        main(["add-shard", "bad name!", "--data", str(store_dir)])
+    assert exc.value.code == EXIT_USAGE
+    assert "a shard name must be" in capsys.readouterr().err
+    with DHTServerStore.open(store_dir, create=False) as store:
+        assert len(store.shards) == 4 and store.epoch == 1
+
+
+def test_rebalances_and_plans_share_one_declaration() -> None:
+    parser = build_parser()
+    for op, argv in (("add-shard", ["x", "--weight", "3"]), ("remove-shard", ["x"]), ("set-weight", ["x", "3"])):
+        done = parser.parse_args([op, *argv])
+        planned = parser.parse_args(["plan", op, *argv])
+        assert done.operation is planned.operation
+        assert (done.name, getattr(done, "weight", None)) == (planned.name, getattr(planned, "weight", None))
+        assert done.batch_size == DEFAULT_BATCH_SIZE and not hasattr(planned, "batch_size")
+    assert parser.parse_args(["finish"]).batch_size == DEFAULT_BATCH_SIZE
+
+
+_CREATOR = """
+import sys, time
+from dhtcart.membership import open_membership
+lease = open_membership(sys.argv[1]).try_lease("the test's creator")
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+lease.release()
+"""
+
+
+def test_init_waits_the_one_lock_timeout_for_another_creator(tmp_path: Path) -> None:
+    """A process that holds a new store's lock for longer than the CLI's old 5 s does not fail init."""
+    data = tmp_path / "new"
+    held = DEFAULT_LOCK_TIMEOUT / 2 + 0.5
+    creator = subprocess.Popen(
+        [sys.executable, "-c", _CREATOR, str(data), str(held)], stdout=subprocess.PIPE, text=True, env=child_env()
+    )
+    try:
+        assert creator.stdout is not None and creator.stdout.readline().strip() == "held"
+        r = subprocess.run(
+            [sys.executable, "-m", "dhtcart", "init", "--data", str(data), "--shards", "2"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=child_env(),
+        )
+    finally:
+        creator.wait(30)
+    assert r.returncode == EXIT_OK, r.stderr
+    assert "created, 2 shards" in r.stdout
 
 
 _HOLDER = """

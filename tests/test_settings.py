@@ -93,3 +93,71 @@ def test_out_of_range_flags_name_flag_and_variable() -> None:
     add_options(parser, "port")
     with pytest.raises(InvalidInput, match=r"--port \(or DHTCART_PORT\): must be between 0 and 65535"):
         Settings.from_namespace(parser.parse_args(["--port", "99999"]))
+
+
+# -- the location and the shards of a new store ----------------------------------------------------
+
+
+@pytest.mark.parametrize("location", ["./carts", "lmdb:///srv/carts", "lmdb://carts?durability=power", "memory://",
+                                      "redis://h:6379/0", "rediss://h:6380/1?prefix=x:"])  # fmt: skip
+def test_every_location_form_is_accepted(location: str) -> None:
+    assert Settings(data=location).data == location
+    assert Settings.from_env({"DHTCART_DATA": location}).data == location
+
+
+@pytest.mark.parametrize(
+    ("location", "message"),
+    [
+        ("http://shop/carts", "unknown scheme 'http'"),
+        ("lmdb://", "names no directory"),
+        ("memory://x", "memory:// takes no path"),
+        ("lmdb:///x?sync=no", "unknown option 'sync'"),
+    ],
+)
+def test_a_bad_location_is_refused_wherever_it_is_read(location: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=f"^data: .*{message}"):
+        Settings(data=location)
+    with pytest.raises(InvalidInput, match=f"^DHTCART_DATA: .*{message}"):
+        Settings.from_env({"DHTCART_DATA": location})
+    with pytest.raises(SystemExit):  # argparse: a usage error naming --data
+        build_parser().parse_args(["stats", "--data", location])
+
+
+def test_shard_urls_from_the_environment_and_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"DHTCART_SHARD_URLS": "a=redis://h:6380/0, b=redis://h:6381/0"}
+    settings = Settings.from_env(env)
+    assert settings.shard_urls == (("a", "redis://h:6380/0"), ("b", "redis://h:6381/0"))
+    assert settings.new_store_shards == {"a": "redis://h:6380/0", "b": "redis://h:6381/0"}
+    assert Settings.from_env(settings.to_env()) == settings
+    assert Settings().new_store_shards == 5 and Settings(shards=3).new_store_shards == 3
+
+    monkeypatch.setenv("DHTCART_SHARD_URLS", "z=redis://h:6390/0")
+    assert Settings.from_namespace(build_parser().parse_args(["init"])).shard_urls == (("z", "redis://h:6390/0"),)
+    args = build_parser().parse_args(["init", "--shard", "a=redis://h:6380/0", "--shard", "b=lmdb:///srv/b"])
+    assert Settings.from_namespace(args).shard_urls == (("a", "redis://h:6380/0"), ("b", "lmdb:///srv/b"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a", "'a' is not NAME=URL"),
+        ("=redis://h:1/0", "a shard name must be"),
+        ("a b=redis://h:1/0", "'a' is not NAME=URL"),
+        ("a=redis://h:1/0,a=redis://h:2/0", "shard 'a' is named twice"),
+        ("a=h:6379", "shard 'a': 'h:6379' is not a backend URL"),
+        (" , ", "give each shard as NAME=URL"),
+    ],
+)
+def test_bad_shard_urls(text: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=f"^DHTCART_SHARD_URLS: {message}"):
+        Settings.from_env({"DHTCART_SHARD_URLS": text})
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["init", "--shard", text])
+
+
+def test_a_count_and_named_shards_exclude_each_other() -> None:
+    with pytest.raises(InvalidInput, match="either a number of shards or each shard's NAME=URL"):
+        Settings(shards=2, shard_urls=(("a", "redis://h:1/0"),))
+    args = build_parser().parse_args(["init", "--shards", "2", "--shard", "a=redis://h:1/0"])
+    with pytest.raises(InvalidInput, match=r"--shards \(or DHTCART_SHARDS\) and --shard \(or DHTCART_SHARD_URLS\)"):
+        Settings.from_namespace(args)

@@ -3,19 +3,28 @@
 The lease is an exclusive ``flock`` on ``ADMIN``: the kernel drops it the
 moment its holder dies. ``LEASE`` keeps the last fencing token handed out
 and its holder; ``PROGRESS`` the running migration's keys moved and planned.
+
+The directory is made only by the methods that write (:meth:`~DirectoryMembership.create`,
+:meth:`~DirectoryMembership.try_lease`): reading a location where there is no
+store creates nothing. The medium's errors become dhtcart's: a location that
+is a file (or lies under one) is :class:`~dhtcart.errors.InvalidInput`, a
+directory this process may read but not write is
+:class:`~dhtcart.errors.StoreReadOnly`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from dhtcart.errors import LeaseLost
+from dhtcart.errors import InvalidInput, LeaseLost, StoreReadOnly
 from dhtcart.membership.base import Lease, Membership, MembershipDoc
 from dhtcart.settings import MANIFEST
 
@@ -39,6 +48,41 @@ def _write_atomic(path: Path, text: str) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+#: the errors of a medium that refuses to be written (permissions, a read-only file system)
+_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _not_a_directory(path: Path) -> InvalidInput | None:
+    """The error for a location that is a file or lies under one, if it does."""
+    for candidate in (path, *path.parents):
+        try:
+            if not candidate.exists():
+                continue
+        except OSError:
+            return None  # not ours to tell: the caller's own access reports it
+        if candidate.is_dir():
+            return None
+        where = "is a file" if candidate == path else f"lies under {candidate}, which is a file"
+        return InvalidInput("location", f"{path} {where}: a store's location is a directory (made if missing)")
+    return None
+
+
+@contextlib.contextmanager
+def _writing(directory: Path, what: str) -> Iterator[None]:
+    """Turn the errors of writing ``what`` in ``directory`` into dhtcart's."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _READ_ONLY:
+            raise StoreReadOnly(
+                f"store {directory} is read-only for this process: cannot {what} ({exc.strerror})"
+            ) from exc
+        bad = _not_a_directory(directory) if exc.errno in (errno.EEXIST, errno.ENOTDIR) else None
+        if bad is not None:
+            raise bad from exc
+        raise
 
 
 class _FileLease(Lease):
@@ -69,8 +113,14 @@ class DirectoryMembership(Membership):
         self._dir = Path(directory)
         self.base_dir = self._dir
         self.location = str(self._dir)
-        self._dir.mkdir(parents=True, exist_ok=True)
+        bad = _not_a_directory(self._dir)
+        if bad is not None:
+            raise bad
         self._path = self._dir / MANIFEST
+
+    def _make_dir(self) -> None:
+        with _writing(self._dir, "make its directory"):
+            self._dir.mkdir(parents=True, exist_ok=True)
 
     def load(self) -> MembershipDoc | None:
         try:
@@ -83,7 +133,9 @@ class DirectoryMembership(Membership):
         current = self.load()
         if current is not None:
             return current
-        _write_atomic(self._path, doc.to_json())
+        self._make_dir()
+        with _writing(self._dir, f"write its {MANIFEST}"):
+            _write_atomic(self._path, doc.to_json())
         return doc
 
     def publish(self, doc: MembershipDoc, lease: Lease) -> None:
@@ -91,10 +143,13 @@ class DirectoryMembership(Membership):
         current = self.load()
         if current is None or doc.epoch != current.epoch + 1:
             raise LeaseLost(f"{self._path}: epoch {doc.epoch} does not follow {current and current.epoch}")
-        _write_atomic(self._path, doc.to_json())
+        with _writing(self._dir, f"write its {MANIFEST}"):
+            _write_atomic(self._path, doc.to_json())
 
     def try_lease(self, holder: str) -> Lease | None:
-        fd = os.open(self._dir / ADMIN, os.O_RDWR | os.O_CREAT, 0o600)
+        self._make_dir()
+        with _writing(self._dir, "take its rebalance lease"):
+            fd = os.open(self._dir / ADMIN, os.O_RDWR | os.O_CREAT, 0o600)
         for attempt in range(5):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -108,7 +163,8 @@ class DirectoryMembership(Membership):
                 time.sleep(0.005)
         try:
             token = self._last_token() + 1
-            _write_atomic(self._dir / LEASE_FILE, json.dumps({"token": token, "holder": holder}))
+            with _writing(self._dir, "take its rebalance lease"):
+                _write_atomic(self._dir / LEASE_FILE, json.dumps({"token": token, "holder": holder}))
         except BaseException:
             os.close(fd)
             raise
@@ -134,7 +190,15 @@ class DirectoryMembership(Membership):
         return int(epoch), int(moved), int(planned)
 
     def lease_holder(self) -> str | None:
-        fd = os.open(self._dir / ADMIN, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self._dir / ADMIN, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            if exc.errno not in (*_READ_ONLY, errno.ENOENT):
+                raise
+            try:  # a read-only store: a shared flock needs only a descriptor open for reading
+                fd = os.open(self._dir / ADMIN, os.O_RDONLY)
+            except FileNotFoundError:
+                return None  # never leased, and nobody can lease it now
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
