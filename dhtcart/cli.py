@@ -112,6 +112,7 @@ SERVE_OPTIONS = (
     "data",
     "shards",
     "shard_urls",
+    "replicas",
     "workers",
     "compat",
     "log_level",
@@ -126,7 +127,7 @@ SERVE_OPTIONS = (
     "graceful_timeout",
 )
 #: the settings `dhtcart init` takes; every other command takes only "data"
-INIT_OPTIONS = ("data", "shards", "shard_urls")
+INIT_OPTIONS = ("data", "shards", "shard_urls", "replicas")
 
 #: how the stats line names each kind of membership (``type(store.membership)``)
 _MEMBERSHIP_KINDS = {
@@ -336,6 +337,32 @@ def build_parser(*, verify: bool = True) -> argparse.ArgumentParser:
             operation.command, help=operation.help, description=operation.description, formatter_class=HelpFormatter
         )
         operation.arguments(p, plan=False)
+
+    p = sub.add_parser(
+        "set-replicas",
+        help="keep N copies of every key: make or drop copies (progress bar)",
+        description="Keep N copies of every key from now on, on distinct shards in distinct failure domains "
+        "where there are that many: the copies are made (or dropped) live, with the hand-over protocol, "
+        "while servers keep serving. Exits 4 if another rebalance is running.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("replicas", type=_replicas, metavar="N", help="copies of every key (1-7)")
+    add_options(p, "data")
+    _batch_option(p)
+    p.set_defaults(func=_set_replicas)
+
+    p = sub.add_parser(
+        "repair",
+        help="restore the copies a failover took out (progress bar)",
+        description="Remove from the ring the shards a failover took out, restoring the missing copies of "
+        "their keys on the next shards of each key's preference list, while servers keep serving. A "
+        "failover starts this by itself in the background; this runs it now. Exits 4 if another rebalance "
+        "is running.",
+        formatter_class=HelpFormatter,
+    )
+    add_options(p, "data")
+    _batch_option(p)
+    p.set_defaults(func=_repair)
 
     p = sub.add_parser(
         "plan",
@@ -552,15 +579,20 @@ def _create(settings: Settings, command: str) -> tuple[str, int, bool, str]:
                 EXIT_USAGE,
             ) from None
         existed = False
-        store = DHTServerStore.open(data, shards=settings.new_store_shards, lock_timeout=DEFAULT_LOCK_TIMEOUT)
+        store = DHTServerStore.open(
+            data, shards=settings.new_store_shards, replicas=settings.replicas, lock_timeout=DEFAULT_LOCK_TIMEOUT
+        )
     with store:
         count = len(store.shards)
+        replicas = store.replicas
         where = data if loc.kind == "directory" else store.location
-    note = ""
+    note = f", {replicas} copies of every key" if replicas > 1 else ""
+    if existed and settings.replicas != 1 and settings.replicas != replicas:
+        note += f"; --replicas {settings.replicas} ignored: the store exists (change it with `dhtcart set-replicas`)"
     if existed and settings.shards is not None and count != settings.shards:
-        note = f"; --shards {settings.shards} ignored: the store exists"
+        note += f"; --shards {settings.shards} ignored: the store exists"
     elif existed and settings.shard_urls:
-        note = "; --shard ignored: the store exists (add shards with `dhtcart add-shard NAME --backend URL`)"
+        note += "; --shard ignored: the store exists (add shards with `dhtcart add-shard NAME --backend URL`)"
     return where, count, existed, note
 
 
@@ -678,6 +710,7 @@ def _stats(args: argparse.Namespace) -> int:
                     health[name] = str(exc)
         weights = store.ring.nodes
         shares = {n: store.ring.share(n) if n in weights else 0.0 for n in counts}
+        roles = _roles(store)
         membership = type(store.membership).__name__
         location = _where(store)
     down = {n: why for n, why in health.items() if why is not None}
@@ -700,21 +733,29 @@ def _stats(args: argparse.Namespace) -> int:
     table.add_column("keys", justify="right")
     table.add_column("share", justify="right")
     table.add_column("load", width=22, no_wrap=True)
+    if status.replicas > 1:
+        table.add_column("primary of", justify="right")
+        table.add_column("backup of", justify="right")
     table.add_column("health", no_wrap=True)
     for name, n in counts.items():
-        table.add_row(
+        cells: list[Any] = [
             name,
             str(weights.get(name, "-")),
             f"{shares[name]:.1%}",
             "?" if n is None else f"{n:,}",
             "-" if n is None or down or not total else f"{n / total:.1%}",
             Bar(size=most or 1, begin=0, end=n or 0, width=20),
-            "down" if name in down else "ok",
-        )
+        ]
+        if status.replicas > 1:
+            primary, backup = roles.get(name, (0.0, 0.0))
+            cells += [f"{primary:.1%}", f"{backup:.1%}"]
+        taken = name in status.down
+        table.add_row(*cells, "taken out" if taken else "down" if name in down else "ok")
     console = _console()
     console.print(table)
     balance = f"{most / mean:.3f}" if mean else "-"
-    where = f" ({len(down)} down), {total:,} keys on the others" if down else f", {total:,} keys"
+    unit = f"records ({status.replicas} copies of each key)" if status.replicas > 1 else "keys"
+    where = f" ({len(down)} down), {total:,} {unit} on the others" if down else f", {total:,} {unit}"
     console.print(
         f"{len(counts)} shards{where}; max {most:,}, mean {mean:,.1f}, max/mean {balance}",
         soft_wrap=True,
@@ -722,9 +763,38 @@ def _stats(args: argparse.Namespace) -> int:
     kind = _MEMBERSHIP_KINDS.get(membership, membership)
     console.print(f"membership kept in {kind} ({membership}) at {location}", soft_wrap=True)
     console.print(_status_line(status, args.data), soft_wrap=True)
-    for why in down.values():
+    if status.replicas > 1 or status.down:
+        console.print(_replication_line(status, args.data), soft_wrap=True)
+    live_down = {n: why for n, why in down.items() if n not in status.down}
+    for why in live_down.values():
         error(why)
-    return EXIT_ERROR if down else EXIT_OK
+    return EXIT_ERROR if live_down else EXIT_OK
+
+
+def _roles(store: DHTServerStore) -> dict[str, tuple[float, float]]:
+    """Each shard's share of the key space as a primary and as a backup, from the replica lists."""
+    out: dict[str, list[float]] = {}
+    total = float(1 << 63)
+    for lo, hi, names in store._view.placement.lists():
+        for i, name in enumerate(names):
+            out.setdefault(name, [0.0, 0.0])[0 if i == 0 else 1] += (hi - lo) / total
+    return {n: (p, b) for n, (p, b) in out.items()}
+
+
+def _replication_line(status: RebalanceStatus, data: str) -> str:
+    """How many copies, which shards a failover took out, and what is short of copies."""
+    line = f"{status.replicas} copies of every key"
+    if status.down:
+        line += f"; taken out by a failover: {', '.join(status.down)}"
+    if status.under_replicated:
+        line += f"; {status.under_replicated:.1%} of the key space has fewer copies"
+        if not status.migrating:
+            line += f" (`dhtcart repair --data {_shown(data)}` restores them; a failover starts it by itself)"
+        else:
+            line += " (being restored)"
+    else:
+        line += "; every key has all its copies"
+    return line
 
 
 def _status_line(status: RebalanceStatus, data: str) -> str:
@@ -860,6 +930,40 @@ def _rebalance(args: argparse.Namespace) -> int:
                 return store.set_weight(args.name, args.weight, **kw)
 
         _with_progress(verb, run, args.batch_size)
+    return EXIT_OK
+
+
+def _replicas(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of copies, got {text!r}") from None
+    if not 1 <= n <= 7:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 7, got {n}")
+    return n
+
+
+def _set_replicas(args: argparse.Namespace) -> int:
+    require("server", "rich")
+    with _open(args, finish=False, changes=True) as store:
+        before = store.replicas
+
+        def run(**kw: Any) -> RebalanceReport:
+            return store.set_replicas(args.replicas, **kw)
+
+        _with_progress(f"copies {before} -> {args.replicas}", run, args.batch_size)
+    return EXIT_OK
+
+
+def _repair(args: argparse.Namespace) -> int:
+    require("server", "rich")
+    with _open(args, finish=False, changes=True) as store:
+        down = store.rebalance_status().down
+        if not down:
+            print(f"nothing to repair: no shard is down (every key has {store.replicas} copies where it can)")
+            return EXIT_OK
+        removed = store.repair()
+        print(f"repaired: removed {', '.join(removed) or 'nothing'} from the ring; every key has its copies again")
     return EXIT_OK
 
 

@@ -277,6 +277,17 @@ OPTIONS: tuple[Option, ...] = (
         validate=_check_shard_urls,
         repeat=True,
     ),
+    Option(
+        "replicas",
+        "DHTCART_REPLICAS",
+        "--replicas",
+        "copies of every key in a new store, on distinct shards (ignored when the store exists:"
+        " change it with `dhtcart set-replicas`; default 1)",
+        _int,
+        1,
+        7,
+        metavar="N",
+    ),
     Option("workers", "DHTCART_WORKERS", "--workers", "worker processes sharing the store", _int, 1, 512, metavar="N"),
     Option(
         "log_level",
@@ -374,6 +385,7 @@ class Settings:
     data: str = DEFAULT_DATA
     shards: int | None = None
     shard_urls: ShardURLs = ()
+    replicas: int = 1
     workers: int = 1
     log_level: str = "info"
     access_log: bool = True
