@@ -67,7 +67,6 @@ from dhtcart.backends.ownership import (
     Ownership,
     Segments,
     peer_id,
-    split_peers,
 )
 from dhtcart.backends.unreachable import UnreachableBackend
 from dhtcart.checks import MAX_VALUE_SIZE, check_key, check_seconds, check_shard_name, check_value, check_version
@@ -94,6 +93,22 @@ from dhtcart.rebalance.coordinator import Coordinator, RebalanceStatus
 from dhtcart.rebalance.mover import Migration, target_state
 from dhtcart.rebalance.plan import Progress, RebalancePlan, RebalanceReport
 from dhtcart.replication.placement import check_replicas, placement_of, shard_domains
+from dhtcart.replication.protocol import (
+    MOVED,
+    OK,
+    STALE,
+    UNREACHABLE,
+    Apply,
+    Commit,
+    Completion,
+    Done,
+    Failover,
+    Refresh,
+    Reread,
+    Unknown,
+    after_unreachable,
+    renewal,
+)
 from dhtcart.ring import DEFAULT_PARTITIONS, HashRing, PartitionRing, ring_from_dict
 from dhtcart.server import DHTServer
 from dhtcart.settings import (
@@ -691,71 +706,72 @@ class DHTServerStore(MutableMapping[int, bytes]):
     def _complete(self, primary: FencedBackend, pending: Pending) -> None:
         """Apply a write ``primary`` decided to every backup its record lists, then commit it.
 
-        A backup that does not answer is taken out by a failover and the write
-        goes on with the others; one that refuses (it was pointed at another
-        primary) means the range moved on: the write is then either finished
-        already (by the handle that moved it) or of unknown outcome (its
-        primary was taken out), and the caller is told which.
+        The decisions are :class:`~dhtcart.replication.protocol.Completion`'s;
+        this drives it with this handle's shards and membership. A backup that
+        does not answer is taken out (a failover) and the write goes on with
+        the others; one that refuses (it was pointed at another primary) means
+        the range moved on: the write was then finished already (by the handle
+        that moved it), or its outcome is unknown (its primary was taken out),
+        and the caller is told which.
         """
+        name = self._view.names.get(primary, "?")
+        completion = Completion(name, pending)
         deadline = time.monotonic() + self._redirect_timeout
         while True:
-            view = self._view
-            name = view.names.get(primary)
-            if name is None:
-                raise ShardUnavailable("?", "-", "the primary left the store while a write was in flight", unknown=True)
-            refused = False
-            failed: list[str] = []
-            for backup, born in split_peers(pending.backups):
-                target = view.shards.get(backup)
-                if target is None or view.doc.born.get(backup) != born:
-                    refused = True  # this handle's view is older than the primary's record
-                    continue
+            step = completion.next()
+            if isinstance(step, Apply):
+                if time.monotonic() > deadline:
+                    raise KeyUnavailable(pending.key, name, "the backups of this write did not take it in time")
+                completion.applied(self._apply_all(completion, step))
+            elif isinstance(step, Commit):
                 try:
-                    view.backend(backup).apply(view.ids[name], pending)
-                except Moved:
-                    refused = True
-                except ShardUnavailable:
-                    failed.append(backup)
-                except StoreClosed:
-                    refused = True
-            if not refused and not failed:
-                try:
-                    primary.commit(pending.key, pending.version)
-                except ShardUnavailable as exc:
+                    primary.commit(completion.pending.key, completion.pending.version)
+                except (ShardUnavailable, StoreClosed):
                     self._suspect([name])
-                    raise ShardUnavailable(
-                        exc.shard,
-                        exc.address,
-                        f"{exc.reason} (the write is on every backup: it will most likely stand)",
-                        unknown=True,
-                    ) from exc
+                    completion.commit_failed()
+                    continue
+                completion.committed()
+            elif isinstance(step, Failover):
+                self._suspect(step.shards)
+                completion.failed_over()
+            elif isinstance(step, Reread):
+                try:
+                    fresh = primary.pending(pending.key)
+                except (ShardUnavailable, StoreClosed):
+                    completion.reread(None, answered=False)
+                    continue
+                completion.reread(fresh)
+            elif isinstance(step, Refresh):
+                view = self._refresh()
+                completion.refreshed(primary_is_member=name in view.doc.shards and name not in view.doc.down)
+                if not isinstance(completion.next(), Done | Unknown):
+                    time.sleep(0.001)
+            elif isinstance(step, Unknown):
+                raise ShardUnavailable(name, "-", f"{step.reason}: its outcome is unknown", unknown=True)
+            else:
                 return
-            if failed:
-                self._suspect(failed)
+
+    def _apply_all(self, completion: Completion, step: Apply) -> dict[str, str]:
+        """Send the pending write to every backup of ``step``; each one's outcome."""
+        view = self._view
+        primary_id = view.ids.get(step.primary, "")
+        outcomes: dict[str, str] = {}
+        for backup in step.backups:
+            if backup not in view.shards or view.doc.born.get(backup) != completion.backup_born(backup):
+                outcomes[backup] = STALE  # this handle's view is older than the primary's record
+                continue
             try:
-                fresh = primary.pending(pending.key)
-            except (ShardUnavailable, StoreClosed) as exc:
-                raise ShardUnavailable(
-                    name, "-", "the primary stopped answering while a write was in flight", unknown=True
-                ) from exc
-            view = self._refresh()
-            if name in view.doc.down or name not in view.doc.shards:
-                raise ShardUnavailable(
-                    name,
-                    "-",
-                    "the primary was taken out while a write was in flight: its outcome is unknown",
-                    unknown=True,
-                )
-            if fresh is None or fresh.version != pending.version:
-                return  # another handle (a migration, a writer after us) finished it
-            pending = fresh  # the backups the primary's record lists now
-            if time.monotonic() > deadline:
-                raise KeyUnavailable(pending.key, name, "the backups of this write did not take it in time")
-            time.sleep(0.001)
+                view.backend(backup).apply(primary_id, completion.pending)
+                outcomes[backup] = OK
+            except (Moved, StoreClosed):
+                outcomes[backup] = MOVED
+            except ShardUnavailable:
+                outcomes[backup] = UNREACHABLE
+        return outcomes
 
     def _renew(self, backend: FencedBackend) -> None:
         """Renew a primary's lease to serve reads, from a membership read just now (if it is still a member)."""
-        start = time.time()
+        started = time.time()
         try:
             doc = self._membership.load()
         except ShardUnavailable:
@@ -764,9 +780,19 @@ class DHTServerStore(MutableMapping[int, bytes]):
             raise StoreClosed(f"the store at {self._membership.location} no longer exists")
         view = self._apply(doc)
         name = view.names.get(backend)
-        if name is not None and name in doc.shards and name not in doc.down:
+        if name is None:
+            return
+        until = renewal(
+            shards=doc.born,
+            down=doc.down,
+            name=name,
+            born=view.doc.born.get(name, -1),
+            started=started,
+            lease=doc.read_lease,
+        )
+        if until is not None:
             with contextlib.suppress(ShardUnavailable, StoreClosed):
-                backend.renew_lease(doc.epoch, start + doc.read_lease)
+                backend.renew_lease(doc.epoch, until)
 
     def _suspect(self, names: Iterable[str]) -> None:
         """Shards that did not answer: have them taken out of the replica sets of their keys
@@ -775,17 +801,23 @@ class DHTServerStore(MutableMapping[int, bytes]):
             with contextlib.suppress(DHTCartError):  # best effort: the operation waits and tries again
                 self._coordinator.failover(set(names))
 
-    def _left_or_raise(self, exc: ShardUnavailable, write: bool) -> None:
-        """A shard of a store with one copy per key did not answer: raise, unless it has left the
-        membership meanwhile (a handle routing with an older epoch), so the caller routes again."""
-        if write and exc.unknown:
+    def _unreachable(self, exc: ShardUnavailable, write: bool, name: str | None = None) -> None:
+        """A shard did not answer: raise ``exc``, or have the shard taken out (a failover) or find
+        it gone from the membership, so that the caller routes again (the decision is
+        :func:`~dhtcart.replication.protocol.after_unreachable`'s)."""
+        view = self._view
+        member = True
+        if not view.replicated and not (write and exc.unknown):
+            try:
+                view = self._refresh()  # a handle routing with an older epoch: has the shard left?
+            except ShardUnavailable:
+                raise exc from None
+            member = (name or exc.shard) in view.shards
+        action = after_unreachable(replicated=view.replicated, write=write, unknown=exc.unknown, member=member)
+        if action == "raise":
             raise exc
-        try:
-            view = self._refresh()
-        except ShardUnavailable:
-            raise exc from None
-        if exc.shard in view.shards:
-            raise exc
+        if action == "failover":
+            self._suspect([name or exc.shard])
 
     def _retry(self, key: int, exc: Exception, op: Callable[[FencedBackend, int], _T], *, write: bool = True) -> _T:
         """Follow redirects for ``key`` until ``op`` runs on its owner, or the bound is reached.
@@ -803,8 +835,11 @@ class DHTServerStore(MutableMapping[int, bytes]):
         """
         if isinstance(exc, StoreClosed) and self._closed:
             raise exc
-        if isinstance(exc, ShardUnavailable) and not self._view.replicated:
-            self._left_or_raise(exc, write)
+        if isinstance(exc, ShardUnavailable):
+            first: str | None = None
+            with contextlib.suppress(KeyUnavailable):
+                first = self._view.names.get(self._view.route(key))
+            self._unreachable(exc, write, first)
         if self._unclaimed and isinstance(exc, Moved):
             backend = self._view.route(key)
             if self._claim_late(backend):
@@ -821,11 +856,6 @@ class DHTServerStore(MutableMapping[int, bytes]):
             counters["redirects"] += 1
             now = time.monotonic()
             moved = exc if isinstance(exc, Moved) and not isinstance(exc, LeaseExpired) else None
-            if isinstance(exc, ShardUnavailable):
-                if write and exc.unknown:
-                    raise exc  # the request may have been applied: never apply it twice
-                if target is not None and self._view.names.get(target):
-                    self._suspect([self._view.names[target]])
             view = self._view
             owner = moved.owner if moved is not None and moved.state in (NOT_OWNED, BACKUP) else None
             if (
@@ -879,8 +909,7 @@ class DHTServerStore(MutableMapping[int, bytes]):
                 self._complete(target, again.pending)  # type: ignore[arg-type]  # a Pending
                 exc = again
             except ShardUnavailable as again:
-                if not view.replicated:
-                    self._left_or_raise(again, write)
+                self._unreachable(again, write, view.names.get(target))
                 exc = again
             except StoreClosed as again:
                 if self._closed:

@@ -395,3 +395,60 @@ def test_a_replicated_store_survives_reopening(tmp_path: Path) -> None:
         assert OWNED not in {
             st for s in again.shards.values() for _, _, st, _ in s.backend.ownership().segments.spans()
         }
+
+
+# -- the protocol's decisions, step by step (no I/O) -------------------------------------------
+
+
+def test_completion_step_by_step() -> None:
+    from dhtcart.replication import protocol as proto
+
+    write = Pending(7, 3, 4, b"v", "b1@2,b2@5")
+    c = proto.Completion("p", write)
+    assert c.next() == proto.Apply("p", ("b1", "b2")) and c.backup_born("b2") == 5
+    c.applied({"b1": proto.OK, "b2": proto.UNREACHABLE})
+    assert c.next() == proto.Failover(("b2",)), "a backup that does not answer is taken out"
+    c.failed_over()
+    assert c.next() == proto.Reread("p")
+    c.reread(write._replace(backups="b1@2"))
+    assert c.next() == proto.Refresh()
+    c.refreshed(primary_is_member=True)
+    assert c.next() == proto.Apply("p", ("b1",)), "again, to the backups the primary lists now"
+    c.applied({"b1": proto.OK})
+    assert c.next() == proto.Commit("p")
+    c.committed()
+    assert c.next() == proto.Done()
+
+
+def test_completion_when_a_backup_refuses() -> None:
+    from dhtcart.replication import protocol as proto
+
+    write = Pending(7, 3, 4, b"v", "b1@2")
+    moved_on = proto.Completion("p", write)
+    moved_on.applied({"b1": proto.MOVED})
+    moved_on.reread(None)  # the primary has no pending write left: a migration finished it
+    moved_on.refreshed(primary_is_member=True)
+    assert moved_on.next() == proto.Done()
+    deposed = proto.Completion("p", write)
+    deposed.applied({"b1": proto.MOVED})
+    deposed.reread(write)
+    deposed.refreshed(primary_is_member=False)  # the primary was taken out by a failover
+    step = deposed.next()
+    assert isinstance(step, proto.Unknown) and "taken out" in step.reason
+    silent = proto.Completion("p", write)
+    silent.applied({"b1": proto.OK})
+    silent.commit_failed()
+    assert isinstance(silent.next(), proto.Unknown)
+
+
+def test_what_an_unreachable_shard_means() -> None:
+    from dhtcart.replication.protocol import after_unreachable, renewal
+
+    assert after_unreachable(replicated=True, write=True, unknown=True, member=True) == "raise"
+    assert after_unreachable(replicated=True, write=True, unknown=False, member=True) == "failover"
+    assert after_unreachable(replicated=True, write=False, unknown=True, member=True) == "failover"
+    assert after_unreachable(replicated=False, write=False, unknown=False, member=True) == "raise"
+    assert after_unreachable(replicated=False, write=False, unknown=False, member=False) == "route"
+    assert renewal(shards={"a": 3}, down={}, name="a", born=3, started=100.0, lease=1.5) == 101.5
+    assert renewal(shards={"a": 3}, down={"a": {}}, name="a", born=3, started=100.0, lease=1.5) is None
+    assert renewal(shards={"a": 4}, down={}, name="a", born=3, started=100.0, lease=1.5) is None
