@@ -59,7 +59,7 @@ from typing import Literal, TypeVar
 
 from dhtcart.backends import open_backend
 from dhtcart.backends.base import BackendContext, Record
-from dhtcart.backends.fencing import FencedBackend, Pending
+from dhtcart.backends.fencing import MAX_UPDATE_TRIES, FencedBackend, Pending, Update
 from dhtcart.backends.ownership import (
     BACKUP,
     NOT_OWNED,
@@ -79,6 +79,8 @@ from dhtcart.errors import (
     ShardUnavailable,
     StoreClosed,
     StoreNotFound,
+    TooManyRetries,
+    VersionConflict,
     WriteInFlight,
 )
 from dhtcart.hashing import KEY_SPACE, MAX_KEY
@@ -678,6 +680,58 @@ class DHTServerStore(MutableMapping[int, bytes]):
             return existed
         except (Moved, StoreClosed, ShardUnavailable) as exc:
             return self._retry(key, exc, lambda b, k: b.delete(k, expected_version))
+
+    def modify(self, key: int, change: Update) -> Record | None:
+        """Read ``key``, ``change`` its record, write the value it returns, atomically; the record after.
+
+        ``change(record)`` gets the current record (``None`` when absent) and
+        returns the new value (bytes-like), or ``None`` to leave the key as it
+        is; an exception it raises aborts the change, and nothing is written.
+        On memory and LMDB shards this is one atomic step with the ownership
+        check (one lock, one write transaction): ``change`` runs once. Where the
+        medium cannot run Python in its atomic step (Redis), and in a store
+        that keeps several copies, it is a compare-and-set loop: ``change`` may
+        run again on a newer record. So ``change`` must depend on the record
+        alone, be quick (an LMDB shard's writers wait for it) and do no I/O.
+
+        >>> store = DHTServerStore(shards=2)
+        >>> store.modify(7, lambda rec: b"1" if rec is None else b"%d" % (int(rec.value) + 1))
+        Record(version=1, value=b'1')
+        >>> store.modify(7, lambda rec: b"%d" % (int(rec.value) + 1))
+        Record(version=2, value=b'2')
+        >>> store.modify(7, lambda rec: None)   # leave it as it is
+        Record(version=2, value=b'2')
+        """
+        if type(key) is not int or not 0 <= key < KEY_SPACE:
+            key = check_key(key)
+
+        def checked(record: Record | None) -> bytes | None:
+            value = change(record)
+            if value is None:
+                return None
+            return value if type(value) is bytes and len(value) <= MAX_VALUE_SIZE else check_value(value)
+
+        view = self._view
+        if view.replicated:
+            for _ in range(MAX_UPDATE_TRIES):
+                current = self.get(key)
+                value = checked(current)
+                if value is None:
+                    return current
+                try:
+                    pending = self._replicated(key, value, current.version if current is not None else 0)
+                except VersionConflict:
+                    continue
+                return Record(pending.version, value)
+            raise TooManyRetries(f"key {key}: {MAX_UPDATE_TRIES} compare-and-set conflicts in a row")
+        table = view.table
+        try:
+            backend = table[key >> view.shift] if table is not None else view.route(key)
+            record = backend.modify(key, checked)
+            self._last.backend = backend
+            return record
+        except (Moved, StoreClosed, ShardUnavailable) as exc:
+            return self._retry(key, exc, lambda b, k: b.modify(k, checked))
 
     # -- replicated writes (docs/replication.md) -------------------------------------
 

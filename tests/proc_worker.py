@@ -7,6 +7,12 @@ Usage: ``python tests/proc_worker.py MODE DIR [ARGS...]``
     then add one to the counter ``hash_key("counter")`` N times, with
     compare-and-set (``cas``) or by read-then-put (``naive``). Prints
     ``done RETRIES``.
+``modify DIR N``
+    Like ``cas``, with the store's one-step read-modify-write (``store.modify``).
+``modify-hang DIR``
+    Open the store, print ``ready``, then modify ``hash_key("counter")`` with
+    a change that prints ``inside`` and sleeps: the parent SIGKILLs it inside
+    the write transaction.
 ``cas-until DIR K SEED``
     Open the store in DIR, print ``ready``, wait for a line on stdin, then add
     one to a random counter among ``hash_key("counter-0")`` ... ``counter-{K-1}``
@@ -68,6 +74,30 @@ def main(argv: list[str]) -> int:
                 else:
                     naive_increment(target, key, pause)
             print(f"done {retries}", flush=True)
+        return 0
+    if mode == "modify":
+        n = int(argv[2])
+        key = hash_key("counter")
+        with DHTServerStore.open(directory) as store:
+            print("ready", flush=True)
+            sys.stdin.readline()
+            for _ in range(n):
+                store.modify(key, lambda rec: b"%d" % (int(rec.value) + 1 if rec is not None else 1))
+            print("done 0", flush=True)
+        return 0
+    if mode == "modify-hang":
+        import time
+
+        key = hash_key("counter")
+        with DHTServerStore.open(directory) as store:
+            print("ready", flush=True)
+
+            def hang(rec: Any) -> bytes:
+                print("inside", flush=True)
+                time.sleep(60)
+                return b"never"
+
+            store.modify(key, hang)
         return 0
     if mode == "cas-until":
         import threading

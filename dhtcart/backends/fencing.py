@@ -39,13 +39,19 @@ its lease runs (:meth:`renew_lease`), else :class:`~dhtcart.errors.LeaseExpired`
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from dhtcart.backends.base import Backend, Record
 from dhtcart.backends.ownership import Ownership
 
-__all__ = ["Change", "FencedBackend", "Pending", "apply_changes"]
+__all__ = ["Change", "FencedBackend", "Pending", "Update", "apply_changes"]
+
+#: a change of one record: the current record (``None``: absent) to the new value, or ``None``
+#: to leave it as it is (see :meth:`FencedBackend.modify`)
+Update = Callable[[Record | None], bytes | None]
+#: a compare-and-set loop gives up after this many conflicts in a row
+MAX_UPDATE_TRIES = 10_000
 
 #: one ownership change: ``(lo, hi, state, peer)`` sets the keys ``lo < key <= hi``
 Change = tuple[int, int, str, str]
@@ -188,6 +194,38 @@ class FencedBackend(Backend):
             if found == n:
                 return key, n
         return hi, found
+
+    # -- one atomic read-modify-write ---------------------------------------------------
+
+    def modify(self, key: int, change: Update) -> Record | None:
+        """Read ``key``, ``change`` its record, write the value it returns: one atomic step.
+
+        ``change(record)`` gets the current record (``None`` when absent) and
+        returns the new value, or ``None`` to leave the key as it is; the
+        ownership check (a plain write: the shard must own the key) is in the
+        same step. An exception it raises aborts the step, nothing written.
+        Returns the record after the step.
+
+        This default is a compare-and-set loop (read, change, write if the
+        version did not move, else again), for media that cannot run Python
+        inside their atomic step (Redis): ``change`` may then run more than
+        once. Memory and LMDB run it once, inside their lock or write
+        transaction. Either way ``change`` must be a function of the record
+        alone, quick, and do no I/O.
+        """
+        from dhtcart.errors import TooManyRetries, VersionConflict
+
+        for _ in range(MAX_UPDATE_TRIES):
+            current = self.get(key)
+            value = change(current)
+            if value is None:
+                return current
+            try:
+                version = self.put(key, value, current.version if current is not None else 0)
+            except VersionConflict:
+                continue
+            return Record(version, value)
+        raise TooManyRetries(f"key {key}: {MAX_UPDATE_TRIES} compare-and-set conflicts in a row")
 
     # -- replicated writes and leases (``docs/replication.md``) ------------------------
 

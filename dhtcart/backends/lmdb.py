@@ -47,7 +47,7 @@ from urllib.parse import parse_qsl
 import lmdb
 
 from dhtcart.backends.base import BackendContext, Record, check_expected
-from dhtcart.backends.fencing import Change, FencedBackend, Pending, apply_changes
+from dhtcart.backends.fencing import Change, FencedBackend, Pending, Update, apply_changes
 from dhtcart.backends.ownership import BACKUP, OWNED, PRIMARY, TABLE_SHIFT, Ownership
 from dhtcart.errors import ForkedError, InvalidInput, LeaseExpired, ShardUnavailable, StoreClosed, WriteInFlight
 
@@ -359,6 +359,29 @@ class LMDBBackend(FencedBackend):
             version = current + 1
             txn.put(kb, version.to_bytes(8, "big") + value)
             return version
+
+        return self._write(op)
+
+    def modify(self, key: int, change: Update) -> Record | None:
+        """One write transaction: the fence, the read, ``change``, the write (see :class:`FencedBackend`).
+
+        ``change`` runs while this process holds the shard's LMDB writer lock,
+        which every process's writes to the shard wait for: keep it quick.
+        """
+        kb = _kb(key)
+        fenced = self.fenced
+
+        def op(txn: lmdb.Transaction) -> Record | None:
+            if fenced:
+                self._fence(txn, key, True)
+            raw = txn.get(kb)
+            old = None if raw is None else Record(int.from_bytes(raw[:8], "big"), bytes(raw[8:]))
+            value = change(old)
+            if value is None:
+                return old
+            version = (old.version if old is not None else 0) + 1
+            txn.put(kb, version.to_bytes(8, "big") + value)
+            return Record(version, value)
 
         return self._write(op)
 

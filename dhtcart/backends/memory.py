@@ -15,7 +15,7 @@ from typing import Any
 from sortedcontainers import SortedDict
 
 from dhtcart.backends.base import BackendContext, Record, check_expected
-from dhtcart.backends.fencing import Change, FencedBackend, Pending, apply_changes
+from dhtcart.backends.fencing import Change, FencedBackend, Pending, Update, apply_changes
 from dhtcart.backends.ownership import BACKUP, Ownership
 from dhtcart.checks import check_seconds
 from dhtcart.errors import InvalidInput, LeaseExpired, ShardUnavailable, StoreClosed, WriteInFlight
@@ -97,6 +97,20 @@ class MemoryBackend(FencedBackend):
             version = current + 1
             self._data[key] = Record(version, value)
             return version
+
+    def modify(self, key: int, change: Update) -> Record | None:
+        """One critical section: the fence, the read, ``change``, the write (see :class:`FencedBackend`)."""
+        with self._lock:
+            self._check_open()
+            if self.fenced:
+                self._own.check(key, True)
+            old: Record | None = self._data.get(key)
+            value = change(old)
+            if value is None:
+                return old
+            new = Record((old.version if old is not None else 0) + 1, value)
+            self._data[key] = new
+            return new
 
     def delete(self, key: int, expected_version: int | None = None) -> bool:
         with self._lock:

@@ -1,0 +1,100 @@
+"""The store's one-step read-modify-write (``store.modify``): semantics on every backend, threads,
+processes, a process SIGKILLed inside the write transaction, and stores that keep several copies."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from dhtcart import DHTServerStore, InvalidValue, Record, hash_key
+from tests.conftest import BackendEnv
+from tests.helpers import worker
+
+
+def _incr(rec: Record | None) -> bytes:
+    return b"%d" % (int(rec.value) + 1 if rec is not None else 1)
+
+
+def test_modify_semantics(env: BackendEnv) -> None:
+    store = env.store()
+    key = hash_key("m")
+    assert store.modify(key, lambda rec: None) is None, "None leaves an absent key absent"
+    assert store.get(key) is None
+    assert store.modify(key, _incr) == Record(1, b"1")
+    assert store.modify(key, _incr) == Record(2, b"2")
+    assert store.modify(key, lambda rec: None) == Record(2, b"2"), "None leaves the record as it is"
+
+    def fails(rec: Record | None) -> bytes:
+        raise ValueError("the caller's own rule refuses this change")
+
+    with pytest.raises(ValueError, match="own rule"):
+        store.modify(key, fails)
+    with pytest.raises(InvalidValue):
+        store.modify(key, lambda rec: 42)  # type: ignore[arg-type, return-value]
+    assert store.get(key) == Record(2, b"2"), "a change that raised wrote nothing"
+    assert store.put(key, b"10", expected_version=2) == 3
+    assert store.modify(key, _incr) == Record(4, b"11"), "versions go on from a compare-and-set"
+
+
+def test_modify_follows_a_rebalance(env: BackendEnv) -> None:
+    store = env.store(3)
+    keys = [hash_key(f"r{i}") for i in range(200)]
+    for k in keys:
+        store.modify(k, _incr)
+    store.add_shard()
+    for k in keys:
+        assert store.modify(k, _incr).value == b"2"
+    store._check()
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_threads_lose_no_modify(tmp_path: Path, replicas: int) -> None:
+    for store in (
+        DHTServerStore(shards=3, replicas=replicas),
+        DHTServerStore.open(tmp_path / f"s{replicas}", shards=3, replicas=replicas),
+    ):
+        key = hash_key("hot")
+        threads = [threading.Thread(target=lambda: [store.modify(key, _incr) for _ in range(150)]) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert store.get(key) == Record(900, b"900")
+        store._check()
+        store.close()
+
+
+def test_processes_lose_no_modify(tmp_path: Path) -> None:
+    directory = tmp_path / "store"
+    with DHTServerStore.open(directory, shards=3):
+        pass
+    procs = [worker("modify", str(directory), "250") for _ in range(4)]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and "done" in out, err
+    with DHTServerStore.open(directory) as store:
+        assert store.get(hash_key("counter")) == Record(1000, b"1000")
+
+
+def test_a_process_killed_inside_the_transaction_writes_nothing_and_blocks_nobody(tmp_path: Path) -> None:
+    directory = tmp_path / "store"
+    with DHTServerStore.open(directory, shards=2) as store:
+        store.modify(hash_key("counter"), _incr)
+    proc = worker("modify-hang", str(directory))
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    assert proc.stdout.readline().strip() == "inside"  # it holds the shard's LMDB writer lock now
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    with DHTServerStore.open(directory) as store:  # the lock died with it: writers go on
+        assert store.get(hash_key("counter")) == Record(1, b"1"), "nothing of the killed change"
+        assert store.modify(hash_key("counter"), _incr) == Record(2, b"2")
