@@ -57,7 +57,12 @@ def test_threads_lose_no_modify(tmp_path: Path, replicas: int) -> None:
         DHTServerStore.open(tmp_path / f"s{replicas}", shards=3, replicas=replicas),
     ):
         key = hash_key("hot")
-        threads = [threading.Thread(target=lambda: [store.modify(key, _incr) for _ in range(150)]) for _ in range(6)]
+
+        def work(store: DHTServerStore = store, key: int = key) -> None:
+            for _ in range(150):
+                store.modify(key, _incr)
+
+        threads = [threading.Thread(target=work) for _ in range(6)]
         for t in threads:
             t.start()
         for t in threads:
