@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 from urllib.parse import parse_qsl
 
 import lmdb
@@ -107,6 +107,7 @@ class _Env:
         self.own = Ownership.nothing()
         self.tid = -1  # a read snapshot (LMDB transaction id) in which ``gen`` was read
         self.slices: dict[int, str] = self.own.segments.slices  # the hot path's lookup
+        self.lease_ms = 0  # the lease to serve reads, as of snapshot ``tid`` (a leased record only)
 
     def load_ownership(self, txn: lmdb.Transaction, gen: object) -> Ownership:
         """The record as of ``txn``, whose generation key reads ``gen`` (call with ``lock`` held)."""
@@ -277,12 +278,10 @@ class LMDBBackend(FencedBackend):
                 f"{self!r} was opened before fork() and used in the child; open the store again in the child"
             )
 
-    def _check_lease(self, txn: lmdb.Transaction, key: int) -> None:
-        """Raise LeaseExpired unless this shard's lease to serve reads runs now (a leased record)."""
-        raw = txn.get(_LEASE)
-        if raw is None or time.time() * 1000 >= int.from_bytes(raw, "big"):
-            own = self._shared.own
-            raise LeaseExpired(key, own.epoch, own.segments.lookup(key)[0])
+    def _lease_expired(self, key: int) -> NoReturn:
+        """A leased record's read while its lease does not run: refuse it."""
+        own = self._shared.own
+        raise LeaseExpired(key, own.epoch, own.segments.lookup(key)[0])
 
     def _fence(self, txn: lmdb.Transaction, key: int, write: bool) -> None:
         """Raise Moved unless the ownership record lets this operation through."""
@@ -335,12 +334,15 @@ class LMDBBackend(FencedBackend):
                     shared = self._shared
                     tid = txn.id()
                     if tid != shared.tid:  # another snapshot than the one last checked: read the generation
-                        shared.load_ownership(txn, txn.get(_GEN))
+                        own = shared.load_ownership(txn, txn.get(_GEN))
+                        if own.leased:  # and the lease (a renewal is a write: a new snapshot)
+                            lease = txn.get(_LEASE)
+                            shared.lease_ms = 0 if lease is None else int.from_bytes(lease, "big")
                         shared.tid = tid
                     if shared.slices.get(key >> TABLE_SHIFT) not in _FAST_READ:
                         self._fence(txn, key, False)
-                    if shared.own.leased:
-                        self._check_lease(txn, key)
+                    if shared.own.leased and time.time() * 1000 >= shared.lease_ms:
+                        self._lease_expired(key)
                 raw = txn.get(kb)
             finally:
                 txn.abort()
