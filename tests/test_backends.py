@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -44,7 +45,7 @@ from dhtcart.backends.ownership import Ownership, Segments
 from dhtcart.hashing import MAX_KEY
 from tests.conftest import BackendEnv
 from tests.helpers import child_env, load_records
-from tests.media import fill, read_only_view, run_as_nobody, small_tmpfs
+from tests.media import ext4_image, fill, read_only_view, run_as_nobody, small_tmpfs
 
 # -- the interface, on every backend ------------------------------------------------
 
@@ -659,3 +660,96 @@ def test_lmdb_read_only_for_an_unprivileged_user(tmp_path: Path, writable_lock: 
         for p in base.rglob("*"):
             p.chmod(0o755 if p.is_dir() else 0o644)
         shutil.rmtree(base)
+
+
+# -- LMDB: the environment cache never hands a directory another's environment ---------------
+
+_DESTROY = """
+import sys
+from dhtcart.backends.lmdb import LMDBBackend
+LMDBBackend(sys.argv[1]).destroy()
+"""
+
+_REPLACE_FILES = """
+import os, sys
+shard, backup = sys.argv[1], sys.argv[2]
+for name in ("data.mdb", "lock.mdb"):
+    os.replace(os.path.join(backup, name), os.path.join(shard, name))
+"""
+
+
+def _child(code: str, *args: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, env=child_env()
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def _writes_fail_unavailable(b: LMDBBackend) -> ShardUnavailable:
+    """The error a write to ``b`` raises now that its data file is gone (it checks once a second)."""
+    deadline = time.monotonic() + 5
+    for i in range(1000):
+        try:
+            b.put(10_000 + i, b"lost?")
+        except ShardUnavailable as exc:
+            return exc
+        assert time.monotonic() < deadline, "writes to a deleted data file went on for 5 s"
+        time.sleep(0.01)
+    raise AssertionError("1000 writes to a deleted data file were accepted")
+
+
+def test_lmdb_a_new_directory_with_a_destroyed_shard_s_inode_gets_a_new_environment(tmp_path: Path) -> None:
+    """ext4 hands a freed inode to the next directory made, so a new shard directory can have the
+    ``(st_dev, st_ino)`` of one destroyed earlier (the key of this process's environment cache).
+    Provoked for real: the shard opened here is destroyed by another process, this process closes
+    it (as a store handle does when it learns the shard left), then directories are made until one
+    has the old inode. The shard made there is empty and independent of the old one."""
+    with ext4_image(tmp_path / "fs") as fs:
+        shards = fs / "shards"
+        shards.mkdir()
+        old = LMDBBackend(shards / "g")
+        old.put(1, b"old data")
+        inode = os.stat(shards / "g").st_ino
+        _child(_DESTROY, str(shards / "g"))  # the rebalancer, in another process, removes the shard
+        assert not (shards / "g").exists()
+        exc = _writes_fail_unavailable(old)  # this process's open environment now writes to nothing
+        assert "deleted" in str(exc) and exc.shard == "g"
+        assert old.get(1) == Record(1, b"old data")  # what it has open still reads
+        old.close()
+
+        reused = None
+        deadline = time.monotonic() + 20
+        for i in range(2000):  # bounded in count and time
+            candidate = shards / f"h{i}"
+            candidate.mkdir()
+            if os.stat(candidate).st_ino == inode:
+                reused = candidate
+                break
+            candidate.rmdir()
+            if time.monotonic() > deadline:
+                break
+        assert reused is not None, f"no new directory got inode {inode} back (ext4 reuses freed inodes)"
+        with LMDBBackend(reused) as new:
+            assert new.count() == 0 and new.get(1) is None, "the new shard sees the destroyed one's data"
+            assert new.put(2, b"new data") == 1
+        assert _read_all_in_a_new_process(reused) == {2: (1, 8, b"n".hex())}
+
+
+def test_lmdb_a_shard_whose_files_were_replaced_in_place_gets_a_new_environment(tmp_path: Path) -> None:
+    """The directory keeps its inode while another process replaces its files (a shard restored
+    from a backup): this process must not go on with the environment of the replaced files."""
+    shard, backup = tmp_path / "g", tmp_path / "backup"
+    with LMDBBackend(backup) as b:
+        b.put(7, b"from the backup")
+    old = LMDBBackend(shard)
+    old.put(1, b"before")
+    inode = os.stat(shard).st_ino
+    _child(_REPLACE_FILES, str(shard), str(backup))
+    assert os.stat(shard).st_ino == inode, "the directory is the same one"
+    with LMDBBackend(shard) as restored:  # opened again in the process that has the old files open
+        assert dict(restored.scan(-1, MAX_KEY)) == {7: Record(1, b"from the backup")}
+        assert restored.put(8, b"after the restore") == 1
+    exc = _writes_fail_unavailable(old)  # the old environment's file is gone: its writes would be lost
+    assert exc.address == str(shard)
+    old.close()
+    assert sorted(_read_all_in_a_new_process(shard)) == [7, 8]

@@ -64,6 +64,16 @@ environment is opened without LMDB's lock table: readers are then not
 registered, so **no writer may run on the store meanwhile** (a writer that
 does not see them may reuse the pages they read). :attr:`LMDBBackend.read_only`
 tells which way a shard was opened.
+
+The environment cache: one environment per directory per process, found by
+the directory's ``(st_dev, st_ino)`` and handed out only while ``data.mdb``
+in that directory is still the file it has open. On a local Linux filesystem an
+open environment keeps its directory's inode from being reused, even after
+the directory is deleted (its open files hold the directory), so a new shard
+directory never shares a live environment's key; the ``data.mdb`` check keeps
+that true where inode numbers come back sooner (network and FUSE filesystems),
+and when a shard directory's files are replaced in place (restored from a
+backup, or made again by another process).
 """
 
 from __future__ import annotations
@@ -74,6 +84,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -103,6 +114,8 @@ _MAX_MAP_SIZE = 1 << 40
 _SCAN_BATCH = 1024
 _WRITE_ATTEMPTS = 64  # map growths and adoptions of another process's size, per write
 _READ_ATTEMPTS = 8
+#: seconds between two looks, by a writer, at whether the shard's data file was deleted under it
+_REMOVED_CHECK_EVERY = 1.0
 _T = TypeVar("_T")
 
 #: what LMDB and the filesystem raise; :func:`_medium_error` turns each into dhtcart's. dhtcart's
@@ -243,6 +256,15 @@ def _reserve_lock_file(path: str, max_readers: int) -> None:
             os.unlink(tmp)
 
 
+def _data_file(path: str) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of ``path``'s ``data.mdb``, or ``None`` if there is none."""
+    try:
+        st = os.stat(os.path.join(path, "data.mdb"))
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _after_fork() -> None:
     global _forks
     _forks += 1
@@ -252,7 +274,8 @@ def _after_fork() -> None:
 class _Env:
     """One LMDB environment of this process, shared by every backend opened on its directory.
 
-    Opened for writing when the medium allows it, else read-only (see the module doc).
+    Opened for writing when the medium allows it, else read-only (see the
+    module doc); ``data`` identifies the ``data.mdb`` it has open.
     """
 
     def __init__(self, path: str, durability: Durability, map_size: int, max_readers: int) -> None:
@@ -282,8 +305,18 @@ class _Env:
                     raise
                 self.env = lmdb.open(path, readonly=True, lock=False, **options)
                 self.locked = False
-        if self.locked:
-            self.env.reader_check()  # clear slots left by killed processes
+        try:
+            if self.locked:
+                self.env.reader_check()  # clear slots left by killed processes
+            # data.mdb, held open to tell when the directory is deleted (or the file replaced) under us
+            self.data_fd = os.open(os.path.join(path, "data.mdb"), os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            self.env.close()
+            raise
+        st = os.fstat(self.data_fd)
+        #: ``(st_dev, st_ino)`` of the data.mdb this environment has open
+        self.data = (st.st_dev, st.st_ino)
+        self.next_check = 0.0  # when removed() next looks at data.mdb
         self.path = path
         self.lock = threading.Lock()
         self.users = 0
@@ -292,6 +325,20 @@ class _Env:
         self.own = Ownership.nothing()
         self.tid = -1  # a read snapshot (LMDB transaction id) in which ``gen`` was read
         self.slices: dict[int, str] = self.own.segments.slices  # the hot path's lookup
+
+    def removed(self) -> bool:
+        """Whether data.mdb was unlinked since it was opened (its directory deleted, or the file
+        replaced), so that a write would go to a file nobody opens again. Looked at once a
+        second at most (an ``fstat`` costs as much as a third of a write); call with ``lock`` held."""
+        now = time.monotonic()
+        if now < self.next_check:
+            return False
+        self.next_check = now + _REMOVED_CHECK_EVERY
+        return os.fstat(self.data_fd).st_nlink == 0
+
+    def close(self) -> None:
+        self.env.close()
+        os.close(self.data_fd)
 
     def load_ownership(self, txn: lmdb.Transaction, gen: object) -> Ownership:
         """The record as of ``txn``, whose generation key reads ``gen`` (call with ``lock`` held);
@@ -401,6 +448,11 @@ class LMDBBackend(FencedBackend):
                 self._id = (st.st_dev, st.st_ino)
                 with _ENVS_LOCK:
                     shared = _ENVS.get(self._id)
+                    if shared is not None and shared.data != _data_file(self.path):
+                        # the directory now holds other files than the environment has open (they
+                        # were replaced, or a deleted directory's inode came back): not theirs
+                        del _ENVS[self._id]
+                        shared = None
                     if shared is None:
                         shared = _ENVS[self._id] = _Env(self.path, durability, map_size, max_readers)
                     elif shared.durability != durability and not shared.readonly:
@@ -484,7 +536,15 @@ class LMDBBackend(FencedBackend):
                 for _ in range(_WRITE_ATTEMPTS):
                     try:
                         with self._env.begin(write=True) as txn:
-                            return fn(txn)
+                            result = fn(txn)
+                            if self._shared.removed():  # after the fence: a redirect comes first
+                                raise ShardUnavailable(
+                                    self.name,
+                                    self.path,
+                                    "its data file was deleted while open (the shard's directory removed, or"
+                                    " the file replaced): the write was not applied, as it would be lost",
+                                )
+                            return result
                     except lmdb.MapFullError:
                         self._grow()
                     except lmdb.MapResizedError:
@@ -763,7 +823,7 @@ class LMDBBackend(FencedBackend):
             # Closing in a forked child too lets the child open the directory
             # again (py-lmdb refuses a second open of an environment it still
             # counts as open); the parent's handle is unaffected.
-            shared.env.close()
+            shared.close()
 
     def destroy(self) -> None:
         """Close, then remove the shard's directory (gone already is fine; a medium that refuses
