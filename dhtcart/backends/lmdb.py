@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
 import shutil
 import sys
@@ -225,6 +226,25 @@ class _MediumErrors:
             raise _medium_error(exc, self.shard, self.path, write=self.write) from exc
 
 
+def _can_map(size: int) -> bool:
+    """Whether this process can map ``size`` more bytes of address space now.
+
+    Growing the map unmaps the old one before it maps the new: if that fails
+    (an address-space limit, ``RLIMIT_AS``), LMDB is left without a map and the
+    environment can no longer even read. So the new size is tried first, with
+    a mapping that costs nothing (no access, no reservation).
+    """
+    try:
+        probe = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _NORESERVE, prot=0)
+    except (OSError, ValueError, OverflowError):
+        return False
+    probe.close()
+    return True
+
+
+_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0)
+
+
 def _lock_file_size(max_readers: int) -> int:
     """At least what LMDB makes ``lock.mdb`` for ``max_readers`` readers (a header and one
     cache-line-aligned slot per reader; 128 bytes covers every cache line LMDB builds for)."""
@@ -317,6 +337,7 @@ class _Env:
         #: ``(st_dev, st_ino)`` of the data.mdb this environment has open
         self.data = (st.st_dev, st.st_ino)
         self.next_check = 0.0  # when removed() next looks at data.mdb
+        self.gone = False  # data.mdb was seen unlinked
         self.path = path
         self.lock = threading.Lock()
         self.users = 0
@@ -329,12 +350,16 @@ class _Env:
     def removed(self) -> bool:
         """Whether data.mdb was unlinked since it was opened (its directory deleted, or the file
         replaced), so that a write would go to a file nobody opens again. Looked at once a
-        second at most (an ``fstat`` costs as much as a third of a write); call with ``lock`` held."""
+        second at most (an ``fstat`` costs as much as a third of a write), and once seen, for
+        good (an unlinked file never comes back); call with ``lock`` held."""
+        if self.gone:
+            return True
         now = time.monotonic()
         if now < self.next_check:
             return False
         self.next_check = now + _REMOVED_CHECK_EVERY
-        return os.fstat(self.data_fd).st_nlink == 0
+        self.gone = os.fstat(self.data_fd).st_nlink == 0
+        return self.gone
 
     def close(self) -> None:
         self.env.close()
@@ -569,9 +594,17 @@ class LMDBBackend(FencedBackend):
                 f"the LMDB map is full at its largest size ({size} bytes): the write was not applied;"
                 " reads go on, and writes that fit work again once records are deleted",
             )
+        grown = min(size * 2, _MAX_MAP_SIZE)
+        if not _can_map(grown):
+            raise ShardFull(
+                self.name,
+                self.path,
+                f"the LMDB map is full and this process cannot map {grown} bytes (an address-space limit):"
+                " the write was not applied; reads go on",
+            )
         try:
-            self._env.set_mapsize(min(size * 2, _MAX_MAP_SIZE))
-        except lmdb.Error as exc:
+            self._env.set_mapsize(grown)
+        except lmdb.Error as exc:  # the probe passed, then the map failed: the environment has no map
             raise ShardFull(
                 self.name, self.path, f"the LMDB map is full and could not grow ({exc}): the write was not applied"
             ) from exc
