@@ -3,7 +3,9 @@
 The interface tests use ``make_backend`` (parametrised over memory, LMDB and
 Redis). The LMDB tests below check what only LMDB has: the byte layout, the map
 that grows by itself (and loses a whole transaction, never part of one, when
-it cannot), both durability modes, fork detection and stale reader slots.
+it cannot), both durability modes, fork detection and stale reader slots; and,
+on real media (:mod:`tests.media`), a full disk, read-only media, and an
+environment cache that never hands a directory another's environment.
 """
 
 from __future__ import annotations

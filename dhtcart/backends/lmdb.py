@@ -39,12 +39,14 @@ Errors: no ``lmdb`` exception and no ``OSError`` leaves this module. One table
 LMDB or the filesystem says                              the caller gets
 =======================================================  ==============================================
 ``ReadonlyError``, ``EROFS``, ``EACCES``, ``EPERM``      :class:`~dhtcart.errors.StoreReadOnly` (writes)
-map full at its largest size, ``ENOSPC``, ``EDQUOT``,    :class:`~dhtcart.errors.ShardFull`: the write
-``EFBIG``, ``EIO`` of a write on a filesystem with       was not applied, reads go on, and writes work
-(almost) no room left                                    again once space is freed
+a full map that may not grow (at its largest size, or   :class:`~dhtcart.errors.ShardFull`: the write
+an address-space limit), ``ENOSPC``, ``EDQUOT``,         was not applied, reads go on, and writes work
+``EFBIG``, an ``EIO`` of a write on a filesystem with    again once there is room
+(almost) no room left
 a damaged file (``CorruptedError``, ``InvalidError``,    :class:`~dhtcart.errors.CorruptData`
 ``PageNotFoundError``), a record shorter than a version
-``EIO`` and every other ``lmdb.Error`` or ``OSError``    :class:`~dhtcart.errors.ShardUnavailable`
+``EIO`` and every other ``lmdb.Error`` or ``OSError``,   :class:`~dhtcart.errors.ShardUnavailable`
+a write to a ``data.mdb`` deleted under the process
 =======================================================  ==============================================
 
 LMDB reports a write that the filesystem cut short as ``EIO`` (LMDB's own
