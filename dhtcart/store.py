@@ -377,8 +377,8 @@ class DHTServerStore(MutableMapping[int, bytes]):
     def _apply(self, doc: MembershipDoc, ring: AnyRing | None = None) -> _View:
         """Route with ``doc`` (whose ring may be given as an object) from now on, if it is newer.
 
-        Shards that left the membership (and are not waiting to be destroyed)
-        are closed: a handle never keeps a removed shard's medium open.
+        Shards that left the membership are closed, retired ones too: a handle
+        never keeps a removed shard's medium open.
         """
         with self._apply_lock:
             current: _View | None = self.__dict__.get("_view")
@@ -390,14 +390,17 @@ class DHTServerStore(MutableMapping[int, bytes]):
             return view
 
     def _close_departed(self, doc: MembershipDoc) -> None:
-        """Close the shards this handle opened that ``doc`` no longer lists (nor retires)."""
+        """Close the shards this handle opened that ``doc`` no longer has in the ring.
+
+        Retired shards are closed too: whoever destroys one opens it again by its
+        URL, and a handle that learned the epoch in which a shard retired may never
+        learn the next one (it only empties ``retired``, so no redirect leads to it).
+        """
         for (name, born), server in list(self._opened.items()):
-            if name in doc.retired:
-                continue
             if doc.born.get(name) == born and name in doc.shards:
                 continue
-            if name in self._instances and doc.born.get(name) is not None:
-                continue  # an instance handed in by the caller is reused by its next incarnation
+            if name in self._instances and (doc.born.get(name) is not None or name in doc.retired):
+                continue  # an instance handed in by the caller: reused by its next incarnation, or destroyed
             del self._opened[(name, born)]
             server.close()
 

@@ -3,15 +3,21 @@
 The interface tests use ``make_backend`` (parametrised over memory, LMDB and
 Redis). The LMDB tests below check what only LMDB has: the byte layout, the map
 that grows by itself (and loses a whole transaction, never part of one, when
-it cannot), both durability modes, fork detection and stale reader slots.
+it cannot), both durability modes, fork detection and stale reader slots; and,
+on real media (:mod:`tests.media`), a full disk, read-only media, and an
+environment cache that never hands a directory another's environment.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,13 +27,27 @@ import pytest
 
 import dhtcart.backends as backends_mod
 import dhtcart.backends.lmdb as lmdb_mod
-from dhtcart import Backend, DHTServer, DHTServerStore, ForkedError, Record, StoreClosed, VersionConflict
+from dhtcart import (
+    Backend,
+    DHTServer,
+    DHTServerStore,
+    ForkedError,
+    InvalidInput,
+    Record,
+    ShardFull,
+    ShardUnavailable,
+    StoreClosed,
+    StoreReadOnly,
+    VersionConflict,
+)
 from dhtcart.backends import backend_schemes, open_backend
 from dhtcart.backends.lmdb import LMDBBackend
 from dhtcart.backends.memory import MemoryBackend
+from dhtcart.backends.ownership import Ownership, Segments
 from dhtcart.hashing import MAX_KEY
 from tests.conftest import BackendEnv
 from tests.helpers import child_env, load_records
+from tests.media import ext4_image, fill, read_only_view, run_as_nobody, small_tmpfs
 
 # -- the interface, on every backend ------------------------------------------------
 
@@ -207,11 +227,12 @@ def test_lmdb_full_map_loses_the_whole_transaction(tmp_path: Path, monkeypatch: 
     with LMDBBackend(tmp_path, map_size=1 << 18) as b:
         b.put(1, b"kept")
         too_much = [(100 + k, Record(1, os.urandom(4_000))) for k in range(500)]  # ~2 MB
-        with pytest.raises(lmdb.MapFullError):
+        with pytest.raises(ShardFull, match="largest size") as info:  # a full map that may not grow
             b.import_ranges(0, [(99, MAX_KEY)], too_much)
+        assert info.value.shard == tmp_path.name and info.value.address == str(tmp_path)
         assert b.count() == 1, "nothing of the failed transaction is there"
         assert list(b.scan(-1, MAX_KEY)) == [(1, Record(1, b"kept"))]
-        with pytest.raises(lmdb.MapFullError):
+        with pytest.raises(ShardFull):
             b.put(2, os.urandom(2 << 20))
         assert b.get(2) is None
         assert b.put(3, b"still works") == 1
@@ -311,7 +332,7 @@ def test_lmdb_reopen_in_child_after_fork(tmp_path: Path) -> None:
         b.close()
         try:
             mine = LMDBBackend(tmp_path)
-        except lmdb.Error:
+        except ShardUnavailable:
             return 3  # "The environment ... is already open in this process"
         with mine:
             if mine.get(1) != Record(1, b"parent"):
@@ -320,7 +341,7 @@ def test_lmdb_reopen_in_child_after_fork(tmp_path: Path) -> None:
         return 0
 
     code = _in_fork(child)
-    assert code != 3, "after fork() and close(), reopening the directory raised lmdb.Error (already open)"
+    assert code != 3, "after fork() and close(), reopening the directory failed (already open)"
     assert code == 0
     assert b.get(3) == Record(1, b"child's own")
     b.close()
@@ -423,3 +444,314 @@ def test_fast_local_is_declared_by_the_backend(env: BackendEnv, tmp_path: Path) 
     assert env.store().fast_local is b.fast_local
     with LMDBBackend(tmp_path / "power", durability="power") as power:
         assert not power.fast_local
+
+
+@pytest.mark.parametrize("backend_kind", ["memory", "lmdb"])  # the Redis backend is another branch's
+def test_boundary_counts_from_one(env: BackendEnv) -> None:
+    b = env.backend()
+    b.put(5, b"x")
+    assert b.boundary(0, 10, 1) == (5, 1)  # type: ignore[attr-defined]
+    for n in (0, -1, True, 1.0):
+        with pytest.raises(InvalidInput):
+            b.boundary(0, 10, n)  # type: ignore[attr-defined]
+
+
+# -- LMDB on a full disk (a real tmpfs, filled by another file) ----------------------------
+
+_READ_ALL = """
+import json, sys
+from dhtcart.backends.lmdb import LMDBBackend
+with LMDBBackend(sys.argv[1]) as b:
+    print(json.dumps({str(k): [r.version, len(r.value), r.value[:1].hex()] for k, r in b.scan(-1, 2**63 - 1)}))
+"""
+
+
+def _read_all_in_a_new_process(path: Path) -> dict[int, tuple[int, int, str]]:
+    """Every record of the LMDB directory, as a fresh process opening it sees them."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _READ_ALL, str(path)], capture_output=True, text=True, timeout=60, env=child_env()
+    )
+    assert proc.returncode == 0, proc.stderr
+    return {int(k): tuple(v) for k, v in json.loads(proc.stdout).items()}  # type: ignore[misc]
+
+
+def test_lmdb_full_disk_refuses_writes_keeps_reads_and_recovers(tmp_path: Path) -> None:
+    """A write that finds no room is ShardFull and not applied; reads go on; nothing acknowledged is
+    lost; once room is made, writes work again (no reopening)."""
+    with small_tmpfs(tmp_path / "disk", "8m") as disk:
+        path = disk / "shard"
+        b = LMDBBackend(path)
+        acked: dict[int, bytes] = {}
+        for k in range(20):
+            acked[k] = os.urandom(20_000)
+            assert b.put(k, acked[k]) == 1
+        filler = fill(disk)
+        refused = None
+        for k in range(100, 300):  # fresh 64 KiB values need fresh pages: the file must grow
+            value = os.urandom(65_536)
+            try:
+                b.put(k, value)
+            except ShardFull as exc:
+                refused = (k, exc)
+                break
+            acked[k] = value  # fitted in pages freed earlier: acknowledged, so it must be kept
+        assert refused is not None, "200 writes of 64 KiB fitted on a full 8 MiB disk"
+        key, exc = refused
+        assert isinstance(exc, ShardUnavailable) and exc.shard == "shard" and exc.address == str(path)
+        assert "no room" in str(exc) and "not applied" in str(exc)
+        assert b.get(key) is None, "the refused write was not applied"
+        with pytest.raises(ShardFull):  # a compare-and-set that needs room is refused the same way
+            b.put(key, os.urandom(65_536), expected_version=0)
+        assert {k: b.get(k) for k in acked} == {k: Record(1, v) for k, v in acked.items()}  # reads go on
+        assert b.count() == len(acked) and len(list(b.scan(-1, MAX_KEY))) == len(acked)
+        seen = _read_all_in_a_new_process(path)  # another process opens the full disk's shard and reads
+        assert sorted(seen) == sorted(acked)
+
+        filler.unlink()  # room again: the same backend writes, nothing was lost
+        assert b.put(key, b"after") == 1
+        assert b.put(0, b"again", expected_version=1) == 2
+        b.close()
+        seen = _read_all_in_a_new_process(path)
+        assert sorted(seen) == sorted({*acked, key})
+        assert seen[0] == (2, 5, b"a".hex()) and seen[key] == (1, 5, b"a".hex())
+        assert all(seen[k] == (1, len(v), v[:1].hex()) for k, v in acked.items() if k != 0)
+
+
+def test_lmdb_a_commit_the_disk_cuts_short_is_shard_full(tmp_path: Path) -> None:
+    """A commit whose pages only partly fit: the filesystem takes part of LMDB's write and LMDB
+    reports the short write as EIO ("short write, filesystem full?" in its source). With (almost)
+    no room left, that EIO is a full disk, not an unavailable one."""
+    with small_tmpfs(tmp_path / "disk", "8m") as disk, LMDBBackend(disk / "shard") as b:
+        b.put(1, b"kept")
+        filler = fill(disk, leave=1 << 20)
+        with pytest.raises(ShardFull) as info:
+            b.put(2, os.urandom(3 << 20))  # 3 MiB into 1 MiB: the write is cut short
+        assert "Input/output error" in str(info.value), "the short-write (EIO) path was taken"
+        assert b.get(2) is None and b.get(1) == Record(1, b"kept")
+        filler.unlink()
+        assert b.put(2, b"fits now") == 1
+
+
+_OPEN_NEW_SHARD = """
+import sys
+from dhtcart.backends.lmdb import LMDBBackend
+from dhtcart.errors import DHTCartError
+try:
+    LMDBBackend(sys.argv[1]).close()
+    print("opened")
+except DHTCartError as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+def test_lmdb_a_new_shard_on_a_full_disk_is_shard_full_not_sigbus(tmp_path: Path) -> None:
+    """LMDB writes its lock file's reader table through a memory map: on a full tmpfs, a page without
+    blocks is SIGBUS, which kills the process. The lock file is given its blocks first, so a
+    process making a shard on a full disk gets ShardFull and lives."""
+    with small_tmpfs(tmp_path / "disk", "4m") as disk:
+        (disk / "new").mkdir()
+        filler = fill(disk)
+        proc = subprocess.run(
+            [sys.executable, "-c", _OPEN_NEW_SHARD, str(disk / "new")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=child_env(),
+        )
+        assert proc.returncode == 0, f"the process died (exit {proc.returncode}): {proc.stderr}"
+        assert proc.stdout.startswith("ShardFull "), proc.stdout
+        assert sorted(p.name for p in (disk / "new").iterdir()) in ([], ["lock.mdb"], ["data.mdb", "lock.mdb"])
+        filler.unlink()
+        with LMDBBackend(disk / "new") as b:  # with room, the same directory becomes a shard
+            assert b.put(1, b"x") == 1
+        lock = os.stat(disk / "new" / "lock.mdb")
+        assert lock.st_blocks * 512 >= lock.st_size, "the lock file has all its blocks"
+
+
+# -- LMDB on read-only media -----------------------------------------------------------------
+
+
+def _filled_shard(path: Path) -> dict[int, Record]:
+    with LMDBBackend(path, fenced=True) as b:
+        b.claim(Ownership(1, 1, Segments.owning([(-1, MAX_KEY)])))
+        for k in range(10):
+            b.put(k, b"v%d" % k)
+        b.put(3, b"three", expected_version=1)
+        return dict(b.scan(-1, MAX_KEY))
+
+
+def _assert_read_only(b: LMDBBackend, records: dict[int, Record]) -> None:
+    assert b.read_only
+    assert b.get(3) == Record(2, b"three") and b.get(99) is None
+    assert dict(b.scan(-1, MAX_KEY)) == records and b.count() == len(records)
+    assert b.ownership().segments.lookup(5) == ("o", "")
+    b.sync()  # nothing to flush
+    for write in (
+        lambda: b.put(1, b"x"),
+        lambda: b.put(100, b"new", expected_version=0),
+        lambda: b.delete(1),
+        lambda: b.update_ownership(2, 2),
+        lambda: b.claim(Ownership(2, 2, Segments.all())),
+        lambda: b.drop_ranges(2, [(-1, MAX_KEY)]),
+        lambda: b.import_ranges(2, [(1000, 2000)], []),
+    ):
+        with pytest.raises(StoreReadOnly, match="read-only") as info:
+            write()
+        assert isinstance(info.value, PermissionError) and str(b.path) in str(info.value)
+    assert dict(b.scan(-1, MAX_KEY)) == records, "nothing changed"
+
+
+def test_lmdb_read_only_filesystem_can_be_inspected(tmp_path: Path) -> None:
+    """A shard seen through a read-only bind mount (EROFS on every write, for root too): reads work,
+    every write is StoreReadOnly; a shard that does not exist yet cannot be made there."""
+    records = _filled_shard(tmp_path / "src" / "shard")
+    with read_only_view(tmp_path / "src", tmp_path / "ro") as ro:
+        with LMDBBackend(ro / "shard", fenced=True) as b:
+            _assert_read_only(b, records)
+            with pytest.raises(StoreReadOnly):
+                b.destroy()
+        assert (ro / "shard" / "data.mdb").exists()
+        with pytest.raises(StoreReadOnly, match="read-only"):
+            LMDBBackend(ro / "missing")
+    with LMDBBackend(tmp_path / "src" / "shard") as rw:  # the medium itself was never changed
+        assert not rw.read_only and dict(rw.scan(-1, MAX_KEY)) == records
+
+
+_AS_NOBODY = """
+import json, sys
+from dhtcart.backends.lmdb import LMDBBackend
+from dhtcart.errors import DHTCartError
+out = {}
+with LMDBBackend(sys.argv[1], fenced=True) as b:
+    out["read_only"] = b.read_only
+    out["locked"] = b._shared.locked
+    out["get"] = list(b.get(3))[0]
+    out["count"] = b.count()
+    try:
+        b.put(1, b"x")
+        out["put"] = "written"
+    except DHTCartError as exc:
+        out["put"] = [type(exc).__name__, isinstance(exc, PermissionError), str(exc)]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("writable_lock", [False, True], ids=["nothing-writable", "lock-file-writable"])
+def test_lmdb_read_only_for_an_unprivileged_user(tmp_path: Path, writable_lock: bool) -> None:
+    """Permission bits (root bypasses them, so the shard is opened as ``nobody``): with nothing
+    writable LMDB can only read without its lock table; with the lock file writable, readers are
+    registered. Either way reads work and writes are StoreReadOnly."""
+    base = Path(tempfile.mkdtemp(prefix="dhtcart-ro-"))
+    try:
+        base.chmod(0o755)
+        shard = base / "shard"
+        records = _filled_shard(shard)
+        shard.chmod(0o555)
+        (shard / "data.mdb").chmod(0o444)
+        (shard / "lock.mdb").chmod(0o666 if writable_lock else 0o444)
+        proc = run_as_nobody(_AS_NOBODY, str(shard))
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        assert out["read_only"] is True and out["locked"] is writable_lock
+        assert out["get"] == 2 and out["count"] == len(records)
+        name, is_permission_error, message = out["put"]
+        assert name == "StoreReadOnly" and is_permission_error and str(shard) in message
+        with LMDBBackend(shard) as b:  # root (no permission bits) sees it unchanged
+            assert dict(b.scan(-1, MAX_KEY)) == records
+    finally:
+        for p in base.rglob("*"):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        shutil.rmtree(base)
+
+
+# -- LMDB: the environment cache never hands a directory another's environment ---------------
+
+_DESTROY = """
+import sys
+from dhtcart.backends.lmdb import LMDBBackend
+LMDBBackend(sys.argv[1]).destroy()
+"""
+
+_REPLACE_FILES = """
+import os, sys
+shard, backup = sys.argv[1], sys.argv[2]
+for name in ("data.mdb", "lock.mdb"):
+    os.replace(os.path.join(backup, name), os.path.join(shard, name))
+"""
+
+
+def _child(code: str, *args: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, env=child_env()
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def _writes_fail_unavailable(b: LMDBBackend) -> ShardUnavailable:
+    """The error a write to ``b`` raises now that its data file is gone (it checks once a second)."""
+    deadline = time.monotonic() + 5
+    for i in range(1000):
+        try:
+            b.put(10_000 + i, b"lost?")
+        except ShardUnavailable as exc:
+            return exc
+        assert time.monotonic() < deadline, "writes to a deleted data file went on for 5 s"
+        time.sleep(0.01)
+    raise AssertionError("1000 writes to a deleted data file were accepted")
+
+
+def test_lmdb_a_new_directory_with_a_destroyed_shard_s_inode_gets_a_new_environment(tmp_path: Path) -> None:
+    """ext4 hands a freed inode to the next directory made, so a new shard directory can have the
+    ``(st_dev, st_ino)`` of one destroyed earlier (the key of this process's environment cache).
+    Provoked for real: the shard opened here is destroyed by another process, this process closes
+    it (as a store handle does when it learns the shard left), then directories are made until one
+    has the old inode. The shard made there is empty and independent of the old one."""
+    with ext4_image(tmp_path / "fs") as fs:
+        shards = fs / "shards"
+        shards.mkdir()
+        old = LMDBBackend(shards / "g")
+        old.put(1, b"old data")
+        inode = os.stat(shards / "g").st_ino
+        _child(_DESTROY, str(shards / "g"))  # the rebalancer, in another process, removes the shard
+        assert not (shards / "g").exists()
+        exc = _writes_fail_unavailable(old)  # this process's open environment now writes to nothing
+        assert "deleted" in str(exc) and exc.shard == "g"
+        assert old.get(1) == Record(1, b"old data")  # what it has open still reads
+        old.close()
+
+        reused = None
+        deadline = time.monotonic() + 20
+        for i in range(2000):  # bounded in count and time
+            candidate = shards / f"h{i}"
+            candidate.mkdir()
+            if os.stat(candidate).st_ino == inode:
+                reused = candidate
+                break
+            candidate.rmdir()
+            if time.monotonic() > deadline:
+                break
+        assert reused is not None, f"no new directory got inode {inode} back (ext4 reuses freed inodes)"
+        with LMDBBackend(reused) as new:
+            assert new.count() == 0 and new.get(1) is None, "the new shard sees the destroyed one's data"
+            assert new.put(2, b"new data") == 1
+        assert _read_all_in_a_new_process(reused) == {2: (1, 8, b"n".hex())}
+
+
+def test_lmdb_a_shard_whose_files_were_replaced_in_place_gets_a_new_environment(tmp_path: Path) -> None:
+    """The directory keeps its inode while another process replaces its files (a shard restored
+    from a backup): this process must not go on with the environment of the replaced files."""
+    shard, backup = tmp_path / "g", tmp_path / "backup"
+    with LMDBBackend(backup) as b:
+        b.put(7, b"from the backup")
+    old = LMDBBackend(shard)
+    old.put(1, b"before")
+    inode = os.stat(shard).st_ino
+    _child(_REPLACE_FILES, str(shard), str(backup))
+    assert os.stat(shard).st_ino == inode, "the directory is the same one"
+    with LMDBBackend(shard) as restored:  # opened again in the process that has the old files open
+        assert dict(restored.scan(-1, MAX_KEY)) == {7: Record(1, b"from the backup")}
+        assert restored.put(8, b"after the restore") == 1
+    exc = _writes_fail_unavailable(old)  # the old environment's file is gone: its writes would be lost
+    assert exc.address == str(shard)
+    old.close()
+    assert sorted(_read_all_in_a_new_process(shard)) == [7, 8]

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dhtcart import LeaseLost, Moved, Record, VersionConflict
+from dhtcart import CorruptData, InvalidInput, InvalidKey, LeaseLost, Moved, Record, VersionConflict
 from dhtcart.backends.base import BackendContext
 from dhtcart.backends.ownership import (
     FROZEN,
@@ -95,6 +95,88 @@ def test_ownership_round_trips_and_checks_tokens() -> None:
     with pytest.raises(LeaseLost, match="serves"):
         own.check_unserved(150, 300, "import")
     own.check_unserved(200, 300, "import")
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        [(0, 10, "x", "")],  # no such state
+        [(10, 10, OWNED, "")],  # an empty range
+        [(20, 10, OWNED, "")],  # backwards
+        [(-2, 10, OWNED, "")],  # below the key space
+        [(0, MAX_KEY + 1, OWNED, "")],  # past it
+        [(0, 10, OWNED, ""), (5, 20, FROZEN, "")],  # overlapping
+        [(0, 10, OWNED)],  # not four fields
+        [("0", 10, OWNED, "")],  # a bound that is not an int
+        [(0, 10.0, OWNED, "")],
+        [(0, 10, OWNED, None)],  # a peer that is not a str
+        ["0-10"],
+    ],
+)
+def test_bad_changes_are_invalid_input_and_change_nothing(changes: list[object]) -> None:
+    segs = Segments.owning([(0, 100)])
+    with pytest.raises(InvalidInput) as info:
+        segs.replace_many(changes)  # type: ignore[arg-type]
+    assert info.value.field == "changes"
+    assert segs == Segments.owning([(0, 100)])
+    with pytest.raises(InvalidInput):  # Segments.owning() builds on replace_many
+        Segments.owning([(5, 1)])
+
+
+def test_a_lookup_outside_the_key_space_is_invalid_key() -> None:
+    segs = Segments.all(OWNED)
+    assert segs.lookup(0) == (OWNED, "") and segs.lookup(MAX_KEY) == (OWNED, "")
+    for key in (-1, MAX_KEY + 1, "7", True):
+        with pytest.raises(InvalidKey):
+            segs.lookup(key)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput):
+        Segments([1, MAX_KEY], [OWNED], ["", ""])
+
+
+_GOOD = Ownership(3, 7, Segments.owning([(100, 200)]).replace(200, 300, NOT_OWNED, "peer")).to_json()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        _GOOD[:-5],  # cut short
+        b"\xff\xfe not utf-8",
+        b"[]",
+        b'"a string"',
+        b"{}",
+        _GOOD.replace(b'"epoch":3', b'"epoch":"3"'),
+        _GOOD.replace(b'"epoch":3', b'"epoch":true'),
+        _GOOD.replace(b'"token":7', b'"token":null'),
+        _GOOD.replace(b'"states":"', b'"states":"x'),  # a state too many, and unknown
+        _GOOD.replace(b'"peers":{', b'"peers":{"99":"far",'),  # a peer of no segment
+        _GOOD.replace(b'"peers":{', b'"peers":{"one":"x",'),
+        _GOOD.replace(b'"peers":{', b'"peers":[').replace(b"}}", b"]}"),
+        _GOOD.replace(str(MAX_KEY).encode(), str(MAX_KEY - 1).encode()),  # does not end the key space
+        _GOOD.replace(b'"his":[', b'"his":[500,'),  # not ascending (and one too many)
+    ],
+)
+def test_a_stored_record_that_does_not_parse_is_corrupt_data(raw: bytes) -> None:
+    assert Ownership.from_json(_GOOD).segments.lookup(250) == (NOT_OWNED, "peer")  # the good one parses
+    with pytest.raises(CorruptData):
+        Ownership.from_json(raw)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [],
+        [[MAX_KEY, "o"]],
+        ["abc"],
+        [[MAX_KEY, "z", ""]],
+        [[10, "o", ""], [5, "-", ""], [MAX_KEY, "o", ""]],
+        [[-5, "o", ""], [MAX_KEY, "-", ""]],
+        [[str(MAX_KEY), "o", ""]],
+    ],
+)
+def test_rows_that_do_not_make_segments_are_corrupt_data(rows: list[object]) -> None:
+    with pytest.raises(CorruptData):
+        Segments.from_list(rows)  # type: ignore[arg-type]
 
 
 # -- the backends' fences ---------------------------------------------------------------------

@@ -31,12 +31,61 @@ across them. Fork: a backend opened before ``fork()`` must not be used in the
 child (LMDB forbids it); doing so raises :class:`~dhtcart.errors.ForkedError`.
 The map grows by itself: a write that finds it full is aborted whole, the map
 doubles, and the write is retried.
+
+Errors: no ``lmdb`` exception and no ``OSError`` leaves this module. One table
+(:func:`_medium_error`) turns them into dhtcart's, for every transaction:
+
+=======================================================  ==============================================
+LMDB or the filesystem says                              the caller gets
+=======================================================  ==============================================
+``ReadonlyError``, ``EROFS``, ``EACCES``, ``EPERM``      :class:`~dhtcart.errors.StoreReadOnly` (writes)
+a full map that may not grow (at its largest size, or   :class:`~dhtcart.errors.ShardFull`: the write
+an address-space limit), ``ENOSPC``, ``EDQUOT``,         was not applied, reads go on, and writes work
+``EFBIG``, an ``EIO`` of a write on a filesystem with    again once there is room
+(almost) no room left
+a damaged file (``CorruptedError``, ``InvalidError``,    :class:`~dhtcart.errors.CorruptData`
+``PageNotFoundError``), a record shorter than a version
+``EIO`` and every other ``lmdb.Error`` or ``OSError``,   :class:`~dhtcart.errors.ShardUnavailable`
+a write to a ``data.mdb`` deleted under the process
+=======================================================  ==============================================
+
+LMDB reports a write that the filesystem cut short as ``EIO`` (LMDB's own
+comment: "short write, filesystem full?"), which is what a filling disk
+gives when a commit's pages only partly fit; such an ``EIO`` counts as a full
+disk when the filesystem has less than 1 MiB left. A commit is atomic, so a
+failed one changed nothing: LMDB writes the new pages first and the meta page
+last. The lock file is given its disk blocks when dhtcart creates it: LMDB
+writes its reader table through a memory map, and on a full filesystem a
+page without blocks would kill the process with ``SIGBUS``.
+
+Read-only media: a shard whose directory (or ``data.mdb``) cannot be written
+is opened read-only: reads work, writes raise
+:class:`~dhtcart.errors.StoreReadOnly`. When ``lock.mdb`` cannot be written
+either (a read-only filesystem, or a lock file the user may not write), the
+environment is opened without LMDB's lock table: readers are then not
+registered, so **no writer may run on the store meanwhile** (a writer that
+does not see them may reuse the pages they read). :attr:`LMDBBackend.read_only`
+tells which way a shard was opened.
+
+The environment cache: one environment per directory per process, found by
+the directory's ``(st_dev, st_ino)`` and handed out only while ``data.mdb``
+in that directory is still the file it has open. On a local Linux filesystem an
+open environment keeps its directory's inode from being reused, even after
+the directory is deleted (its open files hold the directory), so a new shard
+directory never shares a live environment's key; the ``data.mdb`` check keeps
+that true where inode numbers come back sooner (network and FUSE filesystems),
+and when a shard directory's files are replaced in place (restored from a
+backup, or made again by another process).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import mmap
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -49,7 +98,18 @@ import lmdb
 from dhtcart.backends.base import BackendContext, Record, check_expected
 from dhtcart.backends.fencing import Change, FencedBackend, Pending, Update, apply_changes
 from dhtcart.backends.ownership import BACKUP, OWNED, PRIMARY, TABLE_SHIFT, Ownership
-from dhtcart.errors import ForkedError, InvalidInput, LeaseExpired, ShardUnavailable, StoreClosed, WriteInFlight
+from dhtcart.errors import (
+    CorruptData,
+    DHTCartError,
+    ForkedError,
+    InvalidInput,
+    LeaseExpired,
+    ShardFull,
+    ShardUnavailable,
+    StoreClosed,
+    StoreReadOnly,
+    WriteInFlight,
+)
 
 __all__ = ["DEFAULT_MAP_SIZE", "Durability", "LMDBBackend"]
 
@@ -57,7 +117,25 @@ Durability = Literal["process", "power"]
 DEFAULT_MAP_SIZE = 64 * 1024 * 1024
 _MAX_MAP_SIZE = 1 << 40
 _SCAN_BATCH = 1024
+_WRITE_ATTEMPTS = 64  # map growths and adoptions of another process's size, per write
+_READ_ATTEMPTS = 8
+#: seconds between two looks, by a writer, at whether the shard's data file was deleted under it
+_REMOVED_CHECK_EVERY = 1.0
 _T = TypeVar("_T")
+
+#: what LMDB and the filesystem raise; :func:`_medium_error` turns each into dhtcart's. dhtcart's
+#: own errors are let through first wherever this is caught: ShardUnavailable is an OSError too
+_MEDIUM = (lmdb.Error, OSError)
+#: errno values of a medium that has no room for a write
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: errno values of a medium that refuses changes
+_REFUSED = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+#: an EIO of a write counts as a full disk when the filesystem has less room than this left
+_FULL_BELOW = 1 << 20
+#: LMDB errors of a damaged file
+_DAMAGED = (lmdb.CorruptedError, lmdb.InvalidError, lmdb.PageNotFoundError)
+#: errno by message, for versions of py-lmdb whose exceptions carry no ``code``
+_ERRNO_BY_TEXT = {os.strerror(code): code for code in errno.errorcode}
 
 # Ownership keys: 0xff x 8 then a name, so they sort after every record key
 # and a scan that stops past its range never reads them as records.
@@ -79,6 +157,146 @@ _MAX_KEY = (1 << 63) - 1
 _forks = 0  # how many times this process is a fork's child (checked instead of getpid per call)
 
 
+def _errno(exc: BaseException) -> int:
+    """The errno behind an LMDB or filesystem error (0 when there is none)."""
+    if isinstance(exc, OSError):
+        return exc.errno or 0
+    code = getattr(exc, "code", None)
+    if isinstance(code, int) and code:
+        return code
+    return _ERRNO_BY_TEXT.get(str(exc).rpartition(": ")[2], 0)
+
+
+def _no_room(path: str) -> bool:
+    """Whether the filesystem holding ``path`` has (almost) no room left."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _FULL_BELOW
+
+
+def _refuses_changes(exc: BaseException) -> bool:
+    """Whether ``exc`` says that the medium may be read but not changed."""
+    return isinstance(exc, lmdb.ReadonlyError) or _errno(exc) in _REFUSED
+
+
+def _medium_error(exc: BaseException, shard: str, path: str, *, write: bool) -> DHTCartError:
+    """The one translation of LMDB's and the filesystem's errors into dhtcart's (see the module doc).
+
+    ``write`` says whether the operation may change the medium (a write
+    transaction, opening or creating the environment, a flush, a removal).
+    """
+    reason = str(exc) or type(exc).__name__
+    code = _errno(exc)
+    if isinstance(exc, lmdb.ReadonlyError) or (write and code in _REFUSED):
+        return StoreReadOnly(
+            f"shard {shard!r}: its directory {path} is read-only ({reason}): it can be read, not changed;"
+            " nothing was changed"
+        )
+    if (
+        isinstance(exc, lmdb.MapFullError | lmdb.DiskError)
+        or code in _NO_ROOM
+        or (write and code == errno.EIO and _no_room(path))
+    ):
+        return ShardFull(
+            shard,
+            path,
+            f"no room left on its medium ({reason}): the write was not applied; reads go on,"
+            " and writes work again once space is freed",
+        )
+    if isinstance(exc, _DAMAGED):
+        return CorruptData(f"shard {shard!r} at {path}: the LMDB file is damaged ({reason})")
+    return ShardUnavailable(shard, path, reason)
+
+
+class _MediumErrors:
+    """:func:`_medium_error` applied to a block: ``with errors:`` lets dhtcart's own errors through
+    and turns LMDB's and the filesystem's into dhtcart's (as httpx's ``map_exceptions`` does).
+
+    The transaction paths call :meth:`reraise` from a plain ``except`` instead, which costs
+    nothing when nothing is raised (a ``with`` costs a tenth of a microsecond per call).
+    """
+
+    __slots__ = ("path", "shard", "write")
+
+    def __init__(self, shard: str, path: str, *, write: bool) -> None:
+        self.shard = shard
+        self.path = path
+        self.write = write
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is not None:
+            self.reraise(exc)
+
+    def reraise(self, exc: BaseException) -> None:
+        """Raise dhtcart's error for ``exc`` if it is the medium's; return if it is not (the caller re-raises it)."""
+        if isinstance(exc, _MEDIUM) and not isinstance(exc, DHTCartError):  # ShardUnavailable is an OSError too
+            raise _medium_error(exc, self.shard, self.path, write=self.write) from exc
+
+
+def _can_map(size: int) -> bool:
+    """Whether this process can map ``size`` more bytes of address space now.
+
+    Growing the map unmaps the old one before it maps the new: if that fails
+    (an address-space limit, ``RLIMIT_AS``), LMDB is left without a map and the
+    environment can no longer even read. So the new size is tried first, with
+    a mapping that costs nothing (no access, no reservation).
+    """
+    try:
+        probe = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _NORESERVE, prot=0)
+    except (OSError, ValueError, OverflowError):
+        return False
+    probe.close()
+    return True
+
+
+_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0)
+
+
+def _lock_file_size(max_readers: int) -> int:
+    """At least what LMDB makes ``lock.mdb`` for ``max_readers`` readers (a header and one
+    cache-line-aligned slot per reader; 128 bytes covers every cache line LMDB builds for)."""
+    return -(-(4096 + 128 * max_readers) // 4096) * 4096
+
+
+def _reserve_lock_file(path: str, max_readers: int) -> None:
+    """Make ``lock.mdb`` with its disk blocks allocated, if it does not exist yet.
+
+    LMDB sizes a new lock file with ``ftruncate`` (no blocks) and writes its
+    reader table through a memory map: on a full filesystem the first touch of
+    a page without blocks is ``SIGBUS``, which kills the process. A file made
+    here has every block; it is built under another name and linked into place,
+    so another process never sees it half made (if one made ``lock.mdb`` first,
+    its file is kept). No room raises ``OSError(ENOSPC)``, nothing left behind.
+    """
+    lock = os.path.join(path, "lock.mdb")
+    if os.path.exists(lock):
+        return
+    tmp = f"{lock}.{os.getpid()}.{threading.get_ident()}.tmp"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, _lock_file_size(max_readers))
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile: LMDB uses that one
+            os.link(tmp, lock)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _data_file(path: str) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of ``path``'s ``data.mdb``, or ``None`` if there is none."""
+    try:
+        st = os.stat(os.path.join(path, "data.mdb"))
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _after_fork() -> None:
     global _forks
     _forks += 1
@@ -86,20 +304,53 @@ def _after_fork() -> None:
 
 
 class _Env:
-    """One LMDB environment of this process, shared by every backend opened on its directory."""
+    """One LMDB environment of this process, shared by every backend opened on its directory.
+
+    Opened for writing when the medium allows it, else read-only (see the
+    module doc); ``data`` identifies the ``data.mdb`` it has open.
+    """
 
     def __init__(self, path: str, durability: Durability, map_size: int, max_readers: int) -> None:
-        self.env = lmdb.open(
-            path,
-            map_size=map_size,
-            subdir=True,
-            sync=durability == "power",
-            metasync=durability == "power",
-            readahead=False,
-            max_readers=max_readers,
-            max_dbs=0,
-        )
-        self.env.reader_check()  # clear slots left by killed processes
+        options: dict[str, Any] = {"map_size": map_size, "subdir": True, "max_readers": max_readers, "max_dbs": 0}
+        #: the medium refuses changes: reads only
+        self.readonly = False
+        #: readers are registered in LMDB's lock table (not so for a read-only lock file)
+        self.locked = True
+        try:
+            _reserve_lock_file(path, max_readers)
+            self.env = lmdb.open(
+                path,
+                sync=durability == "power",
+                metasync=durability == "power",
+                readahead=False,
+                **options,
+            )
+        except _MEDIUM as exc:
+            if not _refuses_changes(exc):
+                raise
+            self.readonly = True
+            try:  # the lock file may still be writable: readers stay registered
+                self.env = lmdb.open(path, readonly=True, **options)
+                self.locked = os.access(os.path.join(path, "lock.mdb"), os.W_OK)
+            except lmdb.Error as again:
+                if not _refuses_changes(again):
+                    raise
+                self.env = lmdb.open(path, readonly=True, lock=False, **options)
+                self.locked = False
+        try:
+            if self.locked:
+                self.env.reader_check()  # clear slots left by killed processes
+            # data.mdb, held open to tell when the directory is deleted (or the file replaced) under us
+            self.data_fd = os.open(os.path.join(path, "data.mdb"), os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            self.env.close()
+            raise
+        st = os.fstat(self.data_fd)
+        #: ``(st_dev, st_ino)`` of the data.mdb this environment has open
+        self.data = (st.st_dev, st.st_ino)
+        self.next_check = 0.0  # when removed() next looks at data.mdb
+        self.gone = False  # data.mdb was seen unlinked
+        self.path = path
         self.lock = threading.Lock()
         self.users = 0
         self.durability = durability
@@ -109,11 +360,33 @@ class _Env:
         self.slices: dict[int, str] = self.own.segments.slices  # the hot path's lookup
         self.lease_ms = 0  # the lease to serve reads, as of snapshot ``tid`` (a leased record only)
 
+    def removed(self) -> bool:
+        """Whether data.mdb was unlinked since it was opened (its directory deleted, or the file
+        replaced), so that a write would go to a file nobody opens again. Looked at once a
+        second at most (an ``fstat`` costs as much as a third of a write), and once seen, for
+        good (an unlinked file never comes back); call with ``lock`` held."""
+        if self.gone:
+            return True
+        now = time.monotonic()
+        if now < self.next_check:
+            return False
+        self.next_check = now + _REMOVED_CHECK_EVERY
+        self.gone = os.fstat(self.data_fd).st_nlink == 0
+        return self.gone
+
+    def close(self) -> None:
+        self.env.close()
+        os.close(self.data_fd)
+
     def load_ownership(self, txn: lmdb.Transaction, gen: object) -> Ownership:
-        """The record as of ``txn``, whose generation key reads ``gen`` (call with ``lock`` held)."""
+        """The record as of ``txn``, whose generation key reads ``gen`` (call with ``lock`` held);
+        :class:`~dhtcart.errors.CorruptData` if it does not parse."""
         if gen != self.gen:
             raw = txn.get(_OWN)
-            self.own = Ownership.nothing() if raw is None else Ownership.from_json(bytes(raw))
+            try:
+                self.own = Ownership.nothing() if raw is None else Ownership.from_json(bytes(raw))
+            except CorruptData as exc:
+                raise CorruptData(f"the shard at {self.path}: {exc}") from exc
             self.slices = self.own.segments.slices
             self.gen = gen
         return self.own
@@ -128,8 +401,23 @@ def _kb(key: int) -> bytes:
     return key.to_bytes(8, "big")
 
 
-def _unpack(raw: bytes) -> Record:
+def _unpack(raw: bytes, key: int) -> Record:
+    if len(raw) < 8:
+        raise _short_record(key, raw)
     return Record(int.from_bytes(raw[:8], "big"), raw[8:])
+
+
+def _short_record(key: int, raw: bytes | memoryview) -> CorruptData:
+    return CorruptData(f"key {key}: stored record of {len(raw)} bytes is too short to hold its 8-byte version")
+
+
+def _version(key: int, raw: bytes | memoryview | None) -> int:
+    """The version of a stored record (0: none)."""
+    if raw is None:
+        return 0
+    if len(raw) < 8:
+        raise _short_record(key, raw)
+    return int.from_bytes(raw[:8], "big")
 
 
 def _delete_range(txn: lmdb.Transaction, lo: int, hi: int) -> int:
@@ -185,7 +473,7 @@ class LMDBBackend(FencedBackend):
         map_size: int = DEFAULT_MAP_SIZE,
         max_readers: int = 1024,
         fenced: bool = False,
-        name: str = "lmdb",
+        name: str | None = None,
         create: bool = True,
     ) -> None:
         if durability not in ("process", "power"):
@@ -193,7 +481,8 @@ class LMDBBackend(FencedBackend):
         if isinstance(map_size, bool) or not isinstance(map_size, int) or map_size < 4096:
             raise InvalidInput("map_size", f"must be an int >= 4096, not {map_size!r}")
         self.path = os.fspath(path)
-        self.name = name
+        #: the shard's name in messages (the store's name for it, else the directory's)
+        self.name = name if name is not None else os.path.basename(os.path.normpath(self.path))
         self.durability: Durability = durability
         self.fast_local = durability == "process"  # "power" waits for a disk flush per write
         self.copy_format = _COPY_FORMAT
@@ -201,9 +490,21 @@ class LMDBBackend(FencedBackend):
         self.url = f"lmdb://{os.path.abspath(self.path)}"
         if not create and not os.path.isfile(os.path.join(self.path, "data.mdb")):
             raise ShardUnavailable(
-                name, self.url, "its LMDB environment is gone (the directory was deleted, or its disk lost)"
+                self.name, self.url, "its LMDB environment is gone (the directory was deleted, or its disk lost)"
             )
-        shared: _Env | None = None
+        self._closed = True  # until the environment is open
+        self._reading = _MediumErrors(self.name, self.path, write=False)
+        self._writing = _MediumErrors(self.name, self.path, write=True)
+        with self._writing:
+            shared = self._open_shared(durability, map_size, max_readers)
+        self._shared: _Env = shared
+        self._env = shared.env
+        self._lock = shared.lock
+        self._forks = _forks
+        self._closed = False
+
+    def _open_shared(self, durability: Durability, map_size: int, max_readers: int) -> _Env:
+        """This process's environment of the directory, opened now or shared (counted as one more user)."""
         for attempt in range(3):
             try:
                 os.makedirs(self.path, exist_ok=True)
@@ -211,26 +512,26 @@ class LMDBBackend(FencedBackend):
                 self._id = (st.st_dev, st.st_ino)
                 with _ENVS_LOCK:
                     shared = _ENVS.get(self._id)
+                    if shared is not None and shared.data != _data_file(self.path):
+                        # the directory now holds other files than the environment has open (they
+                        # were replaced, or a deleted directory's inode came back): not theirs
+                        del _ENVS[self._id]
+                        shared = None
                     if shared is None:
                         shared = _ENVS[self._id] = _Env(self.path, durability, map_size, max_readers)
-                    elif shared.durability != durability:
+                    elif shared.durability != durability and not shared.readonly:
                         raise InvalidInput(
                             "durability",
                             f"{self.path} is already open in this process with durability={shared.durability!r}",
                         )
                     shared.users += 1
-                break
+                return shared
             except (lmdb.Error, FileNotFoundError):
                 # the directory was removed while we opened it (a shard leaving while another
                 # process opens it by an older membership): make it again
                 if attempt == 2 or os.path.isdir(self.path):
                     raise
-        assert shared is not None
-        self._shared: _Env = shared
-        self._env = shared.env
-        self._lock = shared.lock
-        self._forks = _forks
-        self._closed = False
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @classmethod
     def from_url(cls, url: str, *, context: BackendContext | None = None, **options: Any) -> LMDBBackend:
@@ -268,6 +569,11 @@ class LMDBBackend(FencedBackend):
             options.setdefault("create", context.create)
         return cls(path, **options)
 
+    @property
+    def read_only(self) -> bool:
+        """Whether the shard was opened read-only because its medium refuses changes (see the module doc)."""
+        return self._shared.readonly
+
     # -- plumbing -------------------------------------------------------------
 
     def _check(self) -> None:
@@ -291,31 +597,77 @@ class LMDBBackend(FencedBackend):
         """Run ``fn(txn)`` in a write transaction, growing the map when it is full."""
         with self._lock:
             self._check()
-            for _ in range(64):
-                try:
-                    with self._env.begin(write=True) as txn:
-                        return fn(txn)
-                except lmdb.MapFullError:
-                    # slots of killed readers pin old pages: free them before growing
-                    self._env.reader_check()
-                    size = self._env.info()["map_size"]
-                    if size >= _MAX_MAP_SIZE:
-                        raise
-                    self._env.set_mapsize(min(size * 2, _MAX_MAP_SIZE))
-                except lmdb.MapResizedError:
-                    self._env.set_mapsize(0)  # another process grew it: adopt its size
-            raise RuntimeError("LMDB write kept failing to fit the map")  # pragma: no cover
+            if self._shared.readonly:
+                raise StoreReadOnly(
+                    f"shard {self.name!r}: its directory {self.path} is read-only (opened for reading only):"
+                    " it can be read, not changed; nothing was changed"
+                )
+            try:
+                for _ in range(_WRITE_ATTEMPTS):
+                    try:
+                        with self._env.begin(write=True) as txn:
+                            result = fn(txn)
+                            if self._shared.removed():  # after the fence: a redirect comes first
+                                raise ShardUnavailable(
+                                    self.name,
+                                    self.path,
+                                    "its data file was deleted while open (the shard's directory removed, or"
+                                    " the file replaced): the write was not applied, as it would be lost",
+                                )
+                            return result
+                    except lmdb.MapFullError:
+                        self._grow()
+                    except lmdb.MapResizedError:
+                        self._env.set_mapsize(0)  # another process grew it: adopt its size
+            except _MEDIUM as exc:  # the mapping, without a context manager's cost (the hot path)
+                self._writing.reraise(exc)
+                raise
+        raise ShardUnavailable(
+            self.name, self.path, f"a write found the map full or resized {_WRITE_ATTEMPTS} times in a row"
+        )
+
+    def _grow(self) -> None:
+        """Double the map after a write found it full, or raise ShardFull when it may not grow."""
+        # slots of killed readers pin old pages: free them before growing
+        if self._shared.locked:
+            self._env.reader_check()
+        size = self._env.info()["map_size"]
+        if size >= _MAX_MAP_SIZE:
+            raise ShardFull(
+                self.name,
+                self.path,
+                f"the LMDB map is full at its largest size ({size} bytes): the write was not applied;"
+                " reads go on, and writes that fit work again once records are deleted",
+            )
+        grown = min(size * 2, _MAX_MAP_SIZE)
+        if not _can_map(grown):
+            raise ShardFull(
+                self.name,
+                self.path,
+                f"the LMDB map is full and this process cannot map {grown} bytes (an address-space limit):"
+                " the write was not applied; reads go on",
+            )
+        try:
+            self._env.set_mapsize(grown)
+        except lmdb.Error as exc:  # the probe passed, then the map failed: the environment has no map
+            raise ShardFull(
+                self.name, self.path, f"the LMDB map is full and could not grow ({exc}): the write was not applied"
+            ) from exc
 
     def _read(self, fn: Callable[[lmdb.Transaction], _T]) -> _T:
         with self._lock:
             self._check()
-            for _ in range(8):
-                try:
-                    with self._env.begin() as txn:
-                        return fn(txn)
-                except lmdb.MapResizedError:
-                    self._env.set_mapsize(0)
-            raise RuntimeError("LMDB read kept seeing the map resized")  # pragma: no cover
+            try:
+                for _ in range(_READ_ATTEMPTS):
+                    try:
+                        with self._env.begin() as txn:
+                            return fn(txn)
+                    except lmdb.MapResizedError:
+                        self._env.set_mapsize(0)
+            except _MEDIUM as exc:
+                self._reading.reraise(exc)
+                raise
+        raise ShardUnavailable(self.name, self.path, f"a read found the map resized {_READ_ATTEMPTS} times in a row")
 
     # -- operations -------------------------------------------------------------
 
@@ -325,28 +677,36 @@ class LMDBBackend(FencedBackend):
             if self._closed or self._forks != _forks:
                 self._check()
             try:
-                txn = self._env.begin()
-            except lmdb.MapResizedError:
-                self._env.set_mapsize(0)
-                txn = self._env.begin()
-            try:
-                if self.fenced:  # the fence, inline: this is the hot path
-                    shared = self._shared
-                    tid = txn.id()
-                    if tid != shared.tid:  # another snapshot than the one last checked: read the generation
-                        own = shared.load_ownership(txn, txn.get(_GEN))
-                        if own.leased:  # and the lease (a renewal is a write: a new snapshot)
-                            lease = txn.get(_LEASE)
-                            shared.lease_ms = 0 if lease is None else int.from_bytes(lease, "big")
-                        shared.tid = tid
-                    if shared.slices.get(key >> TABLE_SHIFT) not in _FAST_READ:
-                        self._fence(txn, key, False)
-                    if shared.own.leased and time.time() * 1000 >= shared.lease_ms:
-                        self._lease_expired(key)
-                raw = txn.get(kb)
-            finally:
-                txn.abort()
-        return None if raw is None else Record(int.from_bytes(raw[:8], "big"), raw[8:])
+                try:
+                    txn = self._env.begin()
+                except lmdb.MapResizedError:
+                    self._env.set_mapsize(0)
+                    txn = self._env.begin()
+                try:
+                    if self.fenced:  # the fence, inline: this is the hot path
+                        shared = self._shared
+                        tid = txn.id()
+                        if tid != shared.tid:  # another snapshot than the one last checked: read the generation
+                            own = shared.load_ownership(txn, txn.get(_GEN))
+                            if own.leased:  # and the lease (a renewal is a write: a new snapshot)
+                                lease = txn.get(_LEASE)
+                                shared.lease_ms = 0 if lease is None else int.from_bytes(lease, "big")
+                            shared.tid = tid
+                        if shared.slices.get(key >> TABLE_SHIFT) not in _FAST_READ:
+                            self._fence(txn, key, False)
+                        if shared.own.leased and time.time() * 1000 >= shared.lease_ms:
+                            self._lease_expired(key)
+                    raw = txn.get(kb)
+                finally:
+                    txn.abort()
+            except _MEDIUM as exc:  # the hot path: the mapping without a context manager's cost
+                self._reading.reraise(exc)
+                raise
+        if raw is None:
+            return None
+        if len(raw) < 8:
+            raise _short_record(key, raw)
+        return Record(int.from_bytes(raw[:8], "big"), raw[8:])
 
     def put(self, key: int, value: bytes, expected_version: int | None = None) -> int:
         kb = _kb(key)
@@ -355,8 +715,7 @@ class LMDBBackend(FencedBackend):
         def op(txn: lmdb.Transaction) -> int:
             if fenced:
                 self._fence(txn, key, True)
-            raw = txn.get(kb)
-            current = 0 if raw is None else int.from_bytes(raw[:8], "big")
+            current = _version(key, txn.get(kb))
             check_expected(key, expected_version, current)
             version = current + 1
             txn.put(kb, version.to_bytes(8, "big") + value)
@@ -395,8 +754,9 @@ class LMDBBackend(FencedBackend):
             if fenced:
                 self._fence(txn, key, True)
             raw = txn.get(kb)
-            current = 0 if raw is None else int.from_bytes(raw[:8], "big")
-            check_expected(key, expected_version, current)
+            if raw is not None and len(raw) < 8 and expected_version is None:
+                return bool(txn.delete(kb))  # an unconditional delete removes a damaged record too
+            check_expected(key, expected_version, _version(key, raw))
             return raw is not None and bool(txn.delete(kb))
 
         return self._write(op)
@@ -416,7 +776,7 @@ class LMDBBackend(FencedBackend):
                     k = int.from_bytes(kb, "big")
                     if k > hi:
                         break
-                    out.append((k, _unpack(raw)))  # type: ignore[arg-type]  # bytes: buffers=False
+                    out.append((k, _unpack(raw, k)))  # type: ignore[arg-type]  # bytes: buffers=False
                     if len(out) >= n:
                         break
                 return out
@@ -530,6 +890,9 @@ class LMDBBackend(FencedBackend):
         return self._write(op)
 
     def boundary(self, lo: int, hi: int, n: int) -> tuple[int, int]:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InvalidInput("n", f"boundary counts keys from 1, got {n!r}")
+
         def op(txn: lmdb.Transaction) -> tuple[int, int]:
             cur = txn.cursor()
             if not cur.set_range(_kb(lo + 1)):
@@ -662,10 +1025,14 @@ class LMDBBackend(FencedBackend):
         return 0.0 if raw is None else int.from_bytes(raw, "big") / 1000
 
     def sync(self) -> None:
-        """Flush to disk now (useful in ``"process"`` mode before a planned shutdown)."""
+        """Flush to disk now (useful in ``"process"`` mode before a planned shutdown; nothing to do
+        on a shard opened read-only)."""
         with self._lock:
             self._check()
-            self._env.sync(True)
+            if self._shared.readonly:
+                return
+            with self._writing:
+                self._env.sync(True)
 
     def close(self) -> None:
         with self._lock:
@@ -683,8 +1050,22 @@ class LMDBBackend(FencedBackend):
             # Closing in a forked child too lets the child open the directory
             # again (py-lmdb refuses a second open of an environment it still
             # counts as open); the parent's handle is unaffected.
-            shared.env.close()
+            shared.close()
 
     def destroy(self) -> None:
+        """Close, then remove the shard's directory (gone already is fine; a medium that refuses
+        raises the mapped error, e.g. :class:`~dhtcart.errors.StoreReadOnly`)."""
         self.close()
-        shutil.rmtree(self.path, ignore_errors=True)
+        failed: list[BaseException] = []
+
+        def note(exc: BaseException) -> None:
+            if not isinstance(exc, FileNotFoundError):  # removed meanwhile by another process
+                failed.append(exc)
+
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(self.path, onexc=lambda _f, _p, exc: note(exc))
+        else:
+            shutil.rmtree(self.path, onerror=lambda _f, _p, info: note(info[1]))
+        if failed:
+            with self._writing:
+                raise failed[0]

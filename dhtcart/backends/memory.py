@@ -2,6 +2,11 @@
 
 Thread-safe; not shared between processes; gone when the process ends. When
 fenced, the ownership record is checked under the same lock as the operation.
+
+Errors: the medium is this process's memory, which raises nothing of its own
+(a process out of memory gets Python's ``MemoryError``, not a dhtcart error);
+bad arguments are :class:`~dhtcart.errors.InvalidInput`, a closed backend
+:class:`~dhtcart.errors.StoreClosed`.
 """
 
 from __future__ import annotations
@@ -206,6 +211,8 @@ class MemoryBackend(FencedBackend):
             return self._delete_ranges(ranges)
 
     def boundary(self, lo: int, hi: int, n: int) -> tuple[int, int]:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InvalidInput("n", f"boundary counts keys from 1, got {n!r}")
         with self._lock:
             self._check_open()
             keys = list(islice(self._data.irange(lo, hi, inclusive=(False, True)), n))

@@ -35,6 +35,11 @@ A backend checks the state of a key in the same atomic step as the operation
 :class:`~dhtcart.errors.Moved` where the state does not allow it. This module
 knows nothing of rings or stores: ranges are integers, states are letters.
 
+Errors: a caller's bad ranges or states are
+:class:`~dhtcart.errors.InvalidInput`; a stored record that does not parse
+(:meth:`Ownership.from_json`, :meth:`Segments.from_list`) is
+:class:`~dhtcart.errors.CorruptData`; both are ``ValueError`` subclasses.
+
 >>> segs = Segments.owning([(9, 20), (40, 50)])
 >>> segs.lookup(15), segs.lookup(30), segs.lookup(50)
 (('o', ''), ('-', ''), ('o', ''))
@@ -53,7 +58,7 @@ from collections.abc import Iterable, Sequence
 from itertools import pairwise
 from typing import Any, NamedTuple
 
-from dhtcart.errors import LeaseLost, Moved
+from dhtcart.errors import CorruptData, InvalidInput, InvalidKey, LeaseLost, Moved
 
 __all__ = [
     "BACKUP",
@@ -127,6 +132,10 @@ class Segments:
     peers: list[str]
 
     def __init__(self, his: Sequence[int], states: Sequence[str], peers: Sequence[str]) -> None:
+        if not len(his) == len(states) == len(peers):
+            raise InvalidInput(
+                "segments", f"his, states and peers differ in length ({len(his)}, {len(states)}, {len(peers)})"
+            )
         self.his, self.states, self.peers = _merge(his, states, peers)
         #: slice -> state, filled by :meth:`slice_state`
         self.slices: dict[int, str] = {}
@@ -156,7 +165,9 @@ class Segments:
         return cls.all().replace_many([(lo, hi, state, "") for lo, hi in ranges])
 
     def lookup(self, key: int) -> tuple[str, str]:
-        """``(state, peer)`` of ``key``."""
+        """``(state, peer)`` of ``key`` (an int in ``[0, 2**63)``)."""
+        if type(key) is not int or not 0 <= key <= _MAX_KEY:
+            raise InvalidKey(f"key must be an int in [0, 2**63), not {key!r}")
         i = bisect_left(self.his, key)
         return self.states[i], self.peers[i]
 
@@ -190,16 +201,30 @@ class Segments:
     def replace_many(self, changes: Sequence[tuple[int, int, str, str]], *, expect: str | None = None) -> Segments:
         """A copy with each ``(lo, hi, state, peer)`` of ``changes`` applied (ranges must not
         overlap); one pass over the segments, whatever the number of changes.
-        ``expect`` as in :meth:`replace`, for every range."""
+        ``expect`` as in :meth:`replace`, for every range.
+
+        A change that is not ``(int, int, state, str)`` with ``-1 <= lo < hi <= 2**63 - 1``,
+        or ranges that overlap, are :class:`~dhtcart.errors.InvalidInput`; nothing changes."""
         if not changes:
             return self
-        todo = sorted(changes)
+        todo: list[tuple[int, int, str, str]] = []
+        for change in changes:
+            row: Sequence[object] = change
+            if not (isinstance(row, tuple | list) and len(row) == 4):
+                raise InvalidInput("changes", f"an ownership change is (lo, hi, state, peer), not {row!r}")
+            lo, hi, state, peer = row
+            if type(lo) is not int or type(hi) is not int or not isinstance(peer, str):
+                raise InvalidInput("changes", f"an ownership change is (int, int, state, str), not {row!r}")
+            if state not in STATES or not isinstance(state, str):
+                raise InvalidInput("changes", f"unknown ownership state {state!r} (known: {sorted(STATES)})")
+            todo.append((lo, hi, state, peer))
+        todo.sort()
         prev_hi = -1
-        for lo, hi, state, _ in todo:
-            if state not in STATES:
-                raise ValueError(f"unknown ownership state {state!r}")
+        for lo, hi, _, _ in todo:
             if not prev_hi <= lo < hi <= _MAX_KEY:
-                raise ValueError(f"bad or overlapping range ({lo}, {hi}]")
+                raise InvalidInput(
+                    "changes", f"range ({lo}, {hi}] is empty, out of [-1, 2**63 - 1] or overlaps another"
+                )
             prev_hi = hi
             if expect is not None:
                 for a, b, st, _ in self.spans(lo, hi):
@@ -241,16 +266,22 @@ class Segments:
 
     @classmethod
     def from_list(cls, rows: Iterable[Sequence[Any]]) -> Segments:
-        """Rebuild from :meth:`to_list` (or any ``(hi, state, peer)`` rows), checking the shape."""
+        """Rebuild from :meth:`to_list` (or any ``(hi, state, peer)`` rows), checking the shape.
+
+        The rows are a stored record: any that do not make a partition of the key
+        space are :class:`~dhtcart.errors.CorruptData`."""
         his, states, peers = [], [], []
-        for h, s, p in rows:
+        for row in rows:
+            if not isinstance(row, Sequence) or isinstance(row, str | bytes) or len(row) != 3:
+                raise CorruptData(f"bad ownership segment {row!r}: not a row [hi, state, peer]")
+            h, s, p = row
             if type(h) is not int or s not in STATES or type(p) is not str:
-                raise ValueError(f"bad ownership segment {[h, s, p]!r}")
+                raise CorruptData(f"bad ownership segment {[h, s, p]!r}")
             his.append(h)
             states.append(s)
             peers.append(p)
         if not his or his[-1] != _MAX_KEY or any(a >= b for a, b in pairwise(his)) or his[0] < 0:
-            raise ValueError("ownership segments must be ascending and end at 2**63 - 1")
+            raise CorruptData("ownership segments must be ascending and end at 2**63 - 1")
         return cls(his, states, peers)
 
     def __eq__(self, other: object) -> bool:
@@ -322,13 +353,31 @@ class Ownership(NamedTuple):
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Ownership:
-        data = json.loads(raw)
-        his = data["his"]
-        peers = [""] * len(his)
-        for i, p in data["peers"].items():
-            peers[int(i)] = p
-        rows = zip(his, data["states"], peers, strict=True)
-        return cls(int(data["epoch"]), int(data["token"]), Segments.from_list(rows), bool(data.get("leased", False)))
+        """Parse :meth:`to_json`'s bytes; a record that does not parse is :class:`~dhtcart.errors.CorruptData`."""
+        try:
+            data = json.loads(raw)
+            his = data["his"]
+            states = data["states"]
+            if not isinstance(his, list) or not isinstance(states, str) or len(his) != len(states):
+                raise CorruptData("ownership record: 'his' and 'states' must be a list and a string of one length")
+            peers = [""] * len(his)
+            for i, p in data["peers"].items():
+                index = int(i)
+                if not 0 <= index < len(his):
+                    raise CorruptData(f"ownership record: peer of segment {i} of {len(his)}")
+                peers[index] = p
+            epoch, token = data["epoch"], data["token"]
+            if type(epoch) is not int or type(token) is not int:
+                raise CorruptData(f"ownership record: epoch and token must be ints, not {epoch!r} and {token!r}")
+            leased = data.get("leased", False)
+            if type(leased) is not bool:
+                raise CorruptData(f"ownership record: 'leased' must be a bool, not {leased!r}")
+            return cls(epoch, token, Segments.from_list(zip(his, states, peers)), leased)
+        except CorruptData:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:  # bytes that are not the record
+            shown = raw[:80] if isinstance(raw, bytes | str) else type(raw).__name__
+            raise CorruptData(f"ownership record does not parse ({type(exc).__name__}: {exc}): {shown!r}") from exc
 
     def check(self, key: int, write: bool) -> None:
         """Raise :class:`~dhtcart.errors.Moved` unless this record lets an operation on ``key``

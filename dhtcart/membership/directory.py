@@ -6,10 +6,12 @@ and its holder; ``PROGRESS`` the running migration's keys moved and planned.
 
 The directory is made only by the methods that write (:meth:`~DirectoryMembership.create`,
 :meth:`~DirectoryMembership.try_lease`): reading a location where there is no
-store creates nothing. The medium's errors become dhtcart's: a location that
-is a file (or lies under one) is :class:`~dhtcart.errors.InvalidInput`, a
-directory this process may read but not write is
-:class:`~dhtcart.errors.StoreReadOnly`.
+store creates nothing. The medium's errors become dhtcart's in one place
+(:func:`_mapped`): a location that is a file (or lies under one) is
+:class:`~dhtcart.errors.InvalidInput`, a directory this process may read but
+not write is :class:`~dhtcart.errors.StoreReadOnly`, a full disk
+:class:`~dhtcart.errors.ShardFull`, anything else
+:class:`~dhtcart.errors.ShardUnavailable`, each naming ``membership``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from dhtcart.errors import InvalidInput, LeaseLost, StoreReadOnly
+from dhtcart.errors import (
+    CorruptData,
+    DHTCartError,
+    InvalidInput,
+    LeaseLost,
+    ShardFull,
+    ShardUnavailable,
+    StoreReadOnly,
+)
 from dhtcart.membership.base import Lease, Membership, MembershipDoc
 from dhtcart.settings import MANIFEST
 
@@ -38,11 +48,16 @@ PROGRESS_FILE = "PROGRESS"
 def _write_atomic(path: Path, text: str) -> None:
     """Write ``path`` so that a crash leaves either the old or the new file, whole (0600)."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk, say: leave no half-written file behind
+            os.unlink(tmp)
+        raise
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)
@@ -70,11 +85,15 @@ def _not_a_directory(path: Path) -> InvalidInput | None:
 
 
 @contextlib.contextmanager
-def _writing(directory: Path, what: str) -> Iterator[None]:
-    """Turn the errors of writing ``what`` in ``directory`` into dhtcart's."""
+def _mapped(directory: Path, what: str = "read it") -> Iterator[None]:
+    """The directory's errors as dhtcart's, while doing ``what`` (the one place this medium's are mapped)."""
     try:
         yield
+    except DHTCartError:  # ShardUnavailable is an OSError too
+        raise
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ShardFull("membership", str(directory), f"cannot {what}: no room left ({exc.strerror})") from exc
         if exc.errno in _READ_ONLY:
             raise StoreReadOnly(
                 f"store {directory} is read-only for this process: cannot {what} ({exc.strerror})"
@@ -82,7 +101,7 @@ def _writing(directory: Path, what: str) -> Iterator[None]:
         bad = _not_a_directory(directory) if exc.errno in (errno.EEXIST, errno.ENOTDIR) else None
         if bad is not None:
             raise bad from exc
-        raise
+        raise ShardUnavailable("membership", str(directory), f"cannot {what}: {exc}") from exc
 
 
 class _FileLease(Lease):
@@ -119,22 +138,27 @@ class DirectoryMembership(Membership):
         self._path = self._dir / MANIFEST
 
     def _make_dir(self) -> None:
-        with _writing(self._dir, "make its directory"):
+        with _mapped(self._dir, "make its directory"):
             self._dir.mkdir(parents=True, exist_ok=True)
 
     def load(self) -> MembershipDoc | None:
+        with _mapped(self._dir, f"read its {MANIFEST}"):
+            try:
+                text = self._path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                return None
         try:
-            text = self._path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        return MembershipDoc.from_dict(json.loads(text), str(self._path))
+            data = json.loads(text)
+        except ValueError as exc:
+            raise CorruptData(f"{self._path} is not a membership document ({exc}); restore it from a backup") from exc
+        return MembershipDoc.from_dict(data, str(self._path))
 
     def create(self, doc: MembershipDoc) -> MembershipDoc:
         current = self.load()
         if current is not None:
             return current
         self._make_dir()
-        with _writing(self._dir, f"write its {MANIFEST}"):
+        with _mapped(self._dir, f"write its {MANIFEST}"):
             _write_atomic(self._path, doc.to_json())
         return doc
 
@@ -143,12 +167,12 @@ class DirectoryMembership(Membership):
         current = self.load()
         if current is None or doc.epoch != current.epoch + 1:
             raise LeaseLost(f"{self._path}: epoch {doc.epoch} does not follow {current and current.epoch}")
-        with _writing(self._dir, f"write its {MANIFEST}"):
+        with _mapped(self._dir, f"write its {MANIFEST}"):
             _write_atomic(self._path, doc.to_json())
 
     def try_lease(self, holder: str) -> Lease | None:
         self._make_dir()
-        with _writing(self._dir, "take its rebalance lease"):
+        with _mapped(self._dir, "take its rebalance lease"):
             fd = os.open(self._dir / ADMIN, os.O_RDWR | os.O_CREAT, 0o600)
         for attempt in range(5):
             try:
@@ -163,7 +187,7 @@ class DirectoryMembership(Membership):
                 time.sleep(0.005)
         try:
             token = self._last_token() + 1
-            with _writing(self._dir, "take its rebalance lease"):
+            with _mapped(self._dir, "take its rebalance lease"):
                 _write_atomic(self._dir / LEASE_FILE, json.dumps({"token": token, "holder": holder}))
         except BaseException:
             os.close(fd)
@@ -190,15 +214,11 @@ class DirectoryMembership(Membership):
         return int(epoch), int(moved), int(planned)
 
     def lease_holder(self) -> str | None:
-        try:
-            fd = os.open(self._dir / ADMIN, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            if exc.errno not in (*_READ_ONLY, errno.ENOENT):
-                raise
-            try:  # a read-only store: a shared flock needs only a descriptor open for reading
+        with _mapped(self._dir, "see who holds its lease"):
+            try:  # a shared flock needs only a descriptor open for reading: a read-only store too
                 fd = os.open(self._dir / ADMIN, os.O_RDONLY)
             except FileNotFoundError:
-                return None  # never leased, and nobody can lease it now
+                return None  # no lease was ever taken
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dhtcart.backends import open_backend
+from dhtcart.backends import Backend, open_backend
 from dhtcart.backends.fencing import FencedBackend
 from dhtcart.backends.memory import MemoryBackend
 from dhtcart.backends.ownership import BACKUP, NOT_OWNED, SERVED, Ownership, Segments, peer_id
@@ -373,8 +373,11 @@ class Coordinator:
         removable = isinstance(self._membership, DirectoryMembership | LocalMembership)
         left: dict[str, str] = {}
         for name, url in doc.retired.items():
+            opened: Backend | None = None
             try:
-                backend = store._retiring(name) or open_backend(url, context=store._context(name))
+                backend: Backend | None = store._retiring(name)
+                if backend is None:
+                    backend = opened = open_backend(url, context=store._context(name))
                 if not isinstance(backend, FencedBackend):  # pragma: no cover - a store's shards are fenced
                     raise InvalidInput("backend", f"shard {name!r} is not a fenced backend")
                 backend.update_ownership(lease.token, doc.epoch)  # fenced: refused if a newer rebalancer came
@@ -390,6 +393,9 @@ class Coordinator:
             except ShardUnavailable:
                 left[name] = url
                 continue
+            finally:
+                if opened is not None:
+                    opened.close()  # opened here: never left open, emptied or not (idempotent)
             store._forget(name)
         if left == doc.retired:
             return doc
