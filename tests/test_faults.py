@@ -31,7 +31,6 @@ from dhtcart import (
     DHTCartError,
     DHTServerStore,
     InvalidInput,
-    KeyUnavailable,
     Record,
     ShardFull,
     ShardUnavailable,
@@ -333,7 +332,8 @@ def test_a_corrupt_ownership_record_is_corrupt_data(tmp_path: Path) -> None:
 def test_a_shard_directory_deleted_under_an_open_store(tmp_path: Path) -> None:
     """Someone deletes shard-0's directory while a store has it open. The open handle goes on
     reading what it has open, but refuses writes (they would go to a file nobody opens again)
-    within a second; other shards work; a handle opened afterwards finds no owner for those keys."""
+    within a second; other shards work; a handle opened afterwards finds the shard gone
+    (ShardUnavailable at once: its medium is not made again, empty)."""
     mine, key, other, other_key = _seed(tmp_path / "store")
     with DHTServerStore.open(tmp_path / "store", redirect_timeout=0.5) as store:
         carts = CartService(store)
@@ -365,8 +365,8 @@ def test_a_shard_directory_deleted_under_an_open_store(tmp_path: Path) -> None:
         with DHTServerStore.open(tmp_path / "store", redirect_timeout=0.5) as late:
             wrong = mismatches(
                 {
-                    "a later handle: store.get": (lambda: late.get(key), KeyUnavailable),
-                    "a later handle: store.put": (lambda: late.put(key, b"x"), KeyUnavailable),
+                    "a later handle: store.get": (lambda: late.get(key), ShardUnavailable),
+                    "a later handle: store.put": (lambda: late.put(key, b"x"), ShardUnavailable),
                     "a later handle, other shards": (lambda: late.get(other_key), OK),
                 }
             )
