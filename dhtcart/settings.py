@@ -459,7 +459,8 @@ class EtcdSettings:
         (``etcd://dhtcart@host:2379/carts``) wins over the variable;
     ``DHTCART_ETCD_CA_CERT``
         the CA bundle that signed the members' certificates (``etcds://``;
-        default: the system's CAs);
+        default: the bundle of ``certifi``, as ``requests`` has it; the
+        ``REQUESTS_CA_BUNDLE`` variable is ignored);
     ``DHTCART_ETCD_CERT``, ``DHTCART_ETCD_KEY``
         a client certificate and its key, for members started with
         ``--client-cert-auth``.

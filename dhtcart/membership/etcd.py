@@ -350,6 +350,9 @@ class EtcdMembership(Membership):
     # -- talking to etcd ---------------------------------------------------------------
 
     def _configure(self, session: requests.Session) -> None:
+        # the endpoints and files are the location's and the settings': no proxy nor CA bundle from the
+        # environment (REQUESTS_CA_BUNDLE would silently replace DHTCART_ETCD_CA_CERT)
+        session.trust_env = False
         session.headers.update(_REQUIRE_LEADER)
         settings = self._settings
         if self._url.tls and settings.ca_cert:
