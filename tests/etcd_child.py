@@ -12,7 +12,9 @@
 ``rebalance LOCATION --count N --template T``
     Run ``N`` rebalances, cycling add / reweight / remove of shards
     ``e<seed>-<i>`` whose URL is ``T.format(name=...)``. Prints ``start I OP
-    NAME``, ``progress I`` once per rebalance after its first batch, ``done I
+    NAME``, ``progress I`` once per rebalance after its first batch (with
+    ``--hold-at I --hold-dir D``: then ``holding I``, and it waits for the file
+    ``D/go-I`` before the next batch, its lease held), ``done I
     OP NAME EPOCH``, and ``error I TYPE MESSAGE`` for a typed refusal
     (``StoreBusy``, ``LeaseLost``, ``ShardUnavailable``), after which it tries
     again (a migration that a failed attempt published is finished by the
@@ -34,6 +36,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -105,6 +108,7 @@ def rebalance(args: argparse.Namespace) -> None:
     store = DHTServerStore.open(args.location, lock_timeout=30, lease_ttl=args.lease_ttl)
     ceiling = time.monotonic() + args.ceiling
     cycle = ["add", "weight", "remove"]
+    holds = {int(i) for i in args.hold_at.split(",") if i}
     done = 0
     added: list[str] = []
     while done < args.count:
@@ -120,23 +124,26 @@ def rebalance(args: argparse.Namespace) -> None:
             if not reported:
                 reported.append(moved)
                 say("progress", i)
+                if i in holds and args.hold_dir:  # between two batches, the lease held: the parent acts
+                    holds.discard(i)
+                    say("holding", i)
+                    go = Path(args.hold_dir) / f"go-{i}"
+                    until = time.monotonic() + 120
+                    while not go.exists() and time.monotonic() < until:
+                        time.sleep(0.01)
 
         say("start", i, op, name)
         try:
             if op == "add":
                 backend = args.template.format(name=name)
-                try:
+                with contextlib.suppress(ShardExists):  # an earlier attempt published it; this one finished it
                     store.add_shard(name, weight=rng.choice([1, 2]), backend=backend, batch_size=40, progress=progress)
-                except ShardExists:  # an earlier attempt published it; this one finished it first
-                    pass
                 added.append(name)
             elif op == "weight":
                 store.set_weight(name, rng.choice([2, 3]), batch_size=40, progress=progress)
             else:
-                try:
+                with contextlib.suppress(ShardNotFound):
                     store.remove_shard(name, batch_size=40, progress=progress)
-                except ShardNotFound:
-                    pass
                 added.remove(name)
         except (StoreBusy, ShardUnavailable) as exc:  # LeaseLost is a StoreBusy
             say("error", i, type(exc).__name__, str(exc).replace("\n", " ")[:300])
@@ -219,6 +226,8 @@ def main() -> None:
     parser.add_argument("--template", default="")
     parser.add_argument("--backend", default="")
     parser.add_argument("--lease-ttl", type=float, default=5.0)
+    parser.add_argument("--hold-at", default="", help="rebalances (1-based, comma-separated) to hold in")
+    parser.add_argument("--hold-dir", default="", help="where the go-<i> files that end a hold appear")
     parser.add_argument("--ceiling", type=float, default=150.0)
     args = parser.parse_args()
     {"incr": incr, "rebalance": rebalance, "pausing": pausing, "finish": finish}[args.mode](args)

@@ -392,7 +392,8 @@ def test_credentials_come_from_the_environment(tmp_path: Path, redis_servers: li
 from dhtcart import DHTServerStore
 with DHTServerStore.open({url!r}, shards={shards!r}) as store:
     store.put(5, b"five")
-    print(store.membership.watching, store.add_shard("r2", backend={redis_servers[2].url + "?prefix=guarded-r2:"!r}).keys_moved >= 0)
+    report = store.add_shard("r2", backend={redis_servers[2].url + "?prefix=guarded-r2:"!r})
+    print(store.membership.watching, report.keys_moved >= 0)
 with DHTServerStore.open({url!r}) as store:
     print(store.get(5).value.decode(), sorted(store.servers))
 """

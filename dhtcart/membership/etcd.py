@@ -468,30 +468,29 @@ class EtcdMembership(Membership):
 
     # -- the document --------------------------------------------------------------------
 
-    def load(self) -> MembershipDoc | None:
-        what = "reading the membership"
+    def _read(self, key: str, what: str, *, absent_ok: bool) -> dict[str, Any] | None:
+        """``key``'s entry, linearizable; when no member has a leader, a member's own copy.
+
+        A copy (a serializable read) may be old: handles ignore a document older
+        than theirs, and a shard redirects what an old one routes wrong; the
+        lease holder and progress are shown, never acted on. ``absent_ok``: a
+        member without the key is an answer (else the error is raised again).
+        """
         try:
-            kv, _ = self._request(lambda c: self._range(c, self._doc_key), what=what)
+            kv, _ = self._request(lambda c: self._range(c, key), what=what)
         except _Refused as exc:
             raise self._refused(what, exc) from None
-        except ShardUnavailable:
-            kv = self._stale_read()
-        if kv is None:
-            return None
-        doc = self._decode(kv)
-        self._note(doc, int(kv["mod_revision"]))
-        return doc
+        except ShardUnavailable as exc:
+            found, kv = self._stale_read(key)
+            if not found or (kv is None and not absent_ok):
+                raise exc from None
+        return kv
 
-    def _stale_read(self) -> dict[str, Any]:
-        """No member has a leader: a member's own copy (serializable), or the error again.
-
-        A copy may be older than the newest document: handles ignore a document
-        older than theirs, and a shard redirects what an old one routes wrong.
-        """
+    def _stale_read(self, key: str) -> tuple[bool, dict[str, Any] | None]:
+        """``(answered, entry)`` of the first member that answers a serializable read of ``key``."""
         from etcd3gw.client import Etcd3Client
 
         protocol = "https" if self._url.tls else "http"
-        errors = []
         for host, port in self._url.endpoints:
             client = Etcd3Client(host=host, port=port, protocol=protocol, timeout=self._url.timeout, api_path="/v3/")
             self._configure(client.session)
@@ -499,17 +498,21 @@ class EtcdMembership(Membership):
             if self._token is not None:
                 client.session.headers["Authorization"] = self._token
             try:
-                kv, _ = self._attempt(client, lambda c: self._range(c, self._doc_key, serializable=True))
-            except (OSError, _Refused) as exc:
-                errors.append(f"{host}:{port}: {exc}")
+                kv, _ = self._attempt(client, lambda c: self._range(c, key, serializable=True))
+            except (OSError, _Refused):
                 continue
             finally:
                 client.session.close()
-            if kv is not None:
-                return kv
-        raise self._unavailable(
-            f"reading the membership: no etcd member answered with a leader nor held a copy ({'; '.join(errors)})"
-        )
+            return True, kv
+        return False, None
+
+    def load(self) -> MembershipDoc | None:
+        kv = self._read(self._doc_key, "reading the membership", absent_ok=False)
+        if kv is None:
+            return None
+        doc = self._decode(kv)
+        self._note(doc, int(kv["mod_revision"]))
+        return doc
 
     def create(self, doc: MembershipDoc) -> MembershipDoc:
         text = doc.to_json()
@@ -653,11 +656,7 @@ class EtcdMembership(Membership):
             )
 
     def lease_holder(self) -> str | None:
-        what = "reading the lease"
-        try:
-            kv, _ = self._request(lambda c: self._range(c, self._lease_key), what=what)
-        except _Refused as exc:
-            raise self._refused(what, exc) from None
+        kv = self._read(self._lease_key, "reading the lease", absent_ok=True)
         return None if kv is None else _unb64(kv.get("value", "")).decode(errors="replace")
 
     # -- progress ------------------------------------------------------------------------
@@ -672,11 +671,7 @@ class EtcdMembership(Membership):
             self._txn("reporting progress", {"compare": compare, "success": [put], "failure": []})
 
     def progress(self) -> tuple[int, int, int] | None:
-        what = "reading the progress"
-        try:
-            kv, _ = self._request(lambda c: self._range(c, self._progress_key), what=what)
-        except _Refused as exc:
-            raise self._refused(what, exc) from None
+        kv = self._read(self._progress_key, "reading the progress", absent_ok=True)
         if kv is None:
             return None
         try:
