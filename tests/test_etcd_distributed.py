@@ -261,7 +261,7 @@ def test_a_rebalancer_paused_past_its_lease_is_taken_over_and_changes_nothing_af
 ) -> None:
     location = healthy.url("paused")
     _store(location, redis_servers, "paused")
-    paused = Child("pausing", location, "--backend", f"{redis_servers[3].url}?prefix=paused-late:", "--lease-ttl", "1")
+    paused = Child("pausing", location, "--backend", f"{redis_servers[3].url}?prefix=paused-late:", "--lease-ttl", "2")
     try:
         wait_until(lambda: paused.seen("frozen"), 60, "the rebalancer froze its first batch")
         stat = Path(f"/proc/{paused.proc.pid}/stat")
@@ -269,7 +269,7 @@ def test_a_rebalancer_paused_past_its_lease_is_taken_over_and_changes_nothing_af
         with DHTServerStore.open(location, finish=False) as store:
             status = store.rebalance_status()
             assert status.migrating and status.holder is not None  # its lease still stands, for now
-        finisher = Child("finish", location, "--lease-ttl", "1")  # waits out the lease, then finishes
+        finisher = Child("finish", location, "--lease-ttl", "2")  # waits out the lease, then finishes
         err = finisher.wait()
         assert finisher.proc.returncode == 0, err
         assert finisher.seen("finished")

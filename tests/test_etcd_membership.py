@@ -291,6 +291,51 @@ def test_the_watch_moves_to_another_member_when_its_member_dies(cluster: EtcdClu
         cluster.wait_leader()
 
 
+def test_a_watch_on_a_hung_member_is_reopened_on_another_after_its_idle_time(cluster: EtcdCluster) -> None:
+    from dhtcart.membership.etcd import EtcdMembership
+
+    victim = cluster.members[1]
+    others = [m for m in cluster.members if m is not victim]
+    prefix = _prefix()
+    watcher = EtcdMembership(
+        f"etcd://{victim.endpoint},{others[0].endpoint},{others[1].endpoint}/{prefix}?timeout=0.5", watch_idle=1.0
+    )
+    publisher = open_membership(f"etcd://{others[0].endpoint},{others[1].endpoint}/{prefix}")
+    try:
+        doc = publisher.create(_doc(1))
+        watcher.load()
+        seen, _, callback = _collector()
+        watcher.watch(callback)
+        assert watcher.watching is True
+        victim.pause()  # its sockets stay open; it answers nothing, not even a reset
+        with publisher.try_lease("p") as lease:  # type: ignore[union-attr]
+            publisher.publish(doc.next(), lease)
+        wait_until(lambda: 2 in seen, 20, "the epoch reaches the watcher through another member")
+        assert watcher.watching is True
+    finally:
+        victim.resume()
+        publisher.close()
+        watcher.close()
+        cluster.wait_leader()
+
+
+def test_a_document_of_an_unknown_format_is_refused_as_for_every_kind(cluster: EtcdCluster) -> None:
+    import base64
+
+    prefix = _prefix()
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    cluster.leader().call("kv/put", {"key": b64(f"/{prefix}/membership"), "value": b64(json.dumps({"format": 99}))})
+    membership = open_membership(cluster.url(prefix))
+    try:
+        with pytest.raises(InvalidInput, match="unsupported membership format 99"):
+            membership.load()
+    finally:
+        membership.close()
+
+
 # -- stores on etcd ----------------------------------------------------------------------------
 
 

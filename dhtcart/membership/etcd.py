@@ -463,6 +463,8 @@ class EtcdMembership(Membership):
     def _decode(self, kv: dict[str, Any]) -> MembershipDoc:
         try:
             return MembershipDoc.from_dict(json.loads(_unb64(kv.get("value", ""))), self.location)
+        except InvalidInput:
+            raise  # a format this version does not read: said as for every kind
         except (ValueError, KeyError, TypeError) as exc:
             raise self._unavailable(f"the membership document is not readable: {exc}") from None
 
