@@ -11,6 +11,8 @@ client a process started from the ``etcd://`` URL alone (``tests/etcd_child.py``
 * a rebalancer SIGSTOPped past its lease: another process takes over and finishes; after SIGCONT the old
   one publishes nothing and moves nothing (every shard's records and ownership are as the successor
   left them);
+* a rebalancer SIGKILLed right after a freeze: a write to the frozen batch waits until etcd expires the
+  lease, then its client takes the lease over and finishes the batch;
 * a published epoch reaches a watching handle before it touches a moved key (for a Redis-kept
   membership, the same handle learns it from a redirect).
 
@@ -335,3 +337,49 @@ def test_a_published_epoch_reaches_a_watching_handle_before_it_touches_a_moved_k
             assert redirects == 0, "a watching handle never touched a moved key with an old epoch"
         else:
             assert redirects >= 1 and handle.epoch == final  # a redirect told it
+
+
+def test_a_killed_rebalancers_etcd_lease_expires_and_a_waiting_client_takes_over(
+    healthy: EtcdCluster, redis_servers: list[Any], tmp_path: Path
+) -> None:
+    """SIGKILL right after a freeze: the frozen batch's writes wait until etcd expires the dead holder's
+    lease, then the waiting client takes the lease (a larger token) and finishes the batch itself."""
+    location = healthy.url("killed")
+    _store(location, redis_servers, "killed")
+    code = f"""
+import os, signal
+from dhtcart import DHTServerStore
+from dhtcart.backends.ownership import FROZEN
+from dhtcart.backends.redis import RedisBackend
+real = RedisBackend.update_ownership
+def update(self, token, epoch, changes=(), expect=None):
+    out = real(self, token, epoch, changes, expect)
+    if changes and changes[0][2] == FROZEN:
+        print("frozen", token, *(f"{{lo}}:{{hi}}" for lo, hi, _, _ in changes), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+RedisBackend.update_ownership = update
+s = DHTServerStore.open({location!r}, lease_ttl=2.0)
+s.add_shard("late", backend={redis_servers[3].url + "?prefix=killed-late:"!r}, batch_size=50)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=child_env())
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    words = out.stdout.split()
+    dead_token = int(words[1])
+    ranges = [tuple(int(x) for x in r.split(":")) for r in words[2:]]
+    keys = [hash_key(f"bg-{i}") for i in range(BACKGROUND)]
+    frozen = [k for k in keys if any(lo < k <= hi for lo, hi in ranges)]
+    assert frozen, "no key in the frozen batch"
+    with DHTServerStore.open(location, lease_ttl=2.0, finish=False) as client:
+        assert client.rebalance_status().migrating
+        assert client.get(frozen[0]) == Record(1, b"background")  # reads of a frozen batch are served
+        assert client.put(frozen[0], b"new", expected_version=1) == 2  # waits for etcd to expire the lease
+        assert client.routing_stats()["takeovers"] >= 1
+        tokens = {server.backend.ownership().token for server in client.servers.values()}  # type: ignore[attr-defined]
+        assert max(tokens) > dead_token, "the taker's token fenced the dead rebalancer out"
+        for server in client.servers.values():
+            assert not server.backend.ownership().segments.in_state(FROZEN)  # type: ignore[attr-defined]
+        client.finish_rebalance()
+        client._check()
+        assert client.get(frozen[0]) == Record(2, b"new")
+        assert sum(client.get(k) is not None for k in keys) == len(keys)
