@@ -58,12 +58,20 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_CLOCK_SKEW",
     "DEFAULT_DATA",
+    "DEFAULT_ETCD_RETRY",
+    "DEFAULT_ETCD_TIMEOUT",
+    "DEFAULT_ETCD_WATCH_IDLE",
     "DEFAULT_LEASE_TTL",
     "DEFAULT_LOCK_TIMEOUT",
     "DEFAULT_READ_LEASE",
     "DEFAULT_REDIRECT_TIMEOUT",
     "DEFAULT_SHARDS",
     "DEFAULT_TAKEOVER_AFTER",
+    "ETCD_CA_CERT_ENV",
+    "ETCD_CERT_ENV",
+    "ETCD_KEY_ENV",
+    "ETCD_PASSWORD_ENV",
+    "ETCD_USER_ENV",
     "LOG_LEVELS",
     "MANIFEST",
     "MANIFEST_FORMAT",
@@ -71,6 +79,7 @@ __all__ = [
     "PROMETHEUS_DIR_ENV",
     "REDIS_PASSWORD_ENV",
     "SHARDS_DIR",
+    "EtcdSettings",
     "Option",
     "Settings",
 ]
@@ -591,3 +600,85 @@ def _argparse_type(option: Option) -> Callable[[str], Any]:
 
     convert.__name__ = option.parse.__name__.strip("_")  # argparse names it in "invalid int value"
     return convert
+
+
+# -- a membership kept in etcd: credentials and TLS files ---------------------------------------
+
+#: seconds one request to an etcd member may take before the next endpoint is tried
+DEFAULT_ETCD_TIMEOUT = 2.0
+#: seconds a write to etcd (publishing, taking the lease) keeps retrying through a leader election
+DEFAULT_ETCD_RETRY = 5.0
+#: seconds a watch stream may stay silent before it is opened again (a hung member is noticed then)
+DEFAULT_ETCD_WATCH_IDLE = 5.0
+#: the variables an etcd-kept membership reads its user, password and TLS files from
+ETCD_USER_ENV = "DHTCART_ETCD_USER"
+ETCD_PASSWORD_ENV = "DHTCART_ETCD_PASSWORD"
+ETCD_CA_CERT_ENV = "DHTCART_ETCD_CA_CERT"
+ETCD_CERT_ENV = "DHTCART_ETCD_CERT"
+ETCD_KEY_ENV = "DHTCART_ETCD_KEY"
+
+
+@dataclass(frozen=True)
+class EtcdSettings:
+    """How a client authenticates to the etcd cluster that keeps a store's membership.
+
+    Read from the environment (:meth:`from_env`), never from the location's URL
+    (which may name a user, but no password), so a password never lands in a
+    shell history, a process list, a membership document or an error message:
+
+    ``DHTCART_ETCD_USER``, ``DHTCART_ETCD_PASSWORD``
+        etcd's role-based access (``etcdctl auth enable``); a user in the URL
+        (``etcd://dhtcart@host:2379/carts``) wins over the variable;
+    ``DHTCART_ETCD_CA_CERT``
+        the CA bundle that signed the members' certificates (``etcds://``;
+        default: the bundle of ``certifi``, as ``requests`` has it; the
+        ``REQUESTS_CA_BUNDLE`` variable is ignored);
+    ``DHTCART_ETCD_CERT``, ``DHTCART_ETCD_KEY``
+        a client certificate and its key, for members started with
+        ``--client-cert-auth``.
+
+    >>> EtcdSettings.from_env({"DHTCART_ETCD_USER": "dhtcart", "DHTCART_ETCD_PASSWORD": "s3cret"})
+    EtcdSettings(user='dhtcart', password='***', ca_cert=None, cert=None, key=None)
+    >>> EtcdSettings.from_env({"DHTCART_ETCD_CERT": "/etc/dhtcart/client.pem"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    dhtcart.errors.InvalidInput: DHTCART_ETCD_KEY: a client certificate needs its key: set DHTCART_ETCD_CERT and ...
+    """
+
+    user: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    ca_cert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            missing = ETCD_KEY_ENV if self.key is None else ETCD_CERT_ENV
+            raise InvalidInput(
+                missing, f"a client certificate needs its key: set {ETCD_CERT_ENV} and {ETCD_KEY_ENV} together"
+            )
+        if self.password is not None and not self.user:
+            raise InvalidInput(ETCD_USER_ENV, f"a password ({ETCD_PASSWORD_ENV}) needs a user name")
+
+    def __repr__(self) -> str:
+        password = None if self.password is None else "***"
+        return (
+            f"EtcdSettings(user={self.user!r}, password={password!r}, ca_cert={self.ca_cert!r},"
+            f" cert={self.cert!r}, key={self.key!r})"
+        )
+
+    def with_user(self, user: str | None) -> EtcdSettings:
+        """These settings with ``user`` (a URL's user) instead of the variable's, when given."""
+        return self if not user else dataclasses.replace(self, user=user)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> EtcdSettings:
+        """The settings the ``DHTCART_ETCD_*`` variables give (``os.environ`` by default); unset or empty ones are
+        ``None``."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            return env.get(name) or None
+
+        names = (ETCD_USER_ENV, ETCD_PASSWORD_ENV, ETCD_CA_CERT_ENV, ETCD_CERT_ENV, ETCD_KEY_ENV)
+        return cls(*(get(name) for name in names))

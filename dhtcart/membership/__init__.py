@@ -15,7 +15,12 @@ behind one small interface, :class:`Membership`:
 :class:`~dhtcart.membership.redis.RedisMembership`
     keys in a Redis database (clients on any host start from its URL). The
     lease is a key with an expiry, renewed by its holder every third of its
-    time to live; a holder that dies loses it within ``lease_ttl`` seconds.
+    time to live; a holder that dies loses it within ``lease_ttl`` seconds;
+:class:`~dhtcart.membership.etcd.EtcdMembership`
+    keys in an etcd cluster (``etcd://h1:2379,h2:2379,h3:2379/prefix``): no
+    single host's loss stops a rebalance. The lease is an etcd lease kept
+    alive by its holder, its fencing token the revision that created it; a
+    watch pushes every new document to every handle as it is published.
 
 Leases carry a **fencing token** that grows with every acquisition; shards
 refuse ownership changes and copies from a token older than the newest they
@@ -45,6 +50,8 @@ Where a store is, is one **location**, the same string for the library
 Location(kind='directory', target='/srv/carts', options={})
 >>> parse_location("./carts").kind, parse_location("memory://").kind
 ('directory', 'memory')
+>>> parse_location("etcd://10.0.0.1:2379,10.0.0.2:2379/carts").kind
+'etcd'
 >>> parse_location("http://example.com/store")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
@@ -69,6 +76,7 @@ __all__ = [
     "FORMAT",
     "LOCATION_FORMS",
     "DirectoryMembership",
+    "EtcdMembership",
     "Lease",
     "LocalMembership",
     "Location",
@@ -82,16 +90,21 @@ __all__ = [
 ]
 
 #: the forms a store's location takes, for messages
-LOCATION_FORMS = "a directory path, lmdb://PATH, memory://, redis://host:port/db or rediss://host:port/db"
+LOCATION_FORMS = (
+    "a directory path, lmdb://PATH, memory://, redis://host:port/db, rediss://host:port/db,"
+    " etcd://host:port[,host:port...]/prefix or etcds://host:port[,host:port...]/prefix"
+)
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _DB_SCHEMES = ("redis", "rediss")
+_ETCD_SCHEMES = ("etcd", "etcds")
 
 
 @dataclass(frozen=True)
 class Location:
-    """Where a store is: ``kind`` is ``"directory"``, ``"memory"`` or the scheme of a
-    membership database (``"redis"``, ``"rediss"``); ``target`` the directory or URL;
+    """Where a store is: ``kind`` is ``"directory"``, ``"memory"``, ``"etcd"`` (``etcd://``
+    and ``etcds://``) or the scheme of a Redis membership (``"redis"``, ``"rediss"``);
+    ``target`` the directory or URL;
     ``options`` what the location's query says (``durability`` for a directory)."""
 
     kind: str
@@ -115,7 +128,9 @@ def parse_location(location: str | os.PathLike[str]) -> Location:
     ``lmdb:///abs/dir`` and ``lmdb://rel/dir`` name a directory store (an
     optional ``?durability=process|power`` is the durability of a new store);
     ``memory://`` a store in this process; ``redis://`` and ``rediss://`` a
-    membership kept in a Redis database; anything else without a scheme is a
+    membership kept in a Redis database; ``etcd://`` and ``etcds://`` (TLS)
+    one kept in an etcd cluster (see :func:`~dhtcart.membership.etcd.parse_etcd_url`;
+    a malformed one is refused here); anything else without a scheme is a
     directory path.
     """
     if not isinstance(location, str | os.PathLike):
@@ -152,6 +167,11 @@ def parse_location(location: str | os.PathLike[str]) -> Location:
         return Location("directory", path, pairs)
     if scheme in _DB_SCHEMES:
         return Location(scheme, text)
+    if scheme in _ETCD_SCHEMES:
+        from dhtcart.membership.etcd import parse_etcd_url  # imports no client library
+
+        parse_etcd_url(text)  # a malformed URL is refused here, naming the accepted forms
+        return Location("etcd", text)
     raise InvalidInput("location", f"unknown scheme {scheme!r} in {text!r}; a store's location is {LOCATION_FORMS}")
 
 
@@ -167,6 +187,10 @@ def open_membership(location: str | os.PathLike[str] | Location, *, lease_ttl: f
         return LocalMembership()
     if loc.kind == "directory":
         return DirectoryMembership(loc.target)
+    if loc.kind == "etcd":
+        from dhtcart.membership.etcd import EtcdMembership  # the [etcd] extra
+
+        return EtcdMembership(loc.target, lease_ttl=lease_ttl)
     from dhtcart.membership.redis import RedisMembership  # the [redis] extra
 
     return RedisMembership(loc.target, lease_ttl=lease_ttl)
@@ -178,4 +202,8 @@ def __getattr__(name: str) -> object:
         from dhtcart.membership.redis import RedisMembership
 
         return RedisMembership
+    if name == "EtcdMembership":  # the [etcd] extra, likewise
+        from dhtcart.membership.etcd import EtcdMembership
+
+        return EtcdMembership
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
