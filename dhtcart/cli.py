@@ -712,6 +712,7 @@ def _stats(args: argparse.Namespace) -> int:
         shares = {n: store.ring.share(n) if n in weights else 0.0 for n in counts}
         roles = _roles(store)
         membership = type(store.membership).__name__
+        watching = store.membership.watching
         location = _where(store)
     down = {n: why for n, why in health.items() if why is not None}
     if args.json:
@@ -761,7 +762,8 @@ def _stats(args: argparse.Namespace) -> int:
         soft_wrap=True,
     )
     kind = _MEMBERSHIP_KINDS.get(membership, membership)
-    console.print(f"membership kept in {kind} ({membership}) at {location}", soft_wrap=True)
+    watch = "" if watching is None else ("; its watch is live" if watching else "; its watch is down (redirects serve)")
+    console.print(f"membership kept in {kind} ({membership}) at {location}{watch}", soft_wrap=True)
     console.print(_status_line(status, args.data), soft_wrap=True)
     if status.replicas > 1 or status.down:
         console.print(_replication_line(status, args.data), soft_wrap=True)

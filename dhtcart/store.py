@@ -449,10 +449,12 @@ class DHTServerStore(MutableMapping[int, bytes]):
 
         ``location`` is a directory path or ``lmdb://PATH`` (the membership in
         ``manifest.json`` there, the shards under ``shards/``), ``memory://``
-        (a store in this process, like ``DHTServerStore(shards=...)``), or a
+        (a store in this process, like ``DHTServerStore(shards=...)``), a
         ``redis://host:port/db[?prefix=...]`` URL of a Redis database that
-        holds the membership, so that clients on any host open the store from
-        that URL alone; any other scheme is :class:`~dhtcart.errors.InvalidInput`
+        holds the membership, or an ``etcd://h1:p,h2:p/prefix`` (``etcds://``
+        with TLS) URL of an etcd cluster that does (``docs/membership.md``),
+        so that clients on any host open the store from that URL alone; any
+        other scheme is :class:`~dhtcart.errors.InvalidInput`
         naming the accepted forms. On creation, ``shards`` LMDB shards are made
         under ``directory/shards`` (or ``shards`` maps names to backend URLs,
         e.g. Redis servers; relative ``lmdb://`` paths are taken inside the
