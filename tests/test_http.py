@@ -286,6 +286,33 @@ def test_invalid_add_is_422_and_stores_nothing(client: TestClient, payload: Any,
 
 
 @pytest.mark.parametrize(
+    ("method", "path", "payload", "field", "where"),
+    [
+        ("POST", "/item/{c}/x", {"offeredPrice": 1, "itemCount": 0}, "itemCount", "body"),
+        ("POST", "/items/{c}/x", {"offeredPrice": 1, "unitCount": 0}, "unitCount", "body"),  # as the client spelt it
+        ("POST", "/item/{c}/x", {"offeredPrice": -1}, "offeredPrice", "body"),
+        ("POST", "/item/{c}/x", {"offeredPrice": 1, "itemCount": 999_999}, "itemCount", "body"),  # the sum: 1,000,001
+        ("POST", "/item/{c}/x", {"offeredPrice": 1, "saleExpiration": "soon"}, "saleExpiration", "body"),
+        ("PUT", "/item/{c}/x", {"newCount": -1}, "newCount", "body"),
+        ("GET", "/items/%20{c}", None, "customerId", "path"),
+        ("DELETE", "/item/{c}/a%09b", None, "itemId", "path"),
+    ],
+)
+def test_library_errors_name_the_json_fields(
+    client: TestClient, cid: str, method: str, path: str, payload: Any, field: str, where: str
+) -> None:
+    """CartService names its Python parameters (item_count); the HTTP face answers with its own
+    names (itemCount) and where they were."""
+    client.post(f"/item/{cid}/x", json={"offeredPrice": 1, "itemCount": 2})
+    r = client.request(method, path.format(c=cid), json=payload)
+    err = assert_error(r, 422, "invalid_input")
+    assert err["details"]["errors"][0]["field"] == field and err["details"]["errors"][0]["location"] == where
+    assert err["message"].startswith(f"{field}: ")
+    assert "_" not in field and not any(f"{name}:" in r.text for name in ("item_count", "offered_price", "_id"))
+    assert body(client.get(f"/items/{cid}"))["items"][0]["itemCount"] == 2  # nothing changed
+
+
+@pytest.mark.parametrize(
     "text", [b'{"offeredPrice": NaN}', b'{"offeredPrice": Infinity}', b'{"offeredPrice": -Infinity}']
 )
 def test_non_finite_price_is_422(client: TestClient, text: bytes) -> None:

@@ -327,9 +327,10 @@ class CartService:
         microseconds: an event loop may make it directly rather than through a thread)."""
         return self.store.fast_local
 
-    def health(self) -> dict[str, str | None]:
-        """Ask every shard to answer now: shard name -> ``None`` if it did, else why not."""
-        return self.store.health()
+    def health(self, timeout: float | None = None) -> dict[str, str | None]:
+        """Ask every shard to answer now: shard name -> ``None`` if it did, else why not
+        (``timeout``: seconds, for media that can bound a call)."""
+        return self.store.health(timeout)
 
     def last_shard(self) -> str | None:
         """The shard this thread's last cart operation reached (``None`` before any): what metrics

@@ -75,7 +75,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f'dhtcart.http needs the server extra ({exc.name} is missing): pip install "dhtcart[server]"'
     ) from exc
 
-from dhtcart import __version__
+from dhtcart._version import __version__
 from dhtcart.cart import CartService
 from dhtcart.errors import DHTCartError
 from dhtcart.http.edge import Edge

@@ -6,6 +6,7 @@ models (strict types, no unknown fields); every cart rule is checked again by
 :class:`~dhtcart.cart.CartService`.
 """
 
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -19,6 +20,7 @@ from dhtcart.errors import InvalidInput
 
 __all__ = [
     "ETAG_HEADER",
+    "FIELDS",
     "AddItemRequest",
     "AssetName",
     "CartItemResponse",
@@ -29,6 +31,7 @@ __all__ = [
     "ErrorResponse",
     "HealthResponse",
     "IfMatch",
+    "IfNoneMatch",
     "ItemId",
     "MoneyOut",
     "PriceIn",
@@ -39,6 +42,20 @@ __all__ = [
     "UpdateCountRequest",
     "error_responses",
 ]
+
+
+#: each CartService parameter's name in a request, and where it is there: for the errors
+#: (the library names its own parameters, ``item_count``; a client reads ``itemCount``)
+FIELDS: Mapping[str, tuple[str, str]] = {
+    "customer_id": ("customerId", "path"),
+    "item_id": ("itemId", "path"),
+    "offered_price": ("offeredPrice", "body"),
+    "item_count": ("itemCount", "body"),
+    "special_sale": ("specialSale", "body"),
+    "sale_expiration": ("saleExpiration", "body"),
+    "new_count": ("newCount", "body"),
+    "expected_version": ("If-Match", "header"),
+}
 
 
 def _json_number(value: object) -> object:
@@ -248,5 +265,15 @@ IfMatch = Annotated[
     Header(
         alias="If-Match",
         description='Change the cart only at this version: an ETag from a GET, e.g. "7". 412 otherwise.',
+    ),
+]
+IfNoneMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-None-Match",
+        description=(
+            'The ETag of a cart already held, e.g. "7" (or * for any existing cart): '
+            "304 Not Modified, without a body, when the cart is still at it."
+        ),
     ),
 ]

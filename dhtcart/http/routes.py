@@ -93,9 +93,16 @@ def add_routes(app: FastAPI, profile: Profile) -> None:
         "GET",
         list_items,
         operation_id="listItems",
-        summary="List the cart's items (ETag: the cart's version; HEAD too)",
+        summary="List the cart's items (ETag: the cart's version; If-None-Match; HEAD too)",
         response_model=models["cart"],
-        responses={**ok, **error_responses(413, 422, 503)},
+        responses={
+            **ok,
+            304: {
+                "description": "Not modified: If-None-Match names the cart's version (no body)",
+                "headers": ETAG_HEADER,
+            },
+            **error_responses(413, 422, 503),
+        },
         tags=tag_list("cart"),
     )
     op(
