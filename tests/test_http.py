@@ -504,6 +504,9 @@ def test_openapi_and_docs(client: TestClient) -> None:
     assert schemas["AddItemRequest"]["additionalProperties"] is False
     assert schemas["ReceiptResponse"]["properties"]["total"]["type"] == "number"
     assert doc["paths"]["/checkout/{customerId}"]["post"]["deprecated"] is True
+    scrape = doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(scrape) == ["text/plain"] and scrape["text/plain"]["schema"] == {"type": "string"}
+    assert client.get("/metrics").headers["content-type"].startswith("text/plain")
     r = client.get("/docs")
     assert r.status_code == 200 and "swagger" in r.text.lower()
 

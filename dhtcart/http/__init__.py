@@ -218,7 +218,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)
-    add_routes(app, state.profile)
+    add_routes(app, state.profile, metrics=state.metrics is not None)
     return app
 
 

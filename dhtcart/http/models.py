@@ -19,8 +19,11 @@ from dhtcart.cart import MAX_COUNT, MAX_ID_LENGTH, MAX_PRICE
 from dhtcart.errors import InvalidInput
 
 __all__ = [
+    "ADD_EXAMPLES",
     "ETAG_HEADER",
     "FIELDS",
+    "SEED_ADD_EXAMPLES",
+    "UPDATE_EXAMPLES",
     "AddItemRequest",
     "AssetName",
     "CartItemResponse",
@@ -97,7 +100,7 @@ _COUNT_RANGE: dict[str, Any] = {"minimum": 1, "maximum": MAX_COUNT}
 _DATE_TIME_SCHEMA: dict[str, Any] = {
     "anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}],
     "description": "ISO 8601 date-time; without an offset it is taken as UTC.",
-    "examples": ["2030-01-01T00:00:00Z"],
+    "examples": ["2099-12-31T23:59:59Z"],
 }
 
 
@@ -113,8 +116,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, field_title_generator=_title)
 
 
+#: whole request bodies, documented so that no viewer makes one up from the fields (Swagger UI
+#: would send every field, itemCount and its synonym unitCount together, which is refused);
+#: a test sends each of them and expects success
+ADD_EXAMPLES: dict[str, dict[str, Any]] = {
+    "add": {"summary": "Two units", "value": {"offeredPrice": 50, "itemCount": 2}},
+    "sale": {
+        "summary": "A sale price, until a date",
+        "value": {"offeredPrice": 10.99, "itemCount": 1, "specialSale": True, "saleExpiration": "2099-12-31T23:59:59Z"},
+    },
+}
+SEED_ADD_EXAMPLES: dict[str, dict[str, Any]] = {
+    "seed": {"summary": "The seed's spelling: unitCount", "value": {"offeredPrice": 50, "unitCount": 2}},
+    **ADD_EXAMPLES,
+}
+UPDATE_EXAMPLES: dict[str, dict[str, Any]] = {
+    "set": {"summary": "Three units", "value": {"newCount": 3}},
+    "remove": {"summary": "0 removes the line", "value": {"newCount": 0}},
+}
+
+
 class AddItemRequest(_Strict):
     """Body of ``POST /item/{customerId}/{itemId}``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [ADD_EXAMPLES["add"]["value"]]})
 
     offeredPrice: PriceIn
     itemCount: StrictInt = Field(
@@ -146,6 +171,8 @@ class AddItemRequest(_Strict):
 
 class UpdateCountRequest(_Strict):
     """Body of ``PUT /item/{customerId}/{itemId}``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [UPDATE_EXAMPLES["set"]["value"]]})
 
     newCount: StrictInt = Field(
         description=f"The new count, 0 to {MAX_COUNT}; 0 removes the line.",
