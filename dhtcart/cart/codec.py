@@ -15,11 +15,12 @@ written before the added time was kept have five elements; they read as
 decoded :class:`Line` keeps its encoded bytes, which are written back as they
 are when another line of the record changes.
 
->>> alice = {"alice": {"sku-1": line("sku-1", "2.50", 2, False, None, 1764577654669)}}
->>> raw = encode(alice)
+>>> lines = Lines()
+>>> lines.put(line("sku-1", "2.50", 2, False, None, 1764577654669))
+>>> raw = encode({"alice": lines})
 >>> raw
 b'dhtcart-cart 1\\n"alice"\\n["sku-1","2.50",2,false,null,1764577654669]'
->>> decode(raw)["alice"]["sku-1"].item_count
+>>> decode(raw)["alice"].get("sku-1").item_count
 2
 >>> decode(b"dhtcart-cart 9\\n")
 Traceback (most recent call last):
@@ -30,13 +31,14 @@ dhtcart.errors.CorruptData: cart record has an unknown format tag b'dhtcart-cart
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import suppress
 from functools import lru_cache
 from typing import NamedTuple
 
 from dhtcart.errors import CorruptData
 
-__all__ = ["FORMAT", "TAG", "Bucket", "DecodedCache", "Line", "Lines", "decode", "encode", "line"]
+__all__ = ["EMPTY", "FORMAT", "TAG", "Bucket", "DecodedCache", "Line", "Lines", "decode", "encode", "line"]
 
 FORMAT = 1  #: the stored value's format version
 TAG = b"dhtcart-cart %d" % FORMAT  #: the first line of every record
@@ -54,8 +56,57 @@ class Line(NamedTuple):
     added: int | None  #: when the item was last added, ms since the epoch (``None``: not recorded)
 
 
-Lines = dict[str, Line]  #: item id -> its line, in the order added
-Bucket = dict[str, Lines]  #: customer id -> lines: one record (never mutated once decoded or cached)
+class Lines:
+    """One customer's lines, in the order first added: each line's fields, and the bytes stored for it.
+
+    A change works on a :meth:`copy`; :func:`encode` writes every line's
+    stored bytes as they are, so only a line that changed is encoded again.
+    """
+
+    __slots__ = ("_lines", "_raw")
+
+    def __init__(self) -> None:
+        self._lines: dict[str, Line] = {}
+        self._raw: dict[str, bytes] = {}  # the same lines' bytes, for encode (no extraction per line)
+
+    def copy(self) -> Lines:
+        """A copy to change (the lines themselves are immutable)."""
+        other = Lines.__new__(Lines)
+        other._lines = self._lines.copy()
+        other._raw = self._raw.copy()
+        return other
+
+    def get(self, item_id: str) -> Line | None:
+        """The item's line, or ``None``."""
+        return self._lines.get(item_id)
+
+    def put(self, line: Line) -> None:
+        """Set the line of ``line.item_id`` (in its place if it is there, else last)."""
+        self._lines[line.item_id] = line
+        self._raw[line.item_id] = line.raw
+
+    def pop(self, item_id: str) -> Line | None:
+        """Remove the item's line and return it (``None`` if it was not there)."""
+        self._raw.pop(item_id, None)
+        return self._lines.pop(item_id, None)
+
+    def clear(self) -> None:
+        """Remove every line."""
+        self._lines.clear()
+        self._raw.clear()
+
+    def __iter__(self) -> Iterator[Line]:
+        return iter(self._lines.values())
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def __repr__(self) -> str:
+        return f"Lines({list(self._lines)!r})"
+
+
+Bucket = dict[str, Lines]  #: customer id -> lines: one record (never changed once decoded or cached)
+EMPTY = Lines()  #: no lines (never changed: copy it to change it)
 
 _quote = json.encoder.encode_basestring_ascii  # C: str -> JSON string
 
@@ -79,7 +130,7 @@ def encode(bucket: Bucket) -> bytes:
     parts = [TAG]
     for customer, lines in bucket.items():
         parts.append(_header(customer))
-        parts += [ln.raw for ln in lines.values()]
+        parts += lines._raw.values()
     return b"\n".join(parts)
 
 
@@ -99,15 +150,19 @@ def decode(raw: bytes) -> Bucket:
     if len(rows) != len(frags):
         raise CorruptData("cart record is damaged: a line holds more than one value")
     bucket: Bucket = {}
-    lines: Lines | None = None
+    parsed: dict[str, Line] | None = None
+    raws: dict[str, bytes] = {}
+    new = tuple.__new__  # a Line from its fields, without the generated __new__'s call (half the cost)
     for row, frag in zip(rows, frags):
         kind = type(row)
-        if kind is list and lines is not None and len(row) == 6:
-            lines[row[0]] = Line(frag, *row)
+        if kind is list and parsed is not None and 5 <= len(row) <= 6:
+            parsed[row[0]] = new(Line, (frag, *row) if len(row) == 6 else (frag, *row, None))
+            raws[row[0]] = frag
         elif kind is str:
-            lines = bucket.setdefault(row, {})
-        elif kind is list and lines is not None and len(row) == 5:
-            lines[row[0]] = Line(frag, row[0], row[1], row[2], row[3], row[4], None)
+            lines = bucket.get(row)
+            if lines is None:
+                lines = bucket[row] = Lines()
+            parsed, raws = lines._lines, lines._raw
         else:
             raise CorruptData(f"cart record is damaged: unexpected {frag[:40]!r}")
     return bucket

@@ -67,12 +67,17 @@ def _to_ms(when: datetime) -> int:
     return (when - _EPOCH) // _MS
 
 
+@lru_cache(maxsize=4096)
 def _from_ms(ms: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=ms)
+    """The time ``ms`` milliseconds after the epoch (the lines of carts being read repeat: cached)."""
+    return _EPOCH + timedelta(0, ms // 1000, ms % 1000 * 1000)
 
 
-_isoformat = lru_cache(maxsize=1024)(datetime.isoformat)  # sale dates repeat; datetimes are immutable
+# stored texts repeat from read to read; the values made from them are immutable
+_isoformat = lru_cache(maxsize=1024)(datetime.isoformat)
 _fromisoformat = lru_cache(maxsize=1024)(datetime.fromisoformat)
+_decimal = lru_cache(maxsize=4096)(Decimal)
+_new = tuple.__new__  # builds a named tuple from its fields, without the generated __new__'s call
 
 
 def _item(ln: codec.Line, now: datetime) -> CartItem:
@@ -80,7 +85,7 @@ def _item(ln: codec.Line, now: datetime) -> CartItem:
     expiration = None if ln.expiration is None else _fromisoformat(ln.expiration)
     expired = ln.sale and expiration is not None and expiration <= now
     added = None if ln.added is None else _from_ms(ln.added)
-    return CartItem(ln.item_id, Decimal(ln.price), ln.item_count, ln.sale, expiration, expired, added)
+    return _new(CartItem, (ln.item_id, _decimal(ln.price), ln.item_count, ln.sale, expiration, expired, added))
 
 
 def _matches(expected: int | Set[int], version: int) -> bool:
@@ -125,7 +130,7 @@ class VersionedCarts:
         carts = self._carts
         now = carts._clock()
         lines, version = carts._read(customer_id)
-        return Versioned([_item(ln, now) for ln in lines.values()], version)
+        return Versioned([_item(ln, now) for ln in lines], version)
 
     def add_item(
         self,
@@ -165,7 +170,7 @@ class VersionedCarts:
                 raise InvalidInput("item_count", f"the cart would hold {count} units; the limit is {MAX_COUNT}")
             if entry is None and len(lines) >= MAX_LINES:
                 raise InvalidInput("item_id", f"the cart already holds {MAX_LINES} items, the limit")
-            lines[item_id] = codec.line(item_id, price, count, special_sale, exp, added)
+            lines.put(codec.line(item_id, price, count, special_sale, exp, added))
             return CartItem(item_id, price_dec, count, special_sale, expiration, expired, _from_ms(added))
 
         return self._carts._change(customer_id, add, expected)
@@ -188,11 +193,10 @@ class VersionedCarts:
             if entry is None:
                 raise ItemNotFound(customer_id, item_id)
             if new_count == 0:
-                del lines[item_id]
+                lines.pop(item_id)
                 return None
-            lines[item_id] = changed = codec.line(
-                item_id, entry.price, new_count, entry.sale, entry.expiration, entry.added
-            )
+            changed = codec.line(item_id, entry.price, new_count, entry.sale, entry.expiration, entry.added)
+            lines.put(changed)
             return _item(changed, now)
 
         return self._carts._change(customer_id, update, expected)
@@ -206,7 +210,7 @@ class VersionedCarts:
         expected = check_expected_version(expected_version)
 
         def delete(lines: codec.Lines) -> None:
-            if lines.pop(item_id, None) is None:
+            if lines.pop(item_id) is None:
                 raise ItemNotFound(customer_id, item_id)
 
         return self._carts._change(customer_id, delete, expected)
@@ -225,7 +229,7 @@ class VersionedCarts:
         def check_out(lines: codec.Lines) -> Receipt:
             if not lines:
                 raise CartEmpty(customer_id)
-            items = [_item(ln, now) for ln in lines.values()]
+            items = [_item(ln, now) for ln in lines]
             expired = [it.item_id for it in items if it.expired]
             if expired:
                 raise SaleExpired(customer_id, expired)
@@ -359,8 +363,8 @@ class CartService:
         key = self._key(customer_id)
         rec = self.store.get(key)
         if rec is None:
-            return {}, 0
-        return self._decoded.decode(key, rec.value).get(customer_id, {}), rec.version
+            return codec.EMPTY, 0
+        return self._decoded.decode(key, rec.value).get(customer_id, codec.EMPTY), rec.version
 
     def _change(
         self, customer_id: str, fn: Callable[[codec.Lines], T], expected: ExpectedVersion = None
@@ -382,7 +386,7 @@ class CartService:
             if expected is not None and not _matches(expected, version):
                 raise PreconditionFailed(customer_id, _shown(expected), version)
             bucket = self._decoded.decode(key, rec.value) if rec is not None else {}
-            lines = dict(bucket.get(customer_id, {}))
+            lines = bucket.get(customer_id, codec.EMPTY).copy()
             result = fn(lines)
             bucket = dict(bucket)
             if lines:
