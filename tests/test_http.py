@@ -448,6 +448,18 @@ def test_lifespan_opens_and_closes_the_lmdb_store(tmp_path: Path) -> None:
         assert items[0]["itemCount"] == 4 and items[0]["offeredPrice"] == Decimal("2.50")
 
 
+def test_lifespan_opens_any_location_form(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with TestClient(create_app(data_dir="memory://")) as c:  # in memory: no directory "memory:"
+        assert c.post("/item/mem/x", json={"offeredPrice": 1}).status_code == 200
+        assert body(c.get("/items/mem"))["items"][0]["itemId"] == "x"
+    with TestClient(create_app(data_dir=f"lmdb://{tmp_path / 'kept'}", shards=2)) as c:
+        assert c.post("/item/kept/x", json={"offeredPrice": 1}).status_code == 200
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+    with DHTServerStore.open(tmp_path / "kept") as store:
+        assert len(store.shards) == 2 and len(store) == 1
+
+
 def test_no_store_is_opened_before_startup(tmp_path: Path) -> None:
     app = create_app(data_dir=tmp_path / "never")
     assert not (tmp_path / "never").exists()
