@@ -298,6 +298,12 @@ def test_readyz_asks_every_shard(tmp_path: Path) -> None:
         assert err["details"]["shards"] == {"shard-0": "ok", "shard-1": "unavailable", "shard-2": "ok"}
         assert "10.0.0.9" not in json.dumps(err)  # the reason names an address: logged, not shown
         assert c.get("/healthz").status_code == 200  # liveness does not ask the store
+        svc.store.health = _broken  # type: ignore[method-assign]  # the store itself fails: not ready, no 500
+        assert assert_error(c.get("/readyz"), 503, "not_ready")["details"] is None
+
+
+def _broken(timeout: float | None = None) -> Any:
+    raise RuntimeError("the membership's file is unreadable")
 
 
 def _down() -> Any:

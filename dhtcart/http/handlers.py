@@ -182,6 +182,10 @@ async def list_items(request: Request, customer_id: CustomerId, if_none_match: I
     return json_response(200, app_state(request).profile.cart(customer_id, items), etag(version))
 
 
+#: the fields of an add whose count was spelt as the seed did (``unitCount``)
+_SEED_COUNT = {**FIELDS, "item_count": ("unitCount", "body")}
+
+
 async def add_item(
     request: Request, customer_id: CustomerId, item_id: ItemId, body: AddItemRequest, if_match: IfMatch = None
 ) -> Response:
@@ -207,9 +211,6 @@ async def add_item(
             raise
         return domain_error(exc, _SEED_COUNT)  # the client spelt the count as the seed did: name it so
     return json_response(200, app_state(request).profile.line(item), etag(version))
-
-
-_SEED_COUNT = {**FIELDS, "item_count": ("unitCount", "body")}
 
 
 async def update_count(
@@ -300,8 +301,8 @@ async def readyz(request: Request) -> Response:
     except asyncio.TimeoutError:
         logger.warning("readyz: the shards did not all answer within %s s", READY_TIMEOUT)
         return error(503, "not_ready", f"the shards did not all answer within {READY_TIMEOUT:g} s", None, RETRY)
-    except DHTCartError as exc:  # the store itself (closed, its membership unreachable)
-        logger.warning("readyz: %s", exc)
+    except Exception as exc:  # a probe: the store itself (closed, membership unreachable), or anything else
+        logger.warning("readyz: the store did not answer: %s", exc, exc_info=not isinstance(exc, DHTCartError))
         return error(503, "not_ready", "the store is not available", None, RETRY)
     report = {name: "ok" if why is None else "unavailable" for name, why in health.items()}
     down = sorted(name for name, why in health.items() if why is not None)
