@@ -1,4 +1,4 @@
-"""Core micro-benchmarks: hashing, ring lookup, shard get/put, cart add, beside their floors.
+"""Core micro-benchmarks: hashing, ring lookup, shard get/put, cart add and list, beside their floors.
 
 Every contender runs in the same process, interleaved round by round (so a
 noisy neighbour slows all of them alike), and each figure is the median over
@@ -176,6 +176,24 @@ def _cart_benches(tmp: Path) -> tuple[dict[str, Bench], list[CartService]]:
             big.add_item("big", f"sku-{i % 1000:04d}", "1.99")
 
     benches["CartService.add_item, 1000-item cart (memory)"] = add_big
+
+    # listing a 100-item cart: warm (this service decoded the record last) and cold (a service
+    # that has not seen it: one parse of the record, every line once)
+    listed = services["memory"]
+    for j in range(100):
+        listed.add_item("listed", f"sku-{j:03d}", "1.99")
+
+    def list_warm(n: int) -> None:
+        for _ in range(n):
+            listed.list_items("listed")
+
+    def list_cold(n: int) -> None:
+        store = listed.store
+        for _ in range(n):
+            CartService(store).list_items("listed")
+
+    benches["CartService.list_items, 100-item cart, warm (memory)"] = list_warm
+    benches["CartService.list_items, 100-item cart, cold (memory)"] = list_cold
     return benches, list(services.values())
 
 

@@ -15,7 +15,8 @@
   ``TooManyRetries``, ``CorruptData``).
 * ``dhtcart_workers`` (gauge): worker processes serving.
 
-Several workers: ``dhtcart serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a
+Several workers: ``dhtcart serve`` points ``PROMETHEUS_MULTIPROC_DIR``
+(:data:`dhtcart.settings.PROMETHEUS_DIR_ENV`) at a
 fresh temporary directory per run, before any worker starts;
 prometheus_client then keeps each worker's values in its own files there and
 :meth:`Metrics.render` sums them, so any worker's ``/metrics`` reports the
@@ -39,7 +40,6 @@ once and kept (no ``labels()`` call per request).
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import re
@@ -55,9 +55,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f'dhtcart.metrics needs the server extra ({exc.name} is missing): pip install "dhtcart[server]"'
     ) from exc
 
-__all__ = ["MULTIPROC_ENV", "Metrics", "forget_dead_workers", "multiprocess_dir"]
+from dhtcart.settings import PROMETHEUS_DIR_ENV
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+__all__ = ["Metrics", "forget_dead_workers", "multiprocess_dir"]
 
 #: latency buckets, seconds: a fast local add takes a fraction of a millisecond
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -72,15 +72,16 @@ GaugeMode = Literal["all", "liveall", "min", "livemin", "max", "livemax", "sum",
 
 def multiprocess_dir() -> str | None:
     """The directory of multiprocess mode, or ``None`` when each process counts alone."""
-    return os.environ.get(MULTIPROC_ENV) or None
+    return os.environ.get(PROMETHEUS_DIR_ENV) or None
 
 
 def forget_dead_workers(path: str | None = None, alive: Callable[[int], bool] | None = None) -> list[int]:
     """Drop the live-gauge files of processes that no longer run; return their pids.
 
     prometheus_client documents :func:`~prometheus_client.multiprocess.mark_process_dead`
-    for a supervisor to call when a worker exits; this also finds workers that
-    were killed without anyone noticing (their pid is gone).
+    for a supervisor to call when a worker exits: ``dhtcart serve``'s supervisor
+    calls this when it replaces workers, and each worker when it starts, which
+    also finds workers killed without anyone noticing (their pid is gone).
     """
     directory = path or multiprocess_dir()
     if directory is None:
@@ -215,9 +216,10 @@ class Metrics:
         def read(field: str) -> Callable[[], Mapping[tuple[str, ...], float]]:
             def value() -> Mapping[tuple[str, ...], float]:
                 if field == "epoch":  # the first gauge read at each sync reads the status for all
-                    # a shard or the membership unreachable: keep the last values
-                    with contextlib.suppress(Exception):
+                    try:
                         status["now"] = watched[0].rebalance_status()
+                    except Exception:  # a shard or the membership unreachable: set nothing, so the
+                        status["now"] = None  # last values stay, with their time (not made fresh)
                 now = status.get("now")
                 if now is None:
                     return {}
@@ -225,6 +227,9 @@ class Metrics:
 
             return value
 
+        # One reading of one status, by whichever worker read it last: "mostrecent" across
+        # workers. ("max" let a worker that had not synced since the last migration ended keep
+        # showing its totals, and fraction_done 1.0, for the first seconds of the next one.)
         for field, name, doc in (
             ("epoch", "dhtcart_membership_epoch", "The membership epoch this worker routes with."),
             ("migrating", "dhtcart_rebalance_in_progress", "1 while a migration is in progress, else 0."),
@@ -232,7 +237,7 @@ class Metrics:
             ("keys_moved", "dhtcart_rebalance_keys_moved", "Keys the migration has moved, as last reported."),
             ("keys_planned", "dhtcart_rebalance_keys_planned", "Keys the migration expects to move."),
         ):
-            self.mirror_gauge(name, doc, (), read(field), mode="max")
+            self.mirror_gauge(name, doc, (), read(field), mode="mostrecent")
 
     @property
     def has_mirrors(self) -> bool:

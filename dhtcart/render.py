@@ -1,11 +1,11 @@
 """How a cart line, a cart and a receipt look as JSON: one rendering of each, per profile.
 
-The HTTP API, :meth:`CartItem.to_dict <dhtcart.cart.CartItem.to_dict>` and
-:meth:`Receipt.to_dict <dhtcart.cart.Receipt.to_dict>` all render through
-these functions, so a field is named and formatted in one place. Money stays
-a :class:`~decimal.Decimal` unless ``money`` converts it (``to_dict`` passes
-``str``); :func:`dumps` writes a ``Decimal`` as a JSON number with its exact
-digits.
+The faces render the cart's values (:mod:`dhtcart.cart.values`) through these
+functions, so a field is named and formatted in one place; the cart itself
+knows nothing of rendering. Money stays a :class:`~decimal.Decimal` unless
+``money`` converts it (``money=str`` gives JSON-ready strings for
+``json.dumps``); :func:`dumps` writes a ``Decimal`` as a JSON number with its
+exact digits.
 
 Two profiles: dhtcart's documented API (:func:`line`, :func:`cart`,
 :func:`receipt`) and the seed code's shapes (:func:`seed_line`,
@@ -15,7 +15,7 @@ Two profiles: dhtcart's documented API (:func:`line`, :func:`cart`,
 >>> dumps({"total": Decimal("30.00"), "customerId": "café", "ok": True, "n": None})
 '{"total":30.00,"customerId":"café","ok":true,"n":null}'
 
-No third-party imports: the library renders ``to_dict`` without the server extra.
+No third-party imports: a library user renders without the server extra.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from dhtcart.errors import InvalidValue
 
 if TYPE_CHECKING:
-    from dhtcart.cart import CartItem, Receipt
+    from dhtcart.cart.values import CartItem, Receipt
 
 __all__ = ["cart", "dumps", "dumps_bytes", "line", "receipt", "seed_cart", "seed_line", "seed_receipt"]
 

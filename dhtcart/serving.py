@@ -5,7 +5,8 @@ process's exit code:
 
 * the port is checked first: in use, or not ours to take, the message says
   which option to change, and the code is :data:`EXIT_STARTUP_FAILED`;
-* with several workers, ``PROMETHEUS_MULTIPROC_DIR`` is pointed at a fresh
+* with several workers, ``PROMETHEUS_MULTIPROC_DIR``
+  (:data:`~dhtcart.settings.PROMETHEUS_DIR_ENV`) is pointed at a fresh
   temporary directory for this run (removed at exit), so their metrics add up;
 * uvicorn runs :func:`worker_app` in each worker, with
   :class:`GuardedHttpToolsProtocol` as its HTTP protocol: a client must send a
@@ -45,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from dhtcart.errors import PortUnavailable
-from dhtcart.settings import Settings
+from dhtcart.settings import PROMETHEUS_DIR_ENV, Settings
 
 __all__ = [
     "EXIT_STARTUP_FAILED",
@@ -212,7 +213,8 @@ class Supervisor(Multiprocess):
     uvicorn's own returns normally when a worker cannot start (so the
     command exited 0, as after SIGTERM); this one records the signals it was
     asked to stop by, and :attr:`exit_code` is 0 only then. It also drops the
-    live metrics of every worker that exits (prometheus_client's
+    live metrics of every worker that exits
+    (:func:`dhtcart.metrics.forget_dead_workers`: prometheus_client's
     ``mark_process_dead``, as its documentation asks of a supervisor).
     """
 
@@ -231,9 +233,10 @@ class Supervisor(Multiprocess):
     def keep_subprocess_alive(self) -> None:
         before = {p.pid for p in self.processes}
         super().keep_subprocess_alive()
-        gone = before - {p.pid for p in self.processes}  # replaced: they died
-        if gone:
-            _forget_workers(gone)
+        if before - {p.pid for p in self.processes}:  # some were replaced: they died
+            from dhtcart.metrics import forget_dead_workers  # prometheus_client: only once the directory is set
+
+            forget_dead_workers()
 
     @property
     def exit_code(self) -> int:
@@ -241,33 +244,23 @@ class Supervisor(Multiprocess):
         return 0 if self.stopped_by_signal else EXIT_STARTUP_FAILED
 
 
-def _forget_workers(pids: set[int | None]) -> None:
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return
-    from prometheus_client.multiprocess import mark_process_dead
-
-    for pid in pids:
-        if pid is not None:
-            mark_process_dead(pid)  # type: ignore[no-untyped-call]
-
-
 # -- the run ----------------------------------------------------------------------------------
 
 
 @contextmanager
 def metrics_directory(settings: Settings) -> Iterator[str | None]:
-    """A fresh ``PROMETHEUS_MULTIPROC_DIR`` for this run, removed after.
+    """A fresh :data:`~dhtcart.settings.PROMETHEUS_DIR_ENV` directory for this run, removed after.
 
     Only with several workers: one worker counts in its own memory (cheaper
     than prometheus_client's files), and a previous run's directory, or one
     from the caller's environment, is never reused (its counts would carry over).
     """
     if not settings.metrics or settings.workers == 1:
-        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        os.environ.pop(PROMETHEUS_DIR_ENV, None)
         yield None
         return
     path = tempfile.mkdtemp(prefix="dhtcart-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    os.environ[PROMETHEUS_DIR_ENV] = path
     try:
         yield path
     finally:

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from dhtcart.settings import PROMETHEUS_DIR_ENV
 from tests.helpers import child_env
 
 READY_TIMEOUT = 20.0
@@ -46,7 +47,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in child_env().items()
-        if not k.startswith("DHTCART_") and k not in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+        if not k.startswith("DHTCART_") and k not in (PROMETHEUS_DIR_ENV, PROMETHEUS_DIR_ENV.lower())
     }
     env.update(extra)
     return env

@@ -343,9 +343,22 @@ def _rows() -> Iterator[Any]:
         )
     for name, flag in BAD_FLAGS:
         yield row(
-            f"cart.add_item-specialSale-{name}",
+            f"cart.add_item-special_sale-{name}",
             lambda w, f=flag: w.carts.add_item("alice", "new", "1.00", special_sale=f),
             InvalidInput,
+            TypeError,
+        )
+    for name, ver in [*BAD_VERSIONS, ("set-of-str", {1, "2"}), ("list", [1])]:
+        yield row(
+            f"cart.add_item-expected_version-{name}",
+            lambda w, v=ver: w.carts.add_item("alice", "new", "1.00", expected_version=v),
+            InvalidValue,
+            ValueError,
+        )
+        yield row(
+            f"cart.checkout-expected_version-{name}",
+            lambda w, v=ver: w.carts.checkout("alice", expected_version=v),
+            InvalidValue,
             TypeError,
         )
     # absent things are KeyErrors, and change nothing either
@@ -406,7 +419,7 @@ def test_every_refusal_is_a_dhtcart_error(world: World) -> None:
 
 
 def test_too_many_lines_in_one_cart(monkeypatch: pytest.MonkeyPatch) -> None:
-    import dhtcart.cart as cart_mod
+    import dhtcart.cart.service as cart_mod
 
     monkeypatch.setattr(cart_mod, "MAX_LINES", 40)  # the rule, at a size that keeps the test quick
     with CartService() as carts:
@@ -415,7 +428,7 @@ def test_too_many_lines_in_one_cart(monkeypatch: pytest.MonkeyPatch) -> None:
         before = snapshot(carts.store)
         with pytest.raises(InvalidInput) as info:
             carts.add_item("big", "one-too-many", "1")
-        assert isinstance(info.value, ValueError) and info.value.field == "itemId"
+        assert isinstance(info.value, ValueError) and info.value.field == "item_id"
         assert snapshot(carts.store) == before
         assert carts.add_item("big", "i0", "1").item_count == 2  # an existing line still takes more units
 

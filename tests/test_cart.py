@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,11 +24,13 @@ from dhtcart import (
     SaleExpired,
     TooManyRetries,
     VersionConflict,
+    render,
 )
-from dhtcart.errors import Conflict, NotFound
+from dhtcart.cart import VersionedCarts
+from dhtcart.errors import Conflict, CorruptData, InvalidValue, NotFound
 from dhtcart.hashing import hash_key
-from tests.conftest import BackendEnv
-from tests.helpers import snapshot
+from tests.conftest import BackendEnv, _flushall, _RedisUnavailable, skip_or_fail
+from tests.helpers import run_python, snapshot
 
 T0 = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -91,7 +96,7 @@ def test_seed_scenario(timed: CartService, clock: Clock) -> None:
     assert receipt.checked_out_at == clock.now
     assert timed.list_items("customer-1") == []
     assert_carts_empty(timed.store)
-    as_json = receipt.to_dict()
+    as_json = render.receipt(receipt, money=str)
     assert as_json["total"] == "64.97" and as_json["lines"][0]["itemId"] == "036000291459"
     json.dumps(as_json)
 
@@ -155,7 +160,7 @@ def test_negative_zero_price_is_plain_zero(zero: object) -> None:
     with CartService() as carts:  # validation is the same on every backend
         item = carts.add_item("c", "free", zero)  # type: ignore[arg-type]
         assert str(item.offered_price) == "0.00"
-        assert item.to_dict()["offeredPrice"] == "0.00"
+        assert render.line(item, money=str)["offeredPrice"] == "0.00"
         assert str(carts.list_items("c")[0].offered_price) == "0.00"
 
 
@@ -288,9 +293,11 @@ def test_stored_value_names_the_customer(carts: CartService) -> None:
     assert carts.store.get(hash_key("carol")).version == 2  # type: ignore[union-attr]
 
 
-def test_cart_item_to_dict(carts: CartService) -> None:
+def test_a_cart_item_renders_as_json(carts: CartService) -> None:
+    """The cart knows nothing of rendering: dhtcart.render gives a line its JSON fields."""
     item = carts.add_item("c", "i", "1.50", item_count=2, special_sale=True, sale_expiration="2099-01-01T00:00:00Z")
-    assert item.to_dict() == {
+    assert not hasattr(item, "to_dict")
+    assert render.line(item, money=str) == {
         "itemId": "i",
         "offeredPrice": "1.50",
         "itemCount": 2,
@@ -353,19 +360,19 @@ def test_add_reencodes_only_the_line_it_touches(monkeypatch: pytest.MonkeyPatch)
     1,000-item cart cost ~5x one to an empty cart. dhtcart encodes only the line an
     add touches (plus the customer header); the speed itself is measured in
     benchmarks/core.py, this checks the mechanism, which timing noise cannot flake."""
-    import dhtcart.cart as cart_module
+    from dhtcart.cart import codec
 
     calls: list[object] = []
-    real = cart_module._encode_line
+    real = codec.line
 
-    def counting(item_id: str, line: list[object]) -> bytes:
-        calls.append([item_id, *line])
-        return real(item_id, line)
+    def counting(item_id: str, *fields: Any) -> codec.Line:
+        calls.append([item_id, *fields])
+        return real(item_id, *fields)
 
     with CartService() as carts:
         for i in range(1000):
             carts.add_item("big", f"item-{i}", "1.00")
-        monkeypatch.setattr(cart_module, "_encode_line", counting)
+        monkeypatch.setattr(codec, "line", counting)
         carts.add_item("big", "item-5", "1.00")  # re-add: one line changes
         carts.update_count("big", "item-7", 3)
         carts.add_item("big", "item-new", "2.00")
@@ -390,10 +397,10 @@ def test_ids_refuse_slash_and_replacement_character(bad: str) -> None:
 def assert_carts_empty(store: DHTServerStore) -> None:
     """An emptied cart stays as an empty record (never deleted: its version must keep
     growing, or a writer holding version 1 of the old cart could overwrite a new one)."""
-    from dhtcart.cart import _decode
+    from dhtcart.cart.codec import decode
 
     for _, rec in store.items():
-        assert all(not lines for lines in _decode(rec.value).values()), rec
+        assert all(not lines for lines in decode(rec.value).values()), rec
 
 
 def test_emptied_cart_keeps_its_version_growing() -> None:
@@ -409,3 +416,144 @@ def test_emptied_cart_keeps_its_version_growing() -> None:
         with pytest.raises(VersionConflict):
             carts.store.put(key, stale.value, expected_version=stale.version)
         assert [(i.item_id, i.item_count) for i in carts.list_items("c")] == [("b", 1)]
+
+
+# -- the package: one parse per read, no rendering, the caller's own names ------------------
+
+
+def test_a_cold_read_parses_each_stored_line_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service that has not seen a record yet decodes it in one parse, every line once
+    (it used to parse each line twice: the record, then its lines again to list them);
+    a warm read and a change parse nothing."""
+    store = DHTServerStore(shards=2)
+    with CartService(store) as writer:
+        for i in range(50):
+            writer.add_item("big", f"sku-{i}", "1.00")
+    parsed: list[int] = []
+    real = json.loads
+
+    def counting(text: Any, *args: Any, **kwargs: Any) -> Any:
+        value = real(text, *args, **kwargs)
+        parsed.append(len(value) if isinstance(value, list) else 1)
+        return value
+
+    cold = CartService(store, clock=Clock())  # nothing decoded yet
+    monkeypatch.setattr(json, "loads", counting)
+    items = cold.list_items("big")
+    assert len(items) == 50
+    assert parsed == [51]  # one parse of the customer's header and its 50 lines
+    parsed.clear()
+    assert cold.list_items("big") == items  # warm: the decoding is reused (checked against the bytes)
+    assert cold.add_item("big", "sku-7", "1.00").item_count == 2  # a change encodes one line, parses none
+    assert cold.checkout("big").total == Decimal("51.00")
+    assert parsed == []
+    store.close()
+
+
+def test_a_damaged_record_is_corrupt_data() -> None:
+    with CartService() as carts:
+        key = hash_key("c")
+        for raw in (b'dhtcart-cart 1\n"c"\n[1,2', b'dhtcart-cart 1\n["i","1.00",1,false,null]', b"x"):
+            carts.store.put(key, raw)
+            with pytest.raises(CorruptData):
+                carts.list_items("c")
+            with pytest.raises(CorruptData):
+                carts.add_item("c", "i", "1")
+            assert carts.store.get(key).value == raw  # type: ignore[union-attr]  # nothing written
+
+
+def test_the_cart_imports_no_rendering_and_no_face() -> None:
+    """cart -> render -> cart was a circle; the cart knows nothing of rendering now."""
+    code = "import sys, dhtcart.cart; print(' '.join(sorted(m for m in sys.modules if m.startswith('dhtcart'))))"
+    loaded = run_python(code).split()
+    assert "dhtcart.cart.service" in loaded
+    assert not [m for m in loaded if m == "dhtcart.render" or m.startswith(("dhtcart.http", "dhtcart.metrics"))]
+
+
+def test_both_faces_of_the_operations_take_the_same_arguments() -> None:
+    """The five operations are written once: CartService's return the result, versioned's add the version."""
+    for name in ("list_items", "add_item", "update_count", "delete_item", "checkout"):
+        plain, versioned = (
+            inspect.signature(getattr(CartService, name)),
+            inspect.signature(getattr(VersionedCarts, name)),
+        )
+        assert plain.parameters == versioned.parameters, name
+        assert versioned.return_annotation == f"Versioned[{plain.return_annotation}]", name
+        assert getattr(CartService, name).__doc__ == getattr(VersionedCarts, name).__doc__
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda c: c.list_items(""), "customer_id"),
+        (lambda c: c.add_item("c", "a/b", "1"), "item_id"),
+        (lambda c: c.add_item("c", "i", "-1"), "offered_price"),
+        (lambda c: c.add_item("c", "i", "1", item_count=0), "item_count"),
+        (lambda c: c.add_item("c", "i", "1", 999_999) and c.add_item("c", "i", "1", 2), "item_count"),
+        (lambda c: c.add_item("c", "i", "1", special_sale="yes"), "special_sale"),
+        (lambda c: c.add_item("c", "i", "1", sale_expiration="soon"), "sale_expiration"),
+        (lambda c: c.update_count("c", "i", -1), "new_count"),
+        (lambda c: c.delete_item(" c", "i"), "customer_id"),
+        (lambda c: c.checkout("c" * 129), "customer_id"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_errors_name_the_python_parameter(call: Callable[[CartService], Any], field: str) -> None:
+    """A Python caller reads its own parameter names (the HTTP face maps them to its JSON fields)."""
+    with CartService() as carts:
+        with pytest.raises(InvalidInput) as info:
+            call(carts)
+        assert info.value.field == field and str(info.value).startswith(f"{field}: ")
+        assert not any(ch.isupper() for ch in info.value.field)
+
+
+@pytest.mark.parametrize("bad", ["3", -1, True, 1.0, {1, "2"}, [1]])
+def test_a_bad_expected_version_is_refused_before_anything(bad: Any) -> None:
+    with CartService() as carts:
+        carts.add_item("c", "i", "1")
+        before = snapshot(carts.store)
+        for call in (
+            lambda: carts.add_item("c", "j", "1", expected_version=bad),
+            lambda: carts.update_count("c", "i", 5, expected_version=bad),
+            lambda: carts.delete_item("c", "i", expected_version=bad),
+            lambda: carts.checkout("c", expected_version=bad),
+        ):
+            with pytest.raises(InvalidValue) as info:
+                call()
+            assert isinstance(info.value, ValueError) and "expected_version" in str(info.value)
+        assert snapshot(carts.store) == before
+
+
+def test_open_takes_every_location_form(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with CartService.open("memory://") as carts:
+        carts.add_item("c", "i", "1")
+        assert carts.store.directory is None and carts.store.location == "memory"
+        assert [s.url for s in carts.store.shards.values()] == ["memory://"] * 5
+    assert list(tmp_path.iterdir()) == []  # in memory: no directory named "memory:"
+    with CartService.open(f"lmdb://{tmp_path / 'a'}", shards=2) as carts:
+        carts.add_item("c", "i", "1", item_count=3)
+    for same in (tmp_path / "a", str(tmp_path / "a"), "a", "./a", f"lmdb://{tmp_path / 'a'}"):
+        with CartService.open(same) as again:
+            assert again.store.directory is not None
+            assert again.store.directory.resolve() == (tmp_path / "a").resolve()
+            assert len(again.store.shards) == 2
+            assert [(i.item_id, i.item_count) for i in again.list_items("c")] == [("i", 3)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+    with pytest.raises(InvalidInput, match="location"):
+        CartService.open("ftp://example.com/carts")
+
+
+def test_open_takes_a_redis_location(redis_session_server: Any) -> None:
+    if isinstance(redis_session_server, _RedisUnavailable):
+        skip_or_fail(redis_session_server.reason)
+    port = redis_session_server.port
+    _flushall(port)
+    location = f"redis://127.0.0.1:{port}/0?prefix=carts:"
+    shards = {f"r{i}": f"redis://127.0.0.1:{port}/{i + 1}?prefix=carts:" for i in range(2)}
+    with CartService.open(location, shards=shards) as carts:
+        carts.add_item("c", "i", "1.50", item_count=2)
+        assert sorted(carts.store.shards) == ["r0", "r1"] and carts.store.directory is None
+    with CartService.open(location) as again:  # another client, from the URL alone
+        assert again.checkout("c").total == Decimal("3.00")
+    _flushall(port)

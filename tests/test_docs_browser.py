@@ -9,6 +9,8 @@ under ``CI=true`` is a failure.
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import shutil
 import subprocess
@@ -18,8 +20,9 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
 
-from tests.serve_process import Server
+from tests.serve_process import Server  # noqa: E402
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome-headless-shell")
 
@@ -76,7 +79,21 @@ def test_swagger_ui_renders_the_operations_offline(server: Server, tmp_path: Pat
         :2000
     ]
     operations = set(re.findall(r'id="operations-[\w-]+-(\w+)"', dom))
-    assert operations >= {"addItem", "updateCount", "deleteItem", "listItems", "checkout", "readyz"}
+    assert operations >= {"addItem", "updateCount", "deleteItem", "listItems", "checkout", "readyz", "metrics"}
+
+
+def test_swagger_ui_offers_the_documented_example_body(server: Server, tmp_path: Path) -> None:
+    """ "Try it out" sends the body Swagger UI shows: the documented example, which the API accepts
+    (Swagger UI used to make one up from every field, itemCount and unitCount together: refused)."""
+    dom = _dom(_browser(), server.url + "/docs#/cart/addItem", tmp_path / "profile")  # deep link: expanded
+    section = dom.partition("opblock-section-request-body")[2]
+    assert section, dom[:2000]
+    shown = json.loads(
+        html.unescape(re.sub(r"<[^>]+>", "", section.partition("<code")[2].partition(">")[2].partition("</code>")[0]))
+    )
+    assert shown == {"offeredPrice": 50, "itemCount": 2}
+    r = httpx.post(server.url + "/item/swagger/036000291459", json=shown, timeout=10)
+    assert r.status_code == 200 and r.json()["itemCount"] == 2
 
 
 def test_redoc_renders_offline(server: Server, tmp_path: Path) -> None:

@@ -286,6 +286,33 @@ def test_invalid_add_is_422_and_stores_nothing(client: TestClient, payload: Any,
 
 
 @pytest.mark.parametrize(
+    ("method", "path", "payload", "field", "where"),
+    [
+        ("POST", "/item/{c}/x", {"offeredPrice": 1, "itemCount": 0}, "itemCount", "body"),
+        ("POST", "/items/{c}/x", {"offeredPrice": 1, "unitCount": 0}, "unitCount", "body"),  # as the client spelt it
+        ("POST", "/item/{c}/x", {"offeredPrice": -1}, "offeredPrice", "body"),
+        ("POST", "/item/{c}/x", {"offeredPrice": 1, "itemCount": 999_999}, "itemCount", "body"),  # the sum: 1,000,001
+        ("POST", "/item/{c}/x", {"offeredPrice": 1, "saleExpiration": "soon"}, "saleExpiration", "body"),
+        ("PUT", "/item/{c}/x", {"newCount": -1}, "newCount", "body"),
+        ("GET", "/items/%20{c}", None, "customerId", "path"),
+        ("DELETE", "/item/{c}/a%09b", None, "itemId", "path"),
+    ],
+)
+def test_library_errors_name_the_json_fields(
+    client: TestClient, cid: str, method: str, path: str, payload: Any, field: str, where: str
+) -> None:
+    """CartService names its Python parameters (item_count); the HTTP face answers with its own
+    names (itemCount) and where they were."""
+    client.post(f"/item/{cid}/x", json={"offeredPrice": 1, "itemCount": 2})
+    r = client.request(method, path.format(c=cid), json=payload)
+    err = assert_error(r, 422, "invalid_input")
+    assert err["details"]["errors"][0]["field"] == field and err["details"]["errors"][0]["location"] == where
+    assert err["message"].startswith(f"{field}: ")
+    assert "_" not in field and not any(f"{name}:" in r.text for name in ("item_count", "offered_price", "_id"))
+    assert body(client.get(f"/items/{cid}"))["items"][0]["itemCount"] == 2  # nothing changed
+
+
+@pytest.mark.parametrize(
     "text", [b'{"offeredPrice": NaN}', b'{"offeredPrice": Infinity}', b'{"offeredPrice": -Infinity}']
 )
 def test_non_finite_price_is_422(client: TestClient, text: bytes) -> None:
@@ -421,6 +448,18 @@ def test_lifespan_opens_and_closes_the_lmdb_store(tmp_path: Path) -> None:
         assert items[0]["itemCount"] == 4 and items[0]["offeredPrice"] == Decimal("2.50")
 
 
+def test_lifespan_opens_any_location_form(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with TestClient(create_app(data_dir="memory://")) as c:  # in memory: no directory "memory:"
+        assert c.post("/item/mem/x", json={"offeredPrice": 1}).status_code == 200
+        assert body(c.get("/items/mem"))["items"][0]["itemId"] == "x"
+    with TestClient(create_app(data_dir=f"lmdb://{tmp_path / 'kept'}", shards=2)) as c:
+        assert c.post("/item/kept/x", json={"offeredPrice": 1}).status_code == 200
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+    with DHTServerStore.open(tmp_path / "kept") as store:
+        assert len(store.shards) == 2 and len(store) == 1
+
+
 def test_no_store_is_opened_before_startup(tmp_path: Path) -> None:
     app = create_app(data_dir=tmp_path / "never")
     assert not (tmp_path / "never").exists()
@@ -477,6 +516,9 @@ def test_openapi_and_docs(client: TestClient) -> None:
     assert schemas["AddItemRequest"]["additionalProperties"] is False
     assert schemas["ReceiptResponse"]["properties"]["total"]["type"] == "number"
     assert doc["paths"]["/checkout/{customerId}"]["post"]["deprecated"] is True
+    scrape = doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(scrape) == ["text/plain"] and scrape["text/plain"]["schema"] == {"type": "string"}
+    assert client.get("/metrics").headers["content-type"].startswith("text/plain")
     r = client.get("/docs")
     assert r.status_code == 200 and "swagger" in r.text.lower()
 

@@ -21,7 +21,7 @@ with warnings.catch_warnings():  # starlette's TestClient nags about httpx versi
     from fastapi.testclient import TestClient
 
 from dhtcart import CartService, DHTServerStore, render
-from dhtcart.errors import InvalidInput
+from dhtcart.errors import InvalidInput, ShardUnavailable
 from dhtcart.http import PROFILES, AppState, SeedLineResponse, app_from_env, create_app, expected_version
 from dhtcart.settings import Settings
 
@@ -123,6 +123,49 @@ def test_each_profile_documents_its_shapes() -> None:
         assert profile.name == name
 
 
+def _examples(doc: dict[str, Any], holder: dict[str, Any]) -> list[Any]:
+    """Every example a parameter, a media type or their (referenced) schema gives."""
+    schema = holder.get("schema", {})
+    while "$ref" in schema:
+        schema = doc["components"]["schemas"][schema["$ref"].rpartition("/")[2]]
+    found = [e["value"] for e in holder.get("examples", {}).values()]
+    found += [holder["example"]] if "example" in holder else []
+    found += list(schema.get("examples", [])) + ([schema["example"]] if "example" in schema else [])
+    return found
+
+
+@pytest.mark.parametrize("compat", ["default", "seed"])
+def test_every_example_of_the_document_succeeds(compat: str) -> None:
+    """What the document shows a client (Swagger UI's "Try it out" sends its examples) is accepted:
+    every example of every parameter and request body, each sent on its own, gets a 2xx."""
+    with CartService() as svc, TestClient(create_app(svc, compat=compat)) as c:
+        doc = c.get("/openapi.json").json()
+        sent = 0
+        for path, item in doc["paths"].items():
+            for method, operation in item.items():
+                params = {p["name"]: p for p in operation.get("parameters", [])}
+                values = {name: _examples(doc, p) for name, p in params.items()}
+                for name, p in params.items():
+                    assert values[name] or not p["required"], f"{method} {path}: {name} has no example"
+                media = operation.get("requestBody", {}).get("content", {}).get("application/json")
+                bodies = _examples(doc, media) if media is not None else [None]
+                # a viewer makes a body up from the fields only when the document gives none
+                assert bodies, f"{method} {path}: its body has no example"
+                variants = [{name: v[0] for name, v in values.items() if v}]
+                variants += [{**variants[0], name: v} for name, vs in values.items() for v in vs[1:]]
+                for chosen in variants:
+                    for body in bodies:
+                        customer, item_id = chosen.get("customerId", "alice"), chosen.get("itemId", "036000291459")
+                        svc.add_item(customer, item_id, "1.00")  # a cart holding the item, to change or check out
+                        url = path.format(**{k: v for k, v in chosen.items() if params[k]["in"] == "path"})
+                        headers = {k: v for k, v in chosen.items() if params[k]["in"] == "header"}
+                        r = c.request(method.upper(), url, json=body, headers=headers)
+                        assert 200 <= r.status_code < 300, (method, path, chosen, body, r.text)
+                        sent += 1
+        svc.checkout("alice")
+    assert sent >= 14  # every operation, each body example of the adds and updates
+
+
 def test_the_rendering_matches_the_documented_models() -> None:
     """One rendering per profile, and the response models document exactly its fields."""
     from dhtcart.http import CartItemResponse, ReceiptResponse
@@ -131,7 +174,7 @@ def test_the_rendering_matches_the_documented_models() -> None:
         item = svc.add_item("m", "i", "1.50", item_count=2)
         assert set(render.line(item)) == set(CartItemResponse.model_fields)
         assert set(render.seed_line(item)) == set(SeedLineResponse.model_fields)
-        assert render.line(item, money=str) == item.to_dict()
+        assert render.line(item, money=str)["offeredPrice"] == "1.50"  # JSON-ready for json.dumps
         receipt = svc.checkout("m")
         assert set(render.receipt(receipt)) == set(ReceiptResponse.model_fields)
         assert render.seed_receipt(receipt) == [render.seed_line(item)]
@@ -149,6 +192,34 @@ def test_etag_on_get_and_writes(api: TestClient) -> None:
     assert r.status_code == 200 and r.headers["etag"] != tag
     r = api.delete("/item/e1/a", headers={"If-Match": r.headers["etag"]})
     assert r.status_code == 204 and r.headers["etag"]
+
+
+@pytest.mark.parametrize("compat", ["default", "seed"])
+def test_if_none_match_answers_304_without_a_body(compat: str) -> None:
+    """RFC 9110: a GET or HEAD whose If-None-Match matches the cart's ETag (weakly) gets 304, its ETag
+    and no body; * matches any cart that exists."""
+    with CartService() as svc, TestClient(create_app(svc, compat=compat)) as c:
+        r = c.get("/items/n1", headers={"If-None-Match": '"0"'})  # no cart: its ETag is "0"
+        assert (r.status_code, r.content, r.headers["etag"]) == (304, b"", '"0"')
+        assert c.get("/items/n1", headers={"If-None-Match": "*"}).status_code == 200  # no cart exists
+        c.post("/item/n1/a", json={"offeredPrice": 1})
+        full = c.get("/items/n1")
+        tag = full.headers["etag"]
+        for header in (tag, "*", f'"999", {tag}', f"W/{tag}", f" {tag} "):
+            for method in ("GET", "HEAD"):
+                r = c.request(method, "/items/n1", headers={"If-None-Match": header})
+                assert (r.status_code, r.content, r.headers["etag"]) == (304, b"", tag), (method, header)
+                assert "content-length" not in r.headers and "content-type" not in r.headers
+        for other in ('"0"', '"999"', "garbage", 'W/"x"'):  # another version: the cart, in full
+            r = c.get("/items/n1", headers={"If-None-Match": other})
+            assert (r.status_code, r.content, r.headers["etag"]) == (200, full.content, tag), other
+        c.post("/item/n1/b", json={"offeredPrice": 2})
+        r = c.get("/items/n1", headers={"If-None-Match": tag})  # the cart changed since
+        assert r.status_code == 200 and r.headers["etag"] != tag and len(r.json()) >= 1
+        c.delete("/items/n1")  # checked out: an empty cart still exists, at a newer version
+        assert c.get("/items/n1", headers={"If-None-Match": "*"}).status_code == 304
+        text = c.get("/metrics").text
+        assert 'dhtcart_http_requests_total{method="GET",route="/items/{customerId}",status="304"}' in text
 
 
 def test_stale_if_match_is_412_and_changes_nothing(api: TestClient) -> None:
@@ -221,15 +292,22 @@ def test_readyz_asks_every_shard(tmp_path: Path) -> None:
         r = c.get("/readyz")
         assert r.status_code == 200
         assert r.json() == {"status": "ready", "shards": {"shard-0": "ok", "shard-1": "ok", "shard-2": "ok"}}
-        broken = svc.store.servers["shard-1"]
-        broken.count = _raise  # type: ignore[method-assign]
+        broken = svc.store.shards["shard-1"].backend
+        broken.ownership = _down  # type: ignore[method-assign]
         err = assert_error(c.get("/readyz"), 503, "not_ready")
         assert err["details"]["shards"] == {"shard-0": "ok", "shard-1": "unavailable", "shard-2": "ok"}
+        assert "10.0.0.9" not in json.dumps(err)  # the reason names an address: logged, not shown
         assert c.get("/healthz").status_code == 200  # liveness does not ask the store
+        svc.store.health = _broken  # type: ignore[method-assign]  # the store itself fails: not ready, no 500
+        assert assert_error(c.get("/readyz"), 503, "not_ready")["details"] is None
 
 
-def _raise() -> int:
-    raise ConnectionError("down")
+def _broken(timeout: float | None = None) -> Any:
+    raise RuntimeError("the membership's file is unreadable")
+
+
+def _down() -> Any:
+    raise ShardUnavailable("shard-1", "redis://10.0.0.9:6379/0", "connection refused")
 
 
 def test_healthz_touches_no_store() -> None:
@@ -254,6 +332,34 @@ def test_metrics_in_process(api: TestClient) -> None:
     assert api.get("/metrics").headers["content-type"].startswith("text/plain")
 
 
+@pytest.mark.parametrize("inline", [True, False])
+def test_store_operations_are_labelled_by_the_shard_reached_without_routing_again(inline: bool) -> None:
+    """The label is the shard the operation itself reached (CartService.last_shard, read in the thread
+    that made the call: the event loop, or a pool thread), never a second routing of the key."""
+    customers = [f"label-{i}" for i in range(40)]
+    with CartService(DHTServerStore(shards=4)) as svc, TestClient(create_app(svc, inline=inline)) as c:
+        holder = {cid: svc.shard_of(cid) for cid in customers}
+        assert len(set(holder.values())) == 4
+
+        def no_second_routing(*args: Any) -> Any:
+            raise AssertionError("the face routed a key again")
+
+        svc.store.shard_for = no_second_routing  # type: ignore[method-assign]
+        svc.store.server_for = no_second_routing  # type: ignore[method-assign]
+        for cid in customers:
+            assert c.post(f"/item/{cid}/x", json={"offeredPrice": 1}).status_code == 200
+            assert c.get(f"/items/{cid}").status_code == 200
+            assert c.delete(f"/item/{cid}/missing").status_code == 404  # counted on the shard it read
+        text = c.get("/metrics").text
+        svc.store.close()
+    for shard in set(holder.values()):
+        n = sum(1 for h in holder.values() if h == shard)
+        for operation in ("add", "list", "delete"):
+            line = f'dhtcart_store_operations_total{{operation="{operation}",shard="{shard}"}} {float(n)}'
+            assert line in text, (line, text)
+    assert 'shard="unknown"' not in text
+
+
 def test_metrics_count_store_errors_by_shard() -> None:
     from dhtcart.errors import ShardUnavailable
 
@@ -270,6 +376,7 @@ def test_metrics_count_store_errors_by_shard() -> None:
 def test_metrics_can_be_switched_off() -> None:
     with CartService() as svc, TestClient(create_app(svc, metrics=False)) as c:
         assert_error(c.get("/metrics"), 404, "not_found")
+        assert "/metrics" not in c.get("/openapi.json").json()["paths"]  # documented only when it counts
         assert c.get("/healthz").status_code == 200
 
 

@@ -103,6 +103,9 @@ def test_seed_profile_keeps_the_seed_bugs_fixed(seed_server: Server) -> None:
         assert_error(c.post("/items/sb/x", json={"unitCount": "2", "offeredPrice": 1}), 422, "invalid_input")
         assert_error(c.put("/items/sb/missing", json={"newCount": 1}), 404, "item_not_found")
         assert c.post("/checkout/nobody").json() == []  # nothing to check out: an empty array
+        tag = c.get("/items/sb").headers["etag"]
+        r = c.get("/items/sb", headers={"If-None-Match": "*"})  # the seed profile honours it too
+        assert (r.status_code, r.content, r.headers["etag"]) == (304, b"", tag)
 
 
 # -- ETag and If-Match ---------------------------------------------------------------------------
@@ -137,6 +140,10 @@ def test_etag_and_if_match(two_workers: Server) -> None:
         assert_error(
             c.put("/item/etag-cart/a", json={"newCount": 1}, headers={"If-Match": 'W/"1"'}), 412, "precondition_failed"
         )
+        for method in ("GET", "HEAD"):  # If-None-Match naming the current version: 304, no body on the wire
+            r = c.request(method, "/items/etag-cart", headers={"If-None-Match": new_tag})
+            assert (r.status_code, r.content, r.headers["etag"]) == (304, b"", new_tag)
+        assert c.get("/items/etag-cart", headers={"If-None-Match": tag}).status_code == 200  # an older one
         r = c.delete("/items/etag-cart", headers={"If-Match": f'"999", {new_tag}'})  # a list: any may match
         assert r.status_code == 200 and body(r)["total"] == Decimal("4.00")
         assert c.put("/item/etag-cart/a", json={"newCount": 1}, headers={"If-Match": "*"}).status_code == 404

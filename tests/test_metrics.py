@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("prometheus_client")
 
 from dhtcart.metrics import Metrics, forget_dead_workers
+from dhtcart.settings import PROMETHEUS_DIR_ENV
 from tests.helpers import child_env
 
 
@@ -68,7 +69,7 @@ for _ in range(int(sys.argv[1])):
 
 
 def test_multiprocess_mode_sums_processes_and_forgets_dead_ones(tmp_path: Path) -> None:
-    env = child_env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    env = child_env(**{PROMETHEUS_DIR_ENV: str(tmp_path)})
     for n in (3, 4):
         subprocess.run([sys.executable, "-c", _WORKER, str(n)], env=env, check=True, timeout=60)
     assert any(name.startswith("gauge_livesum_") for name in os.listdir(tmp_path))
@@ -120,3 +121,60 @@ def test_a_watched_store_reports_its_redirects_and_a_rebalance(tmp_path: Path) -
         watched.finish_rebalance()
         text = m.render()[0].decode()
         assert "dhtcart_membership_epoch 3.0" in text and "dhtcart_rebalance_in_progress 0.0" in text
+        finished = _gauge(text, "dhtcart_rebalance_keys_moved")
+        assert finished > 20
+        with DHTServerStore.open(tmp_path / "s") as other, pytest.raises(RuntimeError):
+            other.add_shard("newer", batch_size=20, progress=stop)  # the next run, stopped after a batch
+        text = m.render()[0].decode()
+        assert "dhtcart_membership_epoch 4.0" in text and "dhtcart_rebalance_in_progress 1.0" in text
+        assert 0 < _gauge(text, "dhtcart_rebalance_keys_moved") <= 20 < finished  # its own progress
+        assert _gauge(text, "dhtcart_rebalance_fraction_done") < 1
+
+
+_STATUS_WORKER = """
+import sys
+from dhtcart.metrics import Metrics
+from dhtcart.store import RebalanceStatus
+
+epoch, migrating, fraction, moved, planned = (float(a) for a in sys.argv[1:6])
+
+class Store:
+    def routing_stats(self):
+        return {}
+
+    def rebalance_status(self):
+        return RebalanceStatus(
+            int(epoch), bool(migrating), 4, 0, fraction, None, [], [], [], int(moved), int(planned)
+        )
+
+m = Metrics()
+m.watch_store(Store())
+print(m.render()[0].decode())
+"""
+
+
+def _gauge(text: str, name: str) -> float:
+    found = re.search(rf"^{name} (\S+)$", text, re.M)
+    assert found is not None, (name, text)
+    return float(found.group(1))
+
+
+def test_a_new_migration_starts_at_zero_of_its_own_plan_in_every_worker(tmp_path: Path) -> None:
+    """Two workers: one last read the status as the previous migration ended (5000 of 5000 keys, all
+    done); the other reads it as a new migration starts (0 of 800). Whichever is scraped, the gauges
+    are the newest reading, not the largest: the new run starts at 0 of its own plan."""
+    env = child_env(**{PROMETHEUS_DIR_ENV: str(tmp_path)})
+
+    def worker(*status: float) -> str:
+        args = [str(x) for x in status]
+        done = subprocess.run([sys.executable, "-c", _STATUS_WORKER, *args], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    worker(3, 0, 1.0, 5000, 5000)  # the previous run, finished
+    text = worker(4, 1, 0.0, 0, 800)  # the next one, starting: rendered with both workers' files
+    assert _gauge(text, "dhtcart_rebalance_in_progress") == 1.0
+    assert _gauge(text, "dhtcart_rebalance_keys_moved") == 0.0
+    assert _gauge(text, "dhtcart_rebalance_keys_planned") == 800.0
+    assert _gauge(text, "dhtcart_rebalance_fraction_done") == 0.0
+    assert _gauge(text, "dhtcart_membership_epoch") == 4.0

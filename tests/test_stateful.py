@@ -322,10 +322,10 @@ class CartMachine(RuleBasedStateMachine):
         # deleted, so versions keep growing), and no record holds lines the model lacks
         keys = {self.carts._hasher(c) for c, lines in self.model.items() if lines}
         assert keys <= set(snapshot(self.carts.store))
-        from dhtcart.cart import _decode
+        from dhtcart.cart.codec import decode
 
         for _, rec in self.carts.store.items():
-            for customer, stored in _decode(rec.value).items():
+            for customer, stored in decode(rec.value).items():
                 assert not stored or self.model.get(customer), customer
 
 

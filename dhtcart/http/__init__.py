@@ -44,10 +44,20 @@ third-party backends) they run in the server's thread pool. The choice is
 made per request, so a store whose shards change while the server runs is
 served the right way.
 
-Versions: ``GET /items/{c}`` carries the cart's version as a strong ``ETag``;
+Versions: ``GET /items/{c}`` carries the cart's version as a strong ``ETag``
+and honours ``If-None-Match`` (304, no body, when it names that version);
 ``PUT``, ``POST`` and ``DELETE`` accept ``If-Match`` (412 when the cart is at
 another version; the write is one compare-and-set at that version) and
 return the new ``ETag``.
+
+The app talks to the cart service only: ``/readyz`` asks
+:meth:`CartService.health <dhtcart.cart.CartService.health>`, the choice of
+event loop or thread pool reads ``CartService.fast_local``, and the metrics
+label each operation with the shard it reached
+(:meth:`CartService.last_shard <dhtcart.cart.CartService.last_shard>`).
+Library errors name Python parameters (``item_count``); the responses name
+the request's own fields (``itemCount``). The store's side (an unreachable or
+full shard, a read-only store) is 503 with ``Retry-After``, never 500.
 
 Every error, including the framework's own (unknown route, wrong method,
 malformed JSON, validation), has one shape::
@@ -75,7 +85,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f'dhtcart.http needs the server extra ({exc.name} is missing): pip install "dhtcart[server]"'
     ) from exc
 
-from dhtcart import __version__
+from dhtcart._version import __version__
 from dhtcart.cart import CartService
 from dhtcart.errors import DHTCartError
 from dhtcart.http.edge import Edge
@@ -218,7 +228,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)
-    add_routes(app, state.profile)
+    add_routes(app, state.profile, metrics=state.metrics is not None)
     return app
 
 

@@ -16,6 +16,7 @@ __all__ = [
 
 
 access_logger = logging.getLogger("dhtcart.access")
+logger = logging.getLogger("dhtcart.http")
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -24,13 +25,15 @@ class BodyTooLarge(StarletteHTTPException):
 
 
 class Edge:
-    """Pure ASGI middleware: body limit, ``HEAD``, metrics and the access log, for every request.
+    """Pure ASGI middleware: body limit, ``HEAD``, metrics, the access log and the last word on bugs.
 
     A ``Content-Length`` over the limit is answered 413 without reading the
     body; a chunked body is counted as it arrives and refused once it passes
     the limit, so no more than ``limit`` bytes are ever buffered. ``HEAD`` is
     served as ``GET`` without the body (same status and headers), so it works
-    on every ``GET`` route.
+    on every ``GET`` route. An exception that no handler turned into a
+    response (a bug) is answered ``500 internal_error`` here, in the error
+    shape, and the connection stays open for the client's next request.
     """
 
     def __init__(self, app: ASGIApp, state: AppState) -> None:
@@ -85,7 +88,14 @@ class Edge:
                         raise BodyTooLarge(limit)
                 return message
 
-            await self.app(scope, receive_limited, send_status)
+            try:
+                await self.app(scope, receive_limited, send_status)
+            except Exception as exc:  # a bug: nothing below turned it into a response
+                if status:  # the response has started: the connection cannot carry on
+                    raise
+                # answered here, the connection stays open (raised further, uvicorn would close it)
+                logger.error("unhandled error on %s %s", method, scope.get("path", ""), exc_info=exc)
+                await error(500, "internal_error", "internal server error")(scope, receive, send_status)
         finally:
             elapsed = time.perf_counter() - start
             if self.metrics is not None:

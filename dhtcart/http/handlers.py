@@ -26,15 +26,26 @@ from dhtcart.errors import (
     CartEmpty,
     CorruptData,
     DHTCartError,
+    InvalidInput,
     ShardUnavailable,
     StoreBusy,
     StoreClosed,
+    StoreReadOnly,
     TooManyRetries,
     ValidationError,
 )
-from dhtcart.http.models import AddItemRequest, AssetName, CustomerId, IfMatch, ItemId, UpdateCountRequest
+from dhtcart.http.models import (
+    FIELDS,
+    AddItemRequest,
+    AssetName,
+    CustomerId,
+    IfMatch,
+    IfNoneMatch,
+    ItemId,
+    UpdateCountRequest,
+)
 from dhtcart.http.profiles import Profile
-from dhtcart.http.responses import error, etag, json_response
+from dhtcart.http.responses import RETRY, domain_error, error, etag, json_response
 from dhtcart.http.state import app_state
 
 __all__ = [
@@ -47,6 +58,7 @@ __all__ = [
     "healthz",
     "list_items",
     "metrics",
+    "none_match",
     "openapi",
     "readyz",
     "redoc",
@@ -84,54 +96,94 @@ def expected_version(if_match: str | None) -> ExpectedVersion:
     return frozenset(versions)
 
 
+def none_match(if_none_match: str, version: int) -> bool:
+    """Whether an ``If-None-Match`` header holds for the cart at ``version`` (RFC 9110, 13.1.2).
+
+    It fails (the answer is then 304 to a ``GET`` or ``HEAD``) when a tag it
+    lists matches the cart's ``ETag`` by the weak comparison the RFC asks for
+    (``W/"3"`` matches ``"3"``), or for ``*`` when the cart exists (a record
+    was ever stored: version 1 or more).
+
+    >>> none_match('"3"', 3), none_match('"2", W/"3"', 3), none_match('"2"', 3)
+    (False, False, True)
+    >>> none_match("*", 0), none_match("*", 4)
+    (True, False)
+    """
+    if if_none_match.strip() == "*":
+        return version == 0
+    for tag in if_none_match.split(","):
+        tag = tag.strip()
+        m = _ENTITY_TAG.fullmatch(tag[2:] if tag.startswith("W/") else tag)
+        if m and int(m.group(1)) == version:
+            return False
+    return True
+
+
 # -- calling the service ------------------------------------------------------------------------
 
-STORE_ERRORS = (ShardUnavailable, StoreBusy, StoreClosed, TooManyRetries, CorruptData)
+#: errors on the store's side, counted in ``dhtcart_store_errors_total``
+STORE_ERRORS = (ShardUnavailable, StoreReadOnly, StoreBusy, StoreClosed, TooManyRetries, CorruptData)
 
 
 async def _cart(request: Request, operation: str, customer_id: str, call: Callable[[VersionedCarts], T]) -> T:
-    """Run one cart operation where it belongs (event loop or thread pool), counting it by shard."""
+    """Run one cart operation where it belongs (event loop or thread pool), counting it by shard.
+
+    The shard is the one the operation reached (:meth:`CartService.last_shard
+    <dhtcart.cart.CartService.last_shard>`, read in the thread that made the
+    call): the key is never routed a second time for a label.
+    """
     state = app_state(request)
     service = state.service
     if service is None:
         raise StoreClosed("the cart service is not running")
     metrics = state.metrics
-    try:
-        if state.runs_inline(service):
+    if metrics is None:
+        carts = service.versioned
+        return call(carts) if state.runs_inline(service) else await run_in_threadpool(call, carts)
+
+    def counted() -> T:
+        try:
             result = call(service.versioned)
-        else:
-            result = await run_in_threadpool(call, service.versioned)
-    except ValidationError:
-        raise  # refused before the store was asked
-    except STORE_ERRORS as exc:
-        if metrics is not None:
-            shard = exc.shard if isinstance(exc, ShardUnavailable) else _shard(service, customer_id)
+        except ValidationError:
+            raise  # refused before the store was asked
+        except DHTCartError as exc:
+            shard = _shard_of_failure(service, customer_id, exc)
             metrics.store_operation(shard, operation)
-            metrics.store_error(shard, type(exc).__name__)
-        raise
-    except DHTCartError:
-        if metrics is not None:
-            metrics.store_operation(_shard(service, customer_id), operation)
-        raise
-    if metrics is not None:
-        metrics.store_operation(_shard(service, customer_id), operation)
-    return result
+            if isinstance(exc, STORE_ERRORS):
+                metrics.store_error(shard, type(exc).__name__)
+            raise
+        metrics.store_operation(service.last_shard() or "unknown", operation)
+        return result
+
+    return counted() if state.runs_inline(service) else await run_in_threadpool(counted)
 
 
-def _shard(service: CartService, customer_id: str) -> str:
-    try:
-        return service.shard_of(customer_id)
-    except DHTCartError:
-        return "unknown"
+def _shard_of_failure(service: CartService, customer_id: str, exc: DHTCartError) -> str:
+    """The shard a failed operation is counted on: the one that failed, else the one it read."""
+    if isinstance(exc, ShardUnavailable):
+        return exc.shard
+    if isinstance(exc, (StoreBusy, StoreClosed, StoreReadOnly)):  # maybe before any shard was reached
+        try:
+            return service.shard_of(customer_id)
+        except DHTCartError:
+            return "unknown"
+    return service.last_shard() or "unknown"  # the cart's read succeeded: not found, conflict, ...
 
 
 # -- handlers: the cart ------------------------------------------------------------------------
 
 
-async def list_items(request: Request, customer_id: CustomerId) -> Response:
-    """``GET /items/{customerId}``: the cart, with its version as the ``ETag``."""
+async def list_items(request: Request, customer_id: CustomerId, if_none_match: IfNoneMatch = None) -> Response:
+    """``GET /items/{customerId}``: the cart, with its version as the ``ETag``; 304 without a body
+    when ``If-None-Match`` names that version."""
     items, version = await _cart(request, "list", customer_id, lambda carts: carts.list_items(customer_id))
+    if if_none_match is not None and not none_match(if_none_match, version):
+        return Response(status_code=304, headers=etag(version))
     return json_response(200, app_state(request).profile.cart(customer_id, items), etag(version))
+
+
+#: the fields of an add whose count was spelt as the seed did (``unitCount``)
+_SEED_COUNT = {**FIELDS, "item_count": ("unitCount", "body")}
 
 
 async def add_item(
@@ -152,7 +204,12 @@ async def add_item(
             expected_version=expected,
         )
 
-    item, version = await _cart(request, "add", customer_id, add)
+    try:
+        item, version = await _cart(request, "add", customer_id, add)
+    except InvalidInput as exc:
+        if "unitCount" not in body.model_fields_set:
+            raise
+        return domain_error(exc, _SEED_COUNT)  # the client spelt the count as the seed did: name it so
     return json_response(200, app_state(request).profile.line(item), etag(version))
 
 
@@ -229,34 +286,31 @@ class _OK(Response):
 async def healthz(request: Request) -> Response:
     """``GET /healthz``: liveness; touches no store."""
     if app_state(request).service is None:
-        return error(503, "unavailable", "the cart service is not running", None, {"Retry-After": "1"})
+        return error(503, "unavailable", "the cart service is not running", None, RETRY)
     return _OK()
 
 
 async def readyz(request: Request) -> Response:
-    """``GET /readyz``: whether every shard answers (each asked at once, :data:`READY_TIMEOUT` s at most)."""
+    """``GET /readyz``: whether every shard answers (:meth:`CartService.health
+    <dhtcart.cart.CartService.health>`, :data:`READY_TIMEOUT` s at most)."""
     service = app_state(request).service
     if service is None:
-        return error(503, "unavailable", "the cart service is not running", None, {"Retry-After": "1"})
-    shards = service.store.servers
-
-    async def probe(name: str, count: Callable[[], int]) -> str:
-        try:
-            await asyncio.wait_for(run_in_threadpool(count), READY_TIMEOUT)
-        except asyncio.TimeoutError:
-            logger.warning("readyz: shard %r did not answer within %s s", name, READY_TIMEOUT)
-            return "timeout"
-        except Exception as exc:  # a probe: whatever the shard raised, it is not ready
-            logger.warning("readyz: shard %r: %s", name, exc)
-            return "unavailable"
-        return "ok"
-
-    states = await asyncio.gather(*(probe(name, server.count) for name, server in shards.items()))
-    report = dict(zip(shards, states))
-    if all(s == "ok" for s in states):
+        return error(503, "unavailable", "the cart service is not running", None, RETRY)
+    try:
+        health = await asyncio.wait_for(run_in_threadpool(service.health, READY_TIMEOUT), READY_TIMEOUT)
+    except asyncio.TimeoutError:
+        logger.warning("readyz: the shards did not all answer within %s s", READY_TIMEOUT)
+        return error(503, "not_ready", f"the shards did not all answer within {READY_TIMEOUT:g} s", None, RETRY)
+    except Exception as exc:  # a probe: the store itself (closed, membership unreachable), or anything else
+        logger.warning("readyz: the store did not answer: %s", exc, exc_info=not isinstance(exc, DHTCartError))
+        return error(503, "not_ready", "the store is not available", None, RETRY)
+    report = {name: "ok" if why is None else "unavailable" for name, why in health.items()}
+    down = sorted(name for name, why in health.items() if why is not None)
+    if not down:
         return json_response(200, {"status": "ready", "shards": report})
-    down = sorted(name for name, s in report.items() if s != "ok")
-    return error(503, "not_ready", f"shards not answering: {', '.join(down)}", {"shards": report}, {"Retry-After": "1"})
+    for name in down:  # the reasons name addresses: logged, not shown
+        logger.warning("readyz: shard %r: %s", name, health[name])
+    return error(503, "not_ready", f"shards not answering: {', '.join(down)}", {"shards": report}, RETRY)
 
 
 async def metrics(request: Request) -> Response:

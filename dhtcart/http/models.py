@@ -6,6 +6,7 @@ models (strict types, no unknown fields); every cart rule is checked again by
 :class:`~dhtcart.cart.CartService`.
 """
 
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -18,7 +19,11 @@ from dhtcart.cart import MAX_COUNT, MAX_ID_LENGTH, MAX_PRICE
 from dhtcart.errors import InvalidInput
 
 __all__ = [
+    "ADD_EXAMPLES",
     "ETAG_HEADER",
+    "FIELDS",
+    "SEED_ADD_EXAMPLES",
+    "UPDATE_EXAMPLES",
     "AddItemRequest",
     "AssetName",
     "CartItemResponse",
@@ -29,6 +34,7 @@ __all__ = [
     "ErrorResponse",
     "HealthResponse",
     "IfMatch",
+    "IfNoneMatch",
     "ItemId",
     "MoneyOut",
     "PriceIn",
@@ -39,6 +45,20 @@ __all__ = [
     "UpdateCountRequest",
     "error_responses",
 ]
+
+
+#: each CartService parameter's name in a request, and where it is there: for the errors
+#: (the library names its own parameters, ``item_count``; a client reads ``itemCount``)
+FIELDS: Mapping[str, tuple[str, str]] = {
+    "customer_id": ("customerId", "path"),
+    "item_id": ("itemId", "path"),
+    "offered_price": ("offeredPrice", "body"),
+    "item_count": ("itemCount", "body"),
+    "special_sale": ("specialSale", "body"),
+    "sale_expiration": ("saleExpiration", "body"),
+    "new_count": ("newCount", "body"),
+    "expected_version": ("If-Match", "header"),
+}
 
 
 def _json_number(value: object) -> object:
@@ -80,7 +100,7 @@ _COUNT_RANGE: dict[str, Any] = {"minimum": 1, "maximum": MAX_COUNT}
 _DATE_TIME_SCHEMA: dict[str, Any] = {
     "anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}],
     "description": "ISO 8601 date-time; without an offset it is taken as UTC.",
-    "examples": ["2030-01-01T00:00:00Z"],
+    "examples": ["2099-12-31T23:59:59Z"],
 }
 
 
@@ -96,8 +116,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, field_title_generator=_title)
 
 
+#: whole request bodies, documented so that no viewer makes one up from the fields (Swagger UI
+#: would send every field, itemCount and its synonym unitCount together, which is refused);
+#: a test sends each of them and expects success
+ADD_EXAMPLES: dict[str, dict[str, Any]] = {
+    "add": {"summary": "Two units", "value": {"offeredPrice": 50, "itemCount": 2}},
+    "sale": {
+        "summary": "A sale price, until a date",
+        "value": {"offeredPrice": 10.99, "itemCount": 1, "specialSale": True, "saleExpiration": "2099-12-31T23:59:59Z"},
+    },
+}
+SEED_ADD_EXAMPLES: dict[str, dict[str, Any]] = {
+    "seed": {"summary": "The seed's spelling: unitCount", "value": {"offeredPrice": 50, "unitCount": 2}},
+    **ADD_EXAMPLES,
+}
+UPDATE_EXAMPLES: dict[str, dict[str, Any]] = {
+    "set": {"summary": "Three units", "value": {"newCount": 3}},
+    "remove": {"summary": "0 removes the line", "value": {"newCount": 0}},
+}
+
+
 class AddItemRequest(_Strict):
     """Body of ``POST /item/{customerId}/{itemId}``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [ADD_EXAMPLES["add"]["value"]]})
 
     offeredPrice: PriceIn
     itemCount: StrictInt = Field(
@@ -129,6 +171,8 @@ class AddItemRequest(_Strict):
 
 class UpdateCountRequest(_Strict):
     """Body of ``PUT /item/{customerId}/{itemId}``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [UPDATE_EXAMPLES["set"]["value"]]})
 
     newCount: StrictInt = Field(
         description=f"The new count, 0 to {MAX_COUNT}; 0 removes the line.",
@@ -248,5 +292,15 @@ IfMatch = Annotated[
     Header(
         alias="If-Match",
         description='Change the cart only at this version: an ETag from a GET, e.g. "7". 412 otherwise.',
+    ),
+]
+IfNoneMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-None-Match",
+        description=(
+            'The ETag of a cart already held, e.g. "7" (or * for any existing cart): '
+            "304 Not Modified, without a body, when the cart is still at it."
+        ),
     ),
 ]

@@ -26,18 +26,22 @@ from dhtcart.errors import (
     NotFound,
     PreconditionFailed,
     SaleExpired,
+    ShardFull,
     ShardUnavailable,
     StoreBusy,
     StoreClosed,
+    StoreReadOnly,
     TooManyRetries,
     ValidationError,
     VersionConflict,
 )
+from dhtcart.http.models import FIELDS
 from dhtcart.http.state import app_state
 
 __all__ = [
     "HTTP_CODES",
     "RETRY",
+    "RETRY_LATER",
     "JSONResponse",
     "domain_error",
     "empty_segment",
@@ -94,14 +98,20 @@ def etag(version: int) -> dict[str, str]:
 
 # -- errors -----------------------------------------------------------------------------------
 
-RETRY = {"Retry-After": "1"}
+RETRY = {"Retry-After": "1"}  #: a transient refusal: try again in a second
+RETRY_LATER = {"Retry-After": "5"}  #: a medium out of room or read-only: an operator must act first
 
 
-def domain_error(exc: DHTCartError) -> Response:
-    """The status and body for a library error (most specific class first)."""
+def domain_error(exc: DHTCartError, fields: Mapping[str, tuple[str, str]] = FIELDS) -> Response:
+    """The status and body for a library error (most specific class first).
+
+    An :class:`~dhtcart.errors.InvalidInput` names a Python parameter
+    (``item_count``); ``fields`` maps it to the request's own name and where
+    it was (``("itemCount", "body")``).
+    """
     if isinstance(exc, InvalidInput):
-        where = "path" if exc.field in ("customerId", "itemId") else "body"
-        return invalid([field_error(exc.field, where, "invalid_input", exc.message)])
+        name, where = fields.get(exc.field, (exc.field, "body"))
+        return invalid([field_error(name, where, "invalid_input", exc.message)])
     if isinstance(exc, ValidationError):
         return invalid([field_error("body", "body", "invalid_input", str(exc))])
     if isinstance(exc, ItemNotFound):
@@ -123,11 +133,20 @@ def domain_error(exc: DHTCartError) -> Response:
         return error(409, "version_conflict", str(exc), None, RETRY)
     if isinstance(exc, Conflict):
         return error(409, "conflict", str(exc))
+    # the store's side: the client did nothing wrong and may try again (the shard's address is
+    # logged, not shown to clients)
+    if isinstance(exc, ShardFull):
+        logger.warning("%s", exc)
+        message = f"shard {exc.shard!r} has no room left: nothing was written; reads still work; try again later"
+        return error(503, "shard_full", message, {"shard": exc.shard}, RETRY_LATER)
     if isinstance(exc, ShardUnavailable):
-        # the shard's address is logged, not shown to clients
         logger.warning("%s", exc)
         message = f"shard {exc.shard!r} is unavailable; try again later"
         return error(503, "shard_unavailable", message, {"shard": exc.shard}, RETRY)
+    if isinstance(exc, StoreReadOnly):
+        logger.warning("%s", exc)
+        message = "the store can be read but not changed now: nothing was written; try again later"
+        return error(503, "store_read_only", message, None, RETRY_LATER)
     if isinstance(exc, StoreBusy):
         return error(503, "store_busy", str(exc), None, RETRY)
     if isinstance(exc, StoreClosed):

@@ -15,14 +15,22 @@ from dhtcart.http.handlers import (
     docs_asset,
     healthz,
     list_items,
-    metrics,
     openapi,
     readyz,
     redoc,
     swagger_ui,
     update_count,
 )
-from dhtcart.http.models import ETAG_HEADER, HealthResponse, ReadyResponse, error_responses
+from dhtcart.http.handlers import metrics as metrics_text
+from dhtcart.http.models import (
+    ADD_EXAMPLES,
+    ETAG_HEADER,
+    SEED_ADD_EXAMPLES,
+    UPDATE_EXAMPLES,
+    HealthResponse,
+    ReadyResponse,
+    error_responses,
+)
 from dhtcart.http.profiles import Profile
 
 __all__ = [
@@ -31,9 +39,10 @@ __all__ = [
 ]
 
 
-def add_routes(app: FastAPI, profile: Profile) -> None:
+def add_routes(app: FastAPI, profile: Profile, *, metrics: bool = True) -> None:
     """Every route, in matching order: the cart (the seed's README paths, then the seed code's spellings),
-    then the operations, then the document and its viewers."""
+    then the operations, then the document and its viewers. ``metrics``: whether ``/metrics`` counts
+    (and is documented); without, it answers 404."""
     models = profile.models
     removed: dict[int | str, dict[str, Any]] = (
         {204: {"description": "Done (no body)", "headers": ETAG_HEADER}}
@@ -58,6 +67,7 @@ def add_routes(app: FastAPI, profile: Profile) -> None:
             responses={**ok, **error_responses(400, 404, 409, 412, 413, 415, 422, 503)},
             deprecated=legacy,
             tags=tag_list(*tags),
+            openapi_extra=_body_examples(SEED_ADD_EXAMPLES if legacy else ADD_EXAMPLES),
         )
         update_responses: dict[int | str, dict[str, Any]] = {
             **ok,
@@ -75,6 +85,7 @@ def add_routes(app: FastAPI, profile: Profile) -> None:
             responses=update_responses,
             deprecated=legacy,
             tags=tag_list(*tags),
+            openapi_extra=_body_examples(UPDATE_EXAMPLES),
         )
         op(
             path,
@@ -93,9 +104,16 @@ def add_routes(app: FastAPI, profile: Profile) -> None:
         "GET",
         list_items,
         operation_id="listItems",
-        summary="List the cart's items (ETag: the cart's version; HEAD too)",
+        summary="List the cart's items (ETag: the cart's version; If-None-Match; HEAD too)",
         response_model=models["cart"],
-        responses={**ok, **error_responses(413, 422, 503)},
+        responses={
+            **ok,
+            304: {
+                "description": "Not modified: If-None-Match names the cart's version (no body)",
+                "headers": ETAG_HEADER,
+            },
+            **error_responses(413, 422, 503),
+        },
         tags=tag_list("cart"),
     )
     op(
@@ -139,14 +157,42 @@ def add_routes(app: FastAPI, profile: Profile) -> None:
         responses=error_responses(413, 503),
         tags=tag_list("ops"),
     )
+    op(
+        "/metrics",
+        "GET",
+        metrics_text,
+        operation_id="metrics",
+        summary="Metrics in the Prometheus text format, every worker's summed",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "The metrics (docs/http.md lists them)",
+                "content": {"text/plain": {"schema": {"type": "string"}, "example": _METRICS_EXAMPLE}},
+            },
+            **error_responses(413),
+        },
+        include_in_schema=metrics,  # switched off, it answers 404 and is not documented
+        tags=tag_list("ops"),
+    )
     for path, endpoint in (
-        ("/metrics", metrics),
         ("/openapi.json", openapi),
         ("/docs", swagger_ui),
         ("/redoc", redoc),
         ("/docs/static/{name}", docs_asset),
     ):
         op(path, "GET", endpoint, include_in_schema=False)
+
+
+_METRICS_EXAMPLE = (
+    "# HELP dhtcart_http_requests_total HTTP requests answered.\n"
+    "# TYPE dhtcart_http_requests_total counter\n"
+    'dhtcart_http_requests_total{method="GET",route="/items/{customerId}",status="200"} 1.0\n'
+)
+
+
+def _body_examples(examples: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The request body's named examples (what Swagger UI offers to send), for ``openapi_extra``."""
+    return {"requestBody": {"content": {"application/json": {"examples": examples}}}}
 
 
 def tag_list(*names: str) -> list[str | Enum]:

@@ -64,4 +64,4 @@ def runs_inline(service: CartService) -> bool:
     LMDB in ``"power"`` durability, third-party backends unless they declare
     :attr:`~dhtcart.backends.base.Backend.fast_local`) goes to the thread pool.
     """
-    return service.store.fast_local
+    return service.fast_local
