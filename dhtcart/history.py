@@ -181,6 +181,63 @@ class HistoryRecorder:
         self._complete("ok", "delete", key, existed=bool(existed))
         return bool(existed)
 
+    def modify(self, key: int, change: Callable[[Record | None], bytes | None], **options: Any) -> Record | None:
+        """``store.modify(key, change)``, recorded as what it is: a ``cas`` from the version the
+        change saw (or a ``read`` when it leaves the record as it was).
+
+        The change runs inside the store's call, so the invocation is written
+        from inside it, once the expected version and the value are known and
+        before the write commits (a process killed after the commit leaves an
+        open ``cas``, which may have happened); its time is the one taken before
+        the call for the first run. Where the store retries the change (a
+        compare-and-set loop), the run before each retry is completed as a
+        ``fail``. A call that raised after a run that would write is an
+        ``info`` cas.
+        """
+        key = check_key(key)
+        state: dict[str, Any] = {"time": self.clock(), "open": False}
+
+        def recorded(rec: Record | None) -> bytes | None:
+            current = rec.version if rec is not None else 0
+            if state["open"]:  # the store runs the change again: the last run's write did not happen
+                self._complete("fail", "cas", key, version=current)
+                state["open"] = False
+            value = change(rec)
+            state["record"] = rec
+            if value is not None:
+                shown = encode_value(check_value(value))
+                self.sink(
+                    {
+                        "process": self.process,
+                        "type": "invoke",
+                        "f": "cas",
+                        "key": key,
+                        "value": shown,
+                        "expected": current,
+                        "time": state.pop("time", None) or self.clock(),
+                    }
+                )
+                state["open"] = True
+            return value
+
+        try:
+            after: Record | None = self.store.modify(key, recorded, **options)  # type: ignore[attr-defined]
+        except BaseException:
+            if state["open"]:
+                self._complete("info", "cas", key)
+            raise
+        if state["open"]:
+            assert after is not None
+            self._complete("ok", "cas", key, value=encode_value(after.value), version=after.version)
+        elif "record" in state:  # left as it was: an atomic read of the record the change saw
+            rec = state["record"]
+            self.sink({"process": self.process, "type": "invoke", "f": "read", "key": key, "time": state["time"]})
+            if rec is None:
+                self._complete("ok", "read", key, value=None, version=0)
+            else:
+                self._complete("ok", "read", key, value=encode_value(rec.value), version=rec.version)
+        return after
+
     def __repr__(self) -> str:
         return f"<HistoryRecorder process {self.process!r} over {self.store!r}>"
 

@@ -686,7 +686,7 @@ class DHTServerStore(MutableMapping[int, bytes]):
         except (Moved, StoreClosed, ShardUnavailable) as exc:
             return self._retry(key, exc, lambda b, k: b.delete(k, expected_version))
 
-    def modify(self, key: int, change: Update) -> Record | None:
+    def modify(self, key: int, change: Update, *, tries: int = MAX_UPDATE_TRIES) -> Record | None:
         """Read ``key``, ``change`` its record, write the value it returns, atomically; the record after.
 
         ``change(record)`` gets the current record (``None`` when absent) and
@@ -697,7 +697,9 @@ class DHTServerStore(MutableMapping[int, bytes]):
         medium cannot run Python in its atomic step (Redis), and in a store
         that keeps several copies, it is a compare-and-set loop: ``change`` may
         run again on a newer record. So ``change`` must depend on the record
-        alone, be quick (an LMDB shard's writers wait for it) and do no I/O.
+        alone, be quick (an LMDB shard's writers wait for it) and do no I/O;
+        ``tries`` bounds such a loop (then :class:`~dhtcart.errors.TooManyRetries`,
+        nothing written).
 
         >>> store = DHTServerStore(shards=2)
         >>> store.modify(7, lambda rec: b"1" if rec is None else b"%d" % (int(rec.value) + 1))
@@ -718,7 +720,7 @@ class DHTServerStore(MutableMapping[int, bytes]):
 
         view = self._view
         if view.replicated:
-            for _ in range(MAX_UPDATE_TRIES):
+            for _ in range(tries):
                 current = self.get(key)
                 value = checked(current)
                 if value is None:
@@ -728,15 +730,15 @@ class DHTServerStore(MutableMapping[int, bytes]):
                 except VersionConflict:
                     continue
                 return Record(pending.version, value)
-            raise TooManyRetries(f"key {key}: {MAX_UPDATE_TRIES} compare-and-set conflicts in a row")
+            raise TooManyRetries(f"key {key}: {tries} compare-and-set conflicts in a row; nothing was written")
         table = view.table
         try:
             backend = table[key >> view.shift] if table is not None else view.route(key)
-            record = backend.modify(key, checked)
+            record = backend.modify(key, checked, tries)
             self._last.backend = backend
             return record
         except (Moved, StoreClosed, ShardUnavailable) as exc:
-            return self._retry(key, exc, lambda b, k: b.modify(k, checked))
+            return self._retry(key, exc, lambda b, k: b.modify(k, checked, tries))
 
     # -- replicated writes (docs/replication.md) -------------------------------------
 

@@ -79,10 +79,11 @@ def main(argv: list[str]) -> int:
         n = int(argv[2])
         key = hash_key("counter")
         with DHTServerStore.open(directory) as store:
+            target = recorded(store)
             print("ready", flush=True)
             sys.stdin.readline()
             for _ in range(n):
-                store.modify(key, lambda rec: b"%d" % (int(rec.value) + 1 if rec is not None else 1))
+                target.modify(key, lambda rec: b"%d" % (int(rec.value) + 1 if rec is not None else 1))
             print("done 0", flush=True)
         return 0
     if mode == "modify-hang":

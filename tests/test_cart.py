@@ -26,6 +26,8 @@ from dhtcart import (
     VersionConflict,
     render,
 )
+from dhtcart.backends.fencing import FencedBackend
+from dhtcart.backends.memory import MemoryBackend
 from dhtcart.cart import VersionedCarts
 from dhtcart.errors import Conflict, CorruptData, InvalidValue, NotFound
 from dhtcart.hashing import hash_key
@@ -308,14 +310,18 @@ def test_a_cart_item_renders_as_json(carts: CartService) -> None:
     assert item.line_total == Decimal("3.00")
 
 
-class _AlwaysConflicting(DHTServerStore):
+class _AlwaysConflicting(MemoryBackend):
+    """A shard whose read-modify-write is a compare-and-set loop (as on Redis) that always loses."""
+
+    modify = FencedBackend.modify  # the compare-and-set loop, not the memory backend's one step
+
     def put(self, key: int, value: bytes, expected_version: int | None = None) -> int:
         current = self.get(key)
         raise VersionConflict(key, expected_version or 0, (current.version if current else 0) + 1)
 
 
 def test_too_many_retries_writes_nothing() -> None:
-    store = _AlwaysConflicting(shards=2)
+    store = DHTServerStore({"a": _AlwaysConflicting(), "b": _AlwaysConflicting()})
     carts = CartService(store, max_retries=5)
     with pytest.raises(TooManyRetries) as info:
         carts.add_item("c", "x", "1")

@@ -390,6 +390,9 @@ class _FailingStore(DHTServerStore):
     def put(self, key: int, value: bytes, expected_version: int | None = None) -> int:
         raise self.exc
 
+    def modify(self, key: int, change: Any, *, tries: int = 1) -> Any:
+        raise self.exc
+
 
 def _Failing(exc: Exception) -> CartService:
     """A service over a store that raises ``exc``: the HTTP layer's mapping, alone.

@@ -11,7 +11,7 @@ import pytest
 
 from dhtcart import DHTServerStore, InvalidValue, Record, hash_key
 from tests.conftest import BackendEnv
-from tests.helpers import worker
+from tests.helpers import Histories, worker
 
 
 def _incr(rec: Record | None) -> bytes:
@@ -73,10 +73,13 @@ def test_threads_lose_no_modify(tmp_path: Path, replicas: int) -> None:
 
 
 def test_processes_lose_no_modify(tmp_path: Path) -> None:
+    """Four processes, 250 one-step increments each, every one recorded: 1,000 exactly, and the
+    merged history (each modify a compare-and-set from the version it saw) is linearizable."""
     directory = tmp_path / "store"
     with DHTServerStore.open(directory, shards=3):
         pass
-    procs = [worker("modify", str(directory), "250") for _ in range(4)]
+    histories = Histories(tmp_path / "histories")
+    procs = [worker("modify", str(directory), "250", *histories.worker_args(i)) for i in range(4)]
     for p in procs:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     for p in procs:
@@ -88,6 +91,7 @@ def test_processes_lose_no_modify(tmp_path: Path) -> None:
         assert p.returncode == 0 and "done" in out, err
     with DHTServerStore.open(directory) as store:
         assert store.get(hash_key("counter")) == Record(1000, b"1000")
+    assert histories.check().ok == 1000
 
 
 def test_a_process_killed_inside_the_transaction_writes_nothing_and_blocks_nobody(tmp_path: Path) -> None:

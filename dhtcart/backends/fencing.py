@@ -197,7 +197,7 @@ class FencedBackend(Backend):
 
     # -- one atomic read-modify-write ---------------------------------------------------
 
-    def modify(self, key: int, change: Update) -> Record | None:
+    def modify(self, key: int, change: Update, tries: int = MAX_UPDATE_TRIES) -> Record | None:
         """Read ``key``, ``change`` its record, write the value it returns: one atomic step.
 
         ``change(record)`` gets the current record (``None`` when absent) and
@@ -209,13 +209,14 @@ class FencedBackend(Backend):
         This default is a compare-and-set loop (read, change, write if the
         version did not move, else again), for media that cannot run Python
         inside their atomic step (Redis): ``change`` may then run more than
-        once. Memory and LMDB run it once, inside their lock or write
-        transaction. Either way ``change`` must be a function of the record
-        alone, quick, and do no I/O.
+        once (at most ``tries`` times, then
+        :class:`~dhtcart.errors.TooManyRetries`, nothing written). Memory and
+        LMDB run it once, inside their lock or write transaction. Either way
+        ``change`` must be a function of the record alone, quick, and do no I/O.
         """
         from dhtcart.errors import TooManyRetries, VersionConflict
 
-        for _ in range(MAX_UPDATE_TRIES):
+        for _ in range(tries):
             current = self.get(key)
             value = change(current)
             if value is None:
@@ -225,7 +226,7 @@ class FencedBackend(Backend):
             except VersionConflict:
                 continue
             return Record(version, value)
-        raise TooManyRetries(f"key {key}: {MAX_UPDATE_TRIES} compare-and-set conflicts in a row")
+        raise TooManyRetries(f"key {key}: {tries} compare-and-set conflicts in a row; nothing was written")
 
     # -- replicated writes and leases (``docs/replication.md``) ------------------------
 

@@ -96,7 +96,7 @@ from urllib.parse import parse_qsl
 import lmdb
 
 from dhtcart.backends.base import BackendContext, Record, check_expected
-from dhtcart.backends.fencing import Change, FencedBackend, Pending, Update, apply_changes
+from dhtcart.backends.fencing import MAX_UPDATE_TRIES, Change, FencedBackend, Pending, Update, apply_changes
 from dhtcart.backends.ownership import BACKUP, OWNED, PRIMARY, TABLE_SHIFT, Ownership
 from dhtcart.errors import (
     CorruptData,
@@ -723,7 +723,7 @@ class LMDBBackend(FencedBackend):
 
         return self._write(op)
 
-    def modify(self, key: int, change: Update) -> Record | None:
+    def modify(self, key: int, change: Update, tries: int = MAX_UPDATE_TRIES) -> Record | None:
         """One write transaction: the fence, the read, ``change``, the write (see :class:`FencedBackend`).
 
         ``change`` runs while this process holds the shard's LMDB writer lock,

@@ -20,7 +20,7 @@ from typing import Any
 from sortedcontainers import SortedDict
 
 from dhtcart.backends.base import BackendContext, Record, check_expected
-from dhtcart.backends.fencing import Change, FencedBackend, Pending, Update, apply_changes
+from dhtcart.backends.fencing import MAX_UPDATE_TRIES, Change, FencedBackend, Pending, Update, apply_changes
 from dhtcart.backends.ownership import BACKUP, Ownership
 from dhtcart.checks import check_seconds
 from dhtcart.errors import InvalidInput, LeaseExpired, ShardUnavailable, StoreClosed, WriteInFlight
@@ -103,7 +103,7 @@ class MemoryBackend(FencedBackend):
             self._data[key] = Record(version, value)
             return version
 
-    def modify(self, key: int, change: Update) -> Record | None:
+    def modify(self, key: int, change: Update, tries: int = MAX_UPDATE_TRIES) -> Record | None:
         """One critical section: the fence, the read, ``change``, the write (see :class:`FencedBackend`)."""
         with self._lock:
             self._check_open()

@@ -15,14 +15,13 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import random
-import time
 from collections.abc import Callable, Set
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from dhtcart.backends.base import Record
 from dhtcart.cart import codec
 from dhtcart.cart.rules import (
     MAX_COUNT,
@@ -42,7 +41,6 @@ from dhtcart.errors import (
     PreconditionFailed,
     SaleExpired,
     TooManyRetries,
-    VersionConflict,
 )
 from dhtcart.hashing import hash_key
 from dhtcart.store import DHTServerStore
@@ -379,37 +377,49 @@ class CartService:
         :class:`~dhtcart.errors.PreconditionFailed`.
         """
         key = self._key(customer_id)
-        store = self.store
-        for attempt in range(self.max_retries):
-            rec = store.get(key)
+        done: dict[str, Any] = {}  # what the last run of ``change`` made (it may run more than once)
+
+        def change(rec: Record | None) -> bytes | None:
             version = rec.version if rec is not None else 0
             if expected is not None and not _matches(expected, version):
                 raise PreconditionFailed(customer_id, _shown(expected), version)
             bucket = self._decoded.decode(key, rec.value) if rec is not None else {}
             lines = bucket.get(customer_id, codec.EMPTY).copy()
-            result = fn(lines)
+            done.clear()
+            done["result"] = fn(lines)
             bucket = dict(bucket)
             if lines:
                 bucket[customer_id] = lines
             else:
                 bucket.pop(customer_id, None)
             if not bucket and rec is None:
-                return Versioned(result, 0)
+                return None  # nothing to store
             # An emptied cart is written as an empty record, never deleted: a deleted key's
             # version would restart at 1, and a writer still holding version 1 of the old cart
             # could then overwrite a new one (the ABA problem).
-            raw = codec.encode(bucket)
-            try:
-                new_version = store.put(key, raw, version)
-            except VersionConflict as exc:
-                if expected is not None:  # the cart moved on from the version the caller named
-                    raise PreconditionFailed(customer_id, _shown(expected), exc.actual) from None
-                if attempt >= 4:  # heavy contention: back off a little, with jitter
-                    time.sleep(random.uniform(0, 0.0005 * min(attempt, 20)))
-                continue
-            self._decoded.remember(key, raw, bucket)
-            return Versioned(result, new_version)
-        raise TooManyRetries(f"cart of {customer_id!r} changed under us {self.max_retries} times; try again")
+            done["bucket"], done["raw"] = bucket, codec.encode(bucket)
+            return done["raw"]  # type: ignore[no-any-return]
+
+        try:
+            # one atomic step on memory and LMDB (the change runs inside the shard's lock or write
+            # transaction); a compare-and-set loop elsewhere, at most max_retries times (with
+            # ``expected``, once: a conflict then means the cart moved on from that version)
+            rec = self.store.modify(key, change, tries=1 if expected is not None else self.max_retries)
+        except TooManyRetries:
+            if expected is not None:
+                raise PreconditionFailed(customer_id, _shown(expected), self._version(key)) from None
+            raise TooManyRetries(
+                f"cart of {customer_id!r} changed under us {self.max_retries} times; try again"
+            ) from None
+        if "raw" not in done:
+            return Versioned(done["result"], 0)
+        self._decoded.remember(key, done["raw"], done["bucket"])
+        assert rec is not None
+        return Versioned(done["result"], rec.version)
+
+    def _version(self, key: int) -> int:
+        rec = self.store.get(key)
+        return rec.version if rec is not None else 0
 
     # -- lifetime -------------------------------------------------------------------
 
