@@ -198,7 +198,9 @@ class Metrics:
         dead rebalancer's batch finished by this worker). Gauges:
         ``dhtcart_membership_epoch``, ``dhtcart_rebalance_in_progress`` (0 or 1),
         ``dhtcart_rebalance_fraction_done`` (of the moving key space),
-        ``dhtcart_rebalance_keys_moved`` and ``dhtcart_rebalance_keys_planned``.
+        ``dhtcart_rebalance_keys_moved`` and ``dhtcart_rebalance_keys_planned``;
+        replication: ``dhtcart_replicas``, ``dhtcart_shards_down`` and
+        ``dhtcart_under_replicated_fraction`` (a repair's progress).
         """
         if self._watched:  # the app started again: follow its new store
             self._watched[0] = store
@@ -236,6 +238,13 @@ class Metrics:
             ("fraction_done", "dhtcart_rebalance_fraction_done", "Share of the moving key space handed over."),
             ("keys_moved", "dhtcart_rebalance_keys_moved", "Keys the migration has moved, as last reported."),
             ("keys_planned", "dhtcart_rebalance_keys_planned", "Keys the migration expects to move."),
+            ("replicas", "dhtcart_replicas", "Copies of every key the store keeps."),
+            ("shards_down", "dhtcart_shards_down", "Shards a failover took out, not yet removed by the repair."),
+            (
+                "under_replicated",
+                "dhtcart_under_replicated_fraction",
+                "Share of the key space with fewer live copies than replicas (falls to 0 as the repair goes).",
+            ),
         ):
             self.mirror_gauge(name, doc, (), read(field), mode="mostrecent")
 

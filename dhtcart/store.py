@@ -71,6 +71,7 @@ from dhtcart.backends.ownership import (
 from dhtcart.backends.unreachable import UnreachableBackend
 from dhtcart.checks import MAX_VALUE_SIZE, check_key, check_seconds, check_shard_name, check_value, check_version
 from dhtcart.errors import (
+    CorruptData,
     DHTCartError,
     InvalidInput,
     KeyUnavailable,
@@ -620,16 +621,20 @@ class DHTServerStore(MutableMapping[int, bytes]):
 
         Reads one shard's ownership record each (the membership's members, not
         the keys); ``timeout`` is advisory for media that can take one. What
-        ``/readyz`` and ``dhtcart stats`` report.
+        ``/readyz`` and ``dhtcart stats`` report. Shards a failover took out are
+        left out: the store serves without them (see :meth:`rebalance_status`).
         """
         out: dict[str, str | None] = {}
+        down = self._view.doc.down
         for name, server in sorted(self._view.shards.items()):
+            if name in down:
+                continue
             try:
                 backend = server.backend
                 assert isinstance(backend, FencedBackend)
                 backend.ownership()
                 out[name] = None
-            except (ShardUnavailable, StoreClosed) as exc:
+            except (ShardUnavailable, StoreClosed, CorruptData) as exc:
                 out[name] = str(exc)
         return out
 

@@ -452,3 +452,34 @@ def test_what_an_unreachable_shard_means() -> None:
     assert renewal(shards={"a": 3}, down={}, name="a", born=3, started=100.0, lease=1.5) == 101.5
     assert renewal(shards={"a": 3}, down={"a": {}}, name="a", born=3, started=100.0, lease=1.5) is None
     assert renewal(shards={"a": 4}, down={}, name="a", born=3, started=100.0, lease=1.5) is None
+
+
+def test_readyz_and_metrics_show_the_copies_and_a_repair(tmp_path: Path) -> None:
+    """/readyz stays ready without a shard a failover took out, and says what is short of copies;
+    /metrics carries the same (replicas, shards down, the key space under-replicated)."""
+    from fastapi.testclient import TestClient
+
+    from dhtcart import CartService
+    from dhtcart.http import create_app
+
+    store = DHTServerStore(shards=4, replicas=2, read_lease=0.2)
+    service = CartService(store)
+    with TestClient(create_app(service)) as client:
+        service.add_item("alice", "sku-1", "1.00")
+        ready = client.get("/readyz").json()
+        assert ready["status"] == "ready"
+        assert ready["replication"] == {"replicas": 2, "down": [], "underReplicated": 0.0, "migrating": False}
+        victim = store.replicas_for(hash_key("alice"))[0]
+        _unreachable(store.shards[victim].backend)
+        store._coordinator.repair_in_background = lambda: None  # type: ignore[method-assign]
+        assert service.list_items("alice")[0].item_id == "sku-1"  # the read meets the dead primary: a failover
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        body = ready.json()
+        assert victim not in body["shards"] and body["replication"]["down"] == [victim]
+        assert 0 < body["replication"]["underReplicated"] < 1
+        text = client.get("/metrics").text
+        assert "dhtcart_shards_down 1.0" in text and "dhtcart_replicas 2.0" in text
+        store.repair()
+        body = client.get("/readyz").json()
+        assert body["replication"] == {"replicas": 2, "down": [], "underReplicated": 0.0, "migrating": False}

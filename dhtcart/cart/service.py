@@ -334,6 +334,18 @@ class CartService:
         (``timeout``: seconds, for media that can bound a call)."""
         return self.store.health(timeout)
 
+    def replication(self) -> dict[str, object]:
+        """How the store keeps its copies now: ``replicas``, the shards a failover took ``down``
+        (not yet removed by the repair), the share of the key space ``under_replicated`` and
+        whether a ``migrating`` repair or rebalance is in progress (``/readyz`` shows it)."""
+        status = self.store.rebalance_status()
+        return {
+            "replicas": status.replicas,
+            "down": list(status.down),
+            "underReplicated": round(status.under_replicated, 6),
+            "migrating": status.migrating,
+        }
+
     def last_shard(self) -> str | None:
         """The shard this thread's last cart operation reached (``None`` before any): what metrics
         are labelled with. Call it in the thread that made the operation."""

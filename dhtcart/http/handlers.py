@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import Callable
 from pathlib import Path as FilePath
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import fastapi_offline
 from fastapi import Request, Response
@@ -307,7 +307,15 @@ async def readyz(request: Request) -> Response:
     report = {name: "ok" if why is None else "unavailable" for name, why in health.items()}
     down = sorted(name for name, why in health.items() if why is not None)
     if not down:
-        return json_response(200, {"status": "ready", "shards": report})
+        body: dict[str, Any] = {"status": "ready", "shards": report}
+        try:
+            replication = await run_in_threadpool(service.replication)
+        except Exception as exc:  # advice only: readiness is the shards' answers
+            logger.warning("readyz: the replication status could not be read: %s", exc)
+        else:
+            if replication["replicas"] != 1 or replication["down"]:
+                body["replication"] = replication
+        return json_response(200, body)
     for name in down:  # the reasons name addresses: logged, not shown
         logger.warning("readyz: shard %r: %s", name, health[name])
     return error(503, "not_ready", f"shards not answering: {', '.join(down)}", {"shards": report}, RETRY)

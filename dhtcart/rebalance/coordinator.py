@@ -79,6 +79,11 @@ class RebalanceStatus:
     #: share of the key space with fewer live copies than ``replicas`` (0.0: every key fully replicated)
     under_replicated: float = 0.0
 
+    @property
+    def shards_down(self) -> int:
+        """How many shards a failover took out (and the repair has not removed yet)."""
+        return len(self.down)
+
 
 def check_persistent_url(name: str, url: object) -> str:
     """``url`` if it can be a shard of a store that outlives this process."""
