@@ -1,0 +1,581 @@
+"""The Redis backend: one shard on one Redis (or Valkey) server or database.
+
+Layout, under a key prefix (``dhtcart:`` unless ``?prefix=`` says otherwise), so
+other data in the same database is never touched:
+
+``<prefix>v:<16 hex digits of the key>``
+    a string: the record's version as 8 bytes big-endian, then the value bytes.
+``<prefix>idx``
+    a sorted set, every member scored 0, each member the key as 16 lowercase hex
+    digits. Sorted-set scores are doubles and cannot hold 63-bit keys exactly;
+    with equal scores members sort bytewise, and fixed-width big-endian hex sorts
+    exactly like the integers, so ``ZRANGEBYLEX idx (lo [hi`` is the range scan
+    ``lo < key <= hi``.
+``<prefix>own`` and ``<prefix>own:meta``
+    the shard's ownership record when a store fences it: a sorted set of one
+    member per segment, ``<16 hex digits of its last key>:<state>:<peer>``
+    (all scored 0, so ``ZRANGEBYLEX own [<key> + LIMIT 0 1`` finds the segment
+    holding a key), and a hash of ``epoch``, ``token`` and ``gen`` (a counter
+    bumped at every change).
+
+Every single-key write (put, compare-and-set, delete, conditional delete) is one
+Lua script call (:mod:`~dhtcart.backends.redis.scripts`): one round trip, atomic
+on the server, record and index updated together. On a fenced shard a read is a
+script too, and every script checks the key's segment before it touches the
+record: the check and the operation are one atomic step. A failed
+compare-and-set raises :class:`~dhtcart.errors.VersionConflict` and changes
+nothing.
+
+Errors are mapped by the connection (:mod:`~dhtcart.backends.redis.connection`):
+an unreachable, hung or refusing server is
+:class:`~dhtcart.errors.ShardUnavailable`, a full one
+:class:`~dhtcart.errors.ShardFull`, and what the backend cannot decode (a record
+shorter than its version, an ownership segment it did not write, a key of
+another type under its prefix) :class:`~dhtcart.errors.CorruptData`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NoReturn, cast
+
+from dhtcart.backends.base import BackendContext, Record, check_expected
+from dhtcart.backends.fencing import Change, FencedBackend, Pending, apply_changes
+from dhtcart.backends.ownership import STATES, Ownership, Segments
+from dhtcart.backends.redis.connection import DEFAULT_PREFIX, DEFAULT_TIMEOUT, RedisConnection, RedisTarget
+from dhtcart.backends.redis.scripts import SCRIPTS
+from dhtcart.checks import check_seconds
+from dhtcart.errors import CorruptData, LeaseLost, Moved
+
+__all__ = ["RedisBackend"]
+
+_KEY_HEX = 16  # 2**63 - 1 is 7fffffffffffffff: 16 hex digits
+_MAX_KEY = (1 << 63) - 1
+_SCAN_BATCH = 1000  # members per ZRANGEBYLEX + MGET round trip
+_DROP_BATCH = 1_000  # records per drop_ranges script call (as in scripts.RANGES)
+_IMPORT_BATCH = 1_000  # records per import script call
+_IMPORT_BYTES = 4 << 20  # and about this many bytes: one request stays well inside a server's query buffer
+
+
+def _member(key: int) -> bytes:
+    """The index member of ``key``: 16 lowercase hex digits (sorts like the int)."""
+    return b"%016x" % key
+
+
+def _decode(key: int, raw: bytes) -> Record:
+    """The record stored as ``raw`` (8 bytes of version, then the value)."""
+    if len(raw) < 8:
+        raise CorruptData(f"key {key}: corrupt record in Redis ({len(raw)} bytes, expected at least 8)")
+    return Record(int.from_bytes(raw[:8], "big"), raw[8:])
+
+
+def _segment_member(hi: int, state: str, peer: str) -> bytes:
+    return b"%016x:%s:%s" % (hi, state.encode(), peer.encode())
+
+
+def _members(segments: Segments) -> list[bytes]:
+    return [_segment_member(h, s, p) for h, s, p in zip(segments.his, segments.states, segments.peers)]
+
+
+def _parse_segments(shard: str, members: Sequence[bytes]) -> Segments:
+    """The segments of an ownership set; :class:`CorruptData` for members dhtcart did not write."""
+    rows = []
+    try:
+        for m in members:
+            hi, state, peer = m.decode().split(":", 2)
+            if len(hi) != _KEY_HEX or state not in STATES:
+                raise ValueError(f"member {m!r}")
+            rows.append([int(hi, 16), state, peer])
+        return Segments.from_list(rows)
+    except ValueError as exc:  # also UnicodeDecodeError, and a CorruptData from from_list
+        raise CorruptData(f"shard {shard!r}: corrupt ownership record in Redis: {exc}") from None
+
+
+def _lex_range(lo: int, hi: int) -> tuple[bytes, bytes]:
+    """ZRANGEBYLEX bounds of the index members ``lo < key <= hi``."""
+    return (b"-" if lo < 0 else b"(" + _member(lo)), b"[" + _member(hi)
+
+
+def _conflict(key: int, expected_version: int | None, current: int) -> NoReturn:
+    """A script refused a compare-and-set at ``current``: raise what every backend raises."""
+    check_expected(key, expected_version, current)  # raises VersionConflict
+    raise AssertionError(f"key {key}: a script refused version {expected_version} with {current}")
+
+
+class RedisBackend(FencedBackend):
+    """One shard on a Redis or Valkey server (one server or database per shard).
+
+    Open it with :meth:`from_url` (or :func:`dhtcart.backends.open_backend`)::
+
+        backend = RedisBackend.from_url("redis://10.0.0.5:6379/0", name="shard-a")
+
+    Thread-safe: redis-py's connection pool hands each thread its own
+    connection. Safe across ``fork()``: the pool notices and reconnects.
+    """
+
+    #: the shard's name, used in :class:`~dhtcart.errors.ShardUnavailable` messages
+    name: str
+    #: ``scheme://host:port/db``, without credentials
+    address: str
+    #: prefix of every Redis key this backend owns
+    prefix: str
+    #: seconds allowed to connect and for each reply
+    timeout: float
+    #: seconds allowed to connect
+    connect_timeout: float
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        ssl: bool = False,
+        name: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        max_connections: int | None = None,
+        ssl_options: dict[str, str] | None = None,
+        url: str | None = None,
+        fenced: bool = False,
+    ) -> None:
+        """Connect lazily to ``host:port`` database ``db``; see :meth:`from_url`.
+
+        ``url`` is only the display form (passwords must already be masked);
+        it defaults to one built from the other arguments.
+        """
+        target = RedisTarget(
+            host=host,
+            port=port,
+            db=db,
+            username=username,
+            password=password,
+            ssl=ssl,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            prefix=prefix,
+            max_connections=max_connections,
+            ssl_options=tuple(sorted((ssl_options or {}).items())),
+            url=url or "",
+        )
+        self.url = target.url
+        self.address = target.address
+        self.name = name if name is not None else self.address
+        self.prefix = target.prefix
+        self.fenced = fenced
+        self.timeout = target.timeout
+        self.connect_timeout = target.connect_timeout or target.timeout
+        #: the connection to the server: its client, its scripts, its error mapping
+        self.connection = RedisConnection(target, self.name)
+        self._scripts = self.connection.scripts(SCRIPTS)
+        pfx = target.prefix.encode()
+        self._record_prefix = pfx + b"v:"
+        self._index = pfx + b"idx"
+        self._own = pfx + b"own"
+        self._own_meta = pfx + b"own:meta"
+        self._own_cache: tuple[int, Ownership] = (-1, Ownership.nothing())
+
+    # -- opening -----------------------------------------------------------------
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        context: BackendContext | None = None,
+        name: str | None = None,
+        timeout: float | None = None,
+        connect_timeout: float | None = None,
+        prefix: str | None = None,
+        max_connections: int | None = None,
+    ) -> RedisBackend:
+        """Open the shard that ``url`` names.
+
+        ``redis://[user[:password]@]host[:port][/db][?option=value&...]``, or
+        ``rediss://`` for TLS. Port 6379 and db 0 by default. When the URL has
+        no password, the environment variable ``DHTCART_REDIS_PASSWORD`` is used
+        if set. Query options: ``timeout`` (seconds, default 2),
+        ``connect_timeout`` (default: ``timeout``), ``prefix`` (default
+        ``dhtcart:``), ``max_connections``, and for ``rediss://``
+        ``ssl_cert_reqs`` (``required``/``optional``/``none``), ``ssl_ca_certs``,
+        ``ssl_certfile``, ``ssl_keyfile``. Keyword arguments override the query.
+
+        ``context`` (from a store) gives the shard's name and fences it.
+        Connecting is lazy: a server that is down is reported by the first
+        operation, as :class:`~dhtcart.errors.ShardUnavailable`. A malformed URL
+        raises :class:`~dhtcart.errors.InvalidInput`.
+
+        >>> b = RedisBackend.from_url("redis://app:s3cret@db.example:6380/2?timeout=0.5")
+        >>> b.url, b.timeout
+        ('redis://app:***@db.example:6380/2?timeout=0.5', 0.5)
+        """
+        target = RedisTarget.parse(
+            url, timeout=timeout, connect_timeout=connect_timeout, prefix=prefix, max_connections=max_connections
+        )
+        if context is not None and name is None:
+            name = context.name
+        return cls(
+            host=target.host,
+            port=target.port,
+            db=target.db,
+            username=target.username,
+            password=target.password,
+            ssl=target.ssl,
+            name=name,
+            timeout=target.timeout,
+            connect_timeout=target.connect_timeout,
+            prefix=target.prefix,
+            max_connections=target.max_connections,
+            ssl_options=dict(target.ssl_options),
+            url=target.url,
+            fenced=context is not None and context.fenced,
+        )
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _script(self, name: str, keys: Sequence[bytes], args: Sequence[bytes | str], *, wrote: bool) -> Any:
+        """Run the script ``name`` of :data:`~dhtcart.backends.redis.scripts.SCRIPTS` (one ``EVALSHA``)."""
+        return self.connection.call(self._scripts[name], keys, args, wrote=wrote)
+
+    def _moved(self, key: int, reply: Sequence[Any]) -> NoReturn:
+        _, epoch, state, peer = reply
+        raise Moved(key, int(epoch), state.decode(), peer.decode() or None)
+
+    def _fence_keys(self, member: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+        return (self._record_prefix + member, self._index, self._own, self._own_meta)
+
+    # -- the Backend interface -------------------------------------------------------
+
+    def get(self, key: int) -> Record | None:
+        """Return the record under ``key`` (one ``GET``; fenced: one script call), or ``None``."""
+        member = _member(key)
+        if not self.fenced:
+            raw = self.connection.call(self.connection.client.get, self._record_prefix + member)
+            return None if raw is None else _decode(key, raw)
+        reply = self._script("get", (self._record_prefix + member, self._own), (member,), wrote=False)
+        if reply is None:
+            return None
+        if type(reply) is bytes:
+            return _decode(key, reply)
+        self._moved(key, reply)
+
+    def put(self, key: int, value: bytes, expected_version: int | None = None) -> int:
+        """Write ``value`` (one atomic script call); return the new version.
+
+        With ``expected_version`` it is a compare-and-set (0: must be absent);
+        a mismatch raises :class:`~dhtcart.errors.VersionConflict` and changes nothing.
+        """
+        member = _member(key)
+        expected = "" if expected_version is None else str(int(expected_version))
+        if self.fenced:
+            reply = self._script("put", self._fence_keys(member), (member, value, expected, "1"), wrote=True)
+        else:
+            keys = (self._record_prefix + member, self._index)
+            reply = self._script("put", keys, (member, value, expected, ""), wrote=True)
+        if reply[0] == 1:
+            return int(reply[1])
+        if reply[0] == 0:
+            _conflict(key, expected_version, int(reply[1]))
+        self._moved(key, reply)
+
+    def delete(self, key: int, expected_version: int | None = None) -> bool:
+        """Remove ``key`` (one atomic script call); return whether it existed.
+
+        With ``expected_version`` the delete is conditional (0: must be absent,
+        which deletes nothing and returns ``False``); a mismatch raises
+        :class:`~dhtcart.errors.VersionConflict` and changes nothing.
+        """
+        member = _member(key)
+        expected = "" if expected_version is None else str(int(expected_version))
+        if self.fenced:
+            reply = self._script("delete", self._fence_keys(member), (member, expected, "1"), wrote=True)
+        else:
+            keys = (self._record_prefix + member, self._index)
+            reply = self._script("delete", keys, (member, expected, ""), wrote=True)
+        status = reply[0]
+        if status == 0:
+            _conflict(key, expected_version, int(reply[1]))
+        if status < 0:
+            self._moved(key, reply)
+        return bool(status == 1)
+
+    def scan(self, lo: int, hi: int, limit: int | None = None) -> Iterator[tuple[int, Record]]:
+        """Yield ``(key, record)`` for ``lo < key <= hi`` in key order, at most ``limit``.
+
+        Reads batches of 1,000 with ``ZRANGEBYLEX`` then ``MGET`` (two round trips
+        per batch). A key deleted between the two is skipped; each batch sees the
+        records as they are when it is read.
+        """
+        if hi < 0 or lo >= hi or lo >= _MAX_KEY or (limit is not None and limit <= 0):
+            return
+        call, client = self.connection.call, self.connection.client
+        low = b"-" if lo < 0 else b"(" + _member(lo)
+        high = b"+" if hi >= _MAX_KEY else b"[" + _member(hi)
+        remaining = limit
+        while remaining is None or remaining > 0:
+            n = _SCAN_BATCH if remaining is None else min(_SCAN_BATCH, remaining)
+            members: list[bytes] = call(client.zrangebylex, self._index, low, high, 0, n)
+            if not members:
+                return
+            raws: list[bytes | None] = call(client.mget, [self._record_prefix + m for m in members])
+            batch: list[tuple[int, Record]] = []
+            for m, raw in zip(members, raws, strict=True):
+                if raw is not None:
+                    k = int(m, 16)
+                    batch.append((k, _decode(k, raw)))
+            if remaining is not None:
+                batch = batch[:remaining]
+                remaining -= len(batch)
+            yield from batch
+            if len(members) < n:
+                return
+            low = b"(" + members[-1]
+
+    def count(self) -> int:
+        """Return the number of keys stored (``ZCARD`` of the index)."""
+        return int(self.connection.call(self.connection.client.zcard, self._index))
+
+    # -- ownership ------------------------------------------------------------------
+
+    def _read_ownership(self) -> tuple[int, Ownership]:
+        """``(gen, record)``: one ``HGET`` when the cached record is current, else a transaction."""
+        call, client = self.connection.call, self.connection.client
+        gen = self._counter("gen", call(client.hget, self._own_meta, "gen"))
+        cached_gen, cached = self._own_cache
+        if gen == cached_gen:
+            return gen, cached
+        pipe = client.pipeline(transaction=True)
+        pipe.hmget(self._own_meta, "gen", "token", "epoch")
+        pipe.zrange(self._own, 0, -1)
+        (g, token, epoch), members = call(pipe.execute)
+        gen = self._counter("gen", g)
+        if members:
+            segments = _parse_segments(self.name, members)
+            own = Ownership(self._counter("epoch", epoch), self._counter("token", token), segments)
+        else:
+            own = Ownership.nothing()
+        self._own_cache = (gen, own)
+        return gen, own
+
+    def _counter(self, field: str, raw: bytes | None) -> int:
+        """A counter of the ownership hash (absent: 0); :class:`CorruptData` if it is not one."""
+        if raw is None:
+            return 0
+        if not raw.isdigit():
+            raise CorruptData(f"shard {self.name!r}: corrupt ownership record in Redis: {field} is {raw[:32]!r}")
+        return int(raw)
+
+    def ownership(self) -> Ownership:
+        return self._read_ownership()[1]
+
+    def _set_ownership(
+        self, expected_gen: int | None, token: int, new: Ownership, old: Ownership | None, force: bool = False
+    ) -> Any:
+        if old is None:
+            removes: list[bytes | str] = ["all"]
+            adds = _members(new.segments)
+        else:
+            before, after = set(_members(old.segments)), set(_members(new.segments))
+            gone, added = sorted(before - after), sorted(after - before)
+            removes = [str(len(gone)), *gone]
+            adds = added
+        args = [
+            "" if expected_gen is None else str(expected_gen),
+            str(token),
+            str(new.epoch),
+            "1" if force else "",
+            *removes,
+            *adds,
+        ]
+        return self._script("set_ownership", (self._own, self._own_meta), args, wrote=True)
+
+    def update_ownership(
+        self,
+        token: int,
+        epoch: int,
+        changes: Sequence[Change] = (),
+        expect: str | None = None,
+        *,
+        leased: bool | None = None,
+    ) -> Ownership:
+        if leased:
+            raise NotImplementedError("replicated stores on Redis shards are not built yet")
+        for _ in range(32):
+            gen, current = self._read_ownership()
+            new = apply_changes(current, token, epoch, changes, expect, leased)
+            if new == current:
+                return current
+            status, value = self._set_ownership(gen, new.token, new, current)
+            if status == 1:
+                self._own_cache = (int(value), new)
+                return new
+            if status == -1:
+                raise LeaseLost(f"shard {self.name!r} has seen rebalancer token {value}, newer than {token}")
+        raise LeaseLost(f"shard {self.name!r}: its ownership record kept changing under this rebalancer")
+
+    def claim(self, ownership: Ownership, *, force: bool = False) -> None:
+        status, value = self._set_ownership(None, ownership.token, ownership, None, force)
+        if status == -1:
+            raise LeaseLost(f"shard {self.name!r} has seen rebalancer token {value}, newer than {ownership.token}")
+        self._own_cache = (int(value), ownership)
+
+    def _range_script(
+        self, token: int, ranges: Sequence[tuple[int, int]], mode: str, pairs: Sequence[bytes]
+    ) -> tuple[int, int]:
+        bounds: list[bytes] = []
+        for lo, hi in ranges:
+            bounds += _lex_range(lo, hi)
+        what = "drop" if mode == "drop" else "import"
+        for _ in range(32):
+            gen, own = self._read_ownership()
+            own.check_token(token)
+            for lo, hi in ranges:
+                own.check_unserved(lo, hi, what)
+            args: list[bytes | str] = [str(gen), str(token), self._record_prefix, mode, str(len(ranges))]
+            args += bounds
+            args += pairs
+            reply = self._script("ranges", (self._index, self._own_meta), args, wrote=True)
+            if reply[0] == -2:  # checked in the server too: the cached record may be older than the shard
+                raise LeaseLost(f"shard {self.name!r} has seen rebalancer token {reply[1]}, newer than {token}")
+            if reply[0] != -1:
+                return int(reply[0]), int(reply[1])
+        raise LeaseLost(f"shard {self.name!r}: its ownership record kept changing under this rebalancer")
+
+    def import_ranges(
+        self, token: int, ranges: Sequence[tuple[int, int]], records: Sequence[tuple[int, Record]]
+    ) -> int:
+        """Copy ``records`` in script calls of at most 1,000 records and about 4 MB each (a
+        server's query buffer is limited); the first also deletes what was there."""
+        written = 0
+        mode = "import"
+        start = 0
+        while True:
+            pairs: list[bytes] = []
+            size = 0
+            end = start
+            while end < len(records) and end - start < _IMPORT_BATCH and size < _IMPORT_BYTES:
+                key, rec = records[end]
+                raw = int(rec.version).to_bytes(8, "big") + bytes(rec.value)
+                pairs += (_member(key), raw)
+                size += len(raw)
+                end += 1
+            written += self._range_script(token, ranges, mode, pairs)[1]
+            mode = "add"
+            start = end
+            if start >= len(records):
+                return written
+
+    def drop_ranges(self, token: int, ranges: Sequence[tuple[int, int]]) -> int:
+        total = 0
+        while True:
+            gone, _ = self._range_script(token, ranges, "drop", ())
+            total += gone
+            if gone < _DROP_BATCH:
+                return total
+
+    def boundary(self, lo: int, hi: int, n: int) -> tuple[int, int]:
+        call, client = self.connection.call, self.connection.client
+        low, high = _lex_range(lo, hi)
+        found = call(client.zrangebylex, self._index, low, high, n - 1, 1)
+        if found:
+            return int(found[0], 16), n
+        return hi, int(call(client.zlexcount, self._index, low, high))
+
+    # -- replicated writes: not yet on Redis (issue 13, in progress) --------------------
+
+    def decide(self, key: int, value: bytes | None, expected_version: int | None = None) -> Pending:
+        raise NotImplementedError("replicated writes on Redis shards are not built yet")
+
+    def pending(self, key: int) -> Pending | None:
+        raise NotImplementedError("replicated writes on Redis shards are not built yet")
+
+    def scan_pending(self, lo: int, hi: int) -> list[Pending]:
+        return []
+
+    def commit(self, key: int, version: int) -> bool:
+        raise NotImplementedError("replicated writes on Redis shards are not built yet")
+
+    def apply(self, primary: str, pending: Pending) -> None:
+        raise NotImplementedError("replicated writes on Redis shards are not built yet")
+
+    def repair_records(self, token: int, records: Sequence[tuple[int, Record]]) -> int:
+        raise NotImplementedError("replicated writes on Redis shards are not built yet")
+
+    def renew_lease(self, epoch: int, until: float) -> float:
+        return 0.0
+
+    def lease(self) -> float:
+        return 0.0
+
+    # -- faults, closing, destroying ------------------------------------------------------
+
+    def pause(self, seconds: float) -> None:
+        """Pause every client of the server for ``seconds`` (``CLIENT PAUSE ... ALL``).
+
+        Commands sent meanwhile wait in the server and run when the pause ends;
+        a client whose reply takes longer than its timeout gets
+        :class:`~dhtcart.errors.ShardUnavailable` (the command may still run later).
+        Affects every user of that server, not only this shard.
+        """
+        ms = int(check_seconds("seconds", seconds) * 1000)
+        self.connection.call(self.connection.client.execute_command, "CLIENT", "PAUSE", max(ms, 1), "ALL")
+
+    def close(self) -> None:
+        """Drop the connections. Idempotent; later calls raise :class:`~dhtcart.errors.StoreClosed`."""
+        if not self.connection.closed:
+            self.connection.close()
+
+    def destroy(self) -> None:
+        """Delete every Redis key this backend owns (under its prefix), then close.
+
+        Other keys in the database are untouched. Works on a closed backend too.
+        """
+        try:
+            with self.connection.errors(wrote=True):
+                self._destroy()
+        finally:
+            self.connection.close()
+
+    def _destroy(self) -> None:
+        client = self.connection.client
+        # Records named by the index first, in batches, then any stragglers.
+        while True:
+            members = cast(list[bytes], client.zrange(self._index, 0, _SCAN_BATCH - 1))
+            if not members:
+                break
+            pipe = client.pipeline(transaction=True)
+            pipe.delete(*(self._record_prefix + m for m in members))
+            pipe.zrem(self._index, *members)
+            pipe.execute()
+        pattern = _glob_escape(self._record_prefix) + b"*"
+        for chunk in _chunks(client.scan_iter(match=pattern, count=1000), 1000):
+            client.delete(*chunk)
+        client.delete(self._index, self._own, self._own_meta)
+        self._own_cache = (-1, Ownership.nothing())
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {self.url}>"
+
+
+def _glob_escape(raw: bytes) -> bytes:
+    """Escape Redis glob metacharacters so ``raw`` matches only itself."""
+    out = bytearray()
+    for byte in raw:
+        if byte in b"*?[]\\":
+            out += b"\\"
+        out.append(byte)
+    return bytes(out)
+
+
+def _chunks(it: Iterable[bytes], n: int) -> Iterator[list[bytes]]:
+    chunk: list[bytes] = []
+    for x in it:
+        chunk.append(x)
+        if len(chunk) >= n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
