@@ -62,10 +62,10 @@ def _member(key: int) -> bytes:
     return b"%016x" % key
 
 
-def _decode(key: int, raw: bytes) -> Record:
+def _decode(shard: str, key: int, raw: bytes) -> Record:
     """The record stored as ``raw`` (8 bytes of version, then the value)."""
     if len(raw) < 8:
-        raise CorruptData(f"key {key}: corrupt record in Redis ({len(raw)} bytes, expected at least 8)")
+        raise CorruptData(f"shard {shard!r}: key {key}: a record of {len(raw)} bytes in Redis (8 at least)")
     return Record(int.from_bytes(raw[:8], "big"), raw[8:])
 
 
@@ -241,8 +241,13 @@ class RedisBackend(FencedBackend):
         return self.connection.call(self._scripts[name], keys, args, wrote=wrote)
 
     def _moved(self, key: int, reply: Sequence[Any]) -> NoReturn:
-        _, epoch, state, peer = reply
-        raise Moved(key, int(epoch), state.decode(), peer.decode() or None)
+        """Raise the redirect ``{-1, epoch, state, peer}`` a script answered."""
+        try:
+            _, epoch, state, peer = reply
+            moved = Moved(key, int(epoch), state.decode(), peer.decode() or None)
+        except (ValueError, TypeError, AttributeError):  # a script read an ownership record it did not write
+            raise CorruptData(f"shard {self.name!r}: corrupt ownership record in Redis (reply {reply!r})") from None
+        raise moved
 
     def _fence_keys(self, member: bytes) -> tuple[bytes, bytes, bytes, bytes]:
         return (self._record_prefix + member, self._index, self._own, self._own_meta)
@@ -254,12 +259,12 @@ class RedisBackend(FencedBackend):
         member = _member(key)
         if not self.fenced:
             raw = self.connection.call(self.connection.client.get, self._record_prefix + member)
-            return None if raw is None else _decode(key, raw)
+            return None if raw is None else _decode(self.name, key, raw)
         reply = self._script("get", (self._record_prefix + member, self._own), (member,), wrote=False)
         if reply is None:
             return None
         if type(reply) is bytes:
-            return _decode(key, reply)
+            return _decode(self.name, key, reply)
         self._moved(key, reply)
 
     def put(self, key: int, value: bytes, expected_version: int | None = None) -> int:
@@ -325,7 +330,7 @@ class RedisBackend(FencedBackend):
             for m, raw in zip(members, raws, strict=True):
                 if raw is not None:
                     k = int(m, 16)
-                    batch.append((k, _decode(k, raw)))
+                    batch.append((k, _decode(self.name, k, raw)))
             if remaining is not None:
                 batch = batch[:remaining]
                 remaining -= len(batch)

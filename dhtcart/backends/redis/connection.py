@@ -274,8 +274,11 @@ class RedisTarget:
 
 #: a row's codes when any server error code matches
 ANY: frozenset[str] = frozenset()
-#: the code :func:`error_code` gives an error raised inside a Lua script (the server says ``ERR``)
+#: the code :func:`error_code` gives an error raised inside a Lua script, by the script itself
+#: (``ERR``) or by a command it called on a key of another type (``WRONGTYPE``): a script stops
+#: there, keeping what it wrote before, so its outcome is not "nothing"
 SCRIPT_ERROR = "ERR in a script"
+_SCRIPT_CODES = ("ERR", "WRONGTYPE")
 #: what a row says of a command that failed: it did not run, or it may have (when it was sent)
 NOT_RUN: Literal["not run"] = "not run"
 MAYBE_RUN: Literal["maybe run"] = "maybe run"
@@ -349,10 +352,11 @@ def error_code(exc: BaseException) -> str:
     an error raised inside a Lua script, ``""`` for an error that is not the server's answer."""
     if not isinstance(exc, ResponseError):
         return ""
-    code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0]
-    if code == "ERR" and "user_script" in str(exc):  # Redis 7 and Valkey name the script so
+    text = str(exc)
+    code = str(getattr(exc, "status_code", None) or text.split(" ", 1)[0])
+    if code in _SCRIPT_CODES and "user_script" in text:  # Redis 7 and Valkey name the script so
         return SCRIPT_ERROR
-    return str(code)
+    return code
 
 
 def _before_sending(exc: BaseException) -> bool:
