@@ -7,9 +7,21 @@ one client thread doing sequential round trips:
 
 * raw redis-py ``GET`` and ``SET`` (the floor: one round trip each);
 * ``RedisBackend.get`` (one ``GET``), ``put`` (one script call) and
-  compare-and-set ``put(expected_version=...)`` (one script call);
+  compare-and-set ``put(expected_version=...)`` (one script call), on a backend
+  opened alone;
+* the same three on a *fenced* backend, as a store opens its shards: each is one
+  script that checks the shard's ownership record, then reads or writes;
 * bulk migration: ``import_ranges`` of many records (script calls of 1,000
   records), the ``scan`` that reads them back, and ``drop_ranges``.
+
+The single-key operations run interleaved, round by round, so that a noisy
+neighbour slows each of them alike; figures are medians over every call.
+
+``--against DIR`` compares two versions of dhtcart instead: the single-key
+operations of this checkout and of the one at ``DIR`` (for example a worktree
+of ``main``), each in a child process of its own that imports dhtcart from its
+tree, on the same server, in alternating rounds; it prints both medians and
+their ratio.
 
 Goals from the design: compare-and-set at most 1.3 x a raw ``SET`` round trip;
 ``import_ranges`` at least 50,000 keys/s on loopback. The figures are printed as a
@@ -19,13 +31,17 @@ Run::
 
     python benchmarks/redis_bench.py               # defaults: 20,000 ops, 200,000 keys
     python benchmarks/redis_bench.py --ops 5000 --keys 50000 --value-size 256
+    python benchmarks/redis_bench.py --against ../main --ops 20000 --rounds 20
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,21 +50,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+#: set in the children of --against: the tree whose dhtcart they import
+TREE_ENV = "DHTCART_BENCH_TREE"
+_TREE = os.environ.get(TREE_ENV) or str(ROOT)
+if _TREE not in sys.path:
+    sys.path.insert(0, _TREE)
 
 import redis  # noqa: E402
 from redis.backoff import NoBackoff  # noqa: E402
 from redis.retry import Retry  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
 
-from dhtcart.backends.base import Record  # noqa: E402
+from dhtcart.backends import open_backend  # noqa: E402
+from dhtcart.backends.base import BackendContext, Record  # noqa: E402
+from dhtcart.backends.fencing import FencedBackend  # noqa: E402
+from dhtcart.backends.ownership import Ownership, Segments  # noqa: E402
 from dhtcart.backends.redis import RedisBackend  # noqa: E402
-from tests.redis_server import RedisServer, find_server_binary  # noqa: E402
 
 CAS_GOAL = 1.3  # compare-and-set time / raw SET time
 MIGRATION_GOAL = 50_000  # import_ranges keys per second
+MAX_KEY = 2**63 - 1
+WORKING_SET = 1000  # keys of the single-key operations
 
 
 @dataclass
@@ -95,52 +116,80 @@ def _timed(fn: Callable[[int], object], n: int) -> list[float]:
     return out
 
 
+class SingleKey:
+    """The single-key operations, on backends of their own under ``tag`` (a key prefix)."""
+
+    def __init__(self, url: str, tag: str, value_size: int) -> None:
+        self.raw = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), protocol=2)
+        self.raw_prefix = f"{tag}raw:".encode()
+        for _ in range(2):  # the first pair only clears what an interrupted run left
+            self.alone = RedisBackend.from_url(f"{url}?prefix={tag}alone:")
+            fenced = open_backend(f"{url}?prefix={tag}fenced:", context=BackendContext(name="bench", fenced=True))
+            assert isinstance(fenced, FencedBackend)
+            self.fenced = fenced
+            if _ == 0:
+                self.alone.destroy()
+                self.fenced.destroy()
+        self.fenced.claim(Ownership(1, 1, Segments.owning([(-1, MAX_KEY)])))
+        self.value = b"x" * value_size
+        # Preload so that gets hit, and warm up the connections and the script cache.
+        self.versions = {"alone": dict.fromkeys(range(WORKING_SET), 1), "fenced": dict.fromkeys(range(WORKING_SET), 1)}
+        for k in range(WORKING_SET):
+            self.raw.set(self.raw_prefix + b"%d" % k, self.value)
+            self.alone.put(k, self.value)
+            self.fenced.put(k, self.value)
+        self.cases: dict[str, Callable[[int], object]] = {
+            "raw redis-py GET": lambda i: self.raw.get(self.raw_prefix + b"%d" % (i % WORKING_SET)),
+            "raw redis-py SET": lambda i: self.raw.set(self.raw_prefix + b"%d" % (i % WORKING_SET), self.value),
+            "backend get": lambda i: self.alone.get(i % WORKING_SET),
+            "backend put": lambda i: self._put("alone", i, None),
+            "backend compare-and-set": lambda i: self._put("alone", i, True),
+            "fenced get": lambda i: self.fenced.get(i % WORKING_SET),
+            "fenced put": lambda i: self._put("fenced", i, None),
+            "fenced compare-and-set": lambda i: self._put("fenced", i, True),
+        }
+
+    def _put(self, which: str, i: int, cas: bool | None) -> None:
+        k = i % WORKING_SET
+        backend = self.alone if which == "alone" else self.fenced
+        versions = self.versions[which]
+        versions[k] = backend.put(k, self.value, expected_version=versions[k] if cas else None)
+
+    def round(self, per_case: int) -> dict[str, list[float]]:
+        """One round: ``per_case`` calls of each operation, one operation after the other."""
+        return {name: _timed(fn, per_case) for name, fn in self.cases.items()}
+
+    def close(self) -> None:
+        self.alone.destroy()
+        self.fenced.destroy()
+        self.raw.delete(*(self.raw_prefix + b"%d" % k for k in range(WORKING_SET)))
+        self.raw.close()
+
+
 def run(url: str, ops: int, keys: int, value_size: int, rounds: int) -> tuple[list[Latency], list[Throughput]]:
     """Measure everything against the server at ``url``."""
-    raw = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), protocol=2)
+    single = SingleKey(url, "bench:", value_size)
+    samples: dict[str, list[float]] = {name: [] for name in single.cases}
+    per_round = max(1, ops // rounds)
+    for _ in range(rounds):  # interleaved, so drift hits every case alike
+        for name, taken in single.round(per_round).items():
+            samples[name] += taken
+    single.close()
+    latencies = [Latency(name, s) for name, s in samples.items()]
+
+    # Bulk: a migration's copy (import_ranges), then the scan and the drop of the old copies.
     backend = RedisBackend.from_url(url + "?prefix=bench:")
     backend.destroy()
     backend = RedisBackend.from_url(url + "?prefix=bench:")
     value = b"x" * value_size
-    n_keys = 1000  # working set of the single-key operations
-    # Preload so gets hit, and warm up connections and the script cache.
-    for k in range(n_keys):
-        raw.set(b"raw:%d" % k, value)
-        backend.put(k, value)
-    versions = {k: 1 for k in range(n_keys)}
-
-    def cas(i: int) -> None:
-        k = i % n_keys
-        versions[k] = backend.put(k, value, expected_version=versions[k])
-
-    def put(i: int) -> None:
-        versions[i % n_keys] = backend.put(i % n_keys, value)
-
-    cases: dict[str, Callable[[int], object]] = {
-        "raw redis-py GET": lambda i: raw.get(b"raw:%d" % (i % n_keys)),
-        "raw redis-py SET": lambda i: raw.set(b"raw:%d" % (i % n_keys), value),
-        "backend get": lambda i: backend.get(i % n_keys),
-        "backend put": put,
-        "backend compare-and-set": cas,
-    }
-    samples: dict[str, list[float]] = {name: [] for name in cases}
-    per_round = max(1, ops // rounds)
-    for _ in range(rounds):  # interleaved, so drift hits every case alike
-        for name, fn in cases.items():
-            samples[name] += _timed(fn, per_round)
-    latencies = [Latency(name, s) for name, s in samples.items()]
-
-    # Bulk: a migration's copy (import_ranges), then the scan and the drop of the old copies.
-    backend.destroy()
-    backend = RedisBackend.from_url(url + "?prefix=bench:")
     records = sorted((k * 7_919_000_003 % (2**63), Record(3, value)) for k in range(1, keys + 1))
-    everything = [(-1, 2**63 - 1)]
+    everything = [(-1, MAX_KEY)]
     t0 = time.perf_counter()
     written = backend.import_ranges(0, everything, records)
     t_put = time.perf_counter() - t0
     assert written == keys == backend.count()
     t0 = time.perf_counter()
-    scanned = sum(1 for _ in backend.scan(-1, 2**63 - 1))
+    scanned = sum(1 for _ in backend.scan(-1, MAX_KEY))
     t_scan = time.perf_counter() - t0
     assert scanned == keys
     t0 = time.perf_counter()
@@ -153,12 +202,94 @@ def run(url: str, ops: int, keys: int, value_size: int, rounds: int) -> tuple[li
         Throughput("drop_ranges (drop old copies)", keys, t_del),
     ]
     backend.destroy()
-    raw.delete(*(b"raw:%d" % k for k in range(n_keys)))
-    raw.close()
     return latencies, bulk
 
 
+# -- --against: two trees, side by side ----------------------------------------------------------------
+
+
+def _child(url: str, tag: str, value_size: int) -> int:
+    """A child of ``--against``: one round per line ``round N`` on stdin, its samples as JSON on stdout."""
+    import dhtcart
+
+    single = SingleKey(url, tag, value_size)
+    print(json.dumps({"dhtcart": str(Path(dhtcart.__file__).parent)}), flush=True)
+    for line in sys.stdin:
+        word, _, count = line.partition(" ")
+        if word != "round":
+            break
+        print(json.dumps(single.round(int(count))), flush=True)
+    single.close()
+    return 0
+
+
+def compare(url: str, trees: dict[str, Path], ops: int, value_size: int, rounds: int) -> dict[str, list[Latency]]:
+    """The single-key operations of each tree (name to checkout), in alternating rounds on one server."""
+    children: dict[str, subprocess.Popen[str]] = {}
+    located: dict[str, str] = {}
+    try:
+        for i, (name, tree) in enumerate(trees.items()):
+            env = {**os.environ, TREE_ENV: str(tree), "PYTHONPATH": str(tree)}
+            children[name] = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--child", url, f"cmp{i}:", str(value_size)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        for name, child in children.items():
+            assert child.stdout is not None
+            located[name] = json.loads(child.stdout.readline())["dhtcart"]
+        samples: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
+        per_round = max(1, ops // rounds)
+        order = list(children)
+        for r in range(rounds):
+            for name in order if r % 2 == 0 else reversed(order):  # each goes first every other round
+                child = children[name]
+                assert child.stdin is not None and child.stdout is not None
+                child.stdin.write(f"round {per_round}\n")
+                child.stdin.flush()
+                for case, taken in json.loads(child.stdout.readline()).items():
+                    samples[name].setdefault(case, []).extend(taken)
+    finally:
+        for child in children.values():
+            if child.stdin is not None:
+                child.stdin.close()
+            child.wait(60)
+    for name, where in located.items():
+        print(f"{name}: dhtcart from {where}")
+    return {name: [Latency(case, s) for case, s in cases.items()] for name, cases in samples.items()}
+
+
+def _print_comparison(results: dict[str, list[Latency]], server_desc: str, argv: list[str]) -> None:
+    (this, mine), (that, theirs) = results.items()
+    theirs_by_name = {lat.name: lat for lat in theirs}
+    header = f"| operation | {that} median µs | {this} median µs | {this} / {that} | {that} p99 µs | {this} p99 µs |"
+    lines = [
+        f"Measured with `python benchmarks/redis_bench.py {' '.join(argv)}` on {server_desc}; Python"
+        f" {platform.python_version()}, redis-py {redis.__version__}; one client thread per tree, the trees"
+        " in alternating rounds.",
+        "",
+        header,
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for lat in mine:
+        other = theirs_by_name[lat.name]
+        lines.append(
+            f"| {lat.name} | {other.median_us:.1f} | {lat.median_us:.1f} | {lat.median_us / other.median_us:.2f}x"
+            f" | {other.p99_us:.1f} | {lat.p99_us:.1f} |"
+        )
+    print("\n".join(lines))
+
+
+# -- the command --------------------------------------------------------------------------------------------
+
+
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["--child"]:  # a child of --against (not for people)
+        url, tag, value_size = args_in[1:4]
+        return _child(url, tag, int(value_size))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ops", type=int, default=20_000, help="calls per single-key operation")
     parser.add_argument("--keys", type=int, default=200_000, help="records in the bulk runs")
@@ -166,9 +297,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds of the single-key runs")
     parser.add_argument("--url", help="use this server instead of starting one (its db is written to)")
     parser.add_argument("--binary", help="server binary to start (default: as the tests find it)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="DIR",
+        help="compare the single-key operations with the dhtcart of the checkout at DIR (no bulk runs)",
+    )
+    args = parser.parse_args(args_in)
     if not (0 < args.ops <= 10_000_000 and 0 < args.keys <= 10_000_000 and args.rounds > 0):
         parser.error("--ops and --keys must be in 1..10,000,000, --rounds positive")
+    if args.against is not None and not (args.against / "dhtcart" / "__init__.py").is_file():
+        parser.error(f"--against {args.against}: no dhtcart package there")
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from tests.redis_server import RedisServer, find_server_binary
 
     console = Console()
     server: RedisServer | None = None
@@ -188,11 +332,20 @@ def main(argv: list[str] | None = None) -> int:
         name = "Valkey" if "valkey_version" in info else "Redis"
         if not args.url:
             server_desc = f"{name} {version} ({binary}), loopback, no persistence"
-        latencies, bulk = run(url, args.ops, args.keys, args.value_size, args.rounds)
+        if args.against is not None:
+            trees = {"this tree": ROOT, str(args.against): args.against.resolve()}
+            results = compare(url, trees, args.ops, args.value_size, args.rounds)
+        else:
+            latencies, bulk = run(url, args.ops, args.keys, args.value_size, args.rounds)
     finally:
         if server is not None:
             server.stop()
         tmp.cleanup()
+
+    if args.against is not None:
+        print("\n<!-- markdown -->")
+        _print_comparison(results, server_desc, args_in)
+        return 0
 
     by_name = {lat.name: lat for lat in latencies}
     raw_set = by_name["raw redis-py SET"].median_us
@@ -229,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         + ("[green]met[/green]" if put_ok else "[red]missed[/red]")
     )
 
-    cmd = "python benchmarks/redis_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "python benchmarks/redis_bench.py " + " ".join(args_in)
     lines = [
         f"Measured with `{cmd.strip()}` on {server_desc}; Python {platform.python_version()},"
         f" redis-py {redis.__version__}, {platform.machine()}; one client thread,"
