@@ -305,9 +305,10 @@ class Side:
 
     name: str
 
-    def run(self, plan: Plan, prehash: bool) -> tuple[array.array[int], int, int]:
-        """Do every operation of ``plan``; return each one's nanoseconds, F's retries, and the reads
-        that found no record (there should be none: every key read was loaded or inserted before)."""
+    def run(self, plan: Plan, lo: int, hi: int, prehash: bool) -> tuple[array.array[int], int, int]:
+        """Do operations ``lo`` to ``hi - 1`` of ``plan``; return each one's nanoseconds, F's retries,
+        and the reads that found no record (there should be none: every key read was loaded or
+        inserted before)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -327,20 +328,20 @@ class DhtcartSide(Side):
     def __init__(self, location: str) -> None:
         self.store = DHTServerStore.open(location, create=False)
 
-    def run(self, plan: Plan, prehash: bool) -> tuple[array.array[int], int, int]:
+    def run(self, plan: Plan, lo: int, hi: int, prehash: bool) -> tuple[array.array[int], int, int]:
         store = self.store
         get, put = store.get, store.put
         records, fields = value_pool()
-        n = len(plan.codes)
-        lat = array.array("q", bytes(8 * n))
-        keys: list[Any] = [hash_key(key_text(x)) for x in plan.nums] if prehash else list(plan.nums)
+        codes, nums, args = plan.codes, plan.nums, plan.args
+        lat = array.array("q", bytes(8 * (hi - lo)))
+        keys: dict[int, int] = {i: hash_key(key_text(nums[i])) for i in range(lo, hi)} if prehash else {}
         clock = time.perf_counter_ns
         retries = misses = 0
-        for i in range(n):
-            op = plan.codes[i]
-            arg = plan.args[i]
+        for i in range(lo, hi):
+            op = codes[i]
+            arg = args[i]
             t0 = clock()
-            k = keys[i] if prehash else hash_key(f"user{keys[i]}")
+            k = keys[i] if prehash else hash_key(f"user{nums[i]}")
             if op == READ:
                 if get(k) is None:
                     misses += 1
@@ -357,11 +358,11 @@ class DhtcartSide(Side):
                     except VersionConflict:
                         continue
                 else:
-                    raise RuntimeError(f"read-modify-write of user{plan.nums[i]}: {MAX_RETRIES} conflicts in a row")
+                    raise RuntimeError(f"read-modify-write of user{nums[i]}: {MAX_RETRIES} conflicts in a row")
                 retries += attempt
             else:
                 put(k, records[arg])
-            lat[i] = clock() - t0
+            lat[i - lo] = clock() - t0
         return lat, retries, misses
 
     def close(self) -> None:
@@ -390,22 +391,21 @@ class RawLMDBSide(Side):
     def __init__(self, paths: list[str]) -> None:
         self.envs = [open_raw_lmdb(p) for p in paths]
 
-    def run(self, plan: Plan, prehash: bool) -> tuple[array.array[int], int, int]:
+    def run(self, plan: Plan, lo: int, hi: int, prehash: bool) -> tuple[array.array[int], int, int]:
         envs = self.envs
         count = len(envs)
         crc32 = zlib.crc32
         records, fields = value_pool()
-        n = len(plan.codes)
-        lat = array.array("q", bytes(8 * n))
-        pre: list[Any] = []
+        codes, nums, args = plan.codes, plan.nums, plan.args
+        lat = array.array("q", bytes(8 * (hi - lo)))
+        pre: dict[int, tuple[bytes, Any]] = {}
         if prehash:
-            pre = [(raw_key(x), envs[crc32(raw_key(x)) % count]) for x in plan.nums]
-        nums = plan.nums
+            pre = {i: (raw_key(nums[i]), envs[crc32(raw_key(nums[i])) % count]) for i in range(lo, hi)}
         clock = time.perf_counter_ns
         misses = 0
-        for i in range(n):
-            op = plan.codes[i]
-            arg = plan.args[i]
+        for i in range(lo, hi):
+            op = codes[i]
+            arg = args[i]
             t0 = clock()
             if prehash:
                 key, env = pre[i]
@@ -426,7 +426,7 @@ class RawLMDBSide(Side):
             else:
                 with env.begin(write=True) as txn:
                     txn.put(key, records[arg])
-            lat[i] = clock() - t0
+            lat[i - lo] = clock() - t0
         return lat, 0, misses
 
     def close(self) -> None:
@@ -444,24 +444,23 @@ class RawRedisSide(Side):
 
         self.clients = [redis.Redis(host="127.0.0.1", port=p) for p in ports]
 
-    def run(self, plan: Plan, prehash: bool) -> tuple[array.array[int], int, int]:
+    def run(self, plan: Plan, lo: int, hi: int, prehash: bool) -> tuple[array.array[int], int, int]:
         from redis.exceptions import WatchError
 
         clients = self.clients
         count = len(clients)
         crc32 = zlib.crc32
         records, fields = value_pool()
-        n = len(plan.codes)
-        lat = array.array("q", bytes(8 * n))
-        pre: list[Any] = []
+        codes, nums, args = plan.codes, plan.nums, plan.args
+        lat = array.array("q", bytes(8 * (hi - lo)))
+        pre: dict[int, tuple[bytes, Any]] = {}
         if prehash:
-            pre = [(raw_key(x), clients[crc32(raw_key(x)) % count]) for x in plan.nums]
-        nums = plan.nums
+            pre = {i: (raw_key(nums[i]), clients[crc32(raw_key(nums[i])) % count]) for i in range(lo, hi)}
         clock = time.perf_counter_ns
         retries = misses = 0
-        for i in range(n):
-            op = plan.codes[i]
-            arg = plan.args[i]
+        for i in range(lo, hi):
+            op = codes[i]
+            arg = args[i]
             t0 = clock()
             if prehash:
                 key, client = pre[i]
@@ -491,7 +490,7 @@ class RawRedisSide(Side):
                 retries += attempt
             else:
                 client.set(key, records[arg])
-            lat[i] = clock() - t0
+            lat[i - lo] = clock() - t0
         return lat, retries, misses
 
     def close(self) -> None:
@@ -516,9 +515,9 @@ def _cpu_seconds() -> float:
 def client_main(conn: Connection, spec: dict[str, Any]) -> None:
     """A client process: open both sides once, then obey the parent's commands until ``close``.
 
-    ``plan``: draw the operations (untimed) and answer ``ready``; ``go``: wait
-    for the release instant (``time.monotonic_ns``, shared by the processes of
-    a host), run them on one side, answer with the timings.
+    ``plan``: draw the operations (untimed) and answer; ``go``: wait for the
+    release instant (``time.monotonic_ns``, shared by the processes of a host),
+    run one slice of them on one side, answer with the timings.
     """
     sides: dict[str, Side] = {}
     try:
@@ -541,7 +540,8 @@ def client_main(conn: Connection, spec: dict[str, Any]) -> None:
                     time.sleep(delay / 1e9)
                 start = time.monotonic_ns()
                 cpu = _cpu_seconds()
-                lat, retries, misses = sides[msg["side"]].run(plan, spec["prehash"])
+                lo, hi = msg["slice"]
+                lat, retries, misses = sides[msg["side"]].run(plan, lo, hi, spec["prehash"])
                 cpu = _cpu_seconds() - cpu
                 end = time.monotonic_ns()
                 conn.send(
@@ -550,7 +550,7 @@ def client_main(conn: Connection, spec: dict[str, Any]) -> None:
                         "start": start,
                         "end": end,
                         "lat": lat.tobytes(),
-                        "codes": plan.codes,
+                        "codes": plan.codes[lo:hi],
                         "retries": retries,
                         "misses": misses,
                         "cpu": cpu,
@@ -607,10 +607,11 @@ class Clients:
         for conn in self.conns[:count]:
             self._reply(conn, self.timeout)
 
-    def go(self, count: int, side: str) -> tuple[int, list[dict[str, Any]]]:
+    def go(self, count: int, side: str, lo: int, hi: int) -> tuple[int, list[dict[str, Any]]]:
+        """Release ``count`` clients at one instant on operations ``lo:hi`` of their plans; their replies."""
         at = time.monotonic_ns() + 50_000_000  # 50 ms: every client has its message before the release
         for conn in self.conns[:count]:
-            conn.send({"cmd": "go", "side": side, "at": at})
+            conn.send({"cmd": "go", "side": side, "at": at, "slice": (lo, hi)})
         return at, [self._reply(conn, self.timeout) for conn in self.conns[:count]]
 
     def close(self) -> None:
@@ -636,28 +637,43 @@ def percentile(ordered: list[int], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] / 1e3
 
 
-def summarise(at: int, replies: list[dict[str, Any]], server_cpu: float) -> dict[str, Any]:
-    """Throughput from the release ``at`` to the last client's end; latency percentiles over every
-    operation; CPU per operation of the clients and (Redis) the servers."""
+@dataclass
+class Slice:
+    """One slice of a run on one side: the release instant, every client's reply, the servers' CPU seconds."""
+
+    at: int
+    replies: list[dict[str, Any]]
+    server_cpu: float
+
+
+def summarise(slices: list[Slice]) -> dict[str, Any]:
+    """One side of one run: throughput = operations / the sum over slices of (the last client's end -
+    the release); latency percentiles over every operation; CPU per operation of the clients and
+    (Redis) the servers."""
     lat: list[int] = []
     by_op: dict[str, list[int]] = {}
-    for reply in replies:
-        values = array.array("q")
-        values.frombytes(reply["lat"])
-        lat.extend(values)
-        for code, ns in zip(reply["codes"], values):
-            by_op.setdefault(OP_NAMES[code], []).append(ns)
-    end = max(r["end"] for r in replies)
+    seconds = client_cpu = server_cpu = 0.0
+    for sl in slices:
+        for reply in sl.replies:
+            values = array.array("q")
+            values.frombytes(reply["lat"])
+            lat.extend(values)
+            for code, ns in zip(reply["codes"], values):
+                by_op.setdefault(OP_NAMES[code], []).append(ns)
+            client_cpu += reply["cpu"]
+        seconds += (max(r["end"] for r in sl.replies) - sl.at) / 1e9
+        server_cpu += sl.server_cpu
     lat.sort()
+    replies = [r for sl in slices for r in sl.replies]
     out: dict[str, Any] = {
         "ops": len(lat),
-        "seconds": (end - at) / 1e9,
-        "ops_s": len(lat) / ((end - at) / 1e9),
+        "seconds": seconds,
+        "ops_s": len(lat) / seconds,
         "p50_us": percentile(lat, 0.50),
         "p99_us": percentile(lat, 0.99),
         "retries": sum(r["retries"] for r in replies),
         "misses": sum(r["misses"] for r in replies),
-        "cpu_us": (sum(r["cpu"] for r in replies) + server_cpu) / len(lat) * 1e6,
+        "cpu_us": (client_cpu + server_cpu) / len(lat) * 1e6,
         "server_cpu_us": server_cpu / len(lat) * 1e6,
         "by_op": {},
     }
@@ -755,7 +771,12 @@ def redis_backend(base: Path, records: int, binary: str | None) -> Iterator[dict
 def run_backend(
     setup: dict[str, Any], args: argparse.Namespace, ops: int, log: Callable[[str], None]
 ) -> list[dict[str, Any]]:
-    """Every round of every workload at every client count, both sides; one row per run."""
+    """Every round of every workload at every client count, both sides; one row per run.
+
+    A run is cut into ``args.slices`` slices of the clients' plans; dhtcart and
+    raw take turns slice by slice (who goes first alternates), so that a change
+    in the machine's load hits both sides alike.
+    """
     spec = {k: v for k, v in setup.items() if k in ("backend", "store", "raw", "ports")}
     spec.update(prehash=args.prehash, idle_timeout=3600.0)
     backend = setup["backend"]
@@ -769,28 +790,28 @@ def run_backend(
         for workload in ("A", "F"):
             clients.plan(max(args.clients), workload, args.records, min(ops, 500), 7, insert_base)
             for side in ("dhtcart", "raw"):
-                clients.go(max(args.clients), side)
+                clients.go(max(args.clients), side, 0, min(ops, 500))
         for rnd in range(args.rounds):
             for wi, workload in enumerate(args.workloads):
                 for ci, count in enumerate(args.clients):
                     insert_base += count * ops
                     seed = args.seed + 7_919 * rnd + 101 * wi + ci
                     clients.plan(count, workload, args.records, ops, seed, insert_base)
-                    order = ("dhtcart", "raw") if (rnd + wi + ci) % 2 == 0 else ("raw", "dhtcart")
-                    result: dict[str, dict[str, Any]] = {}
-                    for side in order:
-                        server_cpu = server_cpu_seconds()
-                        at, replies = clients.go(count, side)
-                        server_cpu = server_cpu_seconds() - server_cpu
-                        result[side] = summarise(at, replies, server_cpu)
-                    d, r = result["dhtcart"], result["raw"]
+                    slices: dict[str, list[Slice]] = {"dhtcart": [], "raw": []}
+                    for s in range(args.slices):
+                        lo, hi = s * ops // args.slices, (s + 1) * ops // args.slices
+                        first = ("dhtcart", "raw") if (rnd + wi + ci + s) % 2 == 0 else ("raw", "dhtcart")
+                        for side in first:
+                            cpu = server_cpu_seconds()
+                            at, replies = clients.go(count, side, lo, hi)
+                            slices[side].append(Slice(at, replies, server_cpu_seconds() - cpu))
+                    d, r = summarise(slices["dhtcart"]), summarise(slices["raw"])
                     rows.append(
                         {
                             "backend": backend,
                             "round": rnd,
                             "workload": workload,
                             "clients": count,
-                            "first": order[0],
                             "dhtcart": d,
                             "raw": r,
                             "ratio": d["ops_s"] / r["ops_s"],
@@ -980,6 +1001,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ops", type=int, help="operations per client per run (default: 20,000 on LMDB, 3,000 on Redis)"
     )
     parser.add_argument("--rounds", type=int, default=5, help="rounds; figures are medians over them (default 5)")
+    parser.add_argument(
+        "--slices", type=int, default=4, help="slices per run, dhtcart and raw taking turns (default 4)"
+    )
     parser.add_argument("--prehash", action="store_true", help="make every key before the timed loop (store alone)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dir", help="where the LMDB files and Redis servers' directories go (default: a temp dir)")
@@ -989,15 +1013,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny counts, 1 and 2 clients, 2 rounds: a smoke test")
     args = parser.parse_args(argv)
     if args.quick:
-        args.records, args.rounds = 1_000, 2
+        args.records, args.rounds, args.slices = 1_000, 2, 2
         args.clients = [1, 2] if args.clients == [1, 4] else args.clients
         args.ops = args.ops or 200
     bad = [b for b in args.backends if b not in ("lmdb", "redis")]
     bad += [w for w in args.workloads if w not in WORKLOADS]
     if bad:
         parser.error(f"unknown backend or workload: {', '.join(bad)}")
-    if not (1 <= args.records <= 10_000_000 and 1 <= args.rounds <= 1_000):
-        parser.error("--records must be in 1..10,000,000 and --rounds in 1..1,000")
+    if not (1 <= args.records <= 10_000_000 and 1 <= args.rounds <= 1_000 and 1 <= args.slices <= 100):
+        parser.error("--records must be in 1..10,000,000, --rounds in 1..1,000, --slices in 1..100")
     if args.ops is not None and not 1 <= args.ops <= 10_000_000:
         parser.error("--ops must be in 1..10,000,000")
     if not all(1 <= c <= 64 for c in args.clients):
