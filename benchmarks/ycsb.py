@@ -54,21 +54,27 @@ The sides, on the same medium in the same run:
 Each operation's key is made inside its timed call, as an application would:
 dhtcart ``hash_key(f"user{n}")``, raw ``b"user%d" % n`` and its server
 ``crc32(key) % 3``. ``--prehash`` does both before the timed loop instead, to
-measure the store alone (``hash_key`` costs ~1.5 µs of the difference).
+measure the store alone (``hash_key``, SHA-1 in Python, costs about 1 µs).
 
 Method: ``--clients`` lists client counts (default 1 and 4); each client is
-its own process with its own store handle and raw handles, kept for the whole
-run. Each round runs every workload at every client count on both sides back
-to back (which side goes first alternates), each client doing ``--ops``
-operations of the same pre-drawn sequence on both sides, all clients released
-at one instant. Throughput = all clients' operations / (last client's end -
-the release); latency = every operation's own timing (``perf_counter_ns``),
-p50 and p99 over all clients. Reported: medians over ``--rounds`` rounds of
-ops/s, p50 and p99, and the median of the per-round ratios dhtcart / raw
-(ops/s), with its lowest round. Goals (issue 16): Redis store >= 0.9x raw
-redis-py on A, B and C, >= 0.8x on F; LMDB store >= 0.7x raw py-lmdb on every
-workload; a goal is met when the median ratio reaches it at every client
-count of every workload it names.
+its own process with its own store handle and raw handles, opened once and
+kept for the whole run (a warm-up of both sides comes first, unrecorded). A
+*round* runs every workload at every client count on both sides; in a run,
+every client draws ``--ops`` operations (a fixed seed per round, client and
+workload) and does that same sequence on both sides. The run is cut into
+``--slices`` slices that the two sides take in turns, who goes first
+alternating, so that a change in the machine's load hits both alike; all
+clients are released at one instant for each slice. Throughput = all
+clients' operations / the sum over slices of (the last client's end - the
+release); latency = each operation's own ``perf_counter_ns`` timing, p50 and
+p99 over every client's operations; CPU per operation = the clients' CPU time
+(``getrusage``), plus on Redis the three servers' (``INFO cpu``), over the
+operations: a figure that other jobs on the machine disturb less than
+throughput. Reported: medians over ``--rounds`` rounds of each figure, and the
+median of the rounds' ratios dhtcart / raw (ops/s) with the lowest round's.
+Goals (issue 16): Redis store >= 0.9x raw redis-py on A, B and C, >= 0.8x on
+F; LMDB store >= 0.7x raw py-lmdb on every workload. A goal is met when the
+median ratio reaches it at every client count of every workload it names.
 
 Output: a markdown table per backend and the goals, ready for
 ``docs/benchmarks.md``; ``--json FILE`` (every round's figures); ``--plot
@@ -925,35 +931,60 @@ def markdown(summary: list[dict[str, Any]], goal_rows: list[dict[str, Any]], med
     return "\n".join(lines).strip("\n")
 
 
+def goal_for(backend: str, workload: str) -> float | None:
+    """The issue's floor for dhtcart / raw on this backend and workload, if it sets one."""
+    return next((floor for names, floor in GOALS.get(backend, []) if workload in names), None)
+
+
 def plot(summary: list[dict[str, Any]], path: str, title: str) -> None:
+    """Per backend: throughput of both sides, the ratio against its goal, latency p50 and p99."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     backends = [b for b in ("lmdb", "redis") if any(m["backend"] == b for m in summary)]
-    fig, axes = plt.subplots(len(backends), 2, figsize=(13, 4.2 * len(backends)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(backends), 3, figsize=(17, 4.4 * len(backends)), squeeze=False, gridspec_kw={"width_ratios": [4, 3, 4]}
+    )
     for row, backend in enumerate(backends):
+        name = BACKEND_TITLES[backend]
         rows = [m for m in summary if m["backend"] == backend]
         labels = [f"{m['workload']}\nx{m['clients']}" for m in rows]
         xs = list(range(len(rows)))
+
         ax = axes[row][0]
         w = 0.38
         ax.bar([x - w / 2 for x in xs], [m["dhtcart_ops_s"] for m in rows], w, label="dhtcart", color="#3b75af")
         ax.bar([x + w / 2 for x in xs], [m["raw_ops_s"] for m in rows], w, label="raw", color="#b8b8b8")
-        for x, m in zip(xs, rows):
-            ax.annotate(
-                f"{m['ratio']:.2f}x",
-                (x, max(m["dhtcart_ops_s"], m["raw_ops_s"])),
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
+        ax.set_ylim(0, 1.2 * max(max(m["dhtcart_ops_s"], m["raw_ops_s"]) for m in rows))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
         ax.set_xticks(xs, labels)
-        ax.set_ylabel("ops/s (median of rounds)")
-        ax.set_title(f"{BACKEND_TITLES[backend]}: throughput, dhtcart / raw above the bars")
-        ax.legend(loc="upper left")
+        ax.set_ylabel("ops/s, all clients (median of rounds)")
+        ax.set_title(f"{name}: throughput")
+        ax.legend(loc="upper right", ncol=2, fontsize=8)
+
         ax = axes[row][1]
+        colors = []
+        for m in rows:
+            floor = goal_for(backend, m["workload"])
+            colors.append("#b8b8b8" if floor is None else "#3b875a" if m["ratio"] >= floor else "#c0504d")
+        ax.bar(xs, [m["ratio"] for m in rows], 0.6, color=colors)
+        ax.scatter(xs, [m["ratio_min"] for m in rows], marker="_", s=200, color="black", label="lowest round", zorder=3)
+        for x, m in zip(xs, rows):
+            floor = goal_for(backend, m["workload"])
+            if floor is not None:
+                ax.hlines(floor, x - 0.4, x + 0.4, colors="black", linestyles="dashed", linewidth=1)
+            ax.annotate(f"{m['ratio']:.2f}", (x, m["ratio"]), ha="center", va="bottom", fontsize=8)
+        ax.axhline(1.0, color="#888888", linewidth=0.8)
+        ax.set_ylim(0, max(1.25, 1.15 * max(m["ratio"] for m in rows)))
+        ax.set_xticks(xs, labels)
+        ax.set_ylabel("dhtcart / raw ops/s (median of rounds)")
+        ax.set_title(f"{name}: ratio; dashed = goal (green met, red not)")
+        ax.legend(loc="upper right", fontsize=8)
+
+        ax = axes[row][2]
         w = 0.2
         series = [
             ("dhtcart p50", "dhtcart_p50_us", "#3b75af", -1.5),
@@ -964,13 +995,16 @@ def plot(summary: list[dict[str, Any]], path: str, title: str) -> None:
         for label, key, color, offset in series:
             ax.bar([x + offset * w for x in xs], [m[key] for m in rows], w, label=label, color=color)
         ax.set_yscale("log")
+        low = min(min(m["dhtcart_p50_us"], m["raw_p50_us"]) for m in rows)
+        high = max(max(m["dhtcart_p99_us"], m["raw_p99_us"]) for m in rows)
+        ax.set_ylim(low / 2, high * 8)
         ax.set_xticks(xs, labels)
         ax.set_ylabel("µs per operation (median of rounds)")
-        ax.set_title(f"{BACKEND_TITLES[backend]}: latency p50 and p99")
-        ax.legend(loc="upper left", fontsize=8, ncol=2)
+        ax.set_title(f"{name}: latency p50 and p99")
+        ax.legend(loc="upper right", fontsize=8, ncol=4)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -998,7 +1032,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", type=_csv(int), default=[1, 4], help="client process counts (default 1,4)")
     parser.add_argument("--records", type=int, default=20_000, help="records loaded (default 20,000)")
     parser.add_argument(
-        "--ops", type=int, help="operations per client per run (default: 20,000 on LMDB, 3,000 on Redis)"
+        "--ops", type=int, help="operations per client per run (default: 20,000 on LMDB, 5,000 on Redis)"
     )
     parser.add_argument("--rounds", type=int, default=5, help="rounds; figures are medians over them (default 5)")
     parser.add_argument(
@@ -1029,7 +1063,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-DEFAULT_OPS = {"lmdb": 20_000, "redis": 3_000}
+DEFAULT_OPS = {"lmdb": 20_000, "redis": 5_000}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1045,6 +1079,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     media: dict[str, str] = {}
     ops_used: dict[str, int] = {}
+    backend_seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="dhtcart-ycsb-", dir=args.dir) as tmp:
         for backend in args.backends:
             ops = args.ops or DEFAULT_OPS[backend]
@@ -1061,6 +1096,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"[{backend}] loaded {args.records:,} records into each side in {time.monotonic() - t0:.1f} s")
                 media[backend] = setup["medium"]
                 rows += run_backend(setup, args, ops, log)
+            backend_seconds[backend] = time.monotonic() - t0
+            log(f"[{backend}] done in {backend_seconds[backend]:.0f} s")
     elapsed = time.time() - started
     load_end = os.getloadavg()
     summary = medians(rows)
@@ -1071,7 +1108,8 @@ def main(argv: list[str] | None = None) -> int:
         f" {platform.machine()}, Python {platform.python_version()}; {args.records:,} records of"
         f" {FIELDS} x {FIELD_SIZE} bytes; clients {', '.join(map(str, args.clients))};"
         f" operations per client per run: {', '.join(f'{b} {n:,}' for b, n in ops_used.items())};"
-        f" {args.rounds} rounds, medians; keys made {'before' if args.prehash else 'inside'} the timed calls."
+        f" {args.rounds} rounds of {args.slices} slices, medians; keys made"
+        f" {'before' if args.prehash else 'inside'} the timed calls."
     )
     print(header)
     print()
@@ -1089,6 +1127,7 @@ def main(argv: list[str] | None = None) -> int:
                     "media": media,
                     "options": {k: v for k, v in vars(args).items() if k not in ("json", "plot")},
                     "ops_per_client": ops_used,
+                    "backend_seconds": backend_seconds,
                     "workloads": {w: WORKLOADS[w].describe() for w in args.workloads},
                     "summary": summary,
                     "goals": goal_rows,
