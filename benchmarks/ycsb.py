@@ -27,10 +27,12 @@ neighbouring user ids is not an operation the store offers.)
   inserts are hot. Each client process inserts into its own range of record
   numbers and its "newest" are its own inserts, then the loaded records.
 * **Read**: the whole record (YCSB's ``readallfields=true``).
-* **Update** (A, B): YCSB's default changes one field (``writeallfields=false``).
-  A key-value store keeps the record as one value, so an update here reads
-  nothing and writes the whole 1,000-byte record, the changed field included;
-  the same on every side. **Insert** (D): a new record, written the same way.
+* **Update** (A, B): YCSB's default changes one field (``writeallfields=false``);
+  a key-value store keeps the record as one value, which cannot change in
+  part. Here an update reads nothing and writes a whole 1,000-byte record
+  (one of 64 prepared ones: its cost is that of ``writeallfields=true``), the
+  same on every side; changing one field of the stored record is what F's
+  read-modify-write does. **Insert** (D): a new record, written the same way.
 * **Read-modify-write** (F): read the record, replace one field, write it back,
   atomically. dhtcart: ``get`` then a compare-and-set ``put(...,
   expected_version=)`` retried on :class:`~dhtcart.errors.VersionConflict`;
@@ -156,7 +158,6 @@ GOALS: dict[str, list[tuple[str, float]]] = {
 
 FIELDS = 10
 FIELD_SIZE = 100
-RECORD_SIZE = FIELDS * FIELD_SIZE
 POOL = 64  # distinct records and field values the clients write (generated once, never in the timed loop)
 MAX_RETRIES = 10_000  # a read-modify-write that conflicts this often in a row is an error, not a result
 
