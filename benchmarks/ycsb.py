@@ -97,6 +97,7 @@ import random
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -328,17 +329,28 @@ def _modify(value: bytes, arg: int, fields: list[bytes]) -> bytes:
 
 
 class DhtcartSide(Side):
-    """``DHTServerStore`` get / put / compare-and-set, the key ``hash_key(f"user{n}")``."""
+    """``DHTServerStore`` get / put / compare-and-set, the key ``hash_key(f"user{n}")``.
+
+    F's read-modify-write is ``get`` then a compare-and-set ``put``, retried on
+    a conflict; with ``rmw="modify"``, ``store.modify`` (where the store has it:
+    one write transaction on LMDB, its own compare-and-set loop on Redis).
+    """
 
     name = "dhtcart"
 
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str, rmw: str = "cas") -> None:
         self.store = DHTServerStore.open(location, create=False)
+        self.rmw = rmw
 
     def run(self, plan: Plan, lo: int, hi: int, prehash: bool) -> tuple[array.array[int], int, int]:
         store = self.store
         get, put = store.get, store.put
+        modify = getattr(store, "modify", None) if self.rmw == "modify" else None
         records, fields = value_pool()
+
+        def changer(arg: int) -> Callable[[Any], bytes]:
+            return lambda rec: _modify(records[0] if rec is None else rec.value, arg, fields)
+
         codes, nums, args = plan.codes, plan.nums, plan.args
         lat = array.array("q", bytes(8 * (hi - lo)))
         keys: dict[int, int] = {i: hash_key(key_text(nums[i])) for i in range(lo, hi)} if prehash else {}
@@ -352,6 +364,8 @@ class DhtcartSide(Side):
             if op == READ:
                 if get(k) is None:
                     misses += 1
+            elif op == RMW and modify is not None:
+                modify(k, changer(arg), tries=MAX_RETRIES)
             elif op == RMW:
                 for attempt in range(MAX_RETRIES):  # noqa: B007
                     rec = get(k)
@@ -510,8 +524,8 @@ class RawRedisSide(Side):
 
 def _open_sides(spec: dict[str, Any]) -> dict[str, Side]:
     if spec["backend"] == "lmdb":
-        return {"dhtcart": DhtcartSide(spec["store"]), "raw": RawLMDBSide(spec["raw"])}
-    return {"dhtcart": DhtcartSide(spec["store"]), "raw": RawRedisSide(spec["ports"])}
+        return {"dhtcart": DhtcartSide(spec["store"], spec["rmw"]), "raw": RawLMDBSide(spec["raw"])}
+    return {"dhtcart": DhtcartSide(spec["store"], spec["rmw"]), "raw": RawRedisSide(spec["ports"])}
 
 
 def _cpu_seconds() -> float:
@@ -785,7 +799,7 @@ def run_backend(
     in the machine's load hits both sides alike.
     """
     spec = {k: v for k, v in setup.items() if k in ("backend", "store", "raw", "ports")}
-    spec.update(prehash=args.prehash, idle_timeout=3600.0)
+    spec.update(prehash=args.prehash, rmw=args.rmw, idle_timeout=3600.0)
     backend = setup["backend"]
     server_cpu_seconds: Callable[[], float] = setup.get("server_cpu", lambda: 0.0)
     timeout = max(120.0, ops * 0.02)  # per reply: 20 ms per operation is far beyond any healthy run
@@ -885,7 +899,10 @@ def goals(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
 BACKEND_TITLES = {"lmdb": "LMDB", "redis": "Redis"}
 
 
-def markdown(summary: list[dict[str, Any]], goal_rows: list[dict[str, Any]], media: dict[str, str]) -> str:
+def markdown(
+    summary: list[dict[str, Any]], goal_rows: list[dict[str, Any]], media: dict[str, str], rmw: str = "cas"
+) -> str:
+    """A markdown table per backend (medians of the rounds), whether every read hit, and the goals."""
     lines: list[str] = []
     for backend in ("lmdb", "redis"):
         rows = [m for m in summary if m["backend"] == backend]
@@ -902,9 +919,9 @@ def markdown(summary: list[dict[str, Any]], goal_rows: list[dict[str, Any]], med
         for m in rows:
             retries = ""
             if m["workload"] == "F":
-                retries = f" (CAS retries {m['dhtcart_retries']:,} / WATCH retries {m['raw_retries']:,})"
-                if backend == "lmdb":
-                    retries = f" (CAS retries {m['dhtcart_retries']:,})"
+                ours = "store.modify" if rmw == "modify" else f"CAS retries {m['dhtcart_retries']:,}"
+                theirs = f" / WATCH retries {m['raw_retries']:,}" if backend == "redis" else ""
+                retries = f" ({ours}{theirs})"
             lines.append(
                 f"| {m['workload']}{retries} | {m['clients']} | {m['dhtcart_ops_s']:,.0f} | {m['raw_ops_s']:,.0f}"
                 f" | {m['ratio']:.2f}x ({m['ratio_min']:.2f}x)"
@@ -1040,6 +1057,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--slices", type=int, default=4, help="slices per run, dhtcart and raw taking turns (default 4)"
     )
     parser.add_argument("--prehash", action="store_true", help="make every key before the timed loop (store alone)")
+    parser.add_argument(
+        "--rmw",
+        choices=("cas", "modify"),
+        default="cas",
+        help="dhtcart's read-modify-write in F: get + compare-and-set retried (default), or store.modify",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dir", help="where the LMDB files and Redis servers' directories go (default: a temp dir)")
     parser.add_argument("--binary", help="Redis server binary (default: as tests/redis_server.py finds one)")
@@ -1059,9 +1082,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--records must be in 1..10,000,000, --rounds in 1..1,000, --slices in 1..100")
     if args.ops is not None and not 1 <= args.ops <= 10_000_000:
         parser.error("--ops must be in 1..10,000,000")
+    if args.rmw == "modify" and not hasattr(DHTServerStore, "modify"):
+        parser.error("--rmw modify: this dhtcart's store has no modify()")
     if not all(1 <= c <= 64 for c in args.clients):
         parser.error("--clients must be in 1..64")
     return args
+
+
+def dhtcart_revision() -> str:
+    """Which ``dhtcart/`` was measured: the last commit that changed it, and whether its files differ."""
+    package = str(Path(str(sys.modules["dhtcart"].__file__)).parent)
+    try:
+        head = subprocess.run(
+            ["git", "-C", package, "log", "-1", "--format=%h", "--", "."], capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "-C", package, "status", "--porcelain", "--", "."], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "at an unknown commit"
+    if head.returncode != 0 or not head.stdout.strip():
+        return "at an unknown commit (not a git checkout)"
+    return f"as of commit {head.stdout.strip()}" + (" with uncommitted changes" if dirty.stdout.strip() else "")
 
 
 DEFAULT_OPS = {"lmdb": 20_000, "redis": 5_000}
@@ -1101,6 +1143,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"[{backend}] done in {backend_seconds[backend]:.0f} s")
     elapsed = time.time() - started
     load_end = os.getloadavg()
+    revision = dhtcart_revision()
     summary = medians(rows)
     goal_rows = goals(summary)
     header = (
@@ -1110,11 +1153,11 @@ def main(argv: list[str] | None = None) -> int:
         f" {FIELDS} x {FIELD_SIZE} bytes; clients {', '.join(map(str, args.clients))};"
         f" operations per client per run: {', '.join(f'{b} {n:,}' for b, n in ops_used.items())};"
         f" {args.rounds} rounds of {args.slices} slices, medians; keys made"
-        f" {'before' if args.prehash else 'inside'} the timed calls."
+        f" {'before' if args.prehash else 'inside'} the timed calls; dhtcart {revision}."
     )
     print(header)
     print()
-    print(markdown(summary, goal_rows, media))
+    print(markdown(summary, goal_rows, media, args.rmw))
     if args.json:
         Path(args.json).write_text(
             json.dumps(
@@ -1127,6 +1170,7 @@ def main(argv: list[str] | None = None) -> int:
                     "cpus": os.cpu_count(),
                     "media": media,
                     "options": {k: v for k, v in vars(args).items() if k not in ("json", "plot")},
+                    "dhtcart": revision,
                     "ops_per_client": ops_used,
                     "backend_seconds": backend_seconds,
                     "workloads": {w: WORKLOADS[w].describe() for w in args.workloads},
