@@ -242,6 +242,13 @@ class Plan:
     codes: bytes  # READ / UPDATE / INSERT / RMW per operation
     nums: array.array[int]  # record number per operation
     args: array.array[int]  # UPDATE/INSERT: index of the record written; RMW: field * 64 + index of its new value
+    # --prehash: each operation's keys made in advance (dhtcart's; raw's, and its server or environment)
+    dht_keys: list[int] | None = None
+    raw_keys: list[tuple[bytes, int]] | None = None
+
+    def prehash(self, shards: int = 3) -> None:
+        self.dht_keys = [hash_key(key_text(n)) for n in self.nums]
+        self.raw_keys = [(raw_key(n), zlib.crc32(raw_key(n)) % shards) for n in self.nums]
 
 
 def make_plan(workload: Workload, records: int, ops: int, seed: int, insert_base: int) -> Plan:
@@ -313,7 +320,7 @@ class Side:
 
     name: str
 
-    def run(self, plan: Plan, lo: int, hi: int, prehash: bool) -> tuple[array.array[int], int, int]:
+    def run(self, plan: Plan, lo: int, hi: int) -> tuple[array.array[int], int, int]:
         """Do operations ``lo`` to ``hi - 1`` of ``plan``; return each one's nanoseconds, F's retries,
         and the reads that found no record (there should be none: every key read was loaded or
         inserted before)."""
@@ -342,7 +349,7 @@ class DhtcartSide(Side):
         self.store = DHTServerStore.open(location, create=False)
         self.rmw = rmw
 
-    def run(self, plan: Plan, lo: int, hi: int, prehash: bool) -> tuple[array.array[int], int, int]:
+    def run(self, plan: Plan, lo: int, hi: int) -> tuple[array.array[int], int, int]:
         store = self.store
         get, put = store.get, store.put
         modify = getattr(store, "modify", None) if self.rmw == "modify" else None
@@ -353,14 +360,14 @@ class DhtcartSide(Side):
 
         codes, nums, args = plan.codes, plan.nums, plan.args
         lat = array.array("q", bytes(8 * (hi - lo)))
-        keys: dict[int, int] = {i: hash_key(key_text(nums[i])) for i in range(lo, hi)} if prehash else {}
+        keys = plan.dht_keys
         clock = time.perf_counter_ns
         retries = misses = 0
         for i in range(lo, hi):
             op = codes[i]
             arg = args[i]
             t0 = clock()
-            k = keys[i] if prehash else hash_key(f"user{nums[i]}")
+            k = keys[i] if keys is not None else hash_key(f"user{nums[i]}")
             if op == READ:
                 if get(k) is None:
                     misses += 1
@@ -412,24 +419,23 @@ class RawLMDBSide(Side):
     def __init__(self, paths: list[str]) -> None:
         self.envs = [open_raw_lmdb(p) for p in paths]
 
-    def run(self, plan: Plan, lo: int, hi: int, prehash: bool) -> tuple[array.array[int], int, int]:
+    def run(self, plan: Plan, lo: int, hi: int) -> tuple[array.array[int], int, int]:
         envs = self.envs
         count = len(envs)
         crc32 = zlib.crc32
         records, fields = value_pool()
         codes, nums, args = plan.codes, plan.nums, plan.args
         lat = array.array("q", bytes(8 * (hi - lo)))
-        pre: dict[int, tuple[bytes, Any]] = {}
-        if prehash:
-            pre = {i: (raw_key(nums[i]), envs[crc32(raw_key(nums[i])) % count]) for i in range(lo, hi)}
+        pre = plan.raw_keys
         clock = time.perf_counter_ns
         misses = 0
         for i in range(lo, hi):
             op = codes[i]
             arg = args[i]
             t0 = clock()
-            if prehash:
-                key, env = pre[i]
+            if pre is not None:
+                key, slot = pre[i]
+                env = envs[slot]
             else:
                 key = b"user%d" % nums[i]
                 env = envs[crc32(key) % count]
@@ -465,7 +471,7 @@ class RawRedisSide(Side):
 
         self.clients = [redis.Redis(host="127.0.0.1", port=p) for p in ports]
 
-    def run(self, plan: Plan, lo: int, hi: int, prehash: bool) -> tuple[array.array[int], int, int]:
+    def run(self, plan: Plan, lo: int, hi: int) -> tuple[array.array[int], int, int]:
         from redis.exceptions import WatchError
 
         clients = self.clients
@@ -474,17 +480,16 @@ class RawRedisSide(Side):
         records, fields = value_pool()
         codes, nums, args = plan.codes, plan.nums, plan.args
         lat = array.array("q", bytes(8 * (hi - lo)))
-        pre: dict[int, tuple[bytes, Any]] = {}
-        if prehash:
-            pre = {i: (raw_key(nums[i]), clients[crc32(raw_key(nums[i])) % count]) for i in range(lo, hi)}
+        pre = plan.raw_keys
         clock = time.perf_counter_ns
         retries = misses = 0
         for i in range(lo, hi):
             op = codes[i]
             arg = args[i]
             t0 = clock()
-            if prehash:
-                key, client = pre[i]
+            if pre is not None:
+                key, slot = pre[i]
+                client = clients[slot]
             else:
                 key = b"user%d" % nums[i]
                 client = clients[crc32(key) % count]
@@ -553,6 +558,8 @@ def client_main(conn: Connection, spec: dict[str, Any]) -> None:
                 plan = make_plan(
                     WORKLOADS[msg["workload"]], msg["records"], msg["ops"], msg["seed"], msg["insert_base"]
                 )
+                if spec["prehash"]:
+                    plan.prehash()
                 conn.send({"ok": True})
             elif msg["cmd"] == "go":
                 assert plan is not None
@@ -562,7 +569,7 @@ def client_main(conn: Connection, spec: dict[str, Any]) -> None:
                 start = time.monotonic_ns()
                 cpu = _cpu_seconds()
                 lo, hi = msg["slice"]
-                lat, retries, misses = sides[msg["side"]].run(plan, lo, hi, spec["prehash"])
+                lat, retries, misses = sides[msg["side"]].run(plan, lo, hi)
                 cpu = _cpu_seconds() - cpu
                 end = time.monotonic_ns()
                 conn.send(
