@@ -1,6 +1,6 @@
 """YCSB core workloads A, B, C, D and F on dhtcart's stores, each beside the raw library in the same run.
 
-    python benchmarks/ycsb.py                      # LMDB and Redis, 1 and 4 clients, 5 rounds
+    python benchmarks/ycsb.py                      # LMDB and Redis, 1 and 4 clients, 5 rounds: ~4-5 min on 2 CPUs
     python benchmarks/ycsb.py --quick              # tiny counts: a smoke test
     python benchmarks/ycsb.py --backends lmdb --clients 1,2,4 --rounds 9 --json ycsb.json --plot ycsb.png
 
