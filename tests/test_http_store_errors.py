@@ -52,6 +52,11 @@ class FullableBackend(MemoryBackend):
             raise ShardFull(self.name, "/srv/dhtcart/shards/" + self.name, "no space left on device")
         return super().put(key, value, expected_version)
 
+    def modify(self, key: int, change: Any, tries: int = 1) -> Any:  # the cart's writes
+        if self.full:
+            raise ShardFull(self.name, "/srv/dhtcart/shards/" + self.name, "no space left on device")
+        return super().modify(key, change, tries)
+
 
 def _error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert r.status_code == status, r.text
@@ -121,6 +126,11 @@ def test_a_read_only_store_answers_503() -> None:
             if self.read_only:
                 raise StoreReadOnly("the store's directory is mounted read-only")
             return super().put(key, value, expected_version)
+
+        def modify(self, key: int, change: Any, *, tries: int = 1) -> Any:  # the cart's writes
+            if self.read_only:
+                raise StoreReadOnly("the store's directory is mounted read-only")
+            return super().modify(key, change, tries=tries)
 
     store = ReadOnly(shards=2)
     CartService(store).add_item("ro", "a", "1")

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from dhtcart.backends import Backend, open_backend
 from dhtcart.backends.fencing import FencedBackend
 from dhtcart.backends.memory import MemoryBackend
+from dhtcart.backends.unreachable import UnreachableBackend
 from dhtcart.backends.ownership import BACKUP, NOT_OWNED, SERVED, Ownership, Segments, peer_id
 from dhtcart.checks import check_shard_name
 from dhtcart.errors import (
@@ -381,8 +382,8 @@ class Coordinator:
             opened: Backend | None = None
             try:
                 backend: Backend | None = store._retiring(name)
-                if backend is None:
-                    backend = opened = open_backend(url, context=store._context(name))
+                if backend is None or isinstance(backend, UnreachableBackend):  # try its medium afresh
+                    backend = opened = open_backend(url, context=store._context(name, create=True))
                 if not isinstance(backend, FencedBackend):  # pragma: no cover - a store's shards are fenced
                     raise InvalidInput("backend", f"shard {name!r} is not a fenced backend")
                 backend.update_ownership(lease.token, doc.epoch)  # fenced: refused if a newer rebalancer came

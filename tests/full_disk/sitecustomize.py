@@ -19,8 +19,9 @@ if _FLAG:
     from dhtcart.errors import ShardFull
 
     _real_put = LMDBBackend.put
+    _real_modify = LMDBBackend.modify
 
-    def _put(self: LMDBBackend, key: int, value: bytes, expected_version: int | None = None) -> int:
+    def _fault(self: LMDBBackend) -> None:
         try:
             with open(_FLAG) as f:
                 mode = f.read().strip()
@@ -30,6 +31,14 @@ if _FLAG:
             raise ShardFull(os.path.basename(self.path), self.url, "MDB_MAP_FULL: no space left on device (simulated)")
         if mode == "bug":
             raise RuntimeError("a medium exception that escaped the backend (simulated)")
+
+    def _put(self: LMDBBackend, key: int, value: bytes, expected_version: int | None = None) -> int:
+        _fault(self)
         return _real_put(self, key, value, expected_version)
 
+    def _modify(self: LMDBBackend, key: int, change: object, tries: int = 1) -> object:  # the cart's writes
+        _fault(self)
+        return _real_modify(self, key, change, tries)  # type: ignore[arg-type]
+
     LMDBBackend.put = _put  # type: ignore[method-assign]
+    LMDBBackend.modify = _modify  # type: ignore[assignment, method-assign]
