@@ -34,7 +34,8 @@ if _ROOT not in sys.path:  # tests.redis_server, whatever pytest's import mode
 from dhtcart import DHTServerStore, hash_key  # noqa: E402
 from dhtcart.backends import open_backend  # noqa: E402
 from dhtcart.backends.base import BackendContext, Record  # noqa: E402
-from dhtcart.backends.ownership import Ownership, Segments  # noqa: E402
+from dhtcart.backends.fencing import Pending  # noqa: E402
+from dhtcart.backends.ownership import BACKUP, Ownership, Segments  # noqa: E402
 from dhtcart.errors import (  # noqa: E402
     CorruptData,
     DHTCartError,
@@ -373,6 +374,16 @@ def test_a_full_server_is_shard_full_for_the_backend_the_store_and_the_membershi
 # -- scripts the server forgot ---------------------------------------------------------------------------
 
 
+def _as_backup(b: RedisBackend, call: Callable[[], object]) -> None:
+    """Run ``call`` while ``b`` keeps every key as a backup of ``x@1``, then give it back its record."""
+    before = b.ownership()
+    b.claim(Ownership(before.epoch, before.token, Segments.all(BACKUP, "x@1")), force=True)
+    try:
+        call()
+    finally:
+        b.claim(before, force=True)
+
+
 def test_noscript_after_script_flush_just_works_for_every_script(server: RedisServer, raw: redis.Redis) -> None:
     """Every script of the table, and the membership's, run after ``SCRIPT FLUSH`` as if nothing happened;
     none is ever sent in full (``EVAL``): each call is one ``EVALSHA``, reloaded only on ``NOSCRIPT``."""
@@ -385,6 +396,13 @@ def test_noscript_after_script_flush_just_works_for_every_script(server: RedisSe
         "get": lambda: b.get(1),
         "delete": lambda: b.delete(1, expected_version=1),
         "ranges": lambda: b.import_ranges(1, [(100, 200)], [(150, Record(4, b"c"))]),
+        # replication (the record is switched to a primary with a backup, and back, around them)
+        "renew": lambda: b.renew_lease(1, 4e9),
+        "decide": lambda: b.decide(2, b"p"),
+        "pending": lambda: b.pending(2),
+        "commit": lambda: b.commit(2, 1),
+        "apply": lambda: _as_backup(b, lambda: b.apply("x@1", Pending(3, 0, 1, b"b"))),
+        "repair": lambda: b.repair_records(1, [(4, Record(1, b"r"))]),
     }
     assert set(calls) == set(SCRIPTS), "a script of the table is not exercised here"
     stats = _commandstats(raw)
@@ -392,7 +410,8 @@ def test_noscript_after_script_flush_just_works_for_every_script(server: RedisSe
         raw.script_flush()
         call()
         assert b.get(1) in (None, Record(1, b"a")), name
-    assert b.get(1) is None and b.count() == 1
+    assert b.get(1) is None and b.count() == 4  # 150 imported, 2 committed, 3 applied, 4 repaired
+    assert b.get(2) == Record(1, b"p") and b.pending(2) is None
     doc = _doc()
     raw.script_flush()
     assert m.create(doc) == doc

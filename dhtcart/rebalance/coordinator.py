@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 from dhtcart.backends import Backend, open_backend
 from dhtcart.backends.fencing import FencedBackend
 from dhtcart.backends.memory import MemoryBackend
-from dhtcart.backends.unreachable import UnreachableBackend
 from dhtcart.backends.ownership import BACKUP, NOT_OWNED, SERVED, Ownership, Segments, peer_id
+from dhtcart.backends.unreachable import UnreachableBackend
 from dhtcart.checks import check_shard_name
 from dhtcart.errors import (
     InvalidInput,

@@ -41,11 +41,11 @@ from typing import Any, NoReturn, cast
 
 from dhtcart.backends.base import BackendContext, Record, check_expected
 from dhtcart.backends.fencing import Change, FencedBackend, Pending, apply_changes
-from dhtcart.backends.ownership import STATES, Ownership, Segments
+from dhtcart.backends.ownership import BACKUP, STATES, Ownership, Segments
 from dhtcart.backends.redis.connection import DEFAULT_PREFIX, DEFAULT_TIMEOUT, RedisConnection, RedisTarget
 from dhtcart.backends.redis.scripts import SCRIPTS
 from dhtcart.checks import check_seconds
-from dhtcart.errors import CorruptData, LeaseLost, Moved
+from dhtcart.errors import CorruptData, LeaseExpired, LeaseLost, Moved, WriteInFlight
 
 __all__ = ["RedisBackend"]
 
@@ -176,6 +176,8 @@ class RedisBackend(FencedBackend):
         self._index = pfx + b"idx"
         self._own = pfx + b"own"
         self._own_meta = pfx + b"own:meta"
+        self._pending_prefix = pfx + b"p:"  # a primary's pending replicated writes
+        self._pidx = pfx + b"pidx"  # their members, for range scans
         self._own_cache: tuple[int, Ownership] = (-1, Ownership.nothing())
 
     # -- opening -----------------------------------------------------------------
@@ -265,6 +267,8 @@ class RedisBackend(FencedBackend):
             return None
         if type(reply) is bytes:
             return _decode(self.name, key, reply)
+        if reply[0] == -2:
+            raise LeaseExpired(key, int(reply[1]), reply[2].decode())
         self._moved(key, reply)
 
     def put(self, key: int, value: bytes, expected_version: int | None = None) -> int:
@@ -353,13 +357,13 @@ class RedisBackend(FencedBackend):
         if gen == cached_gen:
             return gen, cached
         pipe = client.pipeline(transaction=True)
-        pipe.hmget(self._own_meta, "gen", "token", "epoch")
+        pipe.hmget(self._own_meta, "gen", "token", "epoch", "leased")
         pipe.zrange(self._own, 0, -1)
-        (g, token, epoch), members = call(pipe.execute)
+        (g, token, epoch, leased), members = call(pipe.execute)
         gen = self._counter("gen", g)
         if members:
             segments = _parse_segments(self.name, members)
-            own = Ownership(self._counter("epoch", epoch), self._counter("token", token), segments)
+            own = Ownership(self._counter("epoch", epoch), self._counter("token", token), segments, leased == b"1")
         else:
             own = Ownership.nothing()
         self._own_cache = (gen, own)
@@ -392,6 +396,7 @@ class RedisBackend(FencedBackend):
             str(token),
             str(new.epoch),
             "1" if force else "",
+            "1" if new.leased else "0",
             *removes,
             *adds,
         ]
@@ -406,8 +411,6 @@ class RedisBackend(FencedBackend):
         *,
         leased: bool | None = None,
     ) -> Ownership:
-        if leased:
-            raise NotImplementedError("replicated stores on Redis shards are not built yet")
         for _ in range(32):
             gen, current = self._read_ownership()
             new = apply_changes(current, token, epoch, changes, expect, leased)
@@ -440,9 +443,10 @@ class RedisBackend(FencedBackend):
             for lo, hi in ranges:
                 own.check_unserved(lo, hi, what)
             args: list[bytes | str] = [str(gen), str(token), self._record_prefix, mode, str(len(ranges))]
+            args.append(self._pending_prefix)
             args += bounds
             args += pairs
-            reply = self._script("ranges", (self._index, self._own_meta), args, wrote=True)
+            reply = self._script("ranges", (self._index, self._own_meta, self._pidx), args, wrote=True)
             if reply[0] == -2:  # checked in the server too: the cached record may be older than the shard
                 raise LeaseLost(f"shard {self.name!r} has seen rebalancer token {reply[1]}, newer than {token}")
             if reply[0] != -1:
@@ -489,33 +493,90 @@ class RedisBackend(FencedBackend):
             return int(found[0], 16), n
         return hi, int(call(client.zlexcount, self._index, low, high))
 
-    # -- replicated writes: not yet on Redis (issue 13, in progress) --------------------
+    # -- replicated writes and leases (docs/replication.md) -------------------------------
+
+    def _pending_keys(self, member: bytes) -> tuple[bytes, bytes]:
+        return self._pending_prefix + member, self._pidx
 
     def decide(self, key: int, value: bytes | None, expected_version: int | None = None) -> Pending:
-        raise NotImplementedError("replicated writes on Redis shards are not built yet")
+        """Decide a replicated write on this primary: one script, atomic with the ownership check."""
+        member = _member(key)
+        expected = "" if expected_version is None else str(int(expected_version))
+        keys = (self._record_prefix + member, self._own, self._own_meta, *self._pending_keys(member))
+        args = (member, value if value is not None else b"", expected, "1" if value is None else "")
+        reply = self._script("decide", keys, args, wrote=True)
+        status = reply[0]
+        if status == 1:
+            return Pending(key, int(reply[1]), int(reply[2]), value, reply[3].decode())
+        if status == 2:
+            return Pending(key, 0, 0, None, reply[3].decode())
+        if status == 0:
+            _conflict(key, expected_version, int(reply[1]))
+        if status == -3:
+            raise WriteInFlight(key, self._decode_pending(key, reply[1], reply[2]))
+        self._moved(key, reply)
+
+    def _decode_pending(self, key: int, raw: bytes, backups: bytes | str) -> Pending:
+        try:
+            return Pending.decode(key, raw, backups.decode() if isinstance(backups, bytes) else backups)
+        except CorruptData as exc:
+            raise CorruptData(f"shard {self.name!r}: {exc}") from None
 
     def pending(self, key: int) -> Pending | None:
-        raise NotImplementedError("replicated writes on Redis shards are not built yet")
+        member = _member(key)
+        raw, backups = self._script("pending", (self._own, self._pending_prefix + member), (member,), wrote=False)
+        return None if not raw else self._decode_pending(key, raw, backups)
 
     def scan_pending(self, lo: int, hi: int) -> list[Pending]:
-        return []
+        call, client = self.connection.call, self.connection.client
+        low, high = _lex_range(lo, hi)
+        members: list[bytes] = call(client.zrangebylex, self._pidx, low, high)
+        if not members:
+            return []
+        raws: list[bytes | None] = call(client.mget, [self._pending_prefix + m for m in members])
+        own = self.ownership()
+        out = []
+        for member, raw in zip(members, raws, strict=True):
+            if raw is None:
+                continue  # committed meanwhile
+            key = int(member, 16)
+            state, peer = own.segments.lookup(key)
+            out.append(self._decode_pending(key, raw, "" if state == BACKUP else peer))
+        return out
 
     def commit(self, key: int, version: int) -> bool:
-        raise NotImplementedError("replicated writes on Redis shards are not built yet")
+        member = _member(key)
+        keys = (self._record_prefix + member, self._index, *self._pending_keys(member))
+        return bool(self._script("commit", keys, (member, str(version)), wrote=True) == 1)
 
     def apply(self, primary: str, pending: Pending) -> None:
-        raise NotImplementedError("replicated writes on Redis shards are not built yet")
+        member = _member(pending.key)
+        keys = (self._record_prefix + member, self._index, self._own, self._own_meta)
+        delete = pending.value is None
+        args = (member, primary, str(pending.prev), str(pending.version), pending.value or b"", "1" if delete else "")
+        reply = self._script("apply", keys, args, wrote=True)
+        if reply != 1:
+            self._moved(pending.key, reply)
 
     def repair_records(self, token: int, records: Sequence[tuple[int, Record]]) -> int:
-        raise NotImplementedError("replicated writes on Redis shards are not built yet")
+        written = 0
+        for start in range(0, len(records), _IMPORT_BATCH):
+            args: list[bytes | str] = [str(token), self._record_prefix]
+            for key, rec in records[start : start + _IMPORT_BATCH]:
+                args += (_member(key), int(rec.version).to_bytes(8, "big") + bytes(rec.value))
+            reply = self._script("repair", (self._index, self._own_meta), args, wrote=True)
+            if isinstance(reply, list):
+                raise LeaseLost(f"shard {self.name!r} has seen rebalancer token {reply[1]}, newer than {token}")
+            written += int(reply)
+        return written
 
     def renew_lease(self, epoch: int, until: float) -> float:
-        return 0.0
+        reply = self._script("renew", (self._own_meta,), (str(epoch), str(int(until * 1000))), wrote=True)
+        return int(reply) / 1000
 
     def lease(self) -> float:
-        return 0.0
-
-    # -- faults, closing, destroying ------------------------------------------------------
+        raw = self.connection.call(self.connection.client.hget, self._own_meta, "lease")
+        return self._counter("lease", raw) / 1000
 
     def pause(self, seconds: float) -> None:
         """Pause every client of the server for ``seconds`` (``CLIENT PAUSE ... ALL``).
@@ -558,7 +619,9 @@ class RedisBackend(FencedBackend):
         pattern = _glob_escape(self._record_prefix) + b"*"
         for chunk in _chunks(client.scan_iter(match=pattern, count=1000), 1000):
             client.delete(*chunk)
-        client.delete(self._index, self._own, self._own_meta)
+        for chunk in _chunks(client.scan_iter(match=_glob_escape(self._pending_prefix) + b"*", count=1000), 1000):
+            client.delete(*chunk)
+        client.delete(self._index, self._own, self._own_meta, self._pidx)
         self._own_cache = (-1, Ownership.nothing())
 
     def __repr__(self) -> str:

@@ -33,7 +33,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-__all__ = ["DELETE", "FENCE", "GET", "PUT", "RANGES", "SCRIPTS", "SET_OWNERSHIP"]
+__all__ = [
+    "APPLY",
+    "COMMIT",
+    "DECIDE",
+    "DELETE",
+    "FENCE",
+    "GET",
+    "PENDING",
+    "PUT",
+    "RANGES",
+    "RENEW",
+    "REPAIR",
+    "SCRIPTS",
+    "SET_OWNERSHIP",
+]
 
 #: Not a script: the ownership check that :data:`PUT` and :data:`DELETE` start with.
 #: ``KEYS[3]`` is the ownership set, ``KEYS[4]`` its hash. ``refused(member, write)``
@@ -50,21 +64,6 @@ local function refused(member, write)
   if state == 'o' or (state == 'f' and not write) then return false end
   return {-1, tonumber(redis.call('HGET', KEYS[4], 'epoch') or '0'), state, peer}
 end
-"""
-
-#: A fenced read. ``KEYS[1]`` record, ``KEYS[2]`` ownership set (its hash is
-#: ``KEYS[2] .. ':meta'``); ``ARGV[1]`` the key's member. Replies the raw record,
-#: nil when absent, or the redirect. (The shortest script of all: a fenced get
-#: should cost little more than a ``GET``.)
-GET = """
-local seg = redis.call('ZRANGEBYLEX', KEYS[2], '[' .. ARGV[1], '+', 'LIMIT', 0, 1)[1]
-local state, peer = '-', ''
-if seg then
-  state = string.sub(seg, 18, 18)
-  if state == 'o' or state == 'f' then return redis.call('GET', KEYS[1]) end
-  peer = string.sub(seg, 20)
-end
-return {-1, tonumber(redis.call('HGET', KEYS[2] .. ':meta', 'epoch') or '0'), state, peer}
 """
 
 #: A put or compare-and-set. ``KEYS[1]`` record, ``KEYS[2]`` index (fenced: ``KEYS[3]``,
@@ -119,8 +118,9 @@ return {1, current}
 #: An ownership change. ``KEYS[1]`` ownership set, ``KEYS[2]`` its hash (``gen``,
 #: ``token``, ``epoch``); ``ARGV[1]`` the generation the caller computed from (``""``
 #: for a claim: any), ``ARGV[2]`` token, ``ARGV[3]`` epoch, ``ARGV[4]`` ``"1"`` to skip
-#: the token check (a store claiming shards it alone owns), ``ARGV[5]`` how many members
-#: to remove (``"all"``: every member), then the members to remove, then those to add.
+#: the token check (a store claiming shards it alone owns), ``ARGV[5]`` ``"1"``/``"0"``
+#: whether the record is leased (``""``: unchanged), ``ARGV[6]`` how many members to
+#: remove (``"all"``: every member), then the members to remove, then those to add.
 #: Replies ``{1, gen}`` done; ``{0, gen}`` the record changed meanwhile (recompute);
 #: ``{-1, token}`` a newer token was seen. Only ``{1, gen}`` changed anything.
 SET_OWNERSHIP = """
@@ -129,24 +129,27 @@ local gen = tonumber(meta[1] or '0')
 local token = tonumber(meta[2] or '0')
 if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= gen then return {0, gen} end
 if ARGV[4] ~= '1' and tonumber(ARGV[2]) < token then return {-1, token} end
-local first = 6
-if ARGV[5] == 'all' then
+local first = 7
+if ARGV[6] == 'all' then
   redis.call('DEL', KEYS[1])
 else
-  local n = tonumber(ARGV[5])
-  for i = 6, 5 + n do redis.call('ZREM', KEYS[1], ARGV[i]) end
-  first = 6 + n
+  local n = tonumber(ARGV[6])
+  for i = 7, 6 + n do redis.call('ZREM', KEYS[1], ARGV[i]) end
+  first = 7 + n
 end
 for i = first, #ARGV do redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
 redis.call('HSET', KEYS[2], 'gen', gen + 1, 'token', ARGV[2], 'epoch', ARGV[3])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'leased', ARGV[5]) end
 return {1, gen + 1}
 """
 
 #: A migration's copy or drop of whole ranges. ``KEYS[1]`` index, ``KEYS[2]``
-#: ownership hash; ``ARGV[1]`` the generation the caller checked the ranges against,
-#: ``ARGV[2]`` its token, ``ARGV[3]`` the record-key prefix, ``ARGV[4]`` ``"drop"``,
-#: ``"import"`` or ``"add"``, ``ARGV[5]`` how many ranges, then their ``ZRANGEBYLEX``
-#: bounds (two each), then member, record pairs to write. ``"drop"`` deletes up to
+#: ownership hash, ``KEYS[3]`` the pending-write index; ``ARGV[1]`` the generation the
+#: caller checked the ranges against, ``ARGV[2]`` its token, ``ARGV[3]`` the record-key
+#: prefix, ``ARGV[4]`` ``"drop"``, ``"import"`` or ``"add"``, ``ARGV[5]`` how many
+#: ranges, ``ARGV[6]`` the pending-write key prefix, then the ranges' ``ZRANGEBYLEX``
+#: bounds (two each), then member, record pairs to write. A drop or import also
+#: forgets the pending writes of the ranges. ``"drop"`` deletes up to
 #: 1,000 records of the ranges (call again while it answers 1,000); ``"import"``
 #: deletes all of them, then writes the pairs; ``"add"`` only writes them (the next
 #: part of one import). Replies ``{deleted, written}``; ``{-1, 0}`` when the ownership
@@ -162,7 +165,11 @@ local drop = mode == 'drop'
 local gone = 0
 if mode ~= 'add' then
   for r = 0, nranges - 1 do
-    local low, high = ARGV[6 + 2 * r], ARGV[7 + 2 * r]
+    local low, high = ARGV[7 + 2 * r], ARGV[8 + 2 * r]
+    for _, m in ipairs(redis.call('ZRANGEBYLEX', KEYS[3], low, high)) do
+      redis.call('DEL', ARGV[6] .. m)
+      redis.call('ZREM', KEYS[3], m)
+    end
     while true do
       local members = redis.call('ZRANGEBYLEX', KEYS[1], low, high, 'LIMIT', 0, 1000 - (drop and gone or 0))
       if #members == 0 then break end
@@ -176,13 +183,182 @@ if mode ~= 'add' then
   end
 end
 local written = 0
-for i = 6 + 2 * nranges, #ARGV, 2 do
+for i = 7 + 2 * nranges, #ARGV, 2 do
   redis.call('SET', ARGV[3] .. ARGV[i], ARGV[i + 1])
   redis.call('ZADD', KEYS[1], 0, ARGV[i])
   written = written + 1
 end
 return {gone, written}
 """
+
+# -- replication (docs/replication.md) --------------------------------------------------------
+
+#: The lease check of a fenced read, for a range with copies (a primary, or a frozen primary
+#: with backups): ``KEYS[2] .. ':meta'`` holds ``lease`` (milliseconds since the Unix epoch).
+#: The server's own clock (``TIME``) is the one compared. Replies nil when the lease runs.
+_LEASED = """
+local function expired()
+  local lease = tonumber(redis.call('HGET', KEYS[2] .. ':meta', 'lease') or '0')
+  local now = redis.call('TIME')
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) >= lease
+end
+"""
+
+#: A fenced read, replicated stores included. ``KEYS`` and ``ARGV`` as for :data:`GET`.
+#: Replies the raw record (nil when absent); the redirect ``{-1, epoch, state, peer}``;
+#: or ``{-2, epoch, state}`` when the range has copies and this shard's lease to serve
+#: reads does not run (the backend raises :class:`~dhtcart.errors.LeaseExpired`).
+GET = (
+    _LEASED
+    + """
+local seg = redis.call('ZRANGEBYLEX', KEYS[2], '[' .. ARGV[1], '+', 'LIMIT', 0, 1)[1]
+local state, peer = '-', ''
+if seg then
+  state = string.sub(seg, 18, 18)
+  peer = string.sub(seg, 20)
+  if state == 'o' or ((state == 'f' or state == 'p') and (peer == '' or not expired())) then
+    return redis.call('GET', KEYS[1])
+  end
+  if state == 'p' or state == 'f' then
+    return {-2, tonumber(redis.call('HGET', KEYS[2] .. ':meta', 'epoch') or '0'), state}
+  end
+end
+return {-1, tonumber(redis.call('HGET', KEYS[2] .. ':meta', 'epoch') or '0'), state, peer}
+"""
+)
+
+#: A primary decides a replicated write. ``KEYS[1]`` record, ``KEYS[2]`` ownership set,
+#: ``KEYS[3]`` its hash, ``KEYS[4]`` the pending write's key, ``KEYS[5]`` the pending index;
+#: ``ARGV[1]`` member, ``ARGV[2]`` value, ``ARGV[3]`` expected version (``""``: unconditional),
+#: ``ARGV[4]`` ``"1"`` for a delete. Replies ``{1, prev, version, backups}`` (recorded pending:
+#: prev and version as 8 bytes each, a flag byte, the value); ``{2, 0, 0, backups}`` a delete of
+#: an absent key (nothing recorded); ``{0, current}`` the compare-and-set failed; ``{-3, raw,
+#: backups}`` a write of the key is already pending (nothing changed); or the redirect.
+DECIDE = """
+local seg = redis.call('ZRANGEBYLEX', KEYS[2], '[' .. ARGV[1], '+', 'LIMIT', 0, 1)[1]
+local state, peer = '-', ''
+if seg then
+  state = string.sub(seg, 18, 18)
+  peer = string.sub(seg, 20)
+end
+if state ~= 'o' and state ~= 'p' then
+  return {-1, tonumber(redis.call('HGET', KEYS[3], 'epoch') or '0'), state, peer}
+end
+local backups = ''
+if state == 'p' then backups = peer end
+local waiting = redis.call('GET', KEYS[4])
+if waiting then return {-3, waiting, backups} end
+local head = redis.call('GETRANGE', KEYS[1], 0, 7)
+local current = 0
+if head ~= '' then current = struct.unpack('>I8', head) end
+if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= current then return {0, current} end
+if ARGV[4] == '1' and head == '' then return {2, 0, 0, backups} end
+local flag = '\\1'
+local value = ARGV[2]
+if ARGV[4] == '1' then
+  flag = '\\0'
+  value = ''
+end
+redis.call('SET', KEYS[4], struct.pack('>I8', current) .. struct.pack('>I8', current + 1) .. flag .. value)
+redis.call('ZADD', KEYS[5], 0, ARGV[1])
+return {1, current, current + 1, backups}
+"""
+
+#: The pending write of a key, with the backups the primary's record lists now. ``KEYS[1]``
+#: ownership set, ``KEYS[2]`` the pending write's key; ``ARGV[1]`` member. Replies
+#: ``{raw or false, backups}``.
+PENDING = """
+local seg = redis.call('ZRANGEBYLEX', KEYS[1], '[' .. ARGV[1], '+', 'LIMIT', 0, 1)[1]
+local backups = ''
+if seg and string.sub(seg, 18, 18) ~= 'b' then backups = string.sub(seg, 20) end
+return {redis.call('GET', KEYS[2]) or false, backups}
+"""
+
+#: A primary commits its pending write. ``KEYS[1]`` record, ``KEYS[2]`` index, ``KEYS[3]`` the
+#: pending write's key, ``KEYS[4]`` the pending index; ``ARGV[1]`` member, ``ARGV[2]`` version.
+#: Replies 1 when it was pending at that version (now the record), 0 when it was not.
+COMMIT = """
+local raw = redis.call('GET', KEYS[3])
+if not raw then return 0 end
+if struct.unpack('>I8', string.sub(raw, 9, 16)) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[1])
+if string.sub(raw, 17, 17) == '\\1' then
+  redis.call('SET', KEYS[1], string.sub(raw, 9, 16) .. string.sub(raw, 18))
+  redis.call('ZADD', KEYS[2], 0, ARGV[1])
+else
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+return 1
+"""
+
+#: A backup applies a write its primary decided. ``KEYS[1]`` record, ``KEYS[2]`` index,
+#: ``KEYS[3]`` ownership set, ``KEYS[4]`` its hash; ``ARGV[1]`` member, ``ARGV[2]`` the deciding
+#: primary (``name@born``), ``ARGV[3]`` prev, ``ARGV[4]`` version, ``ARGV[5]`` value, ``ARGV[6]``
+#: ``"1"`` for a delete. Applied only where this shard keeps the key as a backup of that very
+#: primary (else the redirect); a put only if newer than the record kept, a delete only of a
+#: record no newer than the one deleted. Replies 1.
+APPLY = """
+local seg = redis.call('ZRANGEBYLEX', KEYS[3], '[' .. ARGV[1], '+', 'LIMIT', 0, 1)[1]
+local state, peer = '-', ''
+if seg then
+  state = string.sub(seg, 18, 18)
+  peer = string.sub(seg, 20)
+end
+if state ~= 'b' or peer ~= ARGV[2] then
+  return {-1, tonumber(redis.call('HGET', KEYS[4], 'epoch') or '0'), state, peer}
+end
+local head = redis.call('GETRANGE', KEYS[1], 0, 7)
+local current = 0
+if head ~= '' then current = struct.unpack('>I8', head) end
+if ARGV[6] == '1' then
+  if head ~= '' and current <= tonumber(ARGV[3]) then
+    redis.call('DEL', KEYS[1])
+    redis.call('ZREM', KEYS[2], ARGV[1])
+  end
+elseif current < tonumber(ARGV[4]) then
+  redis.call('SET', KEYS[1], struct.pack('>I8', tonumber(ARGV[4])) .. ARGV[5])
+  redis.call('ZADD', KEYS[2], 0, ARGV[1])
+end
+return 1
+"""
+
+#: Records written unless the shard holds that version or a newer one (survivors levelled
+#: before a promotion). ``KEYS[1]`` index, ``KEYS[2]`` ownership hash; ``ARGV[1]`` token,
+#: ``ARGV[2]`` record-key prefix, then member, record pairs. Replies how many were written, or
+#: ``{-2, token}`` when a newer rebalancer token was seen (nothing written).
+REPAIR = """
+local token = tonumber(redis.call('HGET', KEYS[2], 'token') or '0')
+if tonumber(ARGV[1]) < token then return {-2, token} end
+local written = 0
+for i = 3, #ARGV, 2 do
+  local key = ARGV[2] .. ARGV[i]
+  local head = redis.call('GETRANGE', key, 0, 7)
+  local current = 0
+  if head ~= '' then current = struct.unpack('>I8', head) end
+  if current < struct.unpack('>I8', string.sub(ARGV[i + 1], 1, 8)) then
+    redis.call('SET', key, ARGV[i + 1])
+    redis.call('ZADD', KEYS[1], 0, ARGV[i])
+    written = written + 1
+  end
+end
+return written
+"""
+
+#: A lease renewal. ``KEYS[1]`` ownership hash; ``ARGV[1]`` the epoch of the membership the
+#: renewer read, ``ARGV[2]`` the lease's end (ms). Granted only if that epoch is not older than
+#: the record's, and only ever lengthens the lease. Replies the lease's end now (ms).
+RENEW = """
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'lease')
+local lease = tonumber(meta[2] or '0')
+if tonumber(ARGV[1]) >= tonumber(meta[1] or '0') and tonumber(ARGV[2]) > lease then
+  lease = tonumber(ARGV[2])
+  redis.call('HSET', KEYS[1], 'lease', ARGV[2])
+end
+return lease
+"""
+
 
 #: Every script of the backend, by the name the backend calls it by. Registered
 #: once per connection; nothing else sends Lua to a shard.
@@ -193,5 +369,11 @@ SCRIPTS: Mapping[str, str] = MappingProxyType(
         "delete": DELETE,
         "set_ownership": SET_OWNERSHIP,
         "ranges": RANGES,
+        "decide": DECIDE,
+        "pending": PENDING,
+        "commit": COMMIT,
+        "apply": APPLY,
+        "repair": REPAIR,
+        "renew": RENEW,
     }
 )
