@@ -8,7 +8,7 @@ that keeps the membership (no file is shared, as on separate hosts). Afterwards
 each counter equals the increments its writers saw acknowledged, every key
 lives only on its owner, and the writers' histories (every read and
 compare-and-set, with invocation and completion times) are checked for
-linearizability by ``dhtcart.checker``.
+linearizability by ``dhtcart.verify``'s checker.
 
 Redis-specific: a rebalancer killed mid-batch leaves its lease to expire, and a
 client that waits on the frozen batch takes it over within the lease's time to
@@ -115,7 +115,7 @@ def test_three_writers_and_a_rebalancer_lose_no_increment(kind: str, tmp_path: P
                     acked[int(key)] = acked.get(int(key), 0) + n
             elif word == "maxwait":
                 waits.append(float(rest.split()[0]))
-    checked = Histories(tmp_path / "histories").check().operations  # linearizable, by dhtcart.checker
+    checked = Histories(tmp_path / "histories").check().operations  # linearizable, by dhtcart.verify's checker
     with DHTServerStore.open(location) as store:
         store._check()  # every key only on its owner, every shard's record its arcs
         placement(store)

@@ -41,7 +41,7 @@ import pytest
 from dhtcart import DHTServerStore, Record
 from dhtcart.backends.lmdb import LMDBBackend
 from dhtcart.backends.ownership import FROZEN
-from dhtcart.history import HistoryRecorder, HistoryWriter
+from dhtcart.verify import HistoryRecorder, HistoryWriter
 from tests.helpers import Histories, child_env, manifest, placement
 from tests.rebalance_child import key_of, value_for
 

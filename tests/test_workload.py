@@ -11,9 +11,16 @@ from typing import Any
 import pytest
 
 from dhtcart import Conflict, DHTServerStore, InvalidInput, hash_key
-from dhtcart.checker import check_history
-from dhtcart.history import HistoryRecorder, merge_histories
-from dhtcart.workload import WorkloadStats, draw_keys, open_store, run_workload, verify_store
+from dhtcart.verify import (
+    HistoryRecorder,
+    WorkloadStats,
+    check_history,
+    draw_keys,
+    merge_histories,
+    open_store,
+    run_workload,
+    verify_store,
+)
 
 
 def test_threads_running_the_workload_make_a_linearizable_history() -> None:
@@ -60,7 +67,7 @@ def test_drawn_keys_are_absent_and_a_present_one_makes_a_new_draw(monkeypatch: p
         assert keys == [hash_key(f"dhtcart-verify/{run}/{i}") for i in range(5)]
         store.put(hash_key("dhtcart-verify/taken/3"), b"a user's data")
         ids = iter(["taken", "fresh"])
-        monkeypatch.setattr("dhtcart.workload.secrets.token_hex", lambda n: next(ids))
+        monkeypatch.setattr("dhtcart.verify.run.secrets.token_hex", lambda n: next(ids))
         assert draw_keys(store, 5)[0] == "fresh"
         ids = iter(["taken"] * 5)
         with pytest.raises(Conflict, match="could not draw"):
