@@ -48,7 +48,14 @@ def canon(value: Any) -> Any:
 
 
 class Op:
-    """An operation while checking: where it starts and ends, what it did."""
+    """An operation while checking: where it starts and ends, what it did.
+
+    ``inv`` is the line of its invocation; ``ret`` the line of its completion
+    if it completed ``ok`` or ``fail``, else :data:`NEVER` (an unknown outcome
+    may take effect at any later time); ``done_line`` the completion's line
+    whatever the outcome. ``canon`` is :func:`canon` of the value it wrote or
+    read; ``id`` numbers the operations of the whole history from 0.
+    """
 
     __slots__ = (
         "canon",
@@ -82,6 +89,7 @@ class Op:
         self.existed: bool | None = None
 
     def public(self) -> Operation:
+        """The operation as a report shows it."""
         return Operation(
             process=self.process,
             f=self.f,

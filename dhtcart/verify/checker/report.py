@@ -1,4 +1,4 @@
-"""What the checker returns: a :class:`CheckReport`, its :class:`Anomaly` witnesses and their :class:`Operation` s.
+"""What the checker returns: a :class:`CheckReport`, its :class:`Anomaly` witnesses, the operations they name.
 
 Plain frozen dataclasses, each with ``to_dict()`` for JSON. The kinds of
 anomaly, and what each means, are :data:`ANOMALY_KINDS`.
