@@ -13,7 +13,7 @@ their own, is :func:`dhtcart.verify.run.verify_store`.
 >>> events = []
 >>> with DHTServerStore(shards=2) as store:
 ...     recorder = HistoryRecorder(store, events.append, process=0)
-...     stats = run_workload(recorder, [1, 2, 3], seconds=5, seed=1, max_operations=200)
+...     stats = run_workload(recorder, [1, 2, 3], seconds=60, seed=1, max_operations=200)
 >>> stats.operations, stats.ok + stats.fail, check_history(events).valid
 (200, 200, True)
 """
