@@ -30,8 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dhtcart.checker import check_history
-from dhtcart.workload import MIX
+from dhtcart.verify import MIX, check_history
 from tests.register_sim import simulate
 
 

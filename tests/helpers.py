@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from dhtcart import DHTServerStore, Record
-from dhtcart.checker import CheckReport, check_history
 from dhtcart.hashing import MAX_KEY
-from dhtcart.history import HistoryRecorder, KeyValueStore, merge_histories, read_history
+from dhtcart.verify import CheckReport, HistoryRecorder, KeyValueStore, check_history, merge_histories, read_history
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "proc_worker.py"

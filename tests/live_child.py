@@ -1,19 +1,24 @@
 """Child processes of the live-rebalance tests (not a test module).
 
-``python tests/live_child.py incr LOCATION --seconds S --keys K --seed N --history FILE``
+``python tests/live_child.py incr LOCATION --seconds S --keys K --seed N --history FILE [--stop-file F --min-ops M]``
     Open the store from ``LOCATION`` alone (a directory or the membership's
     ``redis://`` URL) and, for ``S`` seconds, add one to random shared
     counters (``live-counter-0`` .. ``K-1``) by compare-and-set, retrying on
-    conflict. Every read and compare-and-set goes to ``FILE`` as a history
+    conflict. With ``--stop-file``, run until that file exists and at least
+    ``M`` increments were acknowledged instead (``S`` is then the ceiling).
+    Every read and compare-and-set goes to ``FILE`` as a history
     (one JSON object per line, ``docs/verify.md``'s format, with monotonic
-    ``time`` in ns). At the end print ``acked {key: increments}`` as JSON and
-    ``maxwait SECONDS OPS``.
+    ``time`` in ns). Print ``writing`` after the first increment; at the end
+    ``acked {key: increments}`` as JSON, ``maxwait SECONDS OPS`` and ``end
+    stopped`` (by the stop file) or ``end deadline``.
 
-``python tests/live_child.py rebalance LOCATION --seconds S --seed N [--url-template T]``
-    For ``S`` seconds, loop add_shard / set_weight / remove_shard on the store;
+``python tests/live_child.py rebalance LOCATION --seconds S --seed N [--rebalances R] [--url-template T]``
+    For ``S`` seconds (or until ``R`` rebalances are done, ``S`` then being the
+    ceiling), loop add_shard / set_weight / remove_shard on the store;
     new shards get ``T.format(i=...)`` as their URL (default: a new LMDB
-    directory). Print ``done OP NAME`` per rebalance and ``busy`` when another
-    rebalancer held the lease; at the end ``rebalances N``.
+    directory). Print ``begin T0`` (``time.monotonic_ns()``) before the first,
+    ``done OP NAME`` per rebalance and ``busy`` when another rebalancer held
+    the lease; at the end ``rebalances N T1``.
 """
 
 from __future__ import annotations
@@ -58,7 +63,12 @@ def incr(args: argparse.Namespace) -> None:
     with open(args.history, "w", encoding="utf-8") as out:
         history = History(out, args.seed)
         deadline = time.monotonic() + args.seconds
+        stop = Path(args.stop_file) if args.stop_file else None
+        stopped = False
         while time.monotonic() < deadline:
+            if stop is not None and ops >= args.min_ops and stop.exists():
+                stopped = True
+                break
             key = rng.choice(keys)
             t0 = time.monotonic()
             while True:
@@ -83,8 +93,11 @@ def incr(args: argparse.Namespace) -> None:
             acked[key] += 1
             worst = max(worst, time.monotonic() - t0)
             ops += 1
+            if ops == 1:
+                print("writing", flush=True)
     print("acked", json.dumps({str(k): v for k, v in acked.items()}), flush=True)
     print("maxwait", f"{worst:.3f}", ops, flush=True)
+    print("end", "stopped" if stopped else "deadline", flush=True)
     store.close()
 
 
@@ -94,7 +107,8 @@ def rebalance(args: argparse.Namespace) -> None:
     deadline = time.monotonic() + args.seconds
     n = 0
     i = 0
-    while time.monotonic() < deadline:
+    print("begin", time.monotonic_ns(), flush=True)
+    while time.monotonic() < deadline and (args.rebalances is None or n < args.rebalances):
         shards = sorted(store.servers)
         added = [s for s in shards if s.startswith("live")]
         if not added:
@@ -121,7 +135,7 @@ def rebalance(args: argparse.Namespace) -> None:
             continue
         n += 1
         print("done", op, name, store.epoch, flush=True)
-    print("rebalances", n, flush=True)
+    print("rebalances", n, time.monotonic_ns(), flush=True)
     store.close()
 
 
@@ -134,6 +148,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--history", default="history.jsonl")
     parser.add_argument("--url-template", default="")
+    parser.add_argument("--stop-file", default="")
+    parser.add_argument("--min-ops", type=int, default=0)
+    parser.add_argument("--rebalances", type=int, default=None)
     args = parser.parse_args()
     {"incr": incr, "rebalance": rebalance}[args.mode](args)
 

@@ -28,7 +28,7 @@ Usage: ``python tests/proc_worker.py MODE DIR [ARGS...]``
     the parent.
 
 Every mode takes ``--history FILE --process N`` at the end: then each store
-operation is recorded (``dhtcart.history.HistoryRecorder``, as process N)
+operation is recorded (``dhtcart.verify.HistoryRecorder``, as process N)
 into FILE, line by line, so a kill leaves every event recorded so far.
 """
 
@@ -43,7 +43,7 @@ from typing import Any
 def main(argv: list[str]) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from dhtcart import CartService, DHTServerStore, hash_key
-    from dhtcart.history import HistoryRecorder, HistoryWriter
+    from dhtcart.verify import HistoryRecorder, HistoryWriter
     from tests.helpers import cas_increment, naive_increment
 
     recording: tuple[str, int] | None = None

@@ -86,7 +86,7 @@ def value_for(key: int, version: int) -> bytes:
 
 
 def writer(args: argparse.Namespace) -> None:
-    from dhtcart.history import HistoryRecorder, HistoryWriter
+    from dhtcart.verify import HistoryRecorder, HistoryWriter
 
     rng = random.Random(args.seed)
     handle = DHTServerStore.open(args.directory, lock_timeout=30, redirect_timeout=args.redirect_timeout)

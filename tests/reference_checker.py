@@ -1,4 +1,4 @@
-"""A brute-force linearizability checker, independent of ``dhtcart.checker`` (not a test module).
+"""A brute-force linearizability checker, independent of ``dhtcart.verify.checker`` (not a test module).
 
 It tries every order Wing and Gong's way: repeatedly pick an operation that
 no remaining completed operation precedes in real time, apply it to the

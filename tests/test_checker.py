@@ -22,8 +22,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from dhtcart import MalformedHistory
-from dhtcart.checker import ANOMALY_KINDS, CheckReport, check_file, check_history
-from dhtcart.history import merge_histories, read_history
+from dhtcart.verify import ANOMALY_KINDS, CheckReport, check_file, check_history, merge_histories, read_history
 from tests.reference_checker import reference_linearizable
 from tests.register_sim import SimOp, simulate
 

@@ -15,6 +15,7 @@ linearizable.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -52,7 +53,11 @@ def test_sigkill_loses_no_reported_add(tmp_path: Path) -> None:
     before: Counter[tuple[str, str]] = Counter()
     total_reported = 0
     killed_while_adding = 0
-    for round_no in range(ROUNDS):
+    # ROUNDS rounds, then on until ROUNDS // 2 kills landed while the child was adding (on a busy
+    # machine a child adds less in the same random time): 3 x ROUNDS at most
+    for round_no in itertools.count():
+        if round_no >= ROUNDS and (killed_while_adding >= ROUNDS // 2 or round_no >= 3 * ROUNDS):
+            break
         proc = worker("cart-crash", str(root), str(rnd.getrandbits(32)), *histories.worker_args(round_no + 1))
         if rnd.random() < 0.25:
             # blind: often while the child is still starting or opening the store
@@ -97,7 +102,7 @@ def test_sigkill_loses_no_reported_add(tmp_path: Path) -> None:
         grown = sum(after.values()) - sum(before.values())
         assert adds <= grown <= adds + 1, f"round {round_no}: {adds} adds reported, store grew by {grown}"
         before = after
-    assert killed_while_adding >= ROUNDS // 2, "most kills should land while the child is adding"
+    assert killed_while_adding >= ROUNDS // 2, f"{killed_while_adding} of {round_no} kills landed while adding"
     assert total_reported > 0
     report = histories.check()
     assert report.open > 0, "some kills landed in the middle of a store operation"

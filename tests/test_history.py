@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from dhtcart import DHTServerStore, InvalidKey, InvalidValue, ShardUnavailable, VersionConflict
-from dhtcart.checker import check_file, check_history
-from dhtcart.history import HistoryRecorder, HistoryWriter, encode_value, read_history
+from dhtcart.verify import HistoryRecorder, HistoryWriter, check_file, check_history, encode_value, read_history
 from tests.helpers import ROOT, child_env
 from tests.redis_server import free_port
 
@@ -109,7 +108,7 @@ def test_values_that_are_not_text() -> None:
 _KILLED_CHILD = """
 import sys, time
 from dhtcart import DHTServerStore
-from dhtcart.history import HistoryRecorder, HistoryWriter
+from dhtcart.verify import HistoryRecorder, HistoryWriter
 store = DHTServerStore.open(sys.argv[1])
 sink = HistoryWriter(sys.argv[2])
 rec = HistoryRecorder(store, sink, process=0)

@@ -476,6 +476,35 @@ def test_live_traffic_during_rebalances(env) -> None:
     store._check()
 
 
+class Lag:
+    """How late a thread that sleeps 1 ms at a time wakes up, at worst: what the machine adds to any wait.
+
+    On a loaded machine (the CPU shared with other processes, the GIL with
+    the other threads) a thread can be kept from running for hundreds of
+    milliseconds; an operation's latency includes that, which says nothing
+    about the store. Measured in the same run, it is subtracted.
+    """
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            time.sleep(0.001)
+            self.worst = max(self.worst, time.perf_counter() - t0 - 0.001)
+
+    def __enter__(self) -> Lag:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
 def test_no_operation_waits_much_longer_than_a_batch(env) -> None:
     """Latency during a rebalance: an operation waits for at most about one batch.
 
@@ -484,14 +513,15 @@ def test_no_operation_waits_much_longer_than_a_batch(env) -> None:
     operations do not wait at all. The batches are timed (the time between
     progress calls bounds each batch's hand-over); an operation may wait for a
     batch plus thread scheduling (the GIL switches every 5 ms), so the loose
-    bound is 20 x the longest batch + 150 ms.
+    bound is 20 x the longest batch + 150 ms, beyond what the machine made a
+    sleeping thread wait in the same run (:class:`Lag`).
     """
     keys, batch_size = 5000, 10
     store = env.store(4)
     fill(store, keys)
     timer = BatchTimer()
     extra = new_backend(env)
-    with Traffic(store) as traffic:
+    with Traffic(store) as traffic, Lag() as lag:
         time.sleep(0.05)
         t0 = time.perf_counter()
         timer.start()
@@ -506,11 +536,16 @@ def test_no_operation_waits_much_longer_than_a_batch(env) -> None:
     print(
         f"\n{env.kind}: {len(timer.intervals)} batches in {seconds:.2f} s; batch median"
         f" {statistics.median(timer.intervals) * 1e3:.2f} ms, max {batch * 1e3:.1f} ms; {len(traffic.latencies)} ops,"
-        f" median {statistics.median(traffic.latencies) * 1e6:.0f} us, max {worst * 1e3:.1f} ms; {waits} waits"
+        f" median {statistics.median(traffic.latencies) * 1e6:.0f} us, max {worst * 1e3:.1f} ms; {waits} waits;"
+        f" a sleeping thread woke up to {lag.worst * 1e3:.1f} ms late"
     )
-    assert worst < 0.25 * seconds, f"an operation waited {worst:.3f} s of a {seconds:.3f} s rebalance"
-    assert worst <= 20 * batch + 0.15, (
+    machine = lag.worst  # a thread that only slept was kept this long from running, at worst
+    assert worst - machine < 0.25 * seconds, (
+        f"an operation waited {worst:.3f} s of a {seconds:.3f} s rebalance (the machine: {machine:.3f} s)"
+    )
+    assert worst - machine <= 20 * batch + 0.15, (
         f"an operation waited {worst * 1e3:.0f} ms; the longest batch took {batch * 1e3:.1f} ms"
+        f" (the machine: {machine * 1e3:.0f} ms)"
     )
 
 

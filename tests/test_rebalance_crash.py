@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from itertools import pairwise
+from itertools import count, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ import pytest
 from dhtcart import DHTServerStore, Record
 from dhtcart.backends.lmdb import LMDBBackend
 from dhtcart.backends.ownership import FROZEN
-from dhtcart.history import HistoryRecorder, HistoryWriter
+from dhtcart.verify import HistoryRecorder, HistoryWriter
 from tests.helpers import Histories, child_env, manifest, placement
 from tests.rebalance_child import key_of, value_for
 
@@ -365,8 +365,18 @@ def test_sigkill_at_random_moments_while_writers_write(
     stats: Counter[str] = Counter()
     writers = Writers(directory, 2, N_KEYS, seed, histories)
     started = time.monotonic()
+
+    def more(done: int) -> bool:
+        """Another round after ``done``? ``rounds`` of them, then on until both kinds of kill are
+        numerous enough (how many rebalances complete before a kill at a random moment depends on
+        the machine's speed), 3 x ``rounds`` at most."""
+        enough = stats["killed mid-migration"] >= rounds // 3 and stats["rebalances completed"] >= rounds // 2
+        return done < rounds or (not enough and done < 3 * rounds)
+
     try:
-        for r in range(rounds):
+        for r in count():
+            if not more(r):
+                break
             left = manifest(directory)["migration"] is not None
             proc = _spawn("rebalancer", str(directory), "--seed", str(seed + r))
             lines = Lines(proc)
@@ -393,7 +403,7 @@ def test_sigkill_at_random_moments_while_writers_write(
             stats["rebalances completed"] += sum(e.startswith("done") for e in events)
             if left:
                 stats["children that found a migration to finish"] += 1
-            if migrating and rng.random() < 0.4 and r < rounds - 1:
+            if migrating and rng.random() < 0.4 and more(r + 1):
                 stats["left to the writers and the next child"] += 1
                 time.sleep(rng.uniform(0.0, 0.3))  # the writers meet the dead rebalancer's batch
                 continue
@@ -408,7 +418,7 @@ def test_sigkill_at_random_moments_while_writers_write(
     finally:
         writers.kill()
     seconds = time.monotonic() - started
-    print(f"{rounds} rounds in {seconds:.1f} s; {len(model.deleted)} keys deleted; writers' longest waits {waits};")
+    print(f"{r} rounds in {seconds:.1f} s; {len(model.deleted)} keys deleted; writers' longest waits {waits};")
     print(dict(stats))
     report = Histories(histories).check()  # every writer's operations: linearizable
     print(f"{report.operations} operations checked for linearizability")

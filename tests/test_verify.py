@@ -33,14 +33,28 @@ def _kinds(data: dict[str, Any]) -> set[str]:
     return set(data["check"]["anomaly_counts"])
 
 
+def _all_clients_worked_and_raced(data: dict[str, Any]) -> None:
+    """The history holds exactly what the clients did, every client did some, and they overlapped.
+
+    Counted against the run itself, not against the clock: how many
+    operations fit in the run's seconds is the machine's business.
+    """
+    check, stats = data["check"], data["client_stats"]
+    assert len(stats) == data["clients"] and all(s["operations"] > 0 for s in stats), stats
+    assert check["operations"] == sum(s["operations"] for s in stats)
+    assert [check[n] for n in ("ok", "fail", "info")] == [sum(s[n] for s in stats) for n in ("ok", "fail", "info")]
+    assert check["fail"] > 0, "no compare-and-set lost a race: the clients did not overlap"
+
+
 def test_lmdb_store_is_linearizable_and_keeps_the_users_data(tmp_path: Path) -> None:
     before = lmdb_store(tmp_path / "store")
     proc = verify("--data", str(tmp_path / "store"), *RUN, "--json", tmp=tmp_path)
     data = report_of(proc)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     check = data["check"]
-    assert check["valid"] is True and check["operations"] > 2000 and check["keys"] == 5
+    assert check["valid"] is True and check["keys"] == 5
     assert check["ok"] + check["fail"] + check["info"] == check["operations"]
+    _all_clients_worked_and_raced(data)
     assert data["keys_removed"] == 5 and data["client_failures"] == []
     assert user_data(tmp_path / "store") == before
 
@@ -82,7 +96,8 @@ def test_redis_store_is_linearizable_flat_out(tmp_path: Path, redis_trio: list[A
     proc = verify("--data", str(tmp_path / "store"), *RUN, "--rate", "0", "--json", tmp=tmp_path)
     data = report_of(proc)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert data["check"]["valid"] is True and data["check"]["operations"] > 1000
+    assert data["check"]["valid"] is True
+    _all_clients_worked_and_raced(data)
 
 
 def test_kill_shard_needs_a_shard_that_can_pause(tmp_path: Path) -> None:

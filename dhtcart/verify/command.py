@@ -15,8 +15,8 @@ store was busy (``--rebalance`` refused on every attempt, or the store could
 not be opened).
 
 ``add_verify_parser`` and ``run_verify`` are what ``dhtcart.cli`` registers;
-the work is in :mod:`dhtcart.workload` and :mod:`dhtcart.checker`. ``rich``
-renders the verdict when it is installed; plain text otherwise.
+the work is in :mod:`dhtcart.verify.run` and :mod:`dhtcart.verify.checker`.
+``rich`` renders the verdict when it is installed; plain text otherwise.
 """
 
 from __future__ import annotations
@@ -26,13 +26,12 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from dhtcart.errors import Conflict, DHTCartError, InvalidInput, MalformedHistory, StoreBusy, WorkloadFailed
-
-if TYPE_CHECKING:
-    from dhtcart.checker import Anomaly, CheckReport
-    from dhtcart.workload import VerifyRun
+from dhtcart.verify.checker import Anomaly, CheckReport, check_file
+from dhtcart.verify.run import VerifyRun, verify_store
+from dhtcart.verify.workload import DEFAULT_RATE
 
 __all__ = [
     "EXIT_BUSY",
@@ -117,8 +116,6 @@ def _rate(text: str) -> float:
 
 def add_verify_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``verify`` command to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
-    from dhtcart.workload import DEFAULT_RATE
-
     p: argparse.ArgumentParser = subparsers.add_parser(
         "verify",
         help="run concurrent clients on a store and check their history for linearizability",
@@ -168,8 +165,6 @@ def _usage(message: str) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     """Carry out ``dhtcart verify`` as parsed by :func:`add_verify_parser`; return the exit code."""
-    from dhtcart.checker import check_file
-
     if args.check is not None:
         given = [flag for flag, used in (("--rebalance", args.rebalance), ("--kill-shard", args.kill_shard)) if used]
         if args.history is not None:
@@ -187,8 +182,6 @@ def run_verify(args: argparse.Namespace) -> int:
         else:
             _render(sys.stdout, report, None, f"history {args.check}")
         return _exit_code(report, None)
-
-    from dhtcart.workload import verify_store
 
     if args.rebalance_backend is not None and not args.rebalance:
         return _usage("--rebalance-backend needs --rebalance")

@@ -1,0 +1,121 @@
+"""One client of a verification run: random operations on a few keys, recorded as they happen.
+
+:func:`run_workload` drives a :class:`~dhtcart.verify.history.HistoryRecorder`
+(so every call lands in a history) with the operation mix :data:`MIX`:
+reads, compare-and-sets that expect the version this client last saw (as a
+read-modify-write would), unconditional writes, conditional and plain
+deletes. Values are unique (``<prefix><n>``), which lets the checker tie
+every read to its write. A whole run of many such clients, in processes of
+their own, is :func:`dhtcart.verify.run.verify_store`.
+
+>>> from dhtcart import DHTServerStore
+>>> from dhtcart.verify import HistoryRecorder, check_history
+>>> events = []
+>>> with DHTServerStore(shards=2) as store:
+...     recorder = HistoryRecorder(store, events.append, process=0)
+...     stats = run_workload(recorder, [1, 2, 3], seconds=60, seed=1, max_operations=200)
+>>> stats.operations, stats.ok + stats.fail, check_history(events).valid
+(200, 200, True)
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from dhtcart.errors import DHTCartError, InvalidInput, ValidationError, VersionConflict
+from dhtcart.verify.history import HistoryRecorder
+
+__all__ = ["DEFAULT_RATE", "MIX", "WorkloadStats", "run_workload"]
+
+#: how many of each 100 operations are reads, compare-and-sets, writes, conditional and plain deletes
+MIX = {"read": 40, "cas": 35, "write": 12, "cdelete": 10, "delete": 3}
+#: operations per second of all clients together, by default (a history that checks in about a second)
+DEFAULT_RATE = 5_000.0
+
+
+@dataclass
+class WorkloadStats:
+    """What one client did, as it saw it."""
+
+    operations: int = 0
+    ok: int = 0
+    fail: int = 0
+    info: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # exception names of the info outcomes
+
+    def to_dict(self) -> dict[str, Any]:
+        """As a JSON-ready dict."""
+        return asdict(self)
+
+
+def run_workload(
+    recorder: HistoryRecorder,
+    keys: Sequence[int],
+    *,
+    seconds: float,
+    seed: int | None = None,
+    max_operations: int | None = None,
+    value_prefix: str = "",
+    backoff: float = 0.02,
+    rate: float | None = None,
+) -> WorkloadStats:
+    """Run one client's operations on ``keys`` through ``recorder`` for ``seconds`` (or ``max_operations``).
+
+    ``rate`` paces the client at about that many operations per second, with
+    exponentially distributed gaps (so clients still overlap at random);
+    ``None`` runs flat out.
+
+    A compare-and-set or a conditional delete expects the version this client
+    last saw for the key (0 if none), as a read-modify-write would. An
+    operation whose outcome is unknown (an unreachable shard, a timeout: the
+    recorder writes ``info``) is followed by a pause of ``backoff`` seconds.
+    Validation errors are bugs of the caller and propagate.
+    """
+    if not keys:
+        raise InvalidInput("keys", "a workload needs at least one key")
+    rng = random.Random(seed)
+    names = list(MIX)
+    weights = list(MIX.values())
+    seen: dict[int, int] = {}
+    stats = WorkloadStats()
+    now = time.monotonic()
+    deadline = now + seconds
+    due = now
+    while now < deadline and (max_operations is None or stats.operations < max_operations):
+        if rate:
+            due += rng.expovariate(rate)
+            if due > now:
+                time.sleep(due - now)
+        key = keys[rng.randrange(len(keys))]
+        f = rng.choices(names, weights)[0]
+        stats.operations += 1
+        value = f"{value_prefix}{stats.operations}".encode()
+        try:
+            if f == "read":
+                rec = recorder.get(key)
+                seen[key] = rec.version if rec is not None else 0
+            elif f == "cas":
+                seen[key] = recorder.put(key, value, seen.get(key, 0))
+            elif f == "write":
+                seen[key] = recorder.put(key, value)
+            else:
+                recorder.delete(key, seen.get(key, 0) if f == "cdelete" else None)
+                seen[key] = 0
+            stats.ok += 1
+        except VersionConflict as exc:
+            seen[key] = exc.actual
+            stats.fail += 1
+        except ValidationError:
+            raise
+        except (DHTCartError, OSError) as exc:  # the recorder wrote info: it may or may not have happened
+            seen.pop(key, None)
+            stats.info += 1
+            name = type(exc).__name__
+            stats.errors[name] = stats.errors.get(name, 0) + 1
+            time.sleep(backoff)
+        now = time.monotonic()
+    return stats
