@@ -28,6 +28,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from dhtcart._cli_common import HelpFormatter
 from dhtcart.errors import Conflict, DHTCartError, InvalidInput, MalformedHistory, StoreBusy, WorkloadFailed
 from dhtcart.verify.checker import Anomaly, CheckReport, check_file
 from dhtcart.verify.run import VerifyRun, verify_store
@@ -76,11 +77,6 @@ exit codes:
 """
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, max_help_position=32)
-
-
 def _positive_int(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -121,7 +117,7 @@ def add_verify_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="run concurrent clients on a store and check their history for linearizability",
         description=_DESCRIPTION,
         epilog=_EPILOG,
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--data", metavar="DIR", help="the store's directory")

@@ -41,8 +41,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from dhtcart.errors import Conflict, DHTCartError, InvalidInput, ShardUnavailable, StoreBusy, WorkloadFailed
+from dhtcart.errors import (
+    Conflict,
+    DHTCartError,
+    InvalidInput,
+    ShardUnavailable,
+    StoreBusy,
+    StoreNotFound,
+    WorkloadFailed,
+)
 from dhtcart.hashing import hash_key
+from dhtcart.settings import DEFAULT_LOCK_TIMEOUT
 from dhtcart.store import DHTServerStore
 from dhtcart.verify.checker import CheckReport, check_history
 from dhtcart.verify.history import HistoryWriter, merge_histories, read_history
@@ -59,27 +68,16 @@ PAUSES = 3  # how many times --kill-shard makes a shard unreachable
 # -- the store and its keys ------------------------------------------------------------
 
 
-def open_store(location: str | os.PathLike[str], *, lock_timeout: float = 30.0) -> DHTServerStore:
-    """Open an existing store: a directory with a manifest, or a ``redis://`` membership URL.
+def open_store(location: str | os.PathLike[str], *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> DHTServerStore:
+    """Open an existing store (any location form: a directory, ``lmdb://``, ``redis://``, ``etcd://``).
 
     Never creates one. Raises :class:`~dhtcart.errors.InvalidInput` when
     there is no store there.
     """
-    from dhtcart.membership import is_url, open_membership
-    from dhtcart.settings import MANIFEST
-
-    text = os.fspath(location)
-    if is_url(text):
-        membership = open_membership(text)
-        try:
-            exists = membership.load() is not None
-        finally:
-            membership.close()
-    else:
-        exists = (Path(text) / MANIFEST).is_file()
-    if not exists:
-        raise InvalidInput("store", f"no dhtcart store at {text}")
-    return DHTServerStore.open(text, lock_timeout=lock_timeout)
+    try:
+        return DHTServerStore.open(location, create=False, lock_timeout=lock_timeout)
+    except StoreNotFound:
+        raise InvalidInput("store", f"no dhtcart store at {os.fspath(location)}") from None
 
 
 def draw_keys(store: DHTServerStore, n: int, *, attempts: int = 5) -> tuple[str, list[int]]:
