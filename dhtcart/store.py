@@ -1180,6 +1180,7 @@ class DHTServerStore(MutableMapping[int, bytes]):
         """Close every shard and the membership. Idempotent."""
         if getattr(self, "_closed", True):
             return
+        self._coordinator.stop()  # a background repair stops at its next batch and gives its lease back
         self._closed = True
         for server in list(self._opened.values()):
             server.close()

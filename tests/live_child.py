@@ -34,7 +34,7 @@ from typing import IO, Any
 if __package__ in (None, ""):  # run as a script: make ``dhtcart`` importable from the tree
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dhtcart import DHTServerStore, StoreBusy, VersionConflict, hash_key
+from dhtcart import DHTServerStore, ShardUnavailable, StoreBusy, VersionConflict, hash_key
 
 
 def counter_key(i: int) -> int:
@@ -58,6 +58,7 @@ def incr(args: argparse.Namespace) -> None:
     store = DHTServerStore.open(args.location, lock_timeout=30)
     keys = [counter_key(i) for i in range(args.keys)]
     acked: dict[int, int] = dict.fromkeys(keys, 0)
+    raised: dict[int, int] = dict.fromkeys(keys, 0)  # increments whose outcome is unknown (the call raised)
     worst, ops = 0.0, 0
     ns = time.monotonic_ns
     with open(args.history, "w", encoding="utf-8") as out:
@@ -71,9 +72,16 @@ def incr(args: argparse.Namespace) -> None:
                 break
             key = rng.choice(keys)
             t0 = time.monotonic()
+            done = False
             while True:
                 history.event("invoke", "read", key, ns())
-                rec = store.get(key)
+                try:
+                    rec = store.get(key)
+                except ShardUnavailable:  # with --tolerate: no copy reached in time (an info read)
+                    if not args.tolerate:
+                        raise
+                    history.event("info", "read", key, ns())
+                    break
                 t = ns()
                 if rec is None:
                     history.event("ok", "read", key, t, value=None, version=0)
@@ -88,14 +96,25 @@ def incr(args: argparse.Namespace) -> None:
                 except VersionConflict:
                     history.event("fail", "cas", key, ns(), expected=version, value=new)
                     continue
+                except ShardUnavailable:  # with --tolerate: a shard died under the write: unknown outcome
+                    if not args.tolerate:
+                        raise
+                    history.event("info", "cas", key, ns(), expected=version, value=new)
+                    raised[key] += 1
+                    break
                 history.event("ok", "cas", key, ns(), expected=version, value=new, version=got)
+                done = True
                 break
+            if not done:
+                worst = max(worst, time.monotonic() - t0)
+                continue
             acked[key] += 1
             worst = max(worst, time.monotonic() - t0)
             ops += 1
             if ops == 1:
                 print("writing", flush=True)
     print("acked", json.dumps({str(k): v for k, v in acked.items()}), flush=True)
+    print("raised", json.dumps({str(k): v for k, v in raised.items()}), flush=True)
     print("maxwait", f"{worst:.3f}", ops, flush=True)
     print("end", "stopped" if stopped else "deadline", flush=True)
     store.close()
@@ -116,9 +135,12 @@ def rebalance(args: argparse.Namespace) -> None:
         elif len(added) >= 2:
             op = "remove"
         else:
-            op = rng.choice(["add", "remove", "weight"])
+            op = rng.choice(["add", "remove", "weight", *(["replicas"] if args.replicas else [])])
         try:
-            if op == "add":
+            if op == "replicas":
+                name = str(3 if store.replicas == 2 else 2)
+                store.set_replicas(int(name), batch_size=rng.choice([20, 100]))
+            elif op == "add":
                 name = f"live{args.seed}-{i}"
                 i += 1
                 backend = args.url_template.format(i=i, name=name) if args.url_template else None
@@ -151,6 +173,10 @@ def main() -> None:
     parser.add_argument("--stop-file", default="")
     parser.add_argument("--min-ops", type=int, default=0)
     parser.add_argument("--rebalances", type=int, default=None)
+    parser.add_argument(
+        "--tolerate", action="store_true", help="incr: a write of unknown outcome is recorded, not fatal"
+    )
+    parser.add_argument("--replicas", type=int, default=None, help="rebalance: also change the number of copies")
     args = parser.parse_args()
     {"incr": incr, "rebalance": rebalance}[args.mode](args)
 

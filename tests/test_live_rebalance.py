@@ -87,9 +87,15 @@ def _increments_between(histories: Path, begin: int, end: int) -> int:
     return n
 
 
+@pytest.mark.parametrize("replicas", [1, 2], ids=["one-copy", "two-copies"])
 @pytest.mark.parametrize("kind", ["lmdb", "redis"])
-def test_three_writers_and_a_rebalancer_lose_no_increment(kind: str, tmp_path: Path, request: Any) -> None:
+def test_three_writers_and_a_rebalancer_lose_no_increment(
+    kind: str, replicas: int, tmp_path: Path, request: Any
+) -> None:
     """The work is counted, not timed: the writers run until the rebalancer has done its rebalances.
+
+    With two copies the rebalancer also changes the number of copies (2 <-> 3), and
+    afterwards every key is on exactly its replicas.
 
     Each writer acknowledges an increment before the rebalancer starts, and
     keeps going until the rebalancer is done and it has made
@@ -99,14 +105,14 @@ def test_three_writers_and_a_rebalancer_lose_no_increment(kind: str, tmp_path: P
     (tmp_path / "histories").mkdir()
     if kind == "lmdb":
         location = str(tmp_path / "store")
-        DHTServerStore.open(location, shards=3).close()
+        DHTServerStore.open(location, shards=3, replicas=replicas).close()
         template = ""
     else:
         servers = request.getfixturevalue("redis_servers")
         _flush(servers)
         location = f"{servers[0].url}?prefix=membership:"
         shards = {f"r{i}": f"{servers[i].url}?prefix=r{i}:" for i in range(3)}
-        DHTServerStore.open(location, shards=shards).close()
+        DHTServerStore.open(location, shards=shards, replicas=replicas).close()
         template = f"{servers[3].url}?prefix={{name}}:"
     with DHTServerStore.open(location) as store:  # background records, so that batches are many
         for i in range(3000):
@@ -128,7 +134,7 @@ def test_three_writers_and_a_rebalancer_lose_no_increment(kind: str, tmp_path: P
             assert line.strip() == "writing", f"{line!r} {proc.stderr.read() if proc.stderr else ''}"
         rebalancer = _spawn(
             "rebalance", location, "--rebalances", str(REBALANCES), "--seconds", str(CEILING),
-            "--url-template", template,
+            "--url-template", template, *(["--replicas", "2"] if replicas > 1 else []),
         )  # fmt: skip
         r_out, r_err = rebalancer.communicate(timeout=CEILING + 60)
     except BaseException:
@@ -156,8 +162,9 @@ def test_three_writers_and_a_rebalancer_lose_no_increment(kind: str, tmp_path: P
                 waits.append(float(rest.split()[0]))
     checked = Histories(tmp_path / "histories").check().operations  # linearizable, by dhtcart.verify's checker
     with DHTServerStore.open(location) as store:
-        store._check()  # every key only on its owner, every shard's record its arcs
-        placement(store)
+        store._check()  # every key on exactly its replicas, every shard's record its ranges
+        if replicas == 1:
+            placement(store)  # and no key on two shards
         for i in range(KEYS):
             key = counter_key(i)
             rec = store.get(key)

@@ -42,6 +42,7 @@ from dhtcart.errors import (
     ShardNotFound,
     ShardUnavailable,
     StoreBusy,
+    StoreClosed,
 )
 from dhtcart.hashing import MAX_KEY
 from dhtcart.membership import DirectoryMembership, Lease, LocalMembership, MembershipDoc, holder_name
@@ -105,6 +106,24 @@ class Coordinator:
         self._membership = store._membership
         self._failing = threading.Lock()  # this handle's failovers, one at a time
         self._repairing: threading.Thread | None = None
+        self._stopping = threading.Event()  # the handle is closing: background work stops
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop this handle's background repair at its next batch (its lease released), and wait for it."""
+        self._stopping.set()
+        running = self._repairing
+        if running is not None and running is not threading.current_thread():
+            running.join(timeout)
+
+    def _check(self, lease: Lease) -> Callable[[], None]:
+        """The check a mover makes before each batch: the lease still held, the handle not closing."""
+
+        def check() -> None:
+            lease.check()
+            if self._stopping.is_set():
+                raise StoreClosed("the store handle is closing: its background work stops here")
+
+        return check
 
     # -- leases -------------------------------------------------------------------
 
@@ -317,7 +336,7 @@ class Coordinator:
             ids=view.ids,
             leased=leased,
             grant=grant,
-            check_lease=lease.check,
+            check_lease=self._check(lease),
             **options,
         )
 
@@ -517,7 +536,7 @@ class Coordinator:
         protocol: live, crash-safe, and finished by the next opener, rebalance
         or ``finish_rebalance()`` if this process stops first.
         """
-        if self._repairing is not None and self._repairing.is_alive():
+        if (self._repairing is not None and self._repairing.is_alive()) or self._stopping.is_set():
             return
         self._repairing = threading.Thread(target=self._repair_quietly, name="dhtcart-repair", daemon=True)
         self._repairing.start()
@@ -543,7 +562,7 @@ class Coordinator:
         for _ in range(64):  # bounded: one removal per dead shard, and a few waits for the lease
             view = store._refresh()
             down = sorted(n for n, e in view.doc.down.items() if e.get("promoted") and n in view.ring.nodes)
-            if not down or store._closed or len(view.ring.nodes) == 1:
+            if not down or store._closed or self._stopping.is_set() or len(view.ring.nodes) == 1:
                 break
             try:
                 self.rebalance("remove", down[0], 1, None, batch_size, progress)

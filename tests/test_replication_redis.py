@@ -1,0 +1,194 @@
+"""Replication on real Redis servers, across processes: a server killed, a server paused.
+
+Three shard servers and a fourth that keeps the membership (so clients open the
+store from one URL, as on separate hosts), two copies of every key. Writer
+processes (``tests/live_child.py incr --tolerate``) add one to shared counters
+by compare-and-set, recording every operation; a call that raised is recorded
+as of unknown outcome. The histories are checked by ``dhtcart.verify``'s
+checker. The protocol and its bounds: ``docs/replication.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dhtcart import DHTServerStore, Record, ShardUnavailable, hash_key
+from tests.conftest import redis_binary
+from tests.helpers import Histories, child_env
+from tests.live_child import counter_key
+
+CHILD = Path(__file__).with_name("live_child.py")
+ROOT = CHILD.parent.parent
+KEYS = 12
+CEILING = 120.0  # seconds: bounds a hang, not the work
+#: the longest one increment may wait through a failover: seeing the server dead (a refused
+#: connection at once; a paused one after its 0.5 s timeout and a probe), the dead primary's
+#: lease (read_lease 1 s + 2 x 0.25 s of clock skew), the levelling, on a loaded machine
+FAILOVER_BOUND = 12.0
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[list[Any]]:
+    """Four fresh Redis servers: three shards and the membership's database."""
+    from tests.redis_server import running
+
+    with running(4, lambda i: tmp_path / f"redis{i}", redis_binary()) as started:
+        yield started
+
+
+def _store(servers: list[Any], timeout: float) -> tuple[str, dict[str, str]]:
+    location = f"{servers[3].url}?prefix=m:"
+    shards = {f"r{i}": f"{servers[i].url}?prefix=r{i}:&timeout={timeout}" for i in range(3)}
+    DHTServerStore.open(location, shards=shards, replicas=2, read_lease=1.0).close()
+    return location, shards
+
+
+def _writers(location: str, tmp_path: Path, n: int = 3) -> list[subprocess.Popen[str]]:
+    (tmp_path / "histories").mkdir(exist_ok=True)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable, "-u", str(CHILD), "incr", location, "--seconds", str(CEILING), "--keys", str(KEYS),
+                "--seed", str(w), "--history", str(tmp_path / "histories" / f"p{w}.jsonl"),
+                "--stop-file", str(tmp_path / "stop"), "--min-ops", "50", "--tolerate",
+            ],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=ROOT,
+        )
+        for w in range(n)
+    ]  # fmt: skip
+    for proc in procs:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "writing", f"{line!r} {proc.stderr.read() if proc.stderr else ''}"
+    return procs
+
+
+def _total(location: str) -> int:
+    with DHTServerStore.open(location) as store:
+        return sum(int(r.value) for i in range(KEYS) if (r := store.get(counter_key(i))) is not None)
+
+
+def _finish(procs: list[subprocess.Popen[str]], tmp_path: Path) -> tuple[dict[int, int], dict[int, int], float]:
+    """Stop the writers; what each counter's writers saw acknowledged and raise, and the longest wait."""
+    (tmp_path / "stop").touch()
+    acked: dict[int, int] = {}
+    raised: dict[int, int] = {}
+    waits = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=CEILING + 60)
+        assert proc.returncode == 0, err
+        for line in out.splitlines():
+            word, _, rest = line.partition(" ")
+            if word in ("acked", "raised"):
+                into = acked if word == "acked" else raised
+                for key, n in json.loads(rest).items():
+                    into[int(key)] = into.get(int(key), 0) + n
+            elif word == "maxwait":
+                waits.append(float(rest.split()[0]))
+    return acked, raised, max(waits)
+
+
+def _wait_for(predicate: Any, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} within {timeout:g} s"
+        time.sleep(0.05)
+
+
+def test_a_killed_server_loses_no_acknowledged_write_and_stops_no_writer(servers: list[Any], tmp_path: Path) -> None:
+    location, _ = _store(servers, timeout=0.5)
+    procs = _writers(location, tmp_path)
+    try:
+        start = _total(location)
+        _wait_for(lambda: _total(location) >= start + 200, "the writers made 200 increments")
+        servers[1].kill()  # SIGKILL, never restarted
+        killed_at = _total(location)
+        _wait_for(lambda: _total(location) >= killed_at + 300, "the writers went on after the kill")
+        acked, raised, worst = _finish(procs, tmp_path)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    report = Histories(tmp_path / "histories").check()  # linearizable, unknown outcomes included
+    with DHTServerStore.open(location) as store:  # a fresh handle: every counter readable
+        assert "r1" in store.rebalance_status().down or "r1" not in store.ring.nodes
+        for i in range(KEYS):
+            key = counter_key(i)
+            rec = store.get(key)
+            got = int(rec.value) if rec is not None else 0
+            assert acked.get(key, 0) <= got <= acked.get(key, 0) + raised.get(key, 0), (
+                f"counter {i}: {got}, acknowledged {acked.get(key, 0)}, raised {raised.get(key, 0)}"
+            )
+        store.repair()  # what a writer's background repair did not finish, this handle does
+        _wait_for(lambda: not store.rebalance_status().migrating, "the repair finished")
+        status = store.rebalance_status()
+        assert status.down == [] and status.under_replicated == 0.0, status
+        store._check()  # every key on exactly its two replicas, all live
+        assert all(len(store.replicas_for(counter_key(i))) == 2 for i in range(KEYS))
+        assert all("r1" not in store.replicas_for(counter_key(i)) for i in range(KEYS))
+    print(
+        f"\n{sum(acked.values())} increments acknowledged, {sum(raised.values())} raised,"
+        f" {report.operations} operations checked; the writers' longest wait {worst:.2f} s"
+    )
+    assert worst < FAILOVER_BOUND, f"a writer waited {worst:.1f} s"
+
+
+def test_a_paused_server_answers_nothing_stale_when_it_comes_back(servers: list[Any], tmp_path: Path) -> None:
+    """A handle opened before the pause still routes to the old primary when it resumes: the old
+    primary's lease has run out, so the handle learns the new membership and reads the new value."""
+    location, _ = _store(servers, timeout=0.5)
+    first = DHTServerStore.open(location)
+    second = DHTServerStore.open(location)
+    try:
+        keys = [hash_key(f"paused-{i}") for i in range(60)]
+        for k in keys:
+            first.put(k, b"old")
+        victim = first.replicas_for(keys[0])[0]
+        mine = [k for k in keys if first.replicas_for(k)[0] == victim]
+        assert all(first.get(k) == Record(1, b"old") for k in mine)
+        server = servers[int(victim[1:])]
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            written: dict[int, Record] = {}
+            unknown = 0
+            for k in mine:  # the second handle meets the paused primary: a failover, then its writes
+                for _ in range(3):
+                    current = second.get(k)
+                    assert current is not None
+                    try:
+                        version = second.put(k, b"new", expected_version=current.version)
+                    except ShardUnavailable as exc:  # sent to the paused primary: never sent twice
+                        assert exc.unknown, exc
+                        unknown += 1
+                        continue
+                    written[k] = Record(version, b"new")
+                    break
+            took = time.monotonic() - started
+            assert victim in second.rebalance_status().down
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        assert first._view.replicas(mine[0])[0] == victim, "the first handle still routes to the old primary"
+        assert set(written) == set(mine) and unknown <= 1
+        for k in mine:
+            assert first.get(k) == written[k], "a stale read from the resumed old primary"
+        print(
+            f"\n{len(mine)} keys of the paused primary written through the failover in {took:.2f} s"
+            f" ({unknown} write of unknown outcome)"
+        )
+        assert took < FAILOVER_BOUND
+    finally:
+        first.close()
+        second.close()
