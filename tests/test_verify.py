@@ -91,6 +91,38 @@ def test_redis_store_is_linearizable_while_shards_are_paused(tmp_path: Path, red
     assert user_data(tmp_path / "store") == before
 
 
+def test_a_replicated_redis_store_is_linearizable_while_a_shard_is_killed(
+    tmp_path: Path,
+    redis_trio: list[Any],  # noqa: F811
+) -> None:
+    """Two copies of each key; the middle pause outlasts the clients' timeout and a probe, so they
+    fail the shard over and its keys are served by the other copies; the repair takes it out, and
+    verify adds it back, empty, after the run. The user's data survives the lost shard."""
+    before = redis_store(tmp_path / "store", redis_trio, replicas=2)
+    args = ["--kill-shard", "--replicas", "2", "--clients", "3", "--keys", "5", "--seconds", "5", "--json"]
+    proc = verify("--data", str(tmp_path / "store"), *args, tmp=tmp_path)
+    data = report_of(proc)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert data["check"]["valid"] is True
+    assert data["pauses"] == 3 and data["kills"] == 1 and not data["pause_errors"]
+    assert len(data["restored"]) == 1, data  # the killed shard was failed over, taken out and added back
+    assert data["keys_removed"] == 5
+    assert user_data(tmp_path / "store") == before
+    with DHTServerStore.open(tmp_path / "store") as store:
+        assert sorted(store.servers) == ["r0", "r1", "r2"] and store.replicas == 2
+        assert store.rebalance_status().down == [] and store.health() == dict.fromkeys(store.servers)
+
+
+def test_replicas_creates_a_directory_store_or_must_match_an_existing_one(tmp_path: Path) -> None:
+    proc = verify("--data", str(tmp_path / "new"), "--replicas", "2", *RUN, "--json", tmp=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert report_of(proc)["check"]["valid"] is True
+    with DHTServerStore.open(tmp_path / "new", create=False) as store:
+        assert store.replicas == 2 and len(store) == 0
+    other = verify("--data", str(tmp_path / "new"), "--replicas", "3", "--seconds", "1", tmp=tmp_path)
+    assert other.returncode == 2 and "set-replicas" in other.stderr and "keeps 2 copies" in other.stderr
+
+
 def test_redis_store_is_linearizable_flat_out(tmp_path: Path, redis_trio: list[Any]) -> None:  # noqa: F811
     redis_store(tmp_path / "store", redis_trio)
     proc = verify("--data", str(tmp_path / "store"), *RUN, "--rate", "0", "--json", tmp=tmp_path)
@@ -140,6 +172,9 @@ def test_check_a_history_file(tmp_path: Path) -> None:
         ([], "one of the arguments"),
         (["--data", "a", "--check", "b"], "not allowed with"),
         (["--check", "h.jsonl", "--rebalance"], "only apply to a run"),
+        (["--check", "h.jsonl", "--replicas", "2"], "only apply to a run"),
+        (["--data", "x", "--replicas", "0"], "--replicas"),
+        (["--store", "redis://127.0.0.1:1/0", "--replicas", "2"], "cannot open"),
         (["--data", "x", "--rebalance-backend", "memory://"], "needs --rebalance"),
         (["--data", "no-store-here"], "no dhtcart store"),
         (["--check", "no-such-file.jsonl"], "cannot read"),

@@ -97,11 +97,12 @@ def lmdb_store(root: Path, shards: int = 3) -> dict[int, Record]:
     return user_data(root)
 
 
-def redis_store(root: Path, servers: list[Any], timeout: float = 0.3) -> dict[int, Record]:
-    """A store whose shards are the given real Redis servers (one each, a prefix of this store's own)."""
+def redis_store(root: Path, servers: list[Any], timeout: float = 0.3, replicas: int = 1) -> dict[int, Record]:
+    """A store whose shards are the given real Redis servers (one each, a prefix of this store's own),
+    keeping ``replicas`` copies of each key."""
     prefix = f"v{abs(hash(str(root))) % 10**8}:"
     shards = {f"r{i}": f"redis://127.0.0.1:{s.port}/0?timeout={timeout}&prefix={prefix}" for i, s in enumerate(servers)}
-    with patiently(lambda: DHTServerStore.open(root, shards=shards)) as store:
+    with patiently(lambda: DHTServerStore.open(root, shards=shards, replicas=replicas)) as store:
         for i in range(USER_KEYS):
             patiently(lambda: store.put(hash_key(f"user-{i}"), b"keep me"))  # noqa: B023 - called at once
     return user_data(root)

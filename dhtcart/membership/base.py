@@ -41,7 +41,10 @@ class MembershipDoc:
     ``down`` the shards a failover took out (``{name: {"epoch": E,
     "promoted": bool}}``), which keep their place in the ring until the repair
     removes them; ``read_lease`` the seconds a primary serves reads after a
-    renewal and ``clock_skew`` the most that two hosts' clocks may differ.
+    renewal and ``clock_skew`` the most that two hosts' clocks may differ;
+    ``abandoned`` the retired shards that a failover took out: their own
+    records were never handed over (they did not answer), so they are emptied
+    whatever those records still claim.
     """
 
     epoch: int
@@ -56,6 +59,7 @@ class MembershipDoc:
     down: dict[str, dict[str, Any]] = field(default_factory=dict)
     read_lease: float = DEFAULT_READ_LEASE
     clock_skew: float = DEFAULT_CLOCK_SKEW
+    abandoned: list[str] = field(default_factory=list)
     #: dhtcart 0.1's manifest, read but not yet upgraded (the store upgrades it)
     legacy: bool = False
 
@@ -78,6 +82,7 @@ class MembershipDoc:
             "down": self.down,
             "read_lease": self.read_lease,
             "clock_skew": self.clock_skew,
+            "abandoned": self.abandoned,
         }
 
     def to_json(self) -> str:
@@ -111,6 +116,7 @@ class MembershipDoc:
             down={k: dict(v) for k, v in (data.get("down") or {}).items()},
             read_lease=float(data.get("read_lease", DEFAULT_READ_LEASE)),
             clock_skew=float(data.get("clock_skew", DEFAULT_CLOCK_SKEW)),
+            abandoned=[str(n) for n in data.get("abandoned") or ()],
         )
 
 

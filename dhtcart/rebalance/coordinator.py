@@ -372,6 +372,7 @@ class Coordinator:
             replicas=replicas,
             domains={n: d for n, d in doc.domains.items() if n not in drop},
             down={n: e for n, e in doc.down.items() if n not in drop},
+            abandoned=sorted({*doc.abandoned, *(n for n in drop if n in doc.down)}),
         )
         if replicas == 1 and doc.replicas > 1:  # one copy again: reads need no lease any more
             for name, backend in self._store._view.live_backends().items():
@@ -407,7 +408,7 @@ class Coordinator:
                     raise InvalidInput("backend", f"shard {name!r} is not a fenced backend")
                 backend.update_ownership(lease.token, doc.epoch)  # fenced: refused if a newer rebalancer came
                 served = backend.ownership().segments.in_state(*SERVED)
-                if served:
+                if served and name not in doc.abandoned:  # a failover's stale record: emptied anyway
                     raise LeaseLost(f"shard {name!r} left the ring but still serves {len(served)} ranges")
                 backend.update_ownership(lease.token, doc.epoch, [(-1, MAX_KEY, NOT_OWNED, "")])
                 backend.drop_ranges(lease.token, [(-1, MAX_KEY)])
@@ -424,7 +425,7 @@ class Coordinator:
             store._forget(name)
         if left == doc.retired:
             return doc
-        new = doc.next(retired=left)
+        new = doc.next(retired=left, abandoned=[n for n in doc.abandoned if n in left])
         self._membership.publish(new, lease)
         store._apply(new)
         return new

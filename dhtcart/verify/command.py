@@ -3,7 +3,8 @@
 ::
 
     dhtcart verify --data DIR | --store LOCATION [--clients N] [--keys K] [--seconds S] [--rate OPS]
-                   [--rebalance [--rebalance-backend URL]] [--kill-shard] [--history FILE] [--seed N] [--json]
+                   [--rebalance [--rebalance-backend URL]] [--kill-shard] [--replicas N] [--history FILE]
+                   [--seed N] [--json]
     dhtcart verify --check FILE [--json]
 
 Exit codes: 0 the history is linearizable; 1 it is not, or the search gave up
@@ -29,7 +30,15 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from dhtcart._cli_common import HelpFormatter
-from dhtcart.errors import Conflict, DHTCartError, InvalidInput, MalformedHistory, StoreBusy, WorkloadFailed
+from dhtcart.errors import (
+    Conflict,
+    DHTCartError,
+    InvalidInput,
+    MalformedHistory,
+    StoreBusy,
+    StoreNotFound,
+    WorkloadFailed,
+)
 from dhtcart.verify.checker import Anomaly, CheckReport, check_file
 from dhtcart.verify.run import VerifyRun, verify_store
 from dhtcart.verify.workload import DEFAULT_RATE
@@ -58,7 +67,11 @@ compare-and-set, whatever runs at once. N client processes (each opening the
 store itself) run reads, writes, compare-and-sets and deletes on K keys of the
 run's own (drawn from a fresh random id, checked absent first, deleted after),
 optionally while this process adds and removes a temporary shard (--rebalance)
-or makes shards unreachable for a while (--kill-shard). Every operation is
+or makes shards unreachable for a while (--kill-shard; on a store keeping
+copies, one of the three pauses outlasts the shard's timeout: the clients fail
+it over, the repair takes it out of the ring, and it is added back, empty,
+after the run). With --replicas N, a directory store that is not there yet
+is created keeping N copies of each key. Every operation is
 recorded with its start and end; the history is checked for linearizability,
 and any anomaly is printed with the operations that show it.
 
@@ -146,6 +159,12 @@ def add_verify_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--kill-shard", action="store_true", help="meanwhile make shards unreachable for a while, three times"
     )
+    p.add_argument(
+        "--replicas",
+        type=_positive_int(1, 7),
+        metavar="N",
+        help="copies of each key: a store created here (a directory) keeps N; an existing store must keep N",
+    )
     p.add_argument("--history", metavar="FILE", help="write the history here (default: a temporary file, kept)")
     p.add_argument("--seed", type=int, help="seed of the clients' random choices")
     p.add_argument("--max-steps", type=_positive_int(1, 10**12), help="search bound per key (default: the checker's)")
@@ -165,6 +184,8 @@ def run_verify(args: argparse.Namespace) -> int:
         given = [flag for flag, used in (("--rebalance", args.rebalance), ("--kill-shard", args.kill_shard)) if used]
         if args.history is not None:
             given.append("--history")
+        if args.replicas is not None:
+            given.append("--replicas")
         if given:
             return _usage(f"{', '.join(given)} only apply to a run, not to --check")
         try:
@@ -188,6 +209,10 @@ def run_verify(args: argparse.Namespace) -> int:
                 pass
         except OSError as exc:
             return _usage(f"cannot write {args.history}: {exc.strerror or exc}")
+    if args.replicas is not None:
+        problem = _prepare(location, args.replicas)
+        if problem is not None:
+            return _usage(problem)
     status = _Status(quiet=args.json)
     try:
         run = verify_store(
@@ -221,6 +246,38 @@ def run_verify(args: argparse.Namespace) -> int:
         title = f"store {location}: {run.clients} clients, {run.keys} keys, {run.seconds:.1f} s"
         _render(sys.stdout, run.report, run, title)
     return _exit_code(run.report, run)
+
+
+def _prepare(location: str, replicas: int) -> str | None:
+    """``--replicas N``: create a directory store keeping N copies where there is none; check that
+    an existing store keeps N. Returns what is wrong, or ``None``."""
+    from dhtcart.membership import parse_location
+    from dhtcart.store import DHTServerStore
+
+    try:
+        store = DHTServerStore.open(location, create=False)
+    except StoreNotFound:
+        if parse_location(location).kind != "directory":
+            return (
+                f"no dhtcart store at {location}; a store with its membership in a database is created"
+                f" with its shards: dhtcart init --data {location} --replicas {replicas} --shard NAME=URL ..."
+            )
+        try:
+            DHTServerStore.open(location, replicas=replicas).close()
+        except DHTCartError as exc:
+            return f"cannot create a store keeping {replicas} copies at {location}: {exc}"
+        return None
+    except DHTCartError as exc:
+        return f"cannot open {location}: {exc}"
+    try:
+        if store.replicas != replicas:
+            return (
+                f"the store at {location} keeps {store.replicas} cop{'y' if store.replicas == 1 else 'ies'} of"
+                f" each key, not {replicas}; change that first: dhtcart set-replicas --data {location} {replicas}"
+            )
+    finally:
+        store.close()
+    return None
 
 
 def _exit_code(report: CheckReport, run: VerifyRun | None) -> int:
@@ -286,7 +343,11 @@ def _facts(report: CheckReport, run: VerifyRun | None) -> list[tuple[str, str]]:
         if run.rebalances or run.rebalance_refusals or run.rebalance_errors:
             facts.append(("rebalances", f"{run.rebalances} done, {run.rebalance_refusals} refused (store busy)"))
         if run.pauses or run.pause_errors:
-            facts.append(("shard pauses", f"{run.pauses}"))
+            pauses = f"{run.pauses}"
+            if run.kills:
+                taken = ", ".join(run.restored) or "none"
+                pauses += f" ({run.kills} long enough to fail the shard over; taken out and added back: {taken})"
+            facts.append(("shard pauses", pauses))
         facts.append(("history", str(run.history)))
         facts.append(("keys removed", f"{run.keys_removed} of {run.keys}"))
     return facts

@@ -132,6 +132,10 @@ class VerifyRun:
     rebalance_errors: list[str] = field(default_factory=list)
     pauses: int = 0
     pause_errors: list[str] = field(default_factory=list)
+    #: pauses long enough that the clients failed the shard over (a replicated store only)
+    kills: int = 0
+    #: shards a failover took out during the run, added back (empty) after it
+    restored: list[str] = field(default_factory=list)
     keys_removed: int = 0
 
     @property
@@ -152,6 +156,8 @@ class VerifyRun:
             "rebalance_errors": self.rebalance_errors,
             "pauses": self.pauses,
             "pause_errors": self.pause_errors,
+            "kills": self.kills,
+            "restored": self.restored,
             "client_failures": self.client_failures,
             "keys_removed": self.keys_removed,
             "client_stats": [s.to_dict() for s in self.client_stats],
@@ -181,6 +187,7 @@ class _Faults:
         self.seconds = seconds
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
+        self.before: dict[str, tuple[str, int, str | None]] = {}  # the shards: name: (url, weight, domain)
 
     def _owners(self, keys: Sequence[int]) -> set[str]:
         """The shards that own some of the run's keys now (those a pause affects)."""
@@ -191,7 +198,19 @@ class _Faults:
         return owners
 
     def start_pauses(self, shards: list[str], start: float, keys: Sequence[int]) -> None:
+        """Make shards unreachable, :data:`PAUSES` times, in a thread.
+
+        On a replicated store the middle one is a *kill*: the shard stays
+        unreachable past its reply timeout and the probe after it, so the
+        clients fail it over (the repair takes it out of the ring; it is
+        added back, empty, after the run: :meth:`restore`); the other pauses
+        stay within the reply timeout (a slow shard, not a dead one).
+        """
         length = max(0.2, min(3.0, self.seconds / 5))
+        kill_at = -1
+        if self.store.replicas > 1:
+            kill_at = PAUSES // 2
+            self.before = {name: self._spec(name) for name in self.store.servers}
 
         def pauses() -> None:
             over = 0.0  # when the last pause ends: never pause a server that is still paused
@@ -205,15 +224,54 @@ class _Faults:
                 owners = self._owners(keys)
                 alive = [s for s in alive if s in owners] or alive
                 name = self.rng.choice(alive)
+                backend = self.store.servers[name].backend
+                timeout = _reply_timeout(backend)
+                if n == kill_at:
+                    seconds = 2 * timeout + 1.0  # the operation that meets it, the probe, a margin
+                elif kill_at >= 0:
+                    seconds = min(length, timeout / 2)
+                else:
+                    seconds = length
                 try:
-                    over = time.monotonic() + length
-                    self.store.servers[name].backend.pause(length)
+                    over = time.monotonic() + seconds
+                    backend.pause(seconds)
                     self.run.pauses += 1
+                    if n == kill_at:
+                        self.run.kills += 1
                 except Exception as exc:  # reported, the run goes on
                     self.run.pause_errors.append(f"{name}: {type(exc).__name__}: {exc}")
 
         self.thread = threading.Thread(target=pauses, name="dhtcart-verify-pauses", daemon=True)
         self.thread.start()
+
+    def _spec(self, name: str) -> tuple[str, int, str | None]:
+        """What adding shard ``name`` back takes: its URL (credentials included), weight, domain."""
+        doc = self.store.membership.load()
+        assert doc is not None
+        return doc.shards[name], self.store.ring.nodes.get(name, 1), doc.domains.get(name)
+
+    def restore(self, deadline: float) -> None:
+        """After a run on a replicated store: finish the repair, and add back the shards it took out.
+
+        The repair takes a shard that was failed over out of the ring and
+        empties it (its data is treated as lost); it comes back as a new,
+        empty shard of the same name, URL, weight and domain, and receives its
+        share again.
+        """
+        if not self.before:
+            return
+        while time.monotonic() < deadline:
+            try:
+                self.store.repair()
+                self.store.finish_rebalance()
+                for name, (url, weight, domain) in self.before.items():
+                    if name not in self.store.servers:
+                        self.store.add_shard(name, weight=weight, backend=url, domain=domain)
+                        self.run.restored.append(name)
+                return
+            except (ShardUnavailable, StoreBusy) as exc:
+                self._note(f"restoring the shards: {type(exc).__name__}: {exc}")
+                time.sleep(0.5)
 
     def rebalance_until(self, deadline: float, name: str, backend: str | None) -> None:
         """Add shard ``name`` and remove it again, over and over, until ``deadline``."""
@@ -260,6 +318,12 @@ class _Faults:
             except (ShardUnavailable, StoreBusy) as exc:
                 self._note(f"removing {name}: {exc}")
                 time.sleep(0.5)
+
+
+def _reply_timeout(backend: object) -> float:
+    """The seconds a shard's backend waits for a reply (Redis: its ``?timeout=``; 2 s if it has none)."""
+    timeout = getattr(backend, "timeout", None)
+    return float(timeout) if isinstance(timeout, (int, float)) else 2.0
 
 
 def _start_clients(config: Path, clients: int, workdir: Path) -> tuple[list[subprocess.Popen[str]], list[IO[str]]]:
@@ -414,6 +478,7 @@ def verify_store(
             run.seconds = time.monotonic() - start
         finally:
             faults.cleanup(temp)
+            faults.restore(time.monotonic() + 120)
         say("merging and checking the history")
         streams = [read_history(workdir / f"client-{i}.jsonl") for i in ready]
         with HistoryWriter(target) as out_file:
