@@ -3,8 +3,11 @@
 Each helper makes a real medium with a real fault, never a mock: a small
 ``tmpfs`` that a filler file makes full, a read-only bind mount of a
 directory, a small ext4 filesystem in a loop-mounted image (whose inodes come
-back soon after they are freed), and a child process run as the unprivileged
-user ``nobody`` (root bypasses permission bits). Mounting needs root with
+back soon after they are freed), and a child process that keeps the user id
+root but drops every capability (root bypasses permission bits only through
+``CAP_DAC_OVERRIDE`` and friends; without them the owner's bits apply, while
+the interpreter and its packages, owned by root, stay readable even in a
+private ``0700`` directory, which a switch to ``nobody`` could not read). Mounting needs root with
 ``CAP_SYS_ADMIN`` (what ``.ci/run`` has on a clean Debian machine); without it
 the tests that need these skip, which fails under ``CI=true``
 (:func:`tests.conftest.skip_or_fail`). Every mount is undone when its ``with``
@@ -28,7 +31,6 @@ from tests.helpers import child_env
 
 #: the bound on filling a filesystem, in seconds
 FILL_TIMEOUT = 60.0
-NOBODY = 65534
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -144,18 +146,18 @@ def free_bytes(directory: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def run_as_nobody(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``python -c code args...`` as the unprivileged user ``nobody`` (permission bits then
-    apply, as they do to any service account); the caller makes sure ``nobody`` can read what it needs."""
+def run_unprivileged(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``python -c code args...`` as root without any capability: permission bits then
+    apply (the owner's, root owning the files), as they do to any service account."""
     _need_root_tools("setpriv")
     env = child_env()
     env["HOME"] = "/"
     return subprocess.run(
         [
             "setpriv",
-            f"--reuid={NOBODY}",
-            f"--regid={NOBODY}",
-            "--clear-groups",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--bounding-set=-all",
             sys.executable,
             "-c",
             code,

@@ -47,7 +47,7 @@ from dhtcart.backends.ownership import Ownership, Segments
 from dhtcart.hashing import MAX_KEY
 from tests.conftest import BackendEnv
 from tests.helpers import child_env, load_records
-from tests.media import ext4_image, fill, read_only_view, run_as_nobody, small_tmpfs
+from tests.media import ext4_image, fill, read_only_view, run_unprivileged, small_tmpfs
 
 # -- the interface, on every backend ------------------------------------------------
 
@@ -617,7 +617,7 @@ def test_lmdb_read_only_filesystem_can_be_inspected(tmp_path: Path) -> None:
         assert not rw.read_only and dict(rw.scan(-1, MAX_KEY)) == records
 
 
-_AS_NOBODY = """
+_UNPRIVILEGED = """
 import json, sys
 from dhtcart.backends.lmdb import LMDBBackend
 from dhtcart.errors import DHTCartError
@@ -638,9 +638,9 @@ print(json.dumps(out))
 
 @pytest.mark.parametrize("writable_lock", [False, True], ids=["nothing-writable", "lock-file-writable"])
 def test_lmdb_read_only_for_an_unprivileged_user(tmp_path: Path, writable_lock: bool) -> None:
-    """Permission bits (root bypasses them, so the shard is opened as ``nobody``): with nothing
-    writable LMDB can only read without its lock table; with the lock file writable, readers are
-    registered. Either way reads work and writes are StoreReadOnly."""
+    """Permission bits (root bypasses them, so the shard is opened by root without capabilities):
+    with nothing writable LMDB can only read without its lock table; with the lock file writable,
+    readers are registered. Either way reads work and writes are StoreReadOnly."""
     base = Path(tempfile.mkdtemp(prefix="dhtcart-ro-"))
     try:
         base.chmod(0o755)
@@ -649,7 +649,7 @@ def test_lmdb_read_only_for_an_unprivileged_user(tmp_path: Path, writable_lock: 
         shard.chmod(0o555)
         (shard / "data.mdb").chmod(0o444)
         (shard / "lock.mdb").chmod(0o666 if writable_lock else 0o444)
-        proc = run_as_nobody(_AS_NOBODY, str(shard))
+        proc = run_unprivileged(_UNPRIVILEGED, str(shard))
         assert proc.returncode == 0, proc.stderr
         out = json.loads(proc.stdout)
         assert out["read_only"] is True and out["locked"] is writable_lock
