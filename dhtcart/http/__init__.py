@@ -33,6 +33,9 @@ The package, one module per part:
   the status of every error;
 * :mod:`~dhtcart.http.edge`: what every request goes through (body limit,
   ``HEAD``, the access log, the request metrics);
+* :mod:`~dhtcart.http.lane`: :class:`~dhtcart.http.lane.CartApp`, the app,
+  whose lane answers the cart routes and ``/healthz`` without FastAPI's
+  middleware stack and router (the same handlers, binding and edge);
 * :mod:`~dhtcart.http.routes`: the route table; and here, :func:`create_app`.
 
 This layer only parses, calls and renders: every cart rule lives in
@@ -90,6 +93,7 @@ from dhtcart.cart import CartService
 from dhtcart.errors import DHTCartError
 from dhtcart.http.edge import Edge
 from dhtcart.http.handlers import expected_version
+from dhtcart.http.lane import CartApp, Lane
 from dhtcart.http.models import (
     AddItemRequest,
     CartItemResponse,
@@ -112,6 +116,7 @@ __all__ = [
     "PROFILES",
     "AddItemRequest",
     "AppState",
+    "CartApp",
     "CartItemResponse",
     "CartResponse",
     "ErrorResponse",
@@ -174,8 +179,8 @@ def create_app(
     inline: bool | None = None,
     compat: str | None = None,
     metrics: bool | None = None,
-) -> FastAPI:
-    """The cart API as a FastAPI app.
+) -> CartApp:
+    """The cart API as a FastAPI app (a :class:`~dhtcart.http.lane.CartApp`).
 
     ``service``: serve this :class:`CartService` (the caller opens and closes
     it). Otherwise the app's lifespan opens ``CartService.open(data_dir,
@@ -206,7 +211,7 @@ def create_app(
         inline=False if inline is None and config.thread_pool else inline,
         metrics=Metrics() if config.metrics else None,
     )
-    app = FastAPI(
+    app = CartApp(
         title="dhtcart",
         version=__version__,
         summary="A shopping cart over a consistent-hashing DHT.",
@@ -228,11 +233,12 @@ def create_app(
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)
-    add_routes(app, state.profile, metrics=state.metrics is not None)
+    app.lane = Lane(state)
+    add_routes(app, state.profile, metrics=state.metrics is not None, lane=app.lane)
     return app
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> CartApp:
     """The app for ``uvicorn --factory dhtcart.http:app_from_env`` (what ``dhtcart serve`` runs).
 
     Reads every ``DHTCART_*`` variable through :meth:`Settings.from_env

@@ -22,7 +22,16 @@ from pydantic import ValidationError as PydanticValidationError
 from starlette.types import Receive, Scope, Send
 
 from dhtcart.errors import DHTCartError, InvalidInput
-from dhtcart.http.responses import domain_error, error, field_error, invalid, malformed, pydantic_invalid
+from dhtcart.http.responses import (
+    body_too_large,
+    domain_error,
+    error,
+    field_error,
+    invalid,
+    malformed,
+    pydantic_invalid,
+)
+from dhtcart.http.state import app_state
 
 __all__ = [
     "Operation",
@@ -37,13 +46,19 @@ __all__ = [
 
 class Param(NamedTuple):
     name: str
-    kind: Literal["request", "path", "header", "body"]
+    kind: Literal["request", "state", "path", "header", "body", "raw"]
     key: str
     model: type[BaseModel] | None
 
 
 def params_of(endpoint: Callable[..., Any]) -> list[Param]:
-    """How to fill each parameter of ``endpoint``, read once from its signature."""
+    """How to fill each parameter of ``endpoint``, read once from its signature.
+
+    ``Request``: the request; :data:`~dhtcart.http.state.State`: the app's
+    state; a path or header parameter (``Annotated[str, Path(...)]``,
+    ``Header(...)``); a pydantic model: the JSON body, validated; ``bytes``:
+    the body as it came.
+    """
     hints = typing.get_type_hints(endpoint, include_extras=True)
     out: list[Param] = []
     for name in inspect.signature(endpoint).parameters:
@@ -51,8 +66,14 @@ def params_of(endpoint: Callable[..., Any]) -> list[Param]:
         if hint is Request:
             out.append(Param(name, "request", "", None))
             continue
+        if hint is bytes:
+            out.append(Param(name, "raw", "", None))
+            continue
         metadata = getattr(hint, "__metadata__", ())
         for meta in metadata:
+            if isinstance(meta, params.Depends) and meta.dependency is app_state:
+                out.append(Param(name, "state", "", None))
+                break
             if isinstance(meta, params.Path):
                 out.append(Param(name, "path", meta.alias or name, None))
                 break
@@ -83,14 +104,19 @@ def is_json(content_type: str) -> bool:
 _DECODER = json.JSONDecoder(parse_float=Decimal)  # one decoder: json.loads(..., parse_float=) makes one per call
 
 
-async def read_body(receive: Receive) -> bytes:
-    """The whole request body, straight from the ASGI messages."""
+async def read_body(receive: Receive, limit: int | None = None) -> bytes:
+    """The whole request body, straight from the ASGI messages; refused (413) once it passes ``limit`` bytes."""
     chunks: list[bytes] = []
+    received = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise Refused(error(408, "request_timeout", "the client went away before sending its body"))
         body: bytes = message.get("body", b"")
+        if limit is not None:
+            received += len(body)
+            if received > limit:
+                raise Refused(body_too_large(limit))
         if not message.get("more_body", False):
             if not chunks:
                 return body
@@ -167,8 +193,12 @@ class Operation(APIRoute):
                     kwargs[p.name] = scope["path_params"][p.key]
                 elif p.kind == "header":
                     kwargs[p.name] = found.get(p.key)
+                elif p.kind == "state":
+                    kwargs[p.name] = scope["app"].state.dhtcart
                 elif p.kind == "request":
                     kwargs[p.name] = Request(scope, receive, send)
+                elif p.kind == "raw":
+                    kwargs[p.name] = await read_body(receive)
                 else:
                     assert p.model is not None
                     raw = await read_body(receive)

@@ -6,12 +6,14 @@ import time
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dhtcart.http.responses import error
+from dhtcart.http.responses import body_too_large, error
 from dhtcart.http.state import AppState
 
 __all__ = [
     "BodyTooLarge",
     "Edge",
+    "content_length",
+    "log_access",
 ]
 
 
@@ -62,20 +64,9 @@ class Edge:
             await send(message)
 
         try:
-            length = -1
-            for name, value in scope["headers"]:
-                if name == b"content-length":
-                    length = int(value) if value.isdigit() else -1
-                    break
+            length = content_length(scope)
             if length > limit:
-                response = error(
-                    413,
-                    "payload_too_large",
-                    f"request body of {length} bytes exceeds the limit of {limit} bytes",
-                    {"limit": limit},
-                    {"Connection": "close"},
-                )
-                await response(scope, receive, send_status)
+                await body_too_large(limit, length)(scope, receive, send_status)
                 return
             received = 0
 
@@ -101,14 +92,27 @@ class Edge:
             if self.metrics is not None:
                 self.metrics.request(scope.get("dhtcart.route", "unmatched"), method, status or 500, elapsed)
             if access_logger.isEnabledFor(logging.INFO):
-                client = scope.get("client")
-                raw = scope.get("raw_path")
-                path = raw.decode("latin-1") if raw else scope.get("path", "")
-                access_logger.info(
-                    '%s "%s %s" %d %.2fms',
-                    f"{client[0]}:{client[1]}" if client else "-",
-                    method,
-                    path,
-                    status or 500,
-                    elapsed * 1000,
-                )
+                log_access(scope, method, status or 500, elapsed)
+
+
+def content_length(scope: Scope) -> int:
+    """The request's ``Content-Length`` (the first one), or -1 when it has none (or not a number)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else -1
+    return -1
+
+
+def log_access(scope: Scope, method: str, status: int, seconds: float) -> None:
+    """The request's line on the ``dhtcart.access`` logger: client, method, path, status, latency."""
+    client = scope.get("client")
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else scope.get("path", "")
+    access_logger.info(
+        '%s "%s %s" %d %.2fms',
+        f"{client[0]}:{client[1]}" if client else "-",
+        method,
+        path,
+        status,
+        seconds * 1000,
+    )

@@ -46,7 +46,7 @@ from dhtcart.http.models import (
 )
 from dhtcart.http.profiles import Profile
 from dhtcart.http.responses import RETRY, domain_error, error, etag, json_response
-from dhtcart.http.state import app_state
+from dhtcart.http.state import AppState, State, app_state
 
 __all__ = [
     "add_item",
@@ -125,14 +125,13 @@ def none_match(if_none_match: str, version: int) -> bool:
 STORE_ERRORS = (ShardUnavailable, StoreReadOnly, StoreBusy, StoreClosed, TooManyRetries, CorruptData)
 
 
-async def _cart(request: Request, operation: str, customer_id: str, call: Callable[[VersionedCarts], T]) -> T:
+async def _cart(state: AppState, operation: str, customer_id: str, call: Callable[[VersionedCarts], T]) -> T:
     """Run one cart operation where it belongs (event loop or thread pool), counting it by shard.
 
     The shard is the one the operation reached (:meth:`CartService.last_shard
     <dhtcart.cart.CartService.last_shard>`, read in the thread that made the
     call): the key is never routed a second time for a label.
     """
-    state = app_state(request)
     service = state.service
     if service is None:
         raise StoreClosed("the cart service is not running")
@@ -173,13 +172,13 @@ def _shard_of_failure(service: CartService, customer_id: str, exc: DHTCartError)
 # -- handlers: the cart ------------------------------------------------------------------------
 
 
-async def list_items(request: Request, customer_id: CustomerId, if_none_match: IfNoneMatch = None) -> Response:
+async def list_items(state: State, customer_id: CustomerId, if_none_match: IfNoneMatch = None) -> Response:
     """``GET /items/{customerId}``: the cart, with its version as the ``ETag``; 304 without a body
     when ``If-None-Match`` names that version."""
-    items, version = await _cart(request, "list", customer_id, lambda carts: carts.list_items(customer_id))
+    items, version = await _cart(state, "list", customer_id, lambda carts: carts.list_items(customer_id))
     if if_none_match is not None and not none_match(if_none_match, version):
         return Response(status_code=304, headers=etag(version))
-    return json_response(200, app_state(request).profile.cart(customer_id, items), etag(version))
+    return json_response(200, state.profile.cart(customer_id, items), etag(version))
 
 
 #: the fields of an add whose count was spelt as the seed did (``unitCount``)
@@ -187,7 +186,7 @@ _SEED_COUNT = {**FIELDS, "item_count": ("unitCount", "body")}
 
 
 async def add_item(
-    request: Request, customer_id: CustomerId, item_id: ItemId, body: AddItemRequest, if_match: IfMatch = None
+    state: State, customer_id: CustomerId, item_id: ItemId, body: AddItemRequest, if_match: IfMatch = None
 ) -> Response:
     """``POST /item/{customerId}/{itemId}``: add units; the line after the add."""
     count = body.count()
@@ -205,38 +204,38 @@ async def add_item(
         )
 
     try:
-        item, version = await _cart(request, "add", customer_id, add)
+        item, version = await _cart(state, "add", customer_id, add)
     except InvalidInput as exc:
         if "unitCount" not in body.model_fields_set:
             raise
         return domain_error(exc, _SEED_COUNT)  # the client spelt the count as the seed did: name it so
-    return json_response(200, app_state(request).profile.line(item), etag(version))
+    return json_response(200, state.profile.line(item), etag(version))
 
 
 async def update_count(
-    request: Request, customer_id: CustomerId, item_id: ItemId, body: UpdateCountRequest, if_match: IfMatch = None
+    state: State, customer_id: CustomerId, item_id: ItemId, body: UpdateCountRequest, if_match: IfMatch = None
 ) -> Response:
     """``PUT /item/{customerId}/{itemId}``: set the count; 0 removes the line."""
     expected = expected_version(if_match)
     item, version = await _cart(
-        request,
+        state,
         "update",
         customer_id,
         lambda carts: carts.update_count(customer_id, item_id, body.newCount, expected_version=expected),
     )
-    profile = app_state(request).profile
+    profile = state.profile
     if item is None:
         return _removed(profile, version)
     return json_response(200, profile.line(item), etag(version))
 
 
-async def delete_item(request: Request, customer_id: CustomerId, item_id: ItemId, if_match: IfMatch = None) -> Response:
+async def delete_item(state: State, customer_id: CustomerId, item_id: ItemId, if_match: IfMatch = None) -> Response:
     """``DELETE /item/{customerId}/{itemId}``: delete the line."""
     expected = expected_version(if_match)
     _, version = await _cart(
-        request, "delete", customer_id, lambda carts: carts.delete_item(customer_id, item_id, expected_version=expected)
+        state, "delete", customer_id, lambda carts: carts.delete_item(customer_id, item_id, expected_version=expected)
     )
-    return _removed(app_state(request).profile, version)
+    return _removed(state.profile, version)
 
 
 def _removed(profile: Profile, version: int) -> Response:
@@ -245,28 +244,28 @@ def _removed(profile: Profile, version: int) -> Response:
     return json_response(200, profile.removed, etag(version))
 
 
-async def checkout(request: Request, customer_id: CustomerId, if_match: IfMatch = None) -> Response:
+async def checkout(state: State, customer_id: CustomerId, if_match: IfMatch = None) -> Response:
     """``DELETE /items/{customerId}``: empty the cart atomically; the receipt."""
-    return await _checkout(request, customer_id, if_match, legacy=False)
+    return await _checkout(state, customer_id, if_match, legacy=False)
 
 
-async def checkout_legacy(request: Request, customer_id: CustomerId, if_match: IfMatch = None) -> Response:
+async def checkout_legacy(state: State, customer_id: CustomerId, if_match: IfMatch = None) -> Response:
     """``POST /checkout/{customerId}``: checkout, the seed code's spelling."""
-    return await _checkout(request, customer_id, if_match, legacy=True)
+    return await _checkout(state, customer_id, if_match, legacy=True)
 
 
-async def _checkout(request: Request, customer_id: str, if_match: str | None, *, legacy: bool) -> Response:
-    profile = app_state(request).profile
+async def _checkout(state: AppState, customer_id: str, if_match: str | None, *, legacy: bool) -> Response:
+    profile = state.profile
     expected = expected_version(if_match)
     empty = profile.empty_checkout_legacy if legacy else profile.empty_checkout
     try:
         receipt, version = await _cart(
-            request, "checkout", customer_id, lambda carts: carts.checkout(customer_id, expected_version=expected)
+            state, "checkout", customer_id, lambda carts: carts.checkout(customer_id, expected_version=expected)
         )
     except CartEmpty:
         if empty is None:
             raise
-        _, version = await _cart(request, "list", customer_id, lambda carts: carts.list_items(customer_id))
+        _, version = await _cart(state, "list", customer_id, lambda carts: carts.list_items(customer_id))
         return json_response(200, empty, etag(version))
     return json_response(200, (profile.receipt_legacy if legacy else profile.receipt)(receipt), etag(version))
 
@@ -283,17 +282,17 @@ class _OK(Response):
         super().__init__(b'{"status":"ok"}')
 
 
-async def healthz(request: Request) -> Response:
+async def healthz(state: State) -> Response:
     """``GET /healthz``: liveness; touches no store."""
-    if app_state(request).service is None:
+    if state.service is None:
         return error(503, "unavailable", "the cart service is not running", None, RETRY)
     return _OK()
 
 
-async def readyz(request: Request) -> Response:
+async def readyz(state: State) -> Response:
     """``GET /readyz``: whether every shard answers (:meth:`CartService.health
     <dhtcart.cart.CartService.health>`, :data:`READY_TIMEOUT` s at most)."""
-    service = app_state(request).service
+    service = state.service
     if service is None:
         return error(503, "unavailable", "the cart service is not running", None, RETRY)
     try:
@@ -321,9 +320,8 @@ async def readyz(request: Request) -> Response:
     return error(503, "not_ready", f"shards not answering: {', '.join(down)}", {"shards": report}, RETRY)
 
 
-async def metrics(request: Request) -> Response:
+async def metrics(state: State) -> Response:
     """``GET /metrics``: the Prometheus text format, every worker's values summed."""
-    state = app_state(request)
     if state.metrics is None:
         return error(404, "not_found", "metrics are switched off (dhtcart serve --no-metrics)")
     body, content_type = await run_in_threadpool(state.metrics.render)

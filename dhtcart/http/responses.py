@@ -43,6 +43,7 @@ __all__ = [
     "RETRY",
     "RETRY_LATER",
     "JSONResponse",
+    "body_too_large",
     "domain_error",
     "empty_segment",
     "error",
@@ -90,6 +91,20 @@ def error(
 ) -> Response:
 
     return json_response(status, {"error": {"code": code, "message": message, "details": details}}, headers)
+
+
+def body_too_large(limit: int, length: int | None = None) -> Response:
+    """413: a ``Content-Length`` over the limit (answered before reading, and the connection closed), or
+    a body that passed it as it arrived."""
+    if length is None:
+        return error(413, "payload_too_large", f"request body exceeds the limit of {limit} bytes", {"limit": limit})
+    return error(
+        413,
+        "payload_too_large",
+        f"request body of {length} bytes exceeds the limit of {limit} bytes",
+        {"limit": limit},
+        {"Connection": "close"},
+    )
 
 
 def etag(version: int) -> dict[str, str]:

@@ -22,6 +22,7 @@ from dhtcart.http.handlers import (
     update_count,
 )
 from dhtcart.http.handlers import metrics as metrics_text
+from dhtcart.http.lane import Lane
 from dhtcart.http.models import (
     ADD_EXAMPLES,
     ETAG_HEADER,
@@ -39,10 +40,11 @@ __all__ = [
 ]
 
 
-def add_routes(app: FastAPI, profile: Profile, *, metrics: bool = True) -> None:
+def add_routes(app: FastAPI, profile: Profile, *, metrics: bool = True, lane: Lane | None = None) -> None:
     """Every route, in matching order: the cart (the seed's README paths, then the seed code's spellings),
     then the operations, then the document and its viewers. ``metrics``: whether ``/metrics`` counts
-    (and is documented); without, it answers 404."""
+    (and is documented); without, it answers 404. ``lane``: where the cart routes and ``/healthz`` are
+    also served, without FastAPI's stack (:mod:`dhtcart.http.lane`); FastAPI documents them all."""
     models = profile.models
     removed: dict[int | str, dict[str, Any]] = (
         {204: {"description": "Done (no body)", "headers": ETAG_HEADER}}
@@ -51,8 +53,12 @@ def add_routes(app: FastAPI, profile: Profile, *, metrics: bool = True) -> None:
     )
     ok: dict[int | str, dict[str, Any]] = {200: {"description": "Success", "headers": ETAG_HEADER}}
 
-    def op(path: str, method: str, endpoint: Callable[..., Awaitable[Response]], **kwargs: Any) -> None:
+    def op(
+        path: str, method: str, endpoint: Callable[..., Awaitable[Response]], on_lane: bool = True, **kwargs: Any
+    ) -> None:
         app.router.add_api_route(path, endpoint, methods=[method], route_class_override=Operation, **kwargs)
+        if on_lane and lane is not None:
+            lane.add(method, path, endpoint)
 
     for legacy, prefix in ((False, "/item"), (True, "/items")):
         suffix, tags = ("Legacy", ["seed spellings"]) if legacy else ("", ["cart"])
@@ -151,6 +157,7 @@ def add_routes(app: FastAPI, profile: Profile, *, metrics: bool = True) -> None:
         "/readyz",
         "GET",
         readyz,
+        on_lane=False,  # rare, and it waits on the thread pool: FastAPI's
         operation_id="readyz",
         summary="Readiness: every shard answers",
         response_model=ReadyResponse,
@@ -161,6 +168,7 @@ def add_routes(app: FastAPI, profile: Profile, *, metrics: bool = True) -> None:
         "/metrics",
         "GET",
         metrics_text,
+        on_lane=False,
         operation_id="metrics",
         summary="Metrics in the Prometheus text format, every worker's summed",
         response_class=Response,
@@ -180,7 +188,7 @@ def add_routes(app: FastAPI, profile: Profile, *, metrics: bool = True) -> None:
         ("/redoc", redoc),
         ("/docs/static/{name}", docs_asset),
     ):
-        op(path, "GET", endpoint, include_in_schema=False)
+        op(path, "GET", endpoint, on_lane=False, include_in_schema=False)
 
 
 _METRICS_EXAMPLE = (

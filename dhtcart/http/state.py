@@ -2,8 +2,9 @@
 
 import time
 from dataclasses import dataclass, field
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from dhtcart.cart import CartService
 from dhtcart.http.profiles import Profile
@@ -13,6 +14,7 @@ from dhtcart.settings import Settings
 __all__ = [
     "FAST_LOCAL_REFRESH",
     "AppState",
+    "State",
     "app_state",
     "runs_inline",
 ]
@@ -54,6 +56,10 @@ class AppState:
 def app_state(request: Request) -> AppState:
     state: AppState = request.scope["app"].state.dhtcart
     return state
+
+
+#: a handler's first parameter: the app's state (bound by the route, documented as nothing)
+State = Annotated[AppState, Depends(app_state)]
 
 
 def runs_inline(service: CartService) -> bool:
