@@ -26,6 +26,18 @@ SIGKILLs it reads only whole lines of things that really happened:
     ``add_shard`` / ``remove_shard`` / ``set_weight`` with small batches,
     printing ``op ...``, ``progress DONE TOTAL`` and ``done ...``.
 
+``repairer``
+    On a replicated store one of whose shard directories the parent deleted:
+    print ``opening``, open the store, print ``ready``; rewrite ``--first`` to
+    ``--last`` with compare-and-set (the ``put?``/``put!`` lines of the
+    writer; the first read of the lost shard's keys makes this handle take it
+    out of their replica sets; a write of the same version that a killed
+    repairer left pending is finished first: ``finished-pending KEY
+    VERSION``); print ``repairing``, run ``repair()`` (the lost
+    shard removed from the ring, its copies made again), print ``repaired``;
+    add a shard of its own when fewer than ``--shards`` are left (``op add``,
+    ``done add``); print ``finished``.
+
 ``crashat STEP N OP``
     Open the store, then run one rebalance (``add``, ``remove`` or ``weight``)
     and SIGKILL itself right after the ``N``-th time the protocol step
@@ -206,6 +218,38 @@ def rebalancer(args: argparse.Namespace) -> None:
     store.close()
 
 
+# -- repairer -------------------------------------------------------------------------------
+
+
+def repairer(args: argparse.Namespace) -> None:
+    say("opening")
+    store = DHTServerStore.open(args.directory, lock_timeout=30)
+    say("ready", len(store.servers))
+    for i in range(args.first, args.last):
+        key = key_of(i)
+        rec = store.get(key)
+        if rec is None:
+            continue
+        version = rec.version + 1
+        say("put?", key, version)
+        try:
+            store.put(key, value_for(key, version), expected_version=rec.version)
+        except VersionConflict:  # a killed repairer's write of this version, left pending, was
+            rec = store.get(key)  # finished first (the values are the version's, so it is this one)
+            assert rec is not None and rec.version == version and rec.value == value_for(key, version), rec
+            say("finished-pending", key, version)
+        say("put!", key, version)
+    say("repairing")
+    say("repaired", *store.repair(batch_size=args.batch_size))
+    if len(store.ring.nodes) < args.shards:
+        name = f"r{args.seed}"
+        say("op add", name)
+        store.add_shard(name, batch_size=args.batch_size)
+        say("done add")
+    say("finished")
+    store.close()
+
+
 # -- crash at a chosen step -----------------------------------------------------------------
 
 
@@ -336,7 +380,7 @@ def race(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["writer", "rebalancer", "crashat", "try", "race"])
+    parser.add_argument("mode", choices=["writer", "rebalancer", "repairer", "crashat", "try", "race"])
     parser.add_argument("directory")
     parser.add_argument("step", nargs="?", default="copy")
     parser.add_argument("n", nargs="?", type=int, default=1)
@@ -349,9 +393,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lock-timeout", type=float, default=10.0)
     parser.add_argument("--redirect-timeout", type=float, default=15.0)
     parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--shards", type=int, default=4, help="repairer: add a shard when fewer are left")
     parser.add_argument("--history", default="", help="writer: record every operation to this file")
     args = parser.parse_args(argv)
-    modes = {"writer": writer, "rebalancer": rebalancer, "crashat": crashat, "try": try_once, "race": race}
+    modes = {
+        "writer": writer,
+        "rebalancer": rebalancer,
+        "repairer": repairer,
+        "crashat": crashat,
+        "try": try_once,
+        "race": race,
+    }
     if args.mode == "try":
         args.op = args.step  # ``try OP``
     modes[args.mode](args)

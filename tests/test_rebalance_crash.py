@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,10 +127,15 @@ class Lines:
 
 
 def _make_store(
-    directory: Path, n_keys: int, shards: int = 4, history: Path | None = None, replicas: int = 1
+    directory: Path,
+    n_keys: int,
+    shards: int = 4,
+    history: Path | None = None,
+    replicas: int = 1,
+    **options: Any,
 ) -> dict[int, int]:
     """A store of ``n_keys`` keys at version 1 (their writes recorded in ``history`` if given)."""
-    store = DHTServerStore.open(directory, shards=shards, partitions=PARTITIONS, replicas=replicas)
+    store = DHTServerStore.open(directory, shards=shards, partitions=PARTITIONS, replicas=replicas, **options)
     sink = HistoryWriter(history) if history is not None else None
     writes: Any = HistoryRecorder(store, sink, process="setup") if sink is not None else store
     model = {}
@@ -154,6 +160,13 @@ class Model:
         self.versions = versions
         self.deleted: set[int] = set()
         self.pending: dict[int, tuple[str, int]] = {}
+        #: puts of killed processes not found yet: with several copies such a write may have been
+        #: decided on the primary and be finished later (by the key's next writer or a migration),
+        #: which linearizes it after the reads that saw the old version (docs/replication.md)
+        self.limbo: dict[int, int] = {}
+        #: whether the writers may be killed mid-operation (else an operation in flight is one a
+        #: paused writer finished or never started, and nothing stays in limbo)
+        self.killed = False
 
     def apply(self, lines: list[str]) -> None:
         for line in lines:
@@ -165,6 +178,7 @@ class Model:
                 assert key not in self.deleted, f"a writer wrote a deleted key: {line}"
                 self.versions[key] = version
                 self.pending.pop(key, None)
+                self.limbo.pop(key, None)
             elif word == "del!":
                 key = int(rest[0])
                 del self.versions[key]
@@ -186,8 +200,14 @@ class Model:
             allowed = {self.versions[key]}
             if flight is not None and flight[0] == "put":
                 allowed.add(flight[1])
+            if key in self.limbo:
+                allowed.add(self.limbo[key])
             assert rec.version in allowed, f"key {key}: version {rec.version}, expected one of {allowed}"
             assert rec.value == value_for(key, rec.version), f"key {key}: wrong value for its version"
+            if flight is not None and flight[0] == "put" and rec.version < flight[1] and self.killed:
+                self.limbo[key] = flight[1]
+            elif rec.version >= self.limbo.get(key, 0):
+                self.limbo.pop(key, None)
             self.versions[key] = rec.version
         for key in self.deleted:
             assert store.get(key) is None, f"deleted key {key} came back"
@@ -426,6 +446,89 @@ def test_sigkill_at_random_moments_while_writers_write(
     assert stats["killed mid-migration"] >= 1, stats
     assert stats["rebalances completed"] >= stats["rounds that waited for a completed rebalance"] >= 1, stats
     assert max(waits) < 5.0, f"a writer waited {max(waits):.2f} s"
+
+
+def test_a_repairer_killed_at_random_moments_loses_nothing(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Two copies on LMDB. Each round a shard's directory is deleted while no process has the store
+    open (a lost disk); a child opens the store, rewrites a slice of the keys (its first reads of
+    the lost shard's keys take that shard out of their replica sets: the failover), repairs (the
+    shard removed from the ring, its copies made again on the next shards of each preference
+    list), adds a shard back, and is SIGKILLed at a random moment of all that. The next opener
+    and a ``repair()`` then leave nothing lost, resurrected or under-replicated."""
+    rounds = _rounds(request.config)
+    seed = int(os.environ.get("DHTCART_REBALANCE_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    print(f"\nseed {seed} (DHTCART_REBALANCE_SEED={seed} replays it), {rounds} rounds")
+    n_keys, shards, directory = 400, 4, tmp_path / "store"
+    model = Model(_make_store(directory, n_keys, shards=shards, replicas=2, read_lease=0.3))
+    model.killed = True
+    with DHTServerStore.open(directory) as store:
+        for i in range(0, n_keys, 10):  # deleted keys: one that reappears is a resurrection
+            key = key_of(i)
+            store.delete(key, expected_version=1)
+            del model.versions[key]
+            model.deleted.add(key)
+        lost = rng.choice(sorted(store.ring.nodes))
+        lost_dir = Path(store.shards[lost].url.removeprefix("lmdb://"))
+    stats: Counter[str] = Counter()
+    started = time.monotonic()
+    for r in range(rounds):
+        shutil.rmtree(lost_dir)
+        first = rng.randrange(n_keys - 60)
+        proc = _spawn(
+            "repairer",
+            str(directory),
+            "--seed",
+            str(seed + r),
+            "--first",
+            str(first),
+            "--last",
+            str(first + 100),
+            "--shards",
+            str(shards),
+            "--batch-size",
+            str(rng.choice([8, 25, 50])),
+        )
+        lines = Lines(proc)
+        moment = rng.choices(["opening", "ready", "repairing", "repaired", "finished"], [3, 6, 7, 3, 1])[0]
+        try:
+            if moment == "opening":
+                time.sleep(rng.uniform(0.0, 0.5))
+            else:
+                lines.wait_for(moment, timeout=120)
+                time.sleep(rng.uniform(0.0, {"ready": 0.2, "finished": 0.0}.get(moment, 0.04)))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+        events = lines.join()
+        assert proc.returncode in (0, -signal.SIGKILL), lines.stderr()
+        model.apply([e for e in events if e.split()[0] in ("put?", "put!")])
+        stats["writes its next writer found left pending"] += sum(e.startswith("finished-pending") for e in events)
+        reached = [e.split()[0] for e in events if e.split()[0] in ("ready", "repairing", "repaired", "finished")]
+        stats[f"killed after {reached[-1] if reached else 'nothing'}"] += 1
+        left = manifest(directory)
+        if left["migration"] is not None or left["down"]:
+            stats["left a failover or repair unfinished"] += 1
+        with DHTServerStore.open(directory, lock_timeout=30) as store:  # the next opener
+            model.check(store)  # every read answered: a lost shard not yet taken out is taken out here
+            store.repair()
+            deadline = time.monotonic() + 60
+            while store.rebalance_status().migrating and time.monotonic() < deadline:
+                time.sleep(0.05)
+            status = store.rebalance_status()
+            assert status.down == [] and status.under_replicated == 0.0, status
+            assert lost not in store.ring.nodes and not lost_dir.exists()
+            store._check()  # every key on exactly its replicas, every shard's record its arcs
+            assert all(len(store.replicas_for(k)) == 2 for k in model.versions)
+            model.check(store)
+            if len(store.ring.nodes) < shards:
+                stats["shard added back by the parent"] += 1
+                store.add_shard(f"p{r}", batch_size=50)
+            lost = rng.choice(sorted(store.ring.nodes))
+            lost_dir = Path(store.shards[lost].url.removeprefix("lmdb://"))
+    print(f"{rounds} rounds in {time.monotonic() - started:.1f} s: {dict(stats)}")
+    assert sum(v for k, v in stats.items() if k.startswith("killed after")) == rounds
+    assert rounds < 10 or stats["left a failover or repair unfinished"] >= 1, stats
 
 
 # -- the lease: one rebalancer at a time --------------------------------------------------------
