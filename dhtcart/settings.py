@@ -20,10 +20,9 @@ the default. ``dhtcart serve`` hands its settings to the worker processes as
 environment variables (:meth:`Settings.to_env`); each worker reads them back
 with :meth:`Settings.from_env`.
 
-The location in ``data`` is read by :func:`dhtcart.membership.parse_location`
-(imported when a location is read: the membership package imports this
-module's constants), so a location is accepted or refused the same way by the
-command line, the app and the library:
+The location in ``data`` is read by :func:`dhtcart.locations.parse_location`,
+so a location is accepted or refused the same way by the command line, the
+app and the library:
 
 >>> Settings(data="lmdb:///srv/carts").data
 'lmdb:///srv/carts'
@@ -38,7 +37,10 @@ A store kept in a database is created with its shards named:
 {'a': 'redis://h:6380/0', 'b': 'redis://h:6381/0'}
 
 Otherwise this module imports nothing beyond the standard library,
-:mod:`dhtcart.errors` and :mod:`dhtcart.checks`: the command line reads it
+:mod:`dhtcart.errors`, :mod:`dhtcart.checks` and :mod:`dhtcart.locations`
+(where the two constants of an etcd location, ``DEFAULT_ETCD_TIMEOUT`` and
+``ETCD_PASSWORD_ENV``, are defined with the grammar that uses them; listed
+here with the rest): the command line reads it
 before it knows whether the server extra is installed.
 """
 
@@ -52,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dhtcart.errors import InvalidInput
+from dhtcart.locations import DEFAULT_ETCD_TIMEOUT, ETCD_PASSWORD_ENV, parse_location
 
 __all__ = [
     "COMPAT_PROFILES",
@@ -152,9 +155,7 @@ def _text(text: str) -> str:
 
 
 def _location(text: str) -> str:
-    """``text`` if it is a store's location (see :func:`dhtcart.membership.parse_location`)."""
-    from dhtcart.membership import parse_location  # here: dhtcart.membership imports this module
-
+    """``text`` if it is a store's location (see :func:`dhtcart.locations.parse_location`)."""
     parse_location(text)
     return text
 
@@ -604,15 +605,12 @@ def _argparse_type(option: Option) -> Callable[[str], Any]:
 
 # -- a membership kept in etcd: credentials and TLS files ---------------------------------------
 
-#: seconds one request to an etcd member may take before the next endpoint is tried
-DEFAULT_ETCD_TIMEOUT = 2.0
 #: seconds a write to etcd (publishing, taking the lease) keeps retrying through a leader election
 DEFAULT_ETCD_RETRY = 5.0
 #: seconds a watch stream may stay silent before it is opened again (a hung member is noticed then)
 DEFAULT_ETCD_WATCH_IDLE = 5.0
 #: the variables an etcd-kept membership reads its user, password and TLS files from
 ETCD_USER_ENV = "DHTCART_ETCD_USER"
-ETCD_PASSWORD_ENV = "DHTCART_ETCD_PASSWORD"
 ETCD_CA_CERT_ENV = "DHTCART_ETCD_CA_CERT"
 ETCD_CERT_ENV = "DHTCART_ETCD_CERT"
 ETCD_KEY_ENV = "DHTCART_ETCD_KEY"

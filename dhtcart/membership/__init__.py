@@ -61,11 +61,8 @@ dhtcart.errors.InvalidInput: location: unknown scheme 'http' in 'http://example.
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass, field
-from urllib.parse import parse_qsl
 
-from dhtcart.errors import InvalidInput
+from dhtcart.locations import LOCATION_FORMS, Location, is_url, parse_location
 from dhtcart.membership.base import FORMAT, Lease, Membership, MembershipDoc, holder_name
 from dhtcart.membership.directory import DirectoryMembership
 from dhtcart.membership.local import LocalMembership
@@ -88,96 +85,6 @@ __all__ = [
     "open_membership",
     "parse_location",
 ]
-
-#: the forms a store's location takes, for messages
-LOCATION_FORMS = (
-    "a directory path, lmdb://PATH, memory://, redis://host:port/db, rediss://host:port/db,"
-    " etcd://host:port[,host:port...]/prefix or etcds://host:port[,host:port...]/prefix"
-)
-
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_DB_SCHEMES = ("redis", "rediss")
-_ETCD_SCHEMES = ("etcd", "etcds")
-
-
-@dataclass(frozen=True)
-class Location:
-    """Where a store is: ``kind`` is ``"directory"``, ``"memory"``, ``"etcd"`` (``etcd://``
-    and ``etcds://``) or the scheme of a Redis membership (``"redis"``, ``"rediss"``);
-    ``target`` the directory or URL;
-    ``options`` what the location's query says (``durability`` for a directory)."""
-
-    kind: str
-    target: str
-    options: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def shared(self) -> bool:
-        """Whether other handles than this one's can open the store (not ``memory://``)."""
-        return self.kind != "memory"
-
-    @property
-    def is_database(self) -> bool:
-        """Whether the membership lives in a database (clients on any host), not a directory."""
-        return self.kind not in ("directory", "memory")
-
-
-def parse_location(location: str | os.PathLike[str]) -> Location:
-    """Read a store's location (see the module doc); any other scheme is :class:`InvalidInput`.
-
-    ``lmdb:///abs/dir`` and ``lmdb://rel/dir`` name a directory store (an
-    optional ``?durability=process|power`` is the durability of a new store);
-    ``memory://`` a store in this process; ``redis://`` and ``rediss://`` a
-    membership kept in a Redis database; ``etcd://`` and ``etcds://`` (TLS)
-    one kept in an etcd cluster (see :func:`~dhtcart.membership.etcd.parse_etcd_url`;
-    a malformed one is refused here); anything else without a scheme is a
-    directory path.
-    """
-    if not isinstance(location, str | os.PathLike):
-        raise InvalidInput("location", f"must be a path or URL string, not {type(location).__name__}")
-    text = os.fspath(location)
-    if not isinstance(text, str):
-        raise InvalidInput("location", "must be a str path, not bytes")
-    if not text.strip():
-        raise InvalidInput("location", f"is empty; use {LOCATION_FORMS}")
-    match = _SCHEME.match(text)
-    if match is None:
-        return Location("directory", text)
-    scheme = match.group(1).lower()
-    rest = text[match.end() :]
-    if scheme == "memory":
-        if rest.strip("/"):
-            raise InvalidInput("location", f"memory:// takes no path or options, got {text!r}")
-        return Location("memory", "memory://")
-    if scheme == "lmdb":
-        path, _, query = rest.partition("?")
-        if not path:
-            raise InvalidInput(
-                "location", f"{text!r} names no directory: use lmdb:///absolute/dir or lmdb://relative/dir"
-            )
-        try:
-            pairs = dict(parse_qsl(query, strict_parsing=True)) if query else {}
-        except ValueError:
-            raise InvalidInput("location", f"malformed query in {text!r}") from None
-        unknown = sorted(set(pairs) - {"durability"})
-        if unknown:
-            raise InvalidInput("location", f"unknown option {unknown[0]!r} in {text!r} (known: durability)")
-        if pairs.get("durability", "process") not in ("process", "power"):
-            raise InvalidInput("location", f"durability must be 'process' or 'power', got {pairs['durability']!r}")
-        return Location("directory", path, pairs)
-    if scheme in _DB_SCHEMES:
-        return Location(scheme, text)
-    if scheme in _ETCD_SCHEMES:
-        from dhtcart.membership.etcd import parse_etcd_url  # imports no client library
-
-        parse_etcd_url(text)  # a malformed URL is refused here, naming the accepted forms
-        return Location("etcd", text)
-    raise InvalidInput("location", f"unknown scheme {scheme!r} in {text!r}; a store's location is {LOCATION_FORMS}")
-
-
-def is_url(location: str | os.PathLike[str]) -> bool:
-    """Whether ``location`` names a membership database (not a directory, not ``memory://``)."""
-    return parse_location(location).is_database
 
 
 def open_membership(location: str | os.PathLike[str] | Location, *, lease_ttl: float = DEFAULT_LEASE_TTL) -> Membership:

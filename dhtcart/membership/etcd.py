@@ -50,23 +50,19 @@ import contextlib
 import json
 import math
 import os
-import re
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qsl, unquote
 
 from dhtcart.errors import InvalidInput, LeaseLost, ShardUnavailable
+from dhtcart.locations import ETCD_FORMS, EtcdURL, parse_etcd_url
 from dhtcart.membership.base import Lease, Membership, MembershipDoc
 from dhtcart.settings import (
     DEFAULT_ETCD_RETRY,
-    DEFAULT_ETCD_TIMEOUT,
     DEFAULT_ETCD_WATCH_IDLE,
     DEFAULT_LEASE_TTL,
-    ETCD_PASSWORD_ENV,
     EtcdSettings,
 )
 
@@ -78,108 +74,11 @@ __all__ = ["ETCD_FORMS", "EtcdMembership", "EtcdURL", "parse_etcd_url"]
 
 _T = TypeVar("_T")
 
-#: the forms an etcd location takes, for messages
-ETCD_FORMS = "etcd://host:port[,host:port...]/prefix or etcds://... (TLS)"
-
-DEFAULT_PORT = 2379
-DEFAULT_PREFIX = "/dhtcart"
-_SCHEMES = ("etcd", "etcds")
-_HOST = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9.-]+))(?::(?P<port>[0-9]{1,5}))?$")
-_PREFIX = re.compile(r"^[A-Za-z0-9._~/-]*$")
-_USER = re.compile(r"^[A-Za-z0-9._~-]+$")
 #: the gRPC metadata (through the gateway's header) that makes a member without a leader refuse at once
 _REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
 #: gRPC codes of refusals that say nothing about the request (try another member, or later)
 _TRANSIENT_CODES = {1, 4, 8, 10, 13, 14}  # canceled, deadline, exhausted, aborted, internal, unavailable
 _UNAUTHENTICATED = 16
-
-
-@dataclass(frozen=True)
-class EtcdURL:
-    """An etcd location, parsed: ``endpoints`` (host, port), the key ``prefix``, ``tls``, an optional ``user``
-    and the per-request ``timeout`` in seconds."""
-
-    endpoints: tuple[tuple[str, int], ...]
-    prefix: str
-    tls: bool = False
-    user: str | None = None
-    timeout: float = DEFAULT_ETCD_TIMEOUT
-
-    @property
-    def display(self) -> str:
-        """The location as messages and ``store.location`` show it (no password: there never is one)."""
-        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.endpoints)
-        user = f"{self.user}@" if self.user else ""
-        query = "" if self.timeout == DEFAULT_ETCD_TIMEOUT else f"?timeout={self.timeout:g}"
-        return f"{'etcds' if self.tls else 'etcd'}://{user}{hosts}{self.prefix}{query}"
-
-
-def _bad(url: str, why: str) -> InvalidInput:
-    return InvalidInput("location", f"{why} in {url!r}; an etcd location is {ETCD_FORMS}")
-
-
-def parse_etcd_url(url: str) -> EtcdURL:
-    """Read ``etcd://[user@]host[:port][,host[:port]...][/prefix][?timeout=SECONDS]`` (``etcds://``: TLS).
-
-    The port defaults to 2379 and the prefix to ``/dhtcart``. A password is
-    refused here: give it in ``DHTCART_ETCD_PASSWORD``. Imports no client
-    library, so a malformed location is reported without the ``[etcd]`` extra.
-
-    >>> parse_etcd_url("etcd://10.0.0.1,10.0.0.2:2380/carts")
-    EtcdURL(endpoints=(('10.0.0.1', 2379), ('10.0.0.2', 2380)), prefix='/carts', tls=False, user=None, timeout=2.0)
-    >>> parse_etcd_url("etcd://h:2379/carts?timeout=0.5").display
-    'etcd://h:2379/carts?timeout=0.5'
-    >>> parse_etcd_url("etcd://h:99999/carts")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    dhtcart.errors.InvalidInput: location: port 99999 is not in 1..65535 in 'etcd://h:99999/carts'; ...
-    """
-    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
-    scheme = match.group(1).lower() if match else ""
-    if scheme not in _SCHEMES:
-        raise _bad(url, "not an etcd:// or etcds:// URL")
-    rest = url[match.end() :] if match else url
-    rest, _, query = rest.partition("?")
-    netloc, slash, path = rest.partition("/")
-    user: str | None = None
-    if "@" in netloc:
-        userinfo, _, netloc = netloc.rpartition("@")
-        if ":" in userinfo:
-            raise _bad(url, f"a password in a URL shows in ps and shell histories: set {ETCD_PASSWORD_ENV} instead")
-        user = unquote(userinfo)
-        if not _USER.match(user):
-            raise _bad(url, f"user name {user!r} is not letters, digits, '.', '_', '~' or '-'")
-    if not netloc:
-        raise _bad(url, "no endpoint")
-    endpoints: list[tuple[str, int]] = []
-    for part in netloc.split(","):
-        found = _HOST.match(part.strip())
-        if found is None:
-            raise _bad(url, f"endpoint {part!r} is not host, host:port or [ipv6]:port")
-        host = found.group("v6") or found.group("name")
-        port = int(found.group("port") or DEFAULT_PORT)
-        if not 1 <= port <= 65535:
-            raise _bad(url, f"port {port} is not in 1..65535")
-        if (host, port) not in endpoints:
-            endpoints.append((host, port))
-    prefix = "/" + path.strip("/") if slash and path.strip("/") else DEFAULT_PREFIX
-    if not _PREFIX.match(prefix) or "//" in prefix:
-        raise _bad(url, f"prefix {prefix!r} is not letters, digits and '.', '_', '~', '-', '/'")
-    timeout = DEFAULT_ETCD_TIMEOUT
-    try:
-        options = dict(parse_qsl(query, strict_parsing=True)) if query else {}
-    except ValueError:
-        raise _bad(url, "malformed query") from None
-    for name, value in options.items():
-        if name != "timeout":
-            raise _bad(url, f"unknown option {name!r} (known: timeout)")
-        try:
-            timeout = float(value)
-        except ValueError:
-            raise _bad(url, f"timeout must be a number of seconds, got {value!r}") from None
-        if not 0 < timeout <= 60 or math.isnan(timeout):
-            raise _bad(url, f"timeout must be more than 0 and at most 60 seconds, got {value!r}")
-    return EtcdURL(tuple(endpoints), prefix, scheme == "etcds", user, timeout)
 
 
 def _b64(text: str | bytes) -> str:
