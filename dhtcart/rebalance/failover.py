@@ -39,7 +39,7 @@ from itertools import pairwise
 from typing import Any
 
 from dhtcart.backends.base import Record
-from dhtcart.backends.fencing import FencedBackend
+from dhtcart.backends.fencing import Change, FencedBackend
 from dhtcart.backends.ownership import BACKUP, FROZEN, OWNED, PRIMARY, Segments, join_peers, split_peers
 from dhtcart.errors import LeaseLost, ShardUnavailable, StoreClosed
 from dhtcart.membership import Lease, MembershipDoc
@@ -191,14 +191,20 @@ def finish(
         if left <= 0:
             break
         sleep(min(left, 0.25))
-    # 5-6. level the survivors, then promote the new primaries
+    # 5. level the survivors of every orphan
+    promotions: dict[str, list[Change]] = {}
     for orphan in orphans:
         lease.check()
         level(backends, token, orphan)
         rest = [ids[n] for n in orphan.survivors[1:] if n in backends]
         state, peer = (PRIMARY, join_peers(rest)) if rest else (OWNED, "")
-        primary = backends[orphan.primary]
-        primary.update_ownership(token, epoch, [(orphan.lo, orphan.hi, state, peer)], expect=BACKUP)
+        promotions.setdefault(orphan.primary, []).append((orphan.lo, orphan.hi, state, peer))
+    # 6. promote: each new primary takes all its orphans in one atomic step (after step 3 set them
+    #    all BACKUP, so a rerun after a crash half way through promotes them again the same way)
+    for name, changes in sorted(promotions.items()):
+        lease.check()
+        primary = backends[name]
+        primary.update_ownership(token, epoch, sorted(changes), expect=BACKUP)
         primary.renew_lease(epoch, time.time() + doc.read_lease)
     # 7. done
     down = {n: ({"epoch": e.get("epoch", epoch), "promoted": True} if n in pending else e) for n, e in doc.down.items()}
