@@ -822,12 +822,20 @@ class DHTServerStore(MutableMapping[int, bytes]):
         view = self._view
         primary_id = view.ids.get(step.primary, "")
         outcomes: dict[str, str] = {}
-        for backup in step.backups:
+        sent: list[tuple[str, Callable[[], None]]] = []
+        for backup in step.backups:  # sent to every backup first, so that they work at the same time
             if backup not in view.shards or view.doc.born.get(backup) != completion.backup_born(backup):
                 outcomes[backup] = STALE  # this handle's view is older than the primary's record
                 continue
             try:
-                view.backend(backup).apply(primary_id, completion.pending)
+                sent.append((backup, view.backend(backup).send_apply(primary_id, completion.pending)))
+            except (Moved, StoreClosed):
+                outcomes[backup] = MOVED
+            except ShardUnavailable:
+                outcomes[backup] = UNREACHABLE
+        for backup, outcome in sent:  # then each one's answer
+            try:
+                outcome()
                 outcomes[backup] = OK
             except (Moved, StoreClosed):
                 outcomes[backup] = MOVED

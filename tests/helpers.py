@@ -160,3 +160,24 @@ class Histories:
             (a.kind, a.explanation, [str(op) for op in a.operations]) for a in report.anomalies
         ]
         return report
+
+
+def assert_repaired(store: DHTServerStore, lost: str, keys: Any, copies: int = 2, timeout: float = 60) -> list[str]:
+    """Repair ``store`` (what a background repair left) and check it is whole again: no shard
+    down, nothing under-replicated, ``lost`` out of the ring, every key of ``keys`` on exactly
+    ``copies`` live replicas. Returns what this call's ``repair()`` removed."""
+    import time
+
+    removed = store.repair()
+    deadline = time.monotonic() + timeout
+    while store.rebalance_status().migrating:
+        assert time.monotonic() < deadline, f"the repair did not finish within {timeout:g} s"
+        time.sleep(0.05)
+    status = store.rebalance_status()
+    assert status.down == [] and status.under_replicated == 0.0, status
+    assert lost not in store.ring.nodes
+    store._check()  # every key on exactly its replicas, every shard's record its arcs
+    for key in keys:
+        where = store.replicas_for(key)
+        assert len(where) == copies and lost not in where, (key, where)
+    return removed

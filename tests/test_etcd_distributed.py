@@ -394,8 +394,7 @@ def test_a_shard_server_and_the_etcd_leader_killed_together_lose_no_acknowledged
     election of a new etcd leader; the writers' calls meanwhile may raise (recorded as of unknown
     outcome), never lose an acknowledged increment."""
     from tests.redis_server import running
-    from tests.test_replication_redis import FAILOVER_BOUND, _finish, _total, _wait_for
-    from tests.test_replication_redis import KEYS as COUNTERS
+    from tests.test_replication_redis import FAILOVER_BOUND, _check_after_the_kill, _finish, _total, _wait_for
     from tests.test_replication_redis import _writers as _tolerant_writers
 
     cluster = healthy
@@ -417,26 +416,6 @@ def test_a_shard_server_and_the_etcd_leader_killed_together_lose_no_acknowledged
             for proc in procs:
                 if proc.poll() is None:
                     proc.kill()
-        report = Histories(tmp_path / "histories").check()  # linearizable, unknown outcomes included
-        with DHTServerStore.open(location) as store:  # a fresh handle, from the etcd URL alone
-            assert "r1" in store.rebalance_status().down or "r1" not in store.ring.nodes
-            for i in range(COUNTERS):
-                key = counter_key(i)
-                rec = store.get(key)
-                got = int(rec.value) if rec is not None else 0
-                assert acked.get(key, 0) <= got <= acked.get(key, 0) + raised.get(key, 0), (
-                    f"counter {i}: {got}, acknowledged {acked.get(key, 0)}, raised {raised.get(key, 0)}"
-                )
-            store.repair()
-            _wait_for(lambda: not store.rebalance_status().migrating, "the repair finished")
-            status = store.rebalance_status()
-            assert status.down == [] and status.under_replicated == 0.0, status
-            store._check()  # every key on exactly its two replicas, all live
-            assert all(len(store.replicas_for(counter_key(i))) == 2 for i in range(COUNTERS))
-            assert all("r1" not in store.replicas_for(counter_key(i)) for i in range(COUNTERS))
-    print(
-        f"\n{sum(acked.values())} increments acknowledged, {sum(raised.values())} raised,"
-        f" {report.operations} operations checked; the writers' longest wait {worst:.2f} s"
-    )
+        _check_after_the_kill(location, tmp_path, acked, raised, worst, dead="r1")  # from the etcd URL alone
     # the failover also waits for etcd to elect a leader (about one election timeout)
     assert worst < FAILOVER_BOUND + cluster.election_ms / 1000 * 3, f"a writer waited {worst:.1f} s"

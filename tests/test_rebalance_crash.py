@@ -43,7 +43,7 @@ from dhtcart import DHTServerStore, Record
 from dhtcart.backends.lmdb import LMDBBackend
 from dhtcart.backends.ownership import FROZEN
 from dhtcart.verify import HistoryRecorder, HistoryWriter
-from tests.helpers import Histories, child_env, manifest, placement
+from tests.helpers import Histories, assert_repaired, child_env, manifest, placement
 from tests.rebalance_child import key_of, value_for
 
 CHILD = Path(__file__).resolve().parent / "rebalance_child.py"
@@ -511,15 +511,8 @@ def test_a_repairer_killed_at_random_moments_loses_nothing(tmp_path: Path, reque
             stats["left a failover or repair unfinished"] += 1
         with DHTServerStore.open(directory, lock_timeout=30) as store:  # the next opener
             model.check(store)  # every read answered: a lost shard not yet taken out is taken out here
-            store.repair()
-            deadline = time.monotonic() + 60
-            while store.rebalance_status().migrating and time.monotonic() < deadline:
-                time.sleep(0.05)
-            status = store.rebalance_status()
-            assert status.down == [] and status.under_replicated == 0.0, status
-            assert lost not in store.ring.nodes and not lost_dir.exists()
-            store._check()  # every key on exactly its replicas, every shard's record its arcs
-            assert all(len(store.replicas_for(k)) == 2 for k in model.versions)
+            assert_repaired(store, lost, model.versions)
+            assert not lost_dir.exists()
             model.check(store)
             if len(store.ring.nodes) < shards:
                 stats["shard added back by the parent"] += 1

@@ -36,7 +36,7 @@ another type under its prefix) :class:`~dhtcart.errors.CorruptData`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn, cast
 
 from dhtcart.backends.base import BackendContext, Record, check_expected
@@ -549,14 +549,28 @@ class RedisBackend(FencedBackend):
         keys = (self._record_prefix + member, self._index, *self._pending_keys(member))
         return bool(self._script("commit", keys, (member, str(version)), wrote=True) == 1)
 
-    def apply(self, primary: str, pending: Pending) -> None:
+    def _apply_call(self, primary: str, pending: Pending) -> tuple[tuple[bytes, ...], tuple[bytes | str, ...]]:
         member = _member(pending.key)
         keys = (self._record_prefix + member, self._index, self._own, self._own_meta)
         delete = pending.value is None
         args = (member, primary, str(pending.prev), str(pending.version), pending.value or b"", "1" if delete else "")
-        reply = self._script("apply", keys, args, wrote=True)
+        return keys, args
+
+    def apply(self, primary: str, pending: Pending) -> None:
+        reply = self._script("apply", *self._apply_call(primary, pending), wrote=True)
         if reply != 1:
             self._moved(pending.key, reply)
+
+    def send_apply(self, primary: str, pending: Pending) -> Callable[[], None]:
+        """Send the apply now (one ``EVALSHA`` written, its reply not yet read); the function reads it."""
+        read = self.connection.send(self._scripts["apply"], *self._apply_call(primary, pending))
+
+        def outcome() -> None:
+            reply = read()
+            if reply != 1:
+                self._moved(pending.key, reply)
+
+        return outcome
 
     def repair_records(self, token: int, records: Sequence[tuple[int, Record]]) -> int:
         written = 0

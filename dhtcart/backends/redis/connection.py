@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, NamedTuple
@@ -496,6 +496,60 @@ class RedisConnection:
             mapped = self.error(exc, wrote)
             assert mapped is not None
             raise mapped from exc
+
+    def send(self, script: Script, keys: Sequence[bytes], args: Sequence[bytes | str]) -> Callable[[], Any]:
+        """Send one ``EVALSHA`` of ``script`` now; return a function that reads its reply.
+
+        The two halves of :meth:`call` for a script that may write, so that a
+        caller can have several servers work at the same time (a replicated
+        write's backups). The connection is this call's own until its reply
+        is read; a reply that fails or times out drops the connection (never
+        reused with a reply pending). On ``NOSCRIPT`` (the server lost its
+        scripts) the script is loaded and the call sent once more, as
+        redis-py's ``Script`` does: a script the server did not know never
+        ran. Errors are mapped as by :meth:`call`; call the returned function
+        exactly once.
+        """
+        if self._closed:
+            raise StoreClosed(f"{self.name!r} ({self.target.url}) is closed")
+        pool = self._pool
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            conn: Any = pool.get_connection()  # redis-py leaves its connections untyped
+        except RedisError as exc:
+            raise self._mapped(exc, wrote=False) from exc
+        try:
+            conn.send_command(*command)
+        except BaseException as exc:
+            conn.disconnect()
+            pool.release(conn)
+            if isinstance(exc, RedisError):
+                raise self._mapped(exc, wrote=True) from exc
+            raise
+
+        def reply() -> Any:
+            try:
+                try:
+                    return conn.read_response()
+                except NoScriptError:  # the script never ran: load it, then send the call again
+                    conn.send_command("SCRIPT", "LOAD", script.script)
+                    conn.read_response()
+                    conn.send_command(*command)
+                    return conn.read_response()
+            except BaseException as exc:
+                conn.disconnect()
+                if isinstance(exc, RedisError):
+                    raise self._mapped(exc, wrote=True) from exc
+                raise
+            finally:
+                pool.release(conn)
+
+        return reply
+
+    def _mapped(self, exc: RedisError, *, wrote: bool) -> DHTCartError:
+        mapped = self.error(exc, wrote)
+        assert mapped is not None
+        return mapped
 
     def errors(self, *, wrote: bool) -> _Mapped:
         """A ``with`` block whose redis-py errors are mapped, for work of several commands.
