@@ -27,7 +27,9 @@ take three steps, each atomic on one shard:
    :class:`Pending` (one pending write per key at most: another is refused
    with :class:`~dhtcart.errors.WriteInFlight` until it is finished);
 2. :meth:`FencedBackend.apply` on every backup the primary's record lists: a
-   backup takes only writes decided by the primary *its* record names;
+   backup takes only writes decided by the primary *its* record names (a store
+   calls :meth:`FencedBackend.send_apply`, the same in two halves, so that all
+   the backups work at the same time);
 3. :meth:`FencedBackend.commit` on the primary: the pending write becomes the
    record that reads return.
 
