@@ -823,24 +823,33 @@ class DHTServerStore(MutableMapping[int, bytes]):
         primary_id = view.ids.get(step.primary, "")
         outcomes: dict[str, str] = {}
         sent: list[tuple[str, Callable[[], None]]] = []
-        for backup in step.backups:  # sent to every backup first, so that they work at the same time
-            if backup not in view.shards or view.doc.born.get(backup) != completion.backup_born(backup):
-                outcomes[backup] = STALE  # this handle's view is older than the primary's record
-                continue
-            try:
-                sent.append((backup, view.backend(backup).send_apply(primary_id, completion.pending)))
-            except (Moved, StoreClosed):
-                outcomes[backup] = MOVED
-            except ShardUnavailable:
-                outcomes[backup] = UNREACHABLE
-        for backup, outcome in sent:  # then each one's answer
-            try:
-                outcome()
-                outcomes[backup] = OK
-            except (Moved, StoreClosed):
-                outcomes[backup] = MOVED
-            except ShardUnavailable:
-                outcomes[backup] = UNREACHABLE
+        try:
+            for backup in step.backups:  # sent to every backup first, so that they work at the same time
+                if backup not in view.shards or view.doc.born.get(backup) != completion.backup_born(backup):
+                    outcomes[backup] = STALE  # this handle's view is older than the primary's record
+                    continue
+                try:
+                    sent.append((backup, view.backend(backup).send_apply(primary_id, completion.pending)))
+                except (Moved, StoreClosed):
+                    outcomes[backup] = MOVED
+                except ShardUnavailable:
+                    outcomes[backup] = UNREACHABLE
+        finally:
+            # then each one's answer; every reply is read, even after an unexpected error (each
+            # sent request holds a connection until its reply is read)
+            error: BaseException | None = None
+            for backup, outcome in sent:
+                try:
+                    outcome()
+                    outcomes[backup] = OK
+                except (Moved, StoreClosed):
+                    outcomes[backup] = MOVED
+                except ShardUnavailable:
+                    outcomes[backup] = UNREACHABLE
+                except BaseException as exc:  # re-raised once every reply is read
+                    error = error or exc
+            if error is not None:
+                raise error
         return outcomes
 
     def _renew(self, backend: FencedBackend) -> None:

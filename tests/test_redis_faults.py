@@ -316,6 +316,36 @@ def test_an_apply_sent_to_a_hung_backup_is_unknown_and_its_connection_is_never_r
     b.close()
 
 
+def test_every_backups_reply_is_read_even_when_one_raises(server: RedisServer) -> None:
+    """A replicated write sends to every backup, then reads each reply: an unexpected error from one
+    backup's reply still lets the others' be read (each holds a pooled connection until then), and
+    the error reaches the caller."""
+    prefix = _prefix()
+    shards = {f"s{i}": f"{server.url}?prefix={prefix}s{i}:" for i in range(3)}
+    with DHTServerStore.open(f"{server.url}?prefix={prefix}m:", shards=shards, replicas=3) as store:
+        key = hash_key("drained")
+        store.put(key, b"one")
+        _, *backups = store.replicas_for(key)
+        assert len(backups) == 2
+        first = store.shards[backups[0]].backend
+        real = first.send_apply  # type: ignore[attr-defined]
+
+        def broken(primary: str, pending: Pending) -> Callable[[], None]:
+            read = real(primary, pending)
+
+            def outcome() -> None:
+                read()
+                raise CorruptData("injected after the reply was read")
+
+            return outcome
+
+        first.send_apply = broken  # type: ignore[attr-defined]
+        with pytest.raises(CorruptData, match="injected"):
+            store.put(key, b"two", expected_version=1)
+        for name in backups:  # no request left with its reply unread
+            assert not store.shards[name].backend.connection._pool._in_use_connections, name  # type: ignore[attr-defined]
+
+
 def test_a_hung_membership_database_times_out(own_server: RedisServer) -> None:
     url = own_server.url + f"?timeout={TIMEOUT}&prefix=m:"
     m = RedisMembership(url, lease_ttl=60)

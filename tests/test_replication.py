@@ -46,7 +46,8 @@ def _unreachable(backend: object) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise ShardUnavailable("victim", "-", "unreachable from this handle (fault injection)")
 
-    for method in ("get", "put", "delete", "scan", "count", "ownership", "decide", "apply", "commit", "pending"):
+    methods = ("get", "put", "delete", "scan", "count", "ownership", "decide", "apply", "send_apply", "commit")
+    for method in (*methods, "pending"):
         setattr(backend, method, refuse)
 
 

@@ -536,7 +536,9 @@ class RedisConnection:
                     conn.read_response()
                     conn.send_command(*command)
                     return conn.read_response()
-            except BaseException as exc:
+            except ResponseError as exc:  # an error reply, read whole: the connection is in step
+                raise self._mapped(exc, wrote=True) from exc
+            except BaseException as exc:  # anything else may leave a reply unread: never reused
                 conn.disconnect()
                 if isinstance(exc, RedisError):
                     raise self._mapped(exc, wrote=True) from exc
