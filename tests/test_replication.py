@@ -340,6 +340,56 @@ def test_a_failover_stopped_after_its_decision_is_finished_by_the_next_holder(
     store._check()
 
 
+def test_overlapping_failover_decisions_resolve_to_one_live_primary_per_range() -> None:
+    """A's failover chose B for (0, 100]; B died before promoting and B's failover chose C for
+    (0, 50] (the part C had already been pointed at B for): every range gets exactly one live
+    primary, the newest decision's first, with every live survivor of either decision."""
+    Orphan = takeout.Orphan
+    a_decision = [Orphan(0, 100, "B", ("B", "C", "D")), Orphan(100, 200, "C", ("C", "B"))]
+    b_decision = [Orphan(0, 50, "C", ("C",))]
+    got = takeout.resolve([(5, a_decision), (7, b_decision)], dead={"A", "B"})
+    assert got == [Orphan(0, 100, "C", ("C", "D")), Orphan(100, 200, "C", ("C",))]  # equal neighbours merged
+    assert takeout.resolve([(5, a_decision)], dead={"A"}) == a_decision  # one decision: as it was
+    assert takeout.resolve([(5, [Orphan(0, 9, "B", ("B",))])], dead={"A", "B"}) == []  # no copy left
+
+
+def test_the_new_primary_dying_during_a_failover_loses_nothing(
+    renv: BackendEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three copies: a primary stops answering, and the shard its failover chose as the new primary
+    of its ranges stops too, after the decision was published and before the promotion. Every key
+    still has a copy; the next failover takes both out and every key is served again."""
+    store = renv.store(4, replicas=3, read_lease=0.2)
+    keys = _keys(200)
+    for k in keys:
+        store.put(k, b"v")
+    first = store.replicas_for(keys[0])[0]
+    second = store.replicas_for(keys[0])[1]  # the first survivor: the new primary of keys[0]
+    _unreachable(store.shards[first].backend)
+    store._coordinator.repair_in_background = lambda: None  # type: ignore[method-assign]
+    real_level = takeout.level
+    calls = {"n": 0}
+
+    def second_dies(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            _unreachable(store.shards[second].backend)
+        return real_level(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(takeout, "level", second_dies)
+    with pytest.raises(ShardUnavailable):
+        store._coordinator.failover({first})
+    doc = store._refresh().doc
+    assert first in doc.down and not doc.down[first]["promoted"], "decided, not promoted"
+    assert store.put(keys[0], b"w", expected_version=1) == 2  # its writes fail both over, then go on
+    doc = store._refresh().doc
+    assert {first, second} <= set(doc.down) and all(e["promoted"] for e in doc.down.values())
+    assert all(store.get(k) is not None for k in keys)
+    assert store.get(keys[0]) == Record(2, b"w")
+    store.repair()
+    store._check()
+
+
 def test_a_primary_taken_out_while_paused_answers_nothing_stale(lmdb_env: BackendEnv) -> None:
     """Two handles of one store: the second sees the primary fail and takes it out; the first,
     still routing with the old epoch, reads through the old primary after it comes back.

@@ -45,7 +45,7 @@ from dhtcart.errors import LeaseLost, ShardUnavailable, StoreClosed
 from dhtcart.membership import Lease, MembershipDoc
 from dhtcart.replication.placement import Names
 
-__all__ = ["Orphan", "decide", "finish", "level"]
+__all__ = ["Orphan", "decide", "finish", "level", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,35 @@ def decide(
             out[-1] = Orphan(out[-1].lo, b, primary, rest)
         else:
             out.append(Orphan(a, b, primary, rest))
+    return out
+
+
+def resolve(decisions: Sequence[tuple[int, Sequence[Orphan]]], dead: set[str]) -> list[Orphan]:
+    """One orphan per range from the decisions of every unfinished failover, ``(epoch, orphans)``.
+
+    Where decisions overlap (the new primary that one failover chose stopped
+    answering too, and a later failover took it out), a range keeps the
+    survivors of every decision covering it, the newest decision's first,
+    without the ``dead`` shards; its new primary is the first of them (the
+    first live shard of its replica list, as the newest decision ranked them).
+    A range left with no survivor is dropped (a failover never takes out a
+    range's last copy). Pure: no I/O.
+    """
+    rows = [(epoch, o) for epoch, orphans in decisions for o in orphans]
+    cuts = sorted({bound for _, o in rows for bound in (o.lo, o.hi)})
+    out: list[Orphan] = []
+    for a, b in pairwise(cuts):
+        covering = sorted(((e, o) for e, o in rows if o.lo <= a and b <= o.hi), key=lambda row: -row[0])
+        survivors: list[str] = []
+        for _, o in covering:
+            survivors += [n for n in o.survivors if n not in dead and n not in survivors]
+        if not survivors:
+            continue
+        names = tuple(survivors)
+        if out and out[-1].hi == a and out[-1].survivors == names:
+            out[-1] = Orphan(out[-1].lo, b, names[0], names)
+        else:
+            out.append(Orphan(a, b, names[0], names))
     return out
 
 
@@ -164,9 +193,13 @@ def finish(
     if not pending:
         return doc
     started = time.time()  # the publication of these decisions happened before this
-    dead_ids = {ids[n] for n in pending if n in ids}
+    dead = set(doc.down)
+    dead_ids = {ids[n] for n in dead if n in ids}
     token, epoch = lease.token, doc.epoch
-    orphans = [Orphan.from_list(row) for e in pending.values() for row in e.get("orphans", [])]
+    decisions = [
+        (int(e.get("epoch", 0)), [Orphan.from_list(row) for row in e.get("orphans", [])]) for e in pending.values()
+    ]
+    orphans = resolve(decisions, dead)
     # 3. fence: raise every live shard's token and epoch, drop dead backups, point survivors at the new primary
     needed = {n for orphan in orphans for n in orphan.survivors}
     for name, backend in sorted(backends.items()):
