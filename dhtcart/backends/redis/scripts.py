@@ -49,22 +49,52 @@ __all__ = [
     "SET_OWNERSHIP",
 ]
 
-#: Not a script: the ownership check that :data:`PUT` and :data:`DELETE` start with.
-#: ``KEYS[3]`` is the ownership set, ``KEYS[4]`` its hash. ``refused(member, write)``
-#: returns false when the operation may go on, else the redirect ``{-1, epoch, state, peer}``
-#: (owned: reads and writes; frozen: reads only; a shard without a record owns nothing).
-FENCE = """
-local function refused(member, write)
-  local seg = redis.call('ZRANGEBYLEX', KEYS[3], '[' .. member, '+', 'LIMIT', 0, 1)[1]
-  local state, peer = '-', ''
-  if seg then
-    state = string.sub(seg, 18, 18)
-    peer = string.sub(seg, 20)
-  end
-  if state == 'o' or (state == 'f' and not write) then return false end
-  return {-1, tonumber(redis.call('HGET', KEYS[4], 'epoch') or '0'), state, peer}
+#: Not a script: the functions the scripts share. ``lookup(own, member)``: the state and peer
+#: that the ownership set ``own`` records for ``member`` (``'-', ''``: nothing);
+#: ``redirect(meta, state, peer)``: the redirect ``{-1, epoch, state, peer}``, the epoch from
+#: the ownership hash ``meta``; ``version(key)``: the version of the record under ``key`` (0:
+#: absent) and its first 8 bytes (``''``: absent).
+_LIB = """
+local function lookup(own, member)
+  local seg = redis.call('ZRANGEBYLEX', own, '[' .. member, '+', 'LIMIT', 0, 1)[1]
+  if seg then return string.sub(seg, 18, 18), string.sub(seg, 20) end
+  return '-', ''
+end
+local function redirect(meta, state, peer)
+  return {-1, tonumber(redis.call('HGET', meta, 'epoch') or '0'), state, peer}
+end
+local function version(key)
+  local head = redis.call('GETRANGE', key, 0, 7)
+  if head == '' then return 0, head end
+  return (struct.unpack('>I8', head)), head
 end
 """
+
+#: Not a script: the ownership check and compare-and-set that :data:`PUT` and :data:`DELETE`
+#: start with. ``KEYS[1]`` is the record, ``KEYS[3]`` the ownership set, ``KEYS[4]`` its hash.
+#: ``refused(member, write)`` returns false when the operation may go on, else the redirect
+#: (owned: reads and writes; frozen: reads only; a shard without a record owns nothing).
+#: ``checked(member, expected, fenced)`` returns ``false, version, head`` when the write may go
+#: on, else the reply: the redirect, or ``{0, current version}`` when the compare-and-set failed.
+FENCE = (
+    _LIB
+    + """
+local function refused(member, write)
+  local state, peer = lookup(KEYS[3], member)
+  if state == 'o' or (state == 'f' and not write) then return false end
+  return redirect(KEYS[4], state, peer)
+end
+local function checked(member, expected, fenced)
+  if fenced == '1' then
+    local r = refused(member, true)
+    if r then return r end
+  end
+  local current, head = version(KEYS[1])
+  if expected ~= '' and tonumber(expected) ~= current then return {0, current} end
+  return false, current, head
+end
+"""
+)
 
 #: A put or compare-and-set. ``KEYS[1]`` record, ``KEYS[2]`` index (fenced: ``KEYS[3]``,
 #: ``KEYS[4]`` as in :data:`FENCE`); ``ARGV[1]`` member, ``ARGV[2]`` value, ``ARGV[3]``
@@ -74,16 +104,8 @@ end
 PUT = (
     FENCE
     + """
-if ARGV[4] == '1' then
-  local r = refused(ARGV[1], true)
-  if r then return r end
-end
-local head = redis.call('GETRANGE', KEYS[1], 0, 7)
-local current = 0
-if head ~= '' then current = struct.unpack('>I8', head) end
-if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= current then
-  return {0, current}
-end
+local r, current, head = checked(ARGV[1], ARGV[3], ARGV[4])
+if r then return r end
 local version = current + 1
 redis.call('SET', KEYS[1], struct.pack('>I8', version) .. ARGV[2])
 if head == '' then redis.call('ZADD', KEYS[2], 0, ARGV[1]) end
@@ -98,16 +120,8 @@ return {1, version}
 DELETE = (
     FENCE
     + """
-if ARGV[3] == '1' then
-  local r = refused(ARGV[1], true)
-  if r then return r end
-end
-local head = redis.call('GETRANGE', KEYS[1], 0, 7)
-local current = 0
-if head ~= '' then current = struct.unpack('>I8', head) end
-if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= current then
-  return {0, current}
-end
+local r, current, head = checked(ARGV[1], ARGV[2], ARGV[3])
+if r then return r end
 if head == '' then return {2, 0} end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -209,21 +223,17 @@ end
 #: or ``{-2, epoch, state}`` when the range has copies and this shard's lease to serve
 #: reads does not run (the backend raises :class:`~dhtcart.errors.LeaseExpired`).
 GET = (
-    _LEASED
+    _LIB
+    + _LEASED
     + """
-local seg = redis.call('ZRANGEBYLEX', KEYS[2], '[' .. ARGV[1], '+', 'LIMIT', 0, 1)[1]
-local state, peer = '-', ''
-if seg then
-  state = string.sub(seg, 18, 18)
-  peer = string.sub(seg, 20)
-  if state == 'o' or ((state == 'f' or state == 'p') and (peer == '' or not expired())) then
-    return redis.call('GET', KEYS[1])
-  end
-  if state == 'p' or state == 'f' then
-    return {-2, tonumber(redis.call('HGET', KEYS[2] .. ':meta', 'epoch') or '0'), state}
-  end
+local state, peer = lookup(KEYS[2], ARGV[1])
+if state == 'o' or ((state == 'f' or state == 'p') and (peer == '' or not expired())) then
+  return redis.call('GET', KEYS[1])
 end
-return {-1, tonumber(redis.call('HGET', KEYS[2] .. ':meta', 'epoch') or '0'), state, peer}
+if state == 'p' or state == 'f' then
+  return {-2, tonumber(redis.call('HGET', KEYS[2] .. ':meta', 'epoch') or '0'), state}
+end
+return redirect(KEYS[2] .. ':meta', state, peer)
 """
 )
 
@@ -234,23 +244,16 @@ return {-1, tonumber(redis.call('HGET', KEYS[2] .. ':meta', 'epoch') or '0'), st
 #: prev and version as 8 bytes each, a flag byte, the value); ``{2, 0, 0, backups}`` a delete of
 #: an absent key (nothing recorded); ``{0, current}`` the compare-and-set failed; ``{-3, raw,
 #: backups}`` a write of the key is already pending (nothing changed); or the redirect.
-DECIDE = """
-local seg = redis.call('ZRANGEBYLEX', KEYS[2], '[' .. ARGV[1], '+', 'LIMIT', 0, 1)[1]
-local state, peer = '-', ''
-if seg then
-  state = string.sub(seg, 18, 18)
-  peer = string.sub(seg, 20)
-end
-if state ~= 'o' and state ~= 'p' then
-  return {-1, tonumber(redis.call('HGET', KEYS[3], 'epoch') or '0'), state, peer}
-end
+DECIDE = (
+    _LIB
+    + """
+local state, peer = lookup(KEYS[2], ARGV[1])
+if state ~= 'o' and state ~= 'p' then return redirect(KEYS[3], state, peer) end
 local backups = ''
 if state == 'p' then backups = peer end
 local waiting = redis.call('GET', KEYS[4])
 if waiting then return {-3, waiting, backups} end
-local head = redis.call('GETRANGE', KEYS[1], 0, 7)
-local current = 0
-if head ~= '' then current = struct.unpack('>I8', head) end
+local current, head = version(KEYS[1])
 if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= current then return {0, current} end
 if ARGV[4] == '1' and head == '' then return {2, 0, 0, backups} end
 local flag = '\\1'
@@ -263,16 +266,20 @@ redis.call('SET', KEYS[4], struct.pack('>I8', current) .. struct.pack('>I8', cur
 redis.call('ZADD', KEYS[5], 0, ARGV[1])
 return {1, current, current + 1, backups}
 """
+)
 
 #: The pending write of a key, with the backups the primary's record lists now. ``KEYS[1]``
 #: ownership set, ``KEYS[2]`` the pending write's key; ``ARGV[1]`` member. Replies
 #: ``{raw or false, backups}``.
-PENDING = """
-local seg = redis.call('ZRANGEBYLEX', KEYS[1], '[' .. ARGV[1], '+', 'LIMIT', 0, 1)[1]
+PENDING = (
+    _LIB
+    + """
+local state, peer = lookup(KEYS[1], ARGV[1])
 local backups = ''
-if seg and string.sub(seg, 18, 18) ~= 'b' then backups = string.sub(seg, 20) end
+if state ~= 'b' then backups = peer end
 return {redis.call('GET', KEYS[2]) or false, backups}
 """
+)
 
 #: A primary commits its pending write. ``KEYS[1]`` record, ``KEYS[2]`` index, ``KEYS[3]`` the
 #: pending write's key, ``KEYS[4]`` the pending index; ``ARGV[1]`` member, ``ARGV[2]`` version.
@@ -299,19 +306,12 @@ return 1
 #: ``"1"`` for a delete. Applied only where this shard keeps the key as a backup of that very
 #: primary (else the redirect); a put only if newer than the record kept, a delete only of a
 #: record no newer than the one deleted. Replies 1.
-APPLY = """
-local seg = redis.call('ZRANGEBYLEX', KEYS[3], '[' .. ARGV[1], '+', 'LIMIT', 0, 1)[1]
-local state, peer = '-', ''
-if seg then
-  state = string.sub(seg, 18, 18)
-  peer = string.sub(seg, 20)
-end
-if state ~= 'b' or peer ~= ARGV[2] then
-  return {-1, tonumber(redis.call('HGET', KEYS[4], 'epoch') or '0'), state, peer}
-end
-local head = redis.call('GETRANGE', KEYS[1], 0, 7)
-local current = 0
-if head ~= '' then current = struct.unpack('>I8', head) end
+APPLY = (
+    _LIB
+    + """
+local state, peer = lookup(KEYS[3], ARGV[1])
+if state ~= 'b' or peer ~= ARGV[2] then return redirect(KEYS[4], state, peer) end
+local current, head = version(KEYS[1])
 if ARGV[6] == '1' then
   if head ~= '' and current <= tonumber(ARGV[3]) then
     redis.call('DEL', KEYS[1])
@@ -323,21 +323,21 @@ elseif current < tonumber(ARGV[4]) then
 end
 return 1
 """
+)
 
 #: Records written unless the shard holds that version or a newer one (survivors levelled
 #: before a promotion). ``KEYS[1]`` index, ``KEYS[2]`` ownership hash; ``ARGV[1]`` token,
 #: ``ARGV[2]`` record-key prefix, then member, record pairs. Replies how many were written, or
 #: ``{-2, token}`` when a newer rebalancer token was seen (nothing written).
-REPAIR = """
+REPAIR = (
+    _LIB
+    + """
 local token = tonumber(redis.call('HGET', KEYS[2], 'token') or '0')
 if tonumber(ARGV[1]) < token then return {-2, token} end
 local written = 0
 for i = 3, #ARGV, 2 do
   local key = ARGV[2] .. ARGV[i]
-  local head = redis.call('GETRANGE', key, 0, 7)
-  local current = 0
-  if head ~= '' then current = struct.unpack('>I8', head) end
-  if current < struct.unpack('>I8', string.sub(ARGV[i + 1], 1, 8)) then
+  if version(key) < struct.unpack('>I8', string.sub(ARGV[i + 1], 1, 8)) then
     redis.call('SET', key, ARGV[i + 1])
     redis.call('ZADD', KEYS[1], 0, ARGV[i])
     written = written + 1
@@ -345,6 +345,7 @@ for i = 3, #ARGV, 2 do
 end
 return written
 """
+)
 
 #: A lease renewal. ``KEYS[1]`` ownership hash; ``ARGV[1]`` the epoch of the membership the
 #: renewer read, ``ARGV[2]`` the lease's end (ms). Granted only if that epoch is not older than
