@@ -97,7 +97,7 @@ import lmdb
 
 from dhtcart.backends.base import BackendContext, Record, check_expected
 from dhtcart.backends.fencing import MAX_UPDATE_TRIES, Change, FencedBackend, Pending, Update, apply_changes
-from dhtcart.backends.ownership import BACKUP, OWNED, PRIMARY, TABLE_SHIFT, Ownership
+from dhtcart.backends.ownership import BACKUP, FAST_READ, OWNED, TABLE_SHIFT, Ownership
 from dhtcart.errors import (
     CorruptData,
     DHTCartError,
@@ -108,6 +108,7 @@ from dhtcart.errors import (
     ShardUnavailable,
     StoreClosed,
     StoreReadOnly,
+    VersionConflict,
     WriteInFlight,
 )
 
@@ -150,8 +151,6 @@ _UNREAD = object()
 #: records exported as they are stored: 8-byte big-endian key, 8-byte big-endian version + value
 _COPY_FORMAT = "lmdb-v1"
 
-#: slice states a read passes without looking at the segments
-_FAST_READ = frozenset({OWNED, PRIMARY})
 _MAX_KEY = (1 << 63) - 1
 
 _forks = 0  # how many times this process is a fork's child (checked instead of getpid per call)
@@ -593,32 +592,50 @@ class LMDBBackend(FencedBackend):
         """Raise Moved unless the ownership record lets this operation through."""
         self._shared.load_ownership(txn, txn.get(_GEN)).check(key, write)
 
-    def _write(self, fn: Callable[[lmdb.Transaction], _T]) -> _T:
-        """Run ``fn(txn)`` in a write transaction, growing the map when it is full."""
+    def _fence_write(self, txn: lmdb.Transaction, key: int) -> None:
+        """:meth:`_fence` of a plain write, with the reads' fast table (the write path)."""
+        shared = self._shared
+        gen = txn.get(_GEN)
+        if gen != shared.gen:
+            shared.load_ownership(txn, gen)
+        if shared.slices.get(key >> TABLE_SHIFT) != OWNED:  # not cached, or not owned throughout
+            shared.own.check(key, True)
+
+    def _write(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn(txn, *args)`` in a write transaction, growing the map when it is full."""
         with self._lock:
-            self._check()
-            if self._shared.readonly:
+            shared = self._shared
+            if self._closed or self._forks != _forks:
+                self._check()
+            if shared.readonly:
                 raise StoreReadOnly(
                     f"shard {self.name!r}: its directory {self.path} is read-only (opened for reading only):"
                     " it can be read, not changed; nothing was changed"
                 )
             try:
                 for _ in range(_WRITE_ATTEMPTS):
+                    txn = self._env.begin(write=True)
                     try:
-                        with self._env.begin(write=True) as txn:
-                            result = fn(txn)
-                            if self._shared.removed():  # after the fence: a redirect comes first
-                                raise ShardUnavailable(
-                                    self.name,
-                                    self.path,
-                                    "its data file was deleted while open (the shard's directory removed, or"
-                                    " the file replaced): the write was not applied, as it would be lost",
-                                )
-                            return result
+                        result = fn(txn, *args)
+                        # after the fence (a redirect comes first); looked at once a second at most
+                        if (shared.gone or time.monotonic() >= shared.next_check) and shared.removed():
+                            raise ShardUnavailable(
+                                self.name,
+                                self.path,
+                                "its data file was deleted while open (the shard's directory removed, or"
+                                " the file replaced): the write was not applied, as it would be lost",
+                            )
+                        txn.commit()
+                        return result
                     except lmdb.MapFullError:
+                        txn.abort()
                         self._grow()
                     except lmdb.MapResizedError:
+                        txn.abort()
                         self._env.set_mapsize(0)  # another process grew it: adopt its size
+                    except BaseException:
+                        txn.abort()
+                        raise
             except _MEDIUM as exc:  # the mapping, without a context manager's cost (the hot path)
                 self._writing.reraise(exc)
                 raise
@@ -692,7 +709,7 @@ class LMDBBackend(FencedBackend):
                                 lease = txn.get(_LEASE)
                                 shared.lease_ms = 0 if lease is None else int.from_bytes(lease, "big")
                             shared.tid = tid
-                        if shared.slices.get(key >> TABLE_SHIFT) not in _FAST_READ:
+                        if shared.slices.get(key >> TABLE_SHIFT) not in FAST_READ:
                             self._fence(txn, key, False)
                         if shared.own.leased and time.time() * 1000 >= shared.lease_ms:
                             self._lease_expired(key)
@@ -709,19 +726,24 @@ class LMDBBackend(FencedBackend):
         return Record(int.from_bytes(raw[:8], "big"), raw[8:])
 
     def put(self, key: int, value: bytes, expected_version: int | None = None) -> int:
-        kb = _kb(key)
-        fenced = self.fenced
+        return self._write(self._put, key, value, expected_version)
 
-        def op(txn: lmdb.Transaction) -> int:
-            if fenced:
-                self._fence(txn, key, True)
-            current = _version(key, txn.get(kb))
-            check_expected(key, expected_version, current)
-            version = current + 1
-            txn.put(kb, version.to_bytes(8, "big") + value)
-            return version
-
-        return self._write(op)
+    def _put(self, txn: lmdb.Transaction, key: int, value: bytes, expected_version: int | None) -> int:
+        if self.fenced:
+            self._fence_write(txn, key)
+        kb = key.to_bytes(8, "big")
+        raw = txn.get(kb)
+        if raw is None:
+            current = 0
+        elif len(raw) >= 8:
+            current = int.from_bytes(raw[:8], "big")
+        else:
+            raise _short_record(key, raw)
+        if expected_version is not None and expected_version != current:
+            raise VersionConflict(key, expected_version, current)
+        current += 1
+        txn.put(kb, current.to_bytes(8, "big") + value)
+        return current
 
     def modify(self, key: int, change: Update, tries: int = MAX_UPDATE_TRIES) -> Record | None:
         """One write transaction: the fence, the read, ``change``, the write (see :class:`FencedBackend`).
@@ -734,7 +756,7 @@ class LMDBBackend(FencedBackend):
 
         def op(txn: lmdb.Transaction) -> Record | None:
             if fenced:
-                self._fence(txn, key, True)
+                self._fence_write(txn, key)
             raw = txn.get(kb)
             old = None if raw is None else Record(int.from_bytes(raw[:8], "big"), bytes(raw[8:]))
             value = change(old)
@@ -752,7 +774,7 @@ class LMDBBackend(FencedBackend):
 
         def op(txn: lmdb.Transaction) -> bool:
             if fenced:
-                self._fence(txn, key, True)
+                self._fence_write(txn, key)
             raw = txn.get(kb)
             if raw is not None and len(raw) < 8 and expected_version is None:
                 return bool(txn.delete(kb))  # an unconditional delete removes a damaged record too

@@ -21,9 +21,9 @@ from sortedcontainers import SortedDict
 
 from dhtcart.backends.base import BackendContext, Record, check_expected
 from dhtcart.backends.fencing import MAX_UPDATE_TRIES, Change, FencedBackend, Pending, Update, apply_changes
-from dhtcart.backends.ownership import BACKUP, Ownership
+from dhtcart.backends.ownership import BACKUP, FAST_READ, OWNED, TABLE_SHIFT, Ownership
 from dhtcart.checks import check_seconds
-from dhtcart.errors import InvalidInput, LeaseExpired, ShardUnavailable, StoreClosed, WriteInFlight
+from dhtcart.errors import InvalidInput, LeaseExpired, ShardUnavailable, StoreClosed, VersionConflict, WriteInFlight
 
 __all__ = ["MemoryBackend"]
 
@@ -82,9 +82,11 @@ class MemoryBackend(FencedBackend):
             rec: Record | None = self._data.get(key)
             return rec
         with self._lock:
-            self._check_open()
+            if self._closed or self._paused_until:
+                self._check_open()
             own = self._own
-            own.check(key, False)
+            if own.segments.slices.get(key >> TABLE_SHIFT) not in FAST_READ:  # the slices' table, then the check
+                own.check(key, False)
             if own.leased and time.time() >= self._lease:
                 state, _ = own.segments.lookup(key)
                 raise LeaseExpired(key, own.epoch, state)
@@ -93,22 +95,29 @@ class MemoryBackend(FencedBackend):
 
     def put(self, key: int, value: bytes, expected_version: int | None = None) -> int:
         with self._lock:
-            self._check_open()
+            if self._closed or self._paused_until:
+                self._check_open()
             if self.fenced:
-                self._own.check(key, True)
+                own = self._own
+                if own.segments.slices.get(key >> TABLE_SHIFT) != OWNED:
+                    own.check(key, True)
             old: Record | None = self._data.get(key)
             current = old.version if old is not None else 0
-            check_expected(key, expected_version, current)
-            version = current + 1
-            self._data[key] = Record(version, value)
-            return version
+            if expected_version is not None and expected_version != current:
+                raise VersionConflict(key, expected_version, current)
+            current += 1
+            self._data[key] = Record(current, value)
+            return current
 
     def modify(self, key: int, change: Update, tries: int = MAX_UPDATE_TRIES) -> Record | None:
         """One critical section: the fence, the read, ``change``, the write (see :class:`FencedBackend`)."""
         with self._lock:
-            self._check_open()
+            if self._closed or self._paused_until:
+                self._check_open()
             if self.fenced:
-                self._own.check(key, True)
+                own = self._own
+                if own.segments.slices.get(key >> TABLE_SHIFT) != OWNED:
+                    own.check(key, True)
             old: Record | None = self._data.get(key)
             value = change(old)
             if value is None:

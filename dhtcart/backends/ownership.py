@@ -62,6 +62,7 @@ from dhtcart.errors import CorruptData, InvalidInput, InvalidKey, LeaseLost, Mov
 
 __all__ = [
     "BACKUP",
+    "FAST_READ",
     "FROZEN",
     "NOT_OWNED",
     "OWNED",
@@ -86,6 +87,8 @@ NOT_OWNED = "-"
 STATES = frozenset({OWNED, PRIMARY, FROZEN, BACKUP, NOT_OWNED})
 #: the states in which a shard answers reads
 READABLE = frozenset({OWNED, PRIMARY, FROZEN})
+#: slice states a backend's read path may pass on its slice table alone, without :meth:`Ownership.check`
+FAST_READ = frozenset({OWNED, PRIMARY})
 #: the states in which a shard holds a copy that must not be overwritten by a migration's import
 SERVED = frozenset({OWNED, PRIMARY, FROZEN, BACKUP})
 
