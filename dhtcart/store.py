@@ -294,6 +294,7 @@ class DHTServerStore(MutableMapping[int, bytes]):
         self._closed = False
         self._counters = {"redirects": 0, "reloads": 0, "waits": 0, "takeovers": 0}
         self._last = threading.local()  # the shard each thread's last operation went to
+        self._track = False  # whether to record it: from the first last_shard() on
         self._coordinator = Coordinator(self)
 
     @staticmethod
@@ -605,9 +606,16 @@ class DHTServerStore(MutableMapping[int, bytes]):
         return self._view.shards[self.shard_for(key)]
 
     def last_shard(self) -> str | None:
-        """The shard that this thread's last successful :meth:`get`, :meth:`put` or :meth:`delete`
-        went to (``None`` before the first): what a face labels its metrics with, at no cost of
-        routing the key again."""
+        """The shard that this thread's last successful :meth:`get`, :meth:`put`, :meth:`delete`
+        or :meth:`modify` went to: what a face labels its metrics with, at no cost of routing
+        the key again.
+
+        A handle records it from the first call of this method on (a
+        :class:`~dhtcart.cart.CartService` makes that call when it is created),
+        so that a store nobody asks pays nothing per operation; ``None`` before
+        this thread's first operation since.
+        """
+        self._track = True
         backend = getattr(self._last, "backend", None)
         if backend is None:
             return None
@@ -649,7 +657,8 @@ class DHTServerStore(MutableMapping[int, bytes]):
         try:
             backend = table[key >> view.shift] if table is not None else view.route(key)
             record = backend.get(key)
-            self._last.backend = backend
+            if self._track:
+                self._last.backend = backend
             return record
         except (Moved, StoreClosed, ShardUnavailable) as exc:
             return self._retry(key, exc, _op_get, write=False)
@@ -669,7 +678,8 @@ class DHTServerStore(MutableMapping[int, bytes]):
         try:
             backend = table[key >> view.shift] if table is not None else view.route(key)
             version = backend.put(key, value, expected_version)
-            self._last.backend = backend
+            if self._track:
+                self._last.backend = backend
             return version
         except (Moved, StoreClosed, ShardUnavailable) as exc:
             return self._retry(key, exc, lambda b, k: b.put(k, value, expected_version))
@@ -686,7 +696,8 @@ class DHTServerStore(MutableMapping[int, bytes]):
         try:
             backend = view.route(key)
             existed = backend.delete(key, expected_version)
-            self._last.backend = backend
+            if self._track:
+                self._last.backend = backend
             return existed
         except (Moved, StoreClosed, ShardUnavailable) as exc:
             return self._retry(key, exc, lambda b, k: b.delete(k, expected_version))
@@ -740,7 +751,8 @@ class DHTServerStore(MutableMapping[int, bytes]):
         try:
             backend = table[key >> view.shift] if table is not None else view.route(key)
             record = backend.modify(key, checked, tries)
-            self._last.backend = backend
+            if self._track:
+                self._last.backend = backend
             return record
         except (Moved, StoreClosed, ShardUnavailable) as exc:
             return self._retry(key, exc, lambda b, k: b.modify(k, checked, tries))
@@ -764,7 +776,8 @@ class DHTServerStore(MutableMapping[int, bytes]):
         except (Moved, StoreClosed, ShardUnavailable, WriteInFlight) as exc:
             pending = self._retry(key, exc, decide)
         primary = decided_on[-1]
-        self._last.backend = primary
+        if self._track:
+            self._last.backend = primary
         if pending.version:  # a delete of an absent key replicates nothing
             self._complete(primary, pending)
         return pending
@@ -980,7 +993,8 @@ class DHTServerStore(MutableMapping[int, bytes]):
                 target = view.route(key)
             try:
                 result = op(target, key)
-                self._last.backend = target
+                if self._track:
+                    self._last.backend = target
                 return result
             except LeaseExpired as again:
                 self._renew(target)

@@ -286,6 +286,9 @@ class CartService:
         else:
             self._owns_store = False
         self.store = store  #: the store the carts are kept in
+        record_shards = getattr(store, "last_shard", None)  # a store, or a wrapper of one (a history recorder)
+        if record_shards is not None:
+            record_shards()  # from now on the store records each operation's shard (the metrics' label)
         self._clock = clock
         self._hasher = hasher
         self.max_retries = max_retries
