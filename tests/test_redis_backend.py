@@ -52,6 +52,7 @@ def _skip_or_fail(reason: str) -> None:
 try:
     import redis
 
+    from dhtcart import DHTServerStore
     from dhtcart.backends import open_backend
     from dhtcart.backends.base import Record
     from dhtcart.backends.redis import PASSWORD_ENV, RedisBackend
@@ -227,7 +228,7 @@ def test_password_from_url_or_environment(server_binary: str, tmp_path: Path, mo
 DOCS_ACL = (
     "on >{password} ~dhtcart:* resetchannels -@all +get +set +getrange +mget +del"
     " +zadd +zrem +zrangebylex +zrange +zcard +zlexcount +hget +hmget +hset +evalsha +script|load +multi +exec +scan"
-    " +ping"
+    " +time +ping"
 )
 
 
@@ -246,6 +247,10 @@ def test_minimal_acl_user_from_the_docs(server: RedisServer, raw: redis.Redis) -
         b.put(3, b"c")
         b.destroy()
         assert not list(raw.scan_iter(match="dhtcart:*"))
+        store = DHTServerStore({"r0": f"redis://{user}:{password}@127.0.0.1:{server.port}/0"})  # fenced
+        assert store.put(5, b"e") == 1 and store.get(5) == Record(1, b"e") and store.get(6) is None
+        store.servers["r0"].backend.destroy()
+        store.close()
         other = RedisBackend.from_url(f"redis://{user}:{password}@127.0.0.1:{server.port}/0?prefix=x:")
         with pytest.raises(ShardUnavailable, match=r"NOPERM|permission"):
             other.put(1, b"x")  # outside its key pattern

@@ -644,7 +644,8 @@ def test_a_corrupt_ownership_record_is_corrupt_data(server: RedisServer, raw: re
         raw.hset(meta, "token", 1)
         raw.hincrby(meta, "gen", 1)
         assert b.ownership() == Ownership(1, 1, SERVED)
-    raw.hset(meta, "epoch", "not a number")  # read by the script that answers a redirect
+    raw.hset(meta, "epoch", "not a number")  # the redirect's epoch, read with the record it belongs to
+    raw.hincrby(meta, "gen", 1)  # a read checks the ownership of the generation it reads (cached per generation)
     err = _expect(CorruptData, lambda: b.get(150))
     assert "fence" in str(err)
     b.destroy()
@@ -679,8 +680,9 @@ def test_a_key_of_another_type_under_the_prefix_is_corrupt_data(server: RedisSer
     raw.delete(f"{prefix}idx")
     raw.delete(f"{prefix}own")
     raw.set(f"{prefix}own", "not an ownership record")
+    _expect(CorruptData, lambda: b.put(2, b"x"))  # a write's script reads the ownership set itself
+    raw.hincrby(f"{prefix}own:meta", "gen", 1)  # a read reads it again when its generation moves
     _expect(CorruptData, lambda: b.get(2))
-    _expect(CorruptData, lambda: b.put(2, b"x"))
     raw.delete(f"{prefix}own")
     b.destroy()
     alone.close()

@@ -36,16 +36,23 @@ another type under its prefix) :class:`~dhtcart.errors.CorruptData`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn, cast
 
 from dhtcart.backends.base import BackendContext, Record, check_expected
 from dhtcart.backends.fencing import Change, FencedBackend, Pending, apply_changes
-from dhtcart.backends.ownership import BACKUP, STATES, Ownership, Segments
-from dhtcart.backends.redis.connection import DEFAULT_PREFIX, DEFAULT_TIMEOUT, RedisConnection, RedisTarget
+from dhtcart.backends.ownership import BACKUP, FROZEN, OWNED, PRIMARY, STATES, TABLE_SHIFT, Ownership, Segments
+from dhtcart.backends.redis.connection import (
+    DEFAULT_PREFIX,
+    DEFAULT_TIMEOUT,
+    RedisConnection,
+    RedisTarget,
+    pack_command,
+)
 from dhtcart.backends.redis.scripts import SCRIPTS
 from dhtcart.checks import check_seconds
-from dhtcart.errors import CorruptData, LeaseExpired, LeaseLost, Moved, WriteInFlight
+from dhtcart.errors import CorruptData, LeaseExpired, LeaseLost, Moved, ShardFull, WriteInFlight
 
 __all__ = ["RedisBackend"]
 
@@ -54,6 +61,14 @@ _MAX_KEY = (1 << 63) - 1
 _SCAN_BATCH = 1000  # members per ZRANGEBYLEX + MGET round trip
 _DROP_BATCH = 1_000  # records per drop_ranges script call (as in scripts.RANGES)
 _IMPORT_BATCH = 1_000  # records per import script call
+_MULTI = pack_command("MULTI")
+_EXEC = pack_command("EXEC")
+_TIME = pack_command("TIME")
+#: fenced reads that find a newer ownership record than the cached one, in a row, before the
+#: read falls back to the GET script (whose check reads the record on the server)
+_READ_TRIES = 3
+#: seconds that fenced reads use the GET script after the server refused their transaction (full)
+_SCRIPTED_FOR = 1.0
 _IMPORT_BYTES = 4 << 20  # and about this many bytes: one request stays well inside a server's query buffer
 
 
@@ -179,6 +194,9 @@ class RedisBackend(FencedBackend):
         self._pending_prefix = pfx + b"p:"  # a primary's pending replicated writes
         self._pidx = pfx + b"pidx"  # their members, for range scans
         self._own_cache: tuple[int, Ownership] = (-1, Ownership.nothing())
+        # a fenced read's transaction starts so: the ownership record's generation and lease
+        self._scripted_until = 0.0  # fenced reads by the script until then (see get)
+        self._read_head = _MULTI + pack_command("HMGET", self._own_meta, "gen", "lease")
 
     # -- opening -----------------------------------------------------------------
 
@@ -240,7 +258,7 @@ class RedisBackend(FencedBackend):
 
     def _script(self, name: str, keys: Sequence[bytes], args: Sequence[bytes | str], *, wrote: bool) -> Any:
         """Run the script ``name`` of :data:`~dhtcart.backends.redis.scripts.SCRIPTS` (one ``EVALSHA``)."""
-        return self.connection.call(self._scripts[name], keys, args, wrote=wrote)
+        return self.connection.run(self._scripts[name], keys, args, wrote=wrote)
 
     def _moved(self, key: int, reply: Sequence[Any]) -> NoReturn:
         """Raise the redirect ``{-1, epoch, state, peer}`` a script answered."""
@@ -257,11 +275,65 @@ class RedisBackend(FencedBackend):
     # -- the Backend interface -------------------------------------------------------
 
     def get(self, key: int) -> Record | None:
-        """Return the record under ``key`` (one ``GET``; fenced: one script call), or ``None``."""
+        """Return the record under ``key`` (one ``GET``; fenced: one ``MULTI``/``EXEC``), or ``None``.
+
+        A fenced read is one transaction of three commands: the ownership
+        record's generation and lease (``HMGET``), the server's clock when the
+        record is leased (``TIME``), and the record (``GET``). The ownership of
+        that generation (cached, read again when the generation moved) decides
+        here, in the script's rules (:data:`~dhtcart.backends.redis.scripts.GET`),
+        whether the record may be answered: the check and the read are one
+        atomic step on the server, at a fifth of a script's server time.
+        """
         member = _member(key)
         if not self.fenced:
-            raw = self.connection.call(self.connection.client.get, self._record_prefix + member)
+            raw = self.connection.send_packed(pack_command("GET", self._record_prefix + member), wrote=False)()
             return None if raw is None else _decode(self.name, key, raw)
+        if self._scripted_until and time.monotonic() < self._scripted_until:
+            return self._scripted_get(key, member)
+        read = pack_command("GET", self._record_prefix + member)
+        timed = False
+        for _ in range(_READ_TRIES):
+            gen, own = self._own_cache
+            timed = timed or own.leased
+            try:
+                answers = self.connection.send_packed(
+                    self._read_head + _TIME + read + _EXEC if timed else self._read_head + read + _EXEC,
+                    replies=5 if timed else 4,
+                    wrote=False,
+                )()
+            except ShardFull:  # a server over maxmemory refuses MULTI, not scripts that only read
+                self._scripted_until = time.monotonic() + _SCRIPTED_FOR
+                return self._scripted_get(key, member)
+            try:
+                (now_gen, lease), raw = answers[0], answers[-1]
+            except (TypeError, ValueError):
+                raise CorruptData(f"shard {self.name!r}: unexpected answer to a read: {answers!r}") from None
+            for answer in answers:
+                if isinstance(answer, Exception):  # a command of the transaction failed (a key of another type)
+                    raise self.connection.error(answer, False) or answer
+            if self._counter("gen", now_gen) != gen:  # the ownership changed since it was cached
+                self._read_ownership()
+                continue
+            if own.segments.slices.get(key >> TABLE_SHIFT) == OWNED:
+                state, peer = OWNED, ""
+            else:
+                state, peer = own.segments.lookup(key)
+            if state == OWNED or (state in (FROZEN, PRIMARY) and peer == ""):
+                return None if raw is None else _decode(self.name, key, raw)
+            if state in (FROZEN, PRIMARY):  # a range with copies: this shard's lease must run
+                if not timed:
+                    timed = True
+                    continue
+                seconds, micros = answers[1]
+                if int(seconds) * 1000 + int(micros) // 1000 < self._counter("lease", lease):
+                    return None if raw is None else _decode(self.name, key, raw)
+                raise LeaseExpired(key, own.epoch, state)
+            raise Moved(key, own.epoch, state, peer or None)
+        return self._scripted_get(key, member)  # the ownership kept changing: let the server check
+
+    def _scripted_get(self, key: int, member: bytes) -> Record | None:
+        """A fenced read by the GET script (the check made on the server, from its own record)."""
         reply = self._script("get", (self._record_prefix + member, self._own), (member,), wrote=False)
         if reply is None:
             return None

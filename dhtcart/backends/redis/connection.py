@@ -64,6 +64,7 @@ A ``NOSCRIPT`` answer never reaches the table in normal operation: redis-py's
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -103,6 +104,7 @@ __all__ = [
     "RedisConnection",
     "RedisTarget",
     "map_error",
+    "pack_command",
 ]
 
 #: seconds allowed to connect and for each reply, unless ``?timeout=`` says otherwise
@@ -399,6 +401,31 @@ def map_error(exc: BaseException, *, name: str, address: str, timeout: float, wr
 # -- the connection -----------------------------------------------------------------------------
 
 
+def _drain(conn: Any, replies: int) -> None:
+    """Read and drop ``replies`` answers (errors included) so that ``conn`` is in step again,
+    or drop the connection when they do not come."""
+    try:
+        for _ in range(replies):
+            with contextlib.suppress(ResponseError):
+                conn.read_response()
+    except BaseException:
+        conn.disconnect()
+        raise
+
+
+def pack_command(*args: bytes | str) -> bytes:
+    """One command in the Redis protocol (RESP): what :meth:`RedisConnection.send_packed` writes.
+
+    >>> pack_command("GET", b"k")
+    b'*2\\r\\n$3\\r\\nGET\\r\\n$1\\r\\nk\\r\\n'
+    """
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        raw = arg.encode() if isinstance(arg, str) else arg
+        parts.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(parts)
+
+
 class _Mapped:
     """The context manager of :meth:`RedisConnection.errors` (a class: cheaper than a generator)."""
 
@@ -497,51 +524,87 @@ class RedisConnection:
             assert mapped is not None
             raise mapped from exc
 
-    def send(self, script: Script, keys: Sequence[bytes], args: Sequence[bytes | str]) -> Callable[[], Any]:
+    def run(self, script: Script, keys: Sequence[bytes], args: Sequence[bytes | str], *, wrote: bool) -> Any:
+        """One ``EVALSHA`` of ``script``: :meth:`call` of a registered script, without redis-py's
+        command layer.
+
+        The command is packed here and written on a connection of the pool,
+        and its reply read from it: what ``script(keys, args)`` does, less
+        about a third of its client time (a fenced read's whole cost on the
+        client: ``benchmarks/redis_bench.py``). On ``NOSCRIPT`` the script is
+        loaded and sent once more, as redis-py's ``Script`` does; errors are
+        mapped as by :meth:`call`; a connection whose reply failed or timed
+        out is dropped, never reused.
+        """
+        return self.send(script, keys, args, wrote=wrote)()
+
+    def send(
+        self, script: Script, keys: Sequence[bytes], args: Sequence[bytes | str], *, wrote: bool = True
+    ) -> Callable[[], Any]:
         """Send one ``EVALSHA`` of ``script`` now; return a function that reads its reply.
 
-        The two halves of :meth:`call` for a script that may write, so that a
-        caller can have several servers work at the same time (a replicated
-        write's backups). The connection is this call's own until its reply
-        is read; a reply that fails or times out drops the connection (never
-        reused with a reply pending). On ``NOSCRIPT`` (the server lost its
-        scripts) the script is loaded and the call sent once more, as
-        redis-py's ``Script`` does: a script the server did not know never
-        ran. Errors are mapped as by :meth:`call`; call the returned function
-        exactly once.
+        The two halves of :meth:`run`, so that a caller can have several
+        servers work at the same time (a replicated write's backups). The
+        connection is this call's own until its reply is read; call the
+        returned function exactly once.
+        """
+        return self.send_packed(
+            pack_command("EVALSHA", script.sha, str(len(keys)), *keys, *args), script=script, wrote=wrote
+        )
+
+    def send_packed(
+        self, packed: bytes, *, replies: int = 1, script: Script | None = None, wrote: bool = True
+    ) -> Callable[[], Any]:
+        """Write ``packed`` (commands packed by :func:`pack_command`) now; return a function that
+        reads ``replies`` answers and returns the last (a ``MULTI`` ... ``EXEC`` of n commands:
+        ``n + 2`` answers, the ``EXEC``'s last).
+
+        ``script``: the script that a single ``EVALSHA`` calls, loaded and sent
+        once more on ``NOSCRIPT``. ``wrote``: whether the commands may change
+        something (see :meth:`call`).
         """
         if self._closed:
             raise StoreClosed(f"{self.name!r} ({self.target.url}) is closed")
         pool = self._pool
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        try:
+        try:  # a new connection's handshake may time out: mapped as the command's own failure (as redis-py's)
             conn: Any = pool.get_connection()  # redis-py leaves its connections untyped
         except RedisError as exc:
-            raise self._mapped(exc, wrote=False) from exc
+            raise self._mapped(exc, wrote=wrote) from exc
         try:
-            conn.send_command(*command)
+            conn.send_packed_command((packed,), check_health=False)
         except BaseException as exc:
             conn.disconnect()
             pool.release(conn)
             if isinstance(exc, RedisError):
-                raise self._mapped(exc, wrote=True) from exc
+                raise self._mapped(exc, wrote=wrote) from exc
             raise
 
         def reply() -> Any:
+            left = replies
             try:
                 try:
-                    return conn.read_response()
+                    while left > 1:
+                        conn.read_response()
+                        left -= 1
+                    answer = conn.read_response()
+                    left = 0
+                    return answer
                 except NoScriptError:  # the script never ran: load it, then send the call again
+                    if script is None or replies != 1:
+                        raise
                     conn.send_command("SCRIPT", "LOAD", script.script)
                     conn.read_response()
-                    conn.send_command(*command)
-                    return conn.read_response()
-            except ResponseError as exc:  # an error reply, read whole: the connection is in step
-                raise self._mapped(exc, wrote=True) from exc
+                    conn.send_packed_command((packed,), check_health=False)
+                    answer = conn.read_response()
+                    left = 0
+                    return answer
+            except ResponseError as exc:  # an error reply, read whole
+                _drain(conn, left - 1)  # the later answers (a refused MULTI's commands, then EXEC's error)
+                raise self._mapped(exc, wrote=wrote) from exc
             except BaseException as exc:  # anything else may leave a reply unread: never reused
                 conn.disconnect()
                 if isinstance(exc, RedisError):
-                    raise self._mapped(exc, wrote=True) from exc
+                    raise self._mapped(exc, wrote=wrote) from exc
                 raise
             finally:
                 pool.release(conn)
