@@ -171,7 +171,8 @@ class _View:
             # the hot path: a shift and an index straight to the primary's backend
             self.shift = self.ring.shift
             if not doc.down:
-                self.table = [self.backend(o) for o in self.ring.owners()]
+                by_name = {n: self.backend(n) for n in shards}  # once per shard, not per partition
+                self.table = [by_name[o] for o in self.ring.owners()]
             elif all(names for _, _, names in self.placement.lists()):
                 table: list[FencedBackend] = [self.backend(self.ring.owners()[0])] * self.ring.partitions
                 for lo, hi, names in self.placement.lists():

@@ -277,8 +277,13 @@ class Mover:
         try:
             if not frozen:
                 self._set(p, ranges, FROZEN, before[1], before[0])
-            for lo, hi in ranges:  # writes decided before the freeze: finished before anything is copied
-                for waiting in src.scan_pending(lo, hi):
+            # writes decided before the freeze: finished before anything is copied (one scan of the
+            # batch's span, the ranges in key order; a pending write between two of them is not ours)
+            spans = sorted(ranges)  # disjoint (lo, hi] ranges
+            his = [hi for _, hi in spans]
+            for waiting in src.scan_pending(spans[0][0], his[-1]):
+                i = bisect_left(his, waiting.key)
+                if i < len(spans) and spans[i][0] < waiting.key:
                     self._roll_forward(p, waiting)
             for name in new:
                 if name in old:

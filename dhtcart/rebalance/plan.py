@@ -87,10 +87,13 @@ def estimate_keys(moves: Sequence[_Moving], old: Ring, backends: Mapping[str, Ba
     owned: dict[str, int] = {}
     for arc in old.arcs():
         owned[arc.node] = owned.get(arc.node, 0) + arc.size
+    counts: dict[str, int] = {}  # each source counted once, not once per arc
     total = 0.0
     for m in moves:
         if owned.get(m.source):
-            total += backends[m.source].count() * m.size / owned[m.source]
+            if m.source not in counts:
+                counts[m.source] = backends[m.source].count()
+            total += counts[m.source] * m.size / owned[m.source]
     return round(total)
 
 

@@ -148,7 +148,10 @@ class Placement:
         n = len(owners)
         want = min(self.replicas, len(set(owners)))
         lists: list[Names] = []
-        for i in range(n):
+        if want == 1:  # one copy: each segment's owner (the walk below would stop at it)
+            down = self.down
+            lists = [() if owner in down else (owner,) for owner in owners]
+        for i in range(n if want > 1 else 0):
             chosen: list[str] = []
             domains: set[str] = set()
             seen: list[str] = []  # distinct shards in walk order
