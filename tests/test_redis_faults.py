@@ -39,6 +39,7 @@ from dhtcart.backends.ownership import BACKUP, Ownership, Segments  # noqa: E402
 from dhtcart.errors import (  # noqa: E402
     CorruptData,
     DHTCartError,
+    Moved,
     ShardFull,
     ShardUnavailable,
 )
@@ -707,3 +708,22 @@ def test_a_corrupt_membership_document_is_corrupt_data(server: RedisServer, raw:
     raw.delete(f"{prefix}progress")
     assert m.load() is None and m.progress() is None
     m.close()
+
+
+def test_a_fenced_read_follows_an_ownership_record_made_again(server: RedisServer, raw: redis.Redis) -> None:
+    """A fenced read checks the record it reads against the ownership cached for the generation
+    it reads with it. A shard destroyed and claimed again restarts its generation: a handle
+    that cached the old record must not serve a key by it (the epoch and token tell them apart)."""
+    url = f"{server.url}?prefix={_prefix()}"
+    reader, writer = _shard(url, fenced=True, name="again"), _shard(url, fenced=True, name="again")
+    _prepare(writer)
+    assert reader.get(1) == Record(1, b"one")  # the reader caches generation 1: keys 1 and 2 owned
+    writer.destroy()
+    writer = _shard(url, fenced=True, name="again")
+    writer.claim(Ownership(2, 2, Segments.owning([(100, 200)])))  # generation 1 again, other ranges
+    writer.import_ranges(2, [(0, 1)], [(1, Record(5, b"someone else's"))])
+    assert raw.hget(f"{url.split('prefix=')[1]}own:meta", "gen") == b"1"
+    err = _expect(Moved, lambda: reader.get(1))
+    assert isinstance(err, Moved) and err.epoch == 2
+    assert reader.get(150) is None  # owned now: answered
+    writer.destroy()

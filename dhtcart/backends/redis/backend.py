@@ -194,9 +194,10 @@ class RedisBackend(FencedBackend):
         self._pending_prefix = pfx + b"p:"  # a primary's pending replicated writes
         self._pidx = pfx + b"pidx"  # their members, for range scans
         self._own_cache: tuple[int, Ownership] = (-1, Ownership.nothing())
-        # a fenced read's transaction starts so: the ownership record's generation and lease
         self._scripted_until = 0.0  # fenced reads by the script until then (see get)
-        self._read_head = _MULTI + pack_command("HMGET", self._own_meta, "gen", "lease")
+        # a fenced read's transaction starts so: the ownership record's generation and lease
+        # (and its epoch and token: a record destroyed and made again restarts its generation)
+        self._read_head = _MULTI + pack_command("HMGET", self._own_meta, "gen", "lease", "epoch", "token")
 
     # -- opening -----------------------------------------------------------------
 
@@ -306,19 +307,25 @@ class RedisBackend(FencedBackend):
                 self._scripted_until = time.monotonic() + _SCRIPTED_FOR
                 return self._scripted_get(key, member)
             try:
-                (now_gen, lease), raw = answers[0], answers[-1]
+                (now_gen, lease, epoch, token), raw = answers[0], answers[-1]
             except (TypeError, ValueError):
                 raise CorruptData(f"shard {self.name!r}: unexpected answer to a read: {answers!r}") from None
             for answer in answers:
                 if isinstance(answer, Exception):  # a command of the transaction failed (a key of another type)
                     raise self.connection.error(answer, False) or answer
-            if self._counter("gen", now_gen) != gen:  # the ownership changed since it was cached
+            if (
+                self._counter("gen", now_gen) != gen
+                or self._counter("epoch", epoch) != own.epoch
+                or self._counter("token", token) != own.token
+            ):  # the ownership changed since it was cached (or was made again from nothing)
+                self._own_cache = (-1, own)  # read it whole, whatever its generation
                 self._read_ownership()
                 continue
-            if own.segments.slices.get(key >> TABLE_SHIFT) == OWNED:
-                state, peer = OWNED, ""
+            segments = own.segments
+            if (segments.slices.get(key >> TABLE_SHIFT) or segments.slice_state(key >> TABLE_SHIFT)) == OWNED:
+                state, peer = OWNED, ""  # the slice's table: no boundary in it, all owned
             else:
-                state, peer = own.segments.lookup(key)
+                state, peer = segments.lookup(key)
             if state == OWNED or (state in (FROZEN, PRIMARY) and peer == ""):
                 return None if raw is None else _decode(self.name, key, raw)
             if state in (FROZEN, PRIMARY):  # a range with copies: this shard's lease must run
