@@ -222,6 +222,35 @@ def test_lmdb_map_grows_by_itself(tmp_path: Path) -> None:
         assert again.count() == 800
 
 
+def test_lmdb_writes_after_another_process_grew_the_map(tmp_path: Path) -> None:
+    """Another process grows the map past this one's mapping: this process's next write
+    begins its transaction on the grown map (LMDB answers MDB_MAP_RESIZED to the begin),
+    and every operation goes on; nothing is refused, and the read path does the same."""
+    with LMDBBackend(tmp_path, map_size=4096 * 16) as b:
+        assert b.put(1, b"a") == 1
+        start = b._env.info()["map_size"]
+        grower = (
+            "import sys\n"
+            "from dhtcart.backends.lmdb import LMDBBackend\n"
+            "with LMDBBackend(sys.argv[1], map_size=4096 * 16) as other:\n"
+            "    for k in range(2, 400):\n"
+            "        other.put(k, b'x' * 2000)\n"
+            "    print(other._env.info()['map_size'])\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", grower, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+            env=child_env(),
+        )
+        assert int(done.stdout) > start  # the other process's map is larger than this one's
+        assert b.put(1000, b"from here") == 1  # the write path adopts the new size
+        assert b.put(1, b"b", expected_version=1) == 2
+        assert b.get(399) == Record(1, b"x" * 2000) and b.count() == 400
+
+
 def test_lmdb_full_map_loses_the_whole_transaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lmdb_mod, "_MAX_MAP_SIZE", 1 << 20)  # the map may not grow past 1 MiB
     with LMDBBackend(tmp_path, map_size=1 << 18) as b:

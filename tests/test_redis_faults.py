@@ -712,18 +712,42 @@ def test_a_corrupt_membership_document_is_corrupt_data(server: RedisServer, raw:
 
 def test_a_fenced_read_follows_an_ownership_record_made_again(server: RedisServer, raw: redis.Redis) -> None:
     """A fenced read checks the record it reads against the ownership cached for the generation
-    it reads with it. A shard destroyed and claimed again restarts its generation: a handle
-    that cached the old record must not serve a key by it (the epoch and token tell them apart)."""
+    it reads with it. A shard destroyed and claimed again restarts its generation, its epoch and
+    token too (a store made again): a handle that cached the old record must not serve a key by
+    it (the record's id, made when the record is made, tells them apart)."""
     url = f"{server.url}?prefix={_prefix()}"
     reader, writer = _shard(url, fenced=True, name="again"), _shard(url, fenced=True, name="again")
     _prepare(writer)
     assert reader.get(1) == Record(1, b"one")  # the reader caches generation 1: keys 1 and 2 owned
     writer.destroy()
     writer = _shard(url, fenced=True, name="again")
-    writer.claim(Ownership(2, 2, Segments.owning([(100, 200)])))  # generation 1 again, other ranges
-    writer.import_ranges(2, [(0, 1)], [(1, Record(5, b"someone else's"))])
+    writer.claim(Ownership(1, 1, Segments.owning([(100, 200)])))  # generation, epoch, token 1 again
+    writer.import_ranges(1, [(0, 1)], [(1, Record(5, b"someone else's"))])
     assert raw.hget(f"{url.split('prefix=')[1]}own:meta", "gen") == b"1"
     err = _expect(Moved, lambda: reader.get(1))
-    assert isinstance(err, Moved) and err.epoch == 2
+    assert isinstance(err, Moved) and err.epoch == 1
     assert reader.get(150) is None  # owned now: answered
+    assert reader.ownership() == Ownership(1, 1, Segments.owning([(100, 200)]))
     writer.destroy()
+
+
+def test_a_transaction_whose_later_answers_fail_drops_its_connection_and_raises_the_first_error() -> None:
+    """After an error answer inside a transaction (a refused MULTI), the later answers are read
+    and dropped; when they do not come (the server went away), the connection is dropped and
+    the first error stays the answer: no redis-py exception escapes from the draining."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from dhtcart.backends.redis.connection import _drain
+
+    class Gone:
+        disconnected = 0
+
+        def read_response(self) -> None:
+            raise RedisConnectionError("Connection closed by server.")
+
+        def disconnect(self) -> None:
+            self.disconnected += 1
+
+    conn = Gone()
+    _drain(conn, 3)  # nothing raised
+    assert conn.disconnected == 1

@@ -614,7 +614,11 @@ class LMDBBackend(FencedBackend):
                 )
             try:
                 for _ in range(_WRITE_ATTEMPTS):
-                    txn = self._env.begin(write=True)
+                    try:
+                        txn = self._env.begin(write=True)
+                    except lmdb.MapResizedError:  # another process grew the map: adopt its size
+                        self._env.set_mapsize(0)
+                        continue
                     try:
                         result = fn(txn, *args)
                         # after the fence (a redirect comes first); looked at once a second at most

@@ -193,11 +193,12 @@ class RedisBackend(FencedBackend):
         self._own_meta = pfx + b"own:meta"
         self._pending_prefix = pfx + b"p:"  # a primary's pending replicated writes
         self._pidx = pfx + b"pidx"  # their members, for range scans
-        self._own_cache: tuple[int, Ownership] = (-1, Ownership.nothing())
+        #: the ownership record last read: its generation, its id (see scripts.SET_OWNERSHIP), the record
+        self._own_cache: tuple[int, bytes | None, Ownership] = (-1, None, Ownership.nothing())
         self._scripted_until = 0.0  # fenced reads by the script until then (see get)
         # a fenced read's transaction starts so: the ownership record's generation and lease
-        # (and its epoch and token: a record destroyed and made again restarts its generation)
-        self._read_head = _MULTI + pack_command("HMGET", self._own_meta, "gen", "lease", "epoch", "token")
+        # (and its id: a record destroyed and made again restarts its generation, not its id)
+        self._read_head = _MULTI + pack_command("HMGET", self._own_meta, "gen", "lease", "id")
 
     # -- opening -----------------------------------------------------------------
 
@@ -295,7 +296,7 @@ class RedisBackend(FencedBackend):
         read = pack_command("GET", self._record_prefix + member)
         timed = False
         for _ in range(_READ_TRIES):
-            gen, own = self._own_cache
+            gen, own_id, own = self._own_cache
             timed = timed or own.leased
             try:
                 answers = self.connection.send_packed(
@@ -307,18 +308,14 @@ class RedisBackend(FencedBackend):
                 self._scripted_until = time.monotonic() + _SCRIPTED_FOR
                 return self._scripted_get(key, member)
             try:
-                (now_gen, lease, epoch, token), raw = answers[0], answers[-1]
+                (now_gen, lease, now_id), raw = answers[0], answers[-1]
             except (TypeError, ValueError):
                 raise CorruptData(f"shard {self.name!r}: unexpected answer to a read: {answers!r}") from None
             for answer in answers:
                 if isinstance(answer, Exception):  # a command of the transaction failed (a key of another type)
                     raise self.connection.error(answer, False) or answer
-            if (
-                self._counter("gen", now_gen) != gen
-                or self._counter("epoch", epoch) != own.epoch
-                or self._counter("token", token) != own.token
-            ):  # the ownership changed since it was cached (or was made again from nothing)
-                self._own_cache = (-1, own)  # read it whole, whatever its generation
+            if self._counter("gen", now_gen) != gen or now_id != own_id:  # changed, or made again
+                self._own_cache = (-1, None, own)  # read it whole, whatever its generation
                 self._read_ownership()
                 continue
             segments = own.segments
@@ -429,23 +426,25 @@ class RedisBackend(FencedBackend):
     # -- ownership ------------------------------------------------------------------
 
     def _read_ownership(self) -> tuple[int, Ownership]:
-        """``(gen, record)``: one ``HGET`` when the cached record is current, else a transaction."""
+        """``(gen, record)``: one ``HMGET`` when the cached record is current (its generation and id),
+        else a transaction."""
         call, client = self.connection.call, self.connection.client
-        gen = self._counter("gen", call(client.hget, self._own_meta, "gen"))
-        cached_gen, cached = self._own_cache
-        if gen == cached_gen:
+        raw_gen, raw_id = call(client.hmget, self._own_meta, "gen", "id")
+        gen = self._counter("gen", raw_gen)
+        cached_gen, cached_id, cached = self._own_cache
+        if gen == cached_gen and raw_id == cached_id:
             return gen, cached
         pipe = client.pipeline(transaction=True)
-        pipe.hmget(self._own_meta, "gen", "token", "epoch", "leased")
+        pipe.hmget(self._own_meta, "gen", "token", "epoch", "leased", "id")
         pipe.zrange(self._own, 0, -1)
-        (g, token, epoch, leased), members = call(pipe.execute)
+        (g, token, epoch, leased, own_id), members = call(pipe.execute)
         gen = self._counter("gen", g)
         if members:
             segments = _parse_segments(self.name, members)
             own = Ownership(self._counter("epoch", epoch), self._counter("token", token), segments, leased == b"1")
         else:
             own = Ownership.nothing()
-        self._own_cache = (gen, own)
+        self._own_cache = (gen, own_id, own)
         return gen, own
 
     def _counter(self, field: str, raw: bytes | None) -> int:
@@ -495,19 +494,19 @@ class RedisBackend(FencedBackend):
             new = apply_changes(current, token, epoch, changes, expect, leased)
             if new == current:
                 return current
-            status, value = self._set_ownership(gen, new.token, new, current)
+            status, value, *made = self._set_ownership(gen, new.token, new, current)
             if status == 1:
-                self._own_cache = (int(value), new)
+                self._own_cache = (int(value), made[0], new)
                 return new
             if status == -1:
                 raise LeaseLost(f"shard {self.name!r} has seen rebalancer token {value}, newer than {token}")
         raise LeaseLost(f"shard {self.name!r}: its ownership record kept changing under this rebalancer")
 
     def claim(self, ownership: Ownership, *, force: bool = False) -> None:
-        status, value = self._set_ownership(None, ownership.token, ownership, None, force)
+        status, value, *made = self._set_ownership(None, ownership.token, ownership, None, force)
         if status == -1:
             raise LeaseLost(f"shard {self.name!r} has seen rebalancer token {value}, newer than {ownership.token}")
-        self._own_cache = (int(value), ownership)
+        self._own_cache = (int(value), made[0], ownership)
 
     def _range_script(
         self, token: int, ranges: Sequence[tuple[int, int]], mode: str, pairs: Sequence[bytes]
@@ -715,7 +714,7 @@ class RedisBackend(FencedBackend):
         for chunk in _chunks(client.scan_iter(match=_glob_escape(self._pending_prefix) + b"*", count=1000), 1000):
             client.delete(*chunk)
         client.delete(self._index, self._own, self._own_meta, self._pidx)
-        self._own_cache = (-1, Ownership.nothing())
+        self._own_cache = (-1, None, Ownership.nothing())
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} {self.url}>"

@@ -403,11 +403,14 @@ def map_error(exc: BaseException, *, name: str, address: str, timeout: float, wr
 
 def _drain(conn: Any, replies: int) -> None:
     """Read and drop ``replies`` answers (errors included) so that ``conn`` is in step again,
-    or drop the connection when they do not come."""
+    or drop the connection when they do not come (the error being handled is the answer:
+    a failure here is not raised)."""
     try:
         for _ in range(replies):
             with contextlib.suppress(ResponseError):
                 conn.read_response()
+    except Exception:
+        conn.disconnect()
     except BaseException:
         conn.disconnect()
         raise

@@ -135,8 +135,11 @@ return {1, current}
 #: the token check (a store claiming shards it alone owns), ``ARGV[5]`` ``"1"``/``"0"``
 #: whether the record is leased (``""``: unchanged), ``ARGV[6]`` how many members to
 #: remove (``"all"``: every member), then the members to remove, then those to add.
-#: Replies ``{1, gen}`` done; ``{0, gen}`` the record changed meanwhile (recompute);
-#: ``{-1, token}`` a newer token was seen. Only ``{1, gen}`` changed anything.
+#: A record made from nothing gets its ``id`` (the server's ``TIME`` when it was made): a
+#: record destroyed and made again restarts its ``gen``, never its ``id``, so that a reader
+#: that cached the old one tells them apart (see the backend's fenced read).
+#: Replies ``{1, gen, id}`` done; ``{0, gen}`` the record changed meanwhile (recompute);
+#: ``{-1, token}`` a newer token was seen. Only ``{1, gen, id}`` changed anything.
 SET_OWNERSHIP = """
 local meta = redis.call('HMGET', KEYS[2], 'gen', 'token')
 local gen = tonumber(meta[1] or '0')
@@ -154,7 +157,13 @@ end
 for i = first, #ARGV do redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
 redis.call('HSET', KEYS[2], 'gen', gen + 1, 'token', ARGV[2], 'epoch', ARGV[3])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'leased', ARGV[5]) end
-return {1, gen + 1}
+local id = redis.call('HGET', KEYS[2], 'id')
+if not id then
+  local now = redis.call('TIME')
+  id = now[1] .. '.' .. now[2]
+  redis.call('HSET', KEYS[2], 'id', id)
+end
+return {1, gen + 1, id}
 """
 
 #: A migration's copy or drop of whole ranges. ``KEYS[1]`` index, ``KEYS[2]``
