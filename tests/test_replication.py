@@ -308,6 +308,37 @@ def test_failover_takes_a_dead_shard_out_and_the_repair_restores_every_copy(renv
         assert len(_copies(store, k)) == 2
 
 
+def test_a_repair_waits_out_another_holders_lease_then_repairs() -> None:
+    """repair() meets the rebalance lease held by another holder (a rebalancer, or a process
+    killed while holding it, whose lease runs out): it waits, up to the store's lock timeout,
+    then repairs; it never returns as if done with the dead shard still in the ring. (It gave
+    up silently after 64 waits of 50 ms: a killed repairer's 5 s lease outlasted them.)"""
+    import threading
+
+    store = DHTServerStore(shards=3, replicas=2, read_lease=0.2)
+    keys = _keys(100)
+    for k in keys:
+        store.put(k, b"v")
+    victim = store.replicas_for(keys[0])[0]
+    _unreachable(store.shards[victim].backend)
+    store._coordinator.repair_in_background = lambda: None  # type: ignore[method-assign]
+    assert store.put(keys[0], b"w", expected_version=1) == 2  # the write fails the victim over
+    assert victim in store.rebalance_status().down
+    held = store.membership.try_lease("another process")
+    assert held is not None
+    release = threading.Timer(4.0, held.release)  # longer than the 3.2 s the repair used to wait
+    release.start()
+    try:
+        started = time.monotonic()
+        assert store.repair() == [victim]
+        assert time.monotonic() - started >= 3.5  # it did wait for the lease
+    finally:
+        release.cancel()
+    assert victim not in store.ring.nodes and store.rebalance_status().down == []
+    assert all(store.get(k) is not None for k in keys)
+    store._check()
+
+
 def test_a_failover_stopped_after_its_decision_is_finished_by_the_next_holder(
     renv: BackendEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:

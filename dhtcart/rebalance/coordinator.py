@@ -559,22 +559,26 @@ class Coordinator:
         if running is not None and running is not threading.current_thread():
             running.join()
         removed: list[str] = []
-        deadline = time.monotonic() + DEFAULT_LOCK_TIMEOUT
-        for _ in range(64):  # bounded: one removal per dead shard, and a few waits for the lease
+        deadline = time.monotonic() + DEFAULT_LOCK_TIMEOUT  # waits for another holder of the lease
+        tries = 0  # removals tried: one per dead shard, and a few that another handle made first
+        while True:
             view = store._refresh()
             down = sorted(n for n, e in view.doc.down.items() if e.get("promoted") and n in view.ring.nodes)
             if not down or store._closed or self._stopping.is_set() or len(view.ring.nodes) == 1:
-                break
+                return removed
+            if tries >= 64:  # never in a healthy store: say so rather than return as if done
+                raise StoreBusy(f"store {store.location}: shards {down} are still to repair after {tries} removals")
             try:
+                tries += 1
                 self.rebalance("remove", down[0], 1, None, batch_size, progress)
                 removed.append(down[0])
             except ShardNotFound:
                 continue  # another handle removed it meanwhile
-            except StoreBusy:
+            except StoreBusy:  # another handle holds the lease (or it ran out unreleased): wait for it
                 if time.monotonic() > deadline:
                     raise
+                tries -= 1
                 time.sleep(0.05)
-        return removed
 
     # -- rebalancing --------------------------------------------------------------
 
