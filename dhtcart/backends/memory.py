@@ -78,7 +78,8 @@ class MemoryBackend(FencedBackend):
 
     def get(self, key: int) -> Record | None:
         if not self.fenced:
-            self._check_open()
+            if self._closed or self._paused_until:
+                self._check_open()
             rec: Record | None = self._data.get(key)
             return rec
         with self._lock:
