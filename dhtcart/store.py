@@ -1129,7 +1129,7 @@ class DHTServerStore(MutableMapping[int, bytes]):
         """Restore the copies of every key that a failover took out: remove the shards it took out
         from the ring (their keys get new copies on the next shards of their preference lists).
         Returns the shards removed. A failover starts this by itself in the background; this runs
-        it now and waits for it."""
+        it now and waits for it (finishing first a failover whose process died after deciding it)."""
         self._check_open()
         return self._coordinator.repair(batch_size=batch_size, progress=progress)
 
@@ -1153,7 +1153,7 @@ class DHTServerStore(MutableMapping[int, bytes]):
     def finish_rebalance(
         self, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None
     ) -> RebalanceReport | None:
-        """Finish a rebalance that stopped (an error, or its process died).
+        """Finish a rebalance or a failover that stopped (an error, or its process died).
 
         Operations keep routing correctly meanwhile; this continues the
         migration where the shards' records say it stopped. Returns ``None``

@@ -371,6 +371,43 @@ def test_a_failover_stopped_after_its_decision_is_finished_by_the_next_holder(
     store._check()
 
 
+@pytest.mark.parametrize("how", ["repair", "finish_rebalance"])
+def test_repair_and_finish_rebalance_finish_a_failover_whose_process_died(
+    how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failover decided and published, its process dead before carrying it out, and no
+    operation meeting it since: repair() finishes it and repairs; finish_rebalance() finishes
+    it (neither returns as if there were nothing to do; both did, found by the random-kill test)."""
+    store = DHTServerStore(shards=3, replicas=2, read_lease=0.2)
+    keys = _keys(100)
+    for k in keys:
+        store.put(k, b"v")
+    victim = store.replicas_for(keys[0])[0]
+    _unreachable(store.shards[victim].backend)
+    store._coordinator.repair_in_background = lambda: None  # type: ignore[method-assign]
+    real_finish = takeout.finish
+    stops = {"n": 0}
+
+    def stop_after_decision(*args: object, **kwargs: object) -> object:
+        stops["n"] += 1
+        if stops["n"] == 1:
+            raise RuntimeError("the failover's process died after publishing its decision")
+        return real_finish(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(takeout, "finish", stop_after_decision)
+    with pytest.raises(RuntimeError):
+        store._coordinator.failover({victim})
+    assert not store._refresh().doc.down[victim]["promoted"]
+    if how == "repair":
+        assert store.repair() == [victim]
+        assert victim not in store.ring.nodes and store.rebalance_status().down == []
+    else:
+        assert store.finish_rebalance() is not None
+        assert store._refresh().doc.down[victim]["promoted"]
+    assert all(store.get(k) == Record(1, b"v") for k in keys)
+    store._check()
+
+
 def test_overlapping_failover_decisions_resolve_to_one_live_primary_per_range() -> None:
     """A's failover chose B for (0, 100]; B died before promoting and B's failover chose C for
     (0, 50] (the part C had already been pointed at B for): every range gets exactly one live

@@ -254,9 +254,10 @@ class Coordinator:
             before = store.stats()
             start = time.perf_counter()
             doc = store._refresh().doc
-            if doc.migration is None and not doc.retired:
+            unpromoted = any(not e.get("promoted") for e in doc.down.values())
+            if doc.migration is None and not doc.retired and not unpromoted:
                 return None
-            mover = self.finish(lease, batch_size, progress)
+            mover = self.finish(lease, batch_size, progress)  # a stopped failover first, then a migration
             return self._report(mover, start, before)
 
     def take_over(self) -> None:
@@ -548,7 +549,8 @@ class Coordinator:
 
     def repair(self, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None) -> list[str]:
         """Remove every shard a failover took out from the ring (restoring the missing copies on the
-        next shards of each key's preference list); return the names this call removed.
+        next shards of each key's preference list); return the names this call removed. A failover
+        decided and not carried out (its process died) is finished first.
 
         Waits for this handle's background repair first; another handle's
         repair holding the lease makes this wait too (:class:`StoreBusy` after
@@ -563,13 +565,19 @@ class Coordinator:
         tries = 0  # removals tried: one per dead shard, and a few that another handle made first
         while True:
             view = store._refresh()
+            unpromoted = sorted(n for n, e in view.doc.down.items() if not e.get("promoted"))
             down = sorted(n for n, e in view.doc.down.items() if e.get("promoted") and n in view.ring.nodes)
-            if not down or store._closed or self._stopping.is_set() or len(view.ring.nodes) == 1:
+            if not (down or unpromoted) or store._closed or self._stopping.is_set() or len(view.ring.nodes) == 1:
                 return removed
             if tries >= 64:  # never in a healthy store: say so rather than return as if done
-                raise StoreBusy(f"store {store.location}: shards {down} are still to repair after {tries} removals")
+                left = down or unpromoted
+                raise StoreBusy(f"store {store.location}: shards {left} are still to repair after {tries} tries")
             try:
                 tries += 1
+                if unpromoted:  # a failover decided and not carried out (its process died): finish it first
+                    with store._admin, self.lease() as lease:
+                        self._finish_failover(lease)
+                    continue
                 self.rebalance("remove", down[0], 1, None, batch_size, progress)
                 removed.append(down[0])
             except ShardNotFound:
