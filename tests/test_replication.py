@@ -51,6 +51,36 @@ def _unreachable(backend: object) -> None:
         setattr(backend, method, refuse)
 
 
+def _three_shards_one_unreachable() -> tuple[DHTServerStore, list[int], str]:
+    """A memory store of 3 shards, 2 copies, 100 keys at version 1; the primary of the first key
+    stops answering (nothing failed over yet); no background repair."""
+    store = DHTServerStore(shards=3, replicas=2, read_lease=0.2)
+    keys = _keys(100)
+    for k in keys:
+        store.put(k, b"v")
+    victim = store.replicas_for(keys[0])[0]
+    _unreachable(store.shards[victim].backend)
+    store._coordinator.repair_in_background = lambda: None  # type: ignore[method-assign]
+    return store, keys, victim
+
+
+def _fail_over_and_die_after_deciding(store: DHTServerStore, victim: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start a failover of ``victim`` that stops right after publishing its decision, as if its
+    process died there (later failovers run whole)."""
+    real_finish = takeout.finish
+    stops = {"n": 0}
+
+    def stop_after_decision(*args: object, **kwargs: object) -> object:
+        stops["n"] += 1
+        if stops["n"] == 1:
+            raise RuntimeError("the failover's process died after publishing its decision")
+        return real_finish(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(takeout, "finish", stop_after_decision)
+    with pytest.raises(RuntimeError):
+        store._coordinator.failover({victim})
+
+
 def _copies(store: DHTServerStore, key: int) -> dict[str, Record]:
     """The copies of ``key`` on every live shard, read behind the store's back."""
     out = {}
@@ -315,13 +345,7 @@ def test_a_repair_waits_out_another_holders_lease_then_repairs() -> None:
     up silently after 64 waits of 50 ms: a killed repairer's 5 s lease outlasted them.)"""
     import threading
 
-    store = DHTServerStore(shards=3, replicas=2, read_lease=0.2)
-    keys = _keys(100)
-    for k in keys:
-        store.put(k, b"v")
-    victim = store.replicas_for(keys[0])[0]
-    _unreachable(store.shards[victim].backend)
-    store._coordinator.repair_in_background = lambda: None  # type: ignore[method-assign]
+    store, keys, victim = _three_shards_one_unreachable()
     assert store.put(keys[0], b"w", expected_version=1) == 2  # the write fails the victim over
     assert victim in store.rebalance_status().down
     held = store.membership.try_lease("another process")
@@ -349,18 +373,7 @@ def test_a_failover_stopped_after_its_decision_is_finished_by_the_next_holder(
     victim = store.replicas_for(keys[0])[0]
     _unreachable(store.shards[victim].backend)
 
-    real_finish = takeout.finish
-    stops = {"n": 0}
-
-    def stop_after_decision(*args: object, **kwargs: object) -> object:
-        stops["n"] += 1
-        if stops["n"] == 1:
-            raise RuntimeError("the failover's process died after publishing its decision")
-        return real_finish(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(takeout, "finish", stop_after_decision)
-    with pytest.raises(RuntimeError):
-        store._coordinator.failover({victim})
+    _fail_over_and_die_after_deciding(store, victim, monkeypatch)
     doc = store._refresh().doc
     assert victim in doc.down and not doc.down[victim]["promoted"], "the decision is published, not carried out"
     store._coordinator.repair_in_background = lambda: None  # type: ignore[method-assign]
@@ -378,25 +391,8 @@ def test_repair_and_finish_rebalance_finish_a_failover_whose_process_died(
     """A failover decided and published, its process dead before carrying it out, and no
     operation meeting it since: repair() finishes it and repairs; finish_rebalance() finishes
     it (neither returns as if there were nothing to do; both did, found by the random-kill test)."""
-    store = DHTServerStore(shards=3, replicas=2, read_lease=0.2)
-    keys = _keys(100)
-    for k in keys:
-        store.put(k, b"v")
-    victim = store.replicas_for(keys[0])[0]
-    _unreachable(store.shards[victim].backend)
-    store._coordinator.repair_in_background = lambda: None  # type: ignore[method-assign]
-    real_finish = takeout.finish
-    stops = {"n": 0}
-
-    def stop_after_decision(*args: object, **kwargs: object) -> object:
-        stops["n"] += 1
-        if stops["n"] == 1:
-            raise RuntimeError("the failover's process died after publishing its decision")
-        return real_finish(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(takeout, "finish", stop_after_decision)
-    with pytest.raises(RuntimeError):
-        store._coordinator.failover({victim})
+    store, keys, victim = _three_shards_one_unreachable()
+    _fail_over_and_die_after_deciding(store, victim, monkeypatch)
     assert not store._refresh().doc.down[victim]["promoted"]
     if how == "repair":
         assert store.repair() == [victim]
