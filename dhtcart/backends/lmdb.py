@@ -108,7 +108,6 @@ from dhtcart.errors import (
     ShardUnavailable,
     StoreClosed,
     StoreReadOnly,
-    VersionConflict,
     WriteInFlight,
 )
 
@@ -736,15 +735,8 @@ class LMDBBackend(FencedBackend):
         if self.fenced:
             self._fence_write(txn, key)
         kb = key.to_bytes(8, "big")
-        raw = txn.get(kb)
-        if raw is None:
-            current = 0
-        elif len(raw) >= 8:
-            current = int.from_bytes(raw[:8], "big")
-        else:
-            raise _short_record(key, raw)
-        if expected_version is not None and expected_version != current:
-            raise VersionConflict(key, expected_version, current)
+        current = _version(key, txn.get(kb))
+        check_expected(key, expected_version, current)
         current += 1
         txn.put(kb, current.to_bytes(8, "big") + value)
         return current

@@ -23,7 +23,7 @@ from dhtcart.backends.base import BackendContext, Record, check_expected
 from dhtcart.backends.fencing import MAX_UPDATE_TRIES, Change, FencedBackend, Pending, Update, apply_changes
 from dhtcart.backends.ownership import BACKUP, FAST_READ, OWNED, TABLE_SHIFT, Ownership
 from dhtcart.checks import check_seconds
-from dhtcart.errors import InvalidInput, LeaseExpired, ShardUnavailable, StoreClosed, VersionConflict, WriteInFlight
+from dhtcart.errors import InvalidInput, LeaseExpired, ShardUnavailable, StoreClosed, WriteInFlight
 
 __all__ = ["MemoryBackend"]
 
@@ -104,8 +104,7 @@ class MemoryBackend(FencedBackend):
                     own.check(key, True)
             old: Record | None = self._data.get(key)
             current = old.version if old is not None else 0
-            if expected_version is not None and expected_version != current:
-                raise VersionConflict(key, expected_version, current)
+            check_expected(key, expected_version, current)
             current += 1
             self._data[key] = Record(current, value)
             return current
