@@ -573,20 +573,20 @@ class Coordinator:
                 left = down or unpromoted
                 raise StoreBusy(f"store {store.location}: shards {left} are still to repair after {tries} tries")
             try:
-                tries += 1
                 if unpromoted:  # a failover decided and not carried out (its process died): finish it first
                     with store._admin, self.lease() as lease:
                         self._finish_failover(lease)
-                    continue
-                self.rebalance("remove", down[0], 1, None, batch_size, progress)
-                removed.append(down[0])
+                else:
+                    self.rebalance("remove", down[0], 1, None, batch_size, progress)
+                    removed.append(down[0])
             except ShardNotFound:
-                continue  # another handle removed it meanwhile
+                pass  # another handle removed it meanwhile
             except StoreBusy:  # another handle holds the lease (or it ran out unreleased): wait for it
                 if time.monotonic() > deadline:
                     raise
-                tries -= 1
                 time.sleep(0.05)
+                continue  # a wait is not a try
+            tries += 1
 
     # -- rebalancing --------------------------------------------------------------
 
