@@ -56,53 +56,108 @@ class Line(NamedTuple):
     added: int | None  #: when the item was last added, ms since the epoch (``None``: not recorded)
 
 
+_SHARE_FROM = 32  #: a copy of at least this many lines shares the fields' dict (a delta records changes)
+_DELTA_MAX = 32  #: changes kept beside a shared dict before a copy folds them into a dict of its own
+
+
 class Lines:
     """One customer's lines, in the order first added: each line's fields, and the bytes stored for it.
 
     A change works on a :meth:`copy`; :func:`encode` writes every line's
     stored bytes as they are, so only a line that changed is encoded again.
+
+    A Lines is changed only before it is shared: :func:`decode` builds one, a
+    change works on a fresh copy, and once cached it is never changed again.
+    That lets a copy of a long cart share its fields' dict with the Lines it
+    was copied from and record its own changes beside it (at most
+    ``_DELTA_MAX``; the next copy then folds them in), so that a change to a
+    1,000-line cart copies one dict (the bytes, which :func:`encode` needs)
+    instead of two. The bytes' dict is always whole and in order.
     """
 
-    __slots__ = ("_lines", "_raw")
+    __slots__ = ("_delta", "_lines", "_raw")
 
     def __init__(self) -> None:
-        self._lines: dict[str, Line] = {}
-        self._raw: dict[str, bytes] = {}  # the same lines' bytes, for encode (no extraction per line)
+        self._lines: dict[str, Line] = {}  # the fields (shared and never changed while _delta is set)
+        self._raw: dict[str, bytes] = {}  # every line's bytes, in order, for encode (always this Lines' own)
+        self._delta: dict[str, Line | None] | None = None  # changes over a shared _lines (None: removed)
 
     def copy(self) -> Lines:
         """A copy to change (the lines themselves are immutable)."""
         other = Lines.__new__(Lines)
-        other._lines = self._lines.copy()
         other._raw = self._raw.copy()
+        delta = self._delta
+        if delta is None and len(other._raw) < _SHARE_FROM:
+            other._lines, other._delta = self._lines.copy(), None
+        elif delta is None:
+            other._lines, other._delta = self._lines, {}
+        elif len(delta) < _DELTA_MAX:
+            other._lines, other._delta = self._lines, delta.copy()
+        else:
+            other._lines, other._delta = self._folded(), None
         return other
+
+    def _folded(self) -> dict[str, Line]:
+        """The fields' dict with the delta applied: a new dict, in the lines' order."""
+        lines = self._lines.copy()
+        for item_id, line in (self._delta or {}).items():
+            if line is None:
+                lines.pop(item_id, None)
+            else:
+                lines[item_id] = line  # a line the delta added was not in _lines: it goes last
+        return lines
+
+    def _fold(self) -> None:
+        """Apply the delta into a dict of this Lines' own (also on a shared Lines: same lines after)."""
+        if self._delta is not None:
+            self._lines = self._folded()  # first the whole dict, then the delta dropped: a reader
+            self._delta = None  # in between sees the delta over the folded dict, the same lines
 
     def get(self, item_id: str) -> Line | None:
         """The item's line, or ``None``."""
+        delta = self._delta
+        if delta and item_id in delta:
+            return delta[item_id]
         return self._lines.get(item_id)
 
     def put(self, line: Line) -> None:
         """Set the line of ``line.item_id`` (in its place if it is there, else last)."""
-        self._lines[line.item_id] = line
-        self._raw[line.item_id] = line.raw
+        item_id = line.item_id
+        delta = self._delta
+        if delta is None:
+            self._lines[item_id] = line
+        elif item_id in delta and delta[item_id] is None:  # removed, now back: it goes last
+            self._fold()
+            self._lines[item_id] = line
+        else:
+            delta[item_id] = line
+        self._raw[item_id] = line.raw
 
     def pop(self, item_id: str) -> Line | None:
         """Remove the item's line and return it (``None`` if it was not there)."""
-        self._raw.pop(item_id, None)
-        return self._lines.pop(item_id, None)
+        if self._raw.pop(item_id, None) is None:
+            return None
+        delta = self._delta
+        if delta is None:
+            return self._lines.pop(item_id)
+        old = delta[item_id] if item_id in delta else self._lines[item_id]
+        delta[item_id] = None
+        return old
 
     def clear(self) -> None:
         """Remove every line."""
-        self._lines.clear()
-        self._raw.clear()
+        self._lines, self._raw, self._delta = {}, {}, None
 
     def __iter__(self) -> Iterator[Line]:
+        if self._delta:
+            self._fold()
         return iter(self._lines.values())
 
     def __len__(self) -> int:
-        return len(self._lines)
+        return len(self._raw)
 
     def __repr__(self) -> str:
-        return f"Lines({list(self._lines)!r})"
+        return f"Lines({list(self._raw)!r})"
 
 
 Bucket = dict[str, Lines]  #: customer id -> lines: one record (never changed once decoded or cached)
