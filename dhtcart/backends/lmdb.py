@@ -97,7 +97,7 @@ import lmdb
 
 from dhtcart.backends.base import BackendContext, Record, check_expected
 from dhtcart.backends.fencing import MAX_UPDATE_TRIES, Change, FencedBackend, Pending, Update, apply_changes
-from dhtcart.backends.ownership import BACKUP, FAST_READ, OWNED, TABLE_SHIFT, Ownership
+from dhtcart.backends.ownership import BACKUP, OWNED, TABLE_SHIFT, Ownership
 from dhtcart.errors import (
     CorruptData,
     DHTCartError,
@@ -355,7 +355,9 @@ class _Env:
         self.gen: object = _UNREAD  # generation of the cached ownership record (None: no record)
         self.own = Ownership.nothing()
         self.tid = -1  # a read snapshot (LMDB transaction id) in which ``gen`` was read
-        self.slices: dict[int, str] = self.own.segments.slices  # the hot path's lookup
+        self.slices: dict[int, str] = self.own.segments.slices  # the write path's lookup
+        self.fast: set[int] = self.own.segments.fast  # the read path's: slices readable without a check
+        self.leased = False  # whether the cached record is leased (reads then check the lease)
         self.lease_ms = 0  # the lease to serve reads, as of snapshot ``tid`` (a leased record only)
 
     def removed(self) -> bool:
@@ -385,7 +387,7 @@ class _Env:
                 self.own = Ownership.nothing() if raw is None else Ownership.from_json(bytes(raw))
             except CorruptData as exc:
                 raise CorruptData(f"the shard at {self.path}: {exc}") from exc
-            self.slices = self.own.segments.slices
+            self.slices, self.fast, self.leased = self.own.segments.slices, self.own.segments.fast, self.own.leased
             self.gen = gen
         return self.own
 
@@ -712,9 +714,9 @@ class LMDBBackend(FencedBackend):
                                 lease = txn.get(_LEASE)
                                 shared.lease_ms = 0 if lease is None else int.from_bytes(lease, "big")
                             shared.tid = tid
-                        if shared.slices.get(key >> TABLE_SHIFT) not in FAST_READ:
+                        if key >> TABLE_SHIFT not in shared.fast:  # a slice not wholly owned or primary
                             self._fence(txn, key, False)
-                        if shared.own.leased and time.time() * 1000 >= shared.lease_ms:
+                        if shared.leased and time.time() * 1000 >= shared.lease_ms:
                             self._lease_expired(key)
                     raw = txn.get(kb)
                 finally:
@@ -828,7 +830,8 @@ class LMDBBackend(FencedBackend):
         # cache what this transaction writes (spares a parse); if it does not commit, the
         # next check sees another generation in its snapshot and reads the record again
         shared = self._shared
-        shared.own, shared.slices, shared.gen, shared.tid = own, own.segments.slices, nxt, -1
+        shared.own, shared.slices, shared.fast, shared.leased = own, own.segments.slices, own.segments.fast, own.leased
+        shared.gen, shared.tid = nxt, -1
 
     def update_ownership(
         self,

@@ -21,7 +21,7 @@ from sortedcontainers import SortedDict
 
 from dhtcart.backends.base import BackendContext, Record, check_expected
 from dhtcart.backends.fencing import MAX_UPDATE_TRIES, Change, FencedBackend, Pending, Update, apply_changes
-from dhtcart.backends.ownership import BACKUP, FAST_READ, OWNED, TABLE_SHIFT, Ownership
+from dhtcart.backends.ownership import BACKUP, OWNED, TABLE_SHIFT, Ownership
 from dhtcart.checks import check_seconds
 from dhtcart.errors import InvalidInput, LeaseExpired, ShardUnavailable, StoreClosed, WriteInFlight
 
@@ -86,7 +86,7 @@ class MemoryBackend(FencedBackend):
             if self._closed or self._paused_until:
                 self._check_open()
             own = self._own
-            if own.segments.slices.get(key >> TABLE_SHIFT) not in FAST_READ:  # the slices' table, then the check
+            if key >> TABLE_SHIFT not in own.segments.fast:  # the slices' table, then the check
                 own.check(key, False)
             if own.leased and time.time() >= self._lease:
                 state, _ = own.segments.lookup(key)

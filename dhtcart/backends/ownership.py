@@ -128,7 +128,7 @@ class Segments:
     segments always differ in state or peer. Lookup is a binary search.
     """
 
-    __slots__ = ("his", "peers", "slices", "states")
+    __slots__ = ("fast", "his", "peers", "slices", "states")
 
     his: list[int]
     states: list[str]
@@ -142,6 +142,9 @@ class Segments:
         self.his, self.states, self.peers = _merge(his, states, peers)
         #: slice -> state, filled by :meth:`slice_state`
         self.slices: dict[int, str] = {}
+        #: the slices met so far whose every key is in a state of ``FAST_READ`` (a read path's
+        #: one test: ``key >> TABLE_SHIFT in fast``), filled by :meth:`slice_state`
+        self.fast: set[int] = set()
 
     def slice_state(self, b: int) -> str:
         """The state of every key of slice ``b`` (keys ``k >> TABLE_SHIFT == b``), or ``""``
@@ -154,6 +157,8 @@ class Segments:
             his = self.his
             i = bisect_left(his, b << TABLE_SHIFT)
             state = self.states[i] if his[i] >= ((b + 1) << TABLE_SHIFT) - 1 else ""
+            if state in FAST_READ:
+                self.fast.add(b)  # before the state: a reader that sees one in fast sees it cached
             self.slices[b] = state
         return state
 
