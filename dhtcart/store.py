@@ -136,6 +136,7 @@ class _View:
     """One epoch of the membership, as this handle routes with it (immutable once built)."""
 
     __slots__ = (
+        "by_name",
         "doc",
         "epoch",
         "ids",
@@ -154,6 +155,8 @@ class _View:
         self.epoch = doc.epoch
         self.ring: AnyRing = ring_from_dict(doc.ring) if ring is None else ring
         self.shards = shards
+        #: each shard's backend by name (checked once here, not on each routing)
+        self.by_name: dict[str, FencedBackend] = {n: self._checked(s.backend) for n, s in shards.items()}
         #: writes go through the replicated protocol (decide, apply, commit)
         self.replicated = doc.replicas > 1 or bool(doc.migration and doc.migration.get("replicas", 1) > 1)
         #: each shard's name in records: ``name@born``
@@ -181,10 +184,13 @@ class _View:
                         table[part] = backend
                 self.table = table
 
-    def backend(self, name: str) -> FencedBackend:
-        backend = self.shards[name].backend
+    @staticmethod
+    def _checked(backend: object) -> FencedBackend:
         assert isinstance(backend, FencedBackend)
         return backend
+
+    def backend(self, name: str) -> FencedBackend:
+        return self.by_name[name]
 
     def backends(self) -> dict[str, FencedBackend]:
         """Every shard's backend by name (during a migration, old and new shards), down ones included."""
@@ -203,10 +209,11 @@ class _View:
         table = self.table
         if table is not None:
             return table[key >> self.shift]
-        names = self.replicas(key)
+        mig = self.migration  # replicas(), inline: during a migration every operation routes here
+        names = mig.replicas(key) if mig is not None else self.placement.replicas_for(key)
         if not names:
             raise KeyUnavailable(key, "-", "every shard that holds a copy of this key is down")
-        return self.backend(names[0])
+        return self.by_name[names[0]]
 
 
 def _op_get(backend: FencedBackend, key: int) -> Record | None:

@@ -22,6 +22,7 @@ from dhtcart.backends.ownership import BACKUP, OWNED, PRIMARY, Ownership, Segmen
 from dhtcart.errors import InvalidInput, ShardUnavailable
 from dhtcart.hashing import MAX_KEY
 from dhtcart.rebalance import failover as takeout
+from dhtcart.rebalance.mover import Migration
 from dhtcart.replication.placement import Placement, default_domain
 from dhtcart.ring import HashRing, PartitionRing
 from tests.conftest import BackendEnv
@@ -105,6 +106,54 @@ def test_replica_lists_are_distinct_shards_in_distinct_domains() -> None:
         assert names[0] == ring.node_for(hi)
     fewer = Placement(ring, 4, domains)  # four copies, three domains: the fourth shares a domain
     assert all(len(names) == 4 and len({domains[n] for n in names}) == 3 for _, _, names in fewer.lists())
+
+
+@given(
+    n=st.integers(1, 6),
+    old_replicas=st.integers(1, 3),
+    new_replicas=st.integers(1, 3),
+    change=st.sampled_from(["add", "remove", "weight", "none"]),
+    partitioned=st.booleans(),
+    progress=st.lists(st.floats(0, 1), min_size=1, max_size=8),
+    keys=st.lists(st.integers(0, MAX_KEY), max_size=20),
+)
+def test_a_migration_routes_each_key_by_its_move_and_hint(
+    n: int, old_replicas: int, new_replicas: int, change: str, partitioned: bool, progress: list[float], keys: list[int]
+) -> None:
+    """Migration.replicas (one bisect over a merged table) agrees with the rule it implements:
+    a key in a moving range has its new list once its move's hint has passed it, its old one
+    before; any other key has its list in the new placement. Checked at every boundary too."""
+    names = [f"s{i}" for i in range(n)]
+
+    def ring(nodes: dict[str, int]) -> HashRing | PartitionRing:
+        return PartitionRing(nodes, partitions=64) if partitioned else HashRing(nodes, vnodes=8)
+
+    old_nodes = dict.fromkeys(names, 1)
+    new_nodes = dict(old_nodes)
+    if change == "add":
+        new_nodes["extra"] = 1
+    elif change == "remove" and n > 1:
+        del new_nodes["s0"]
+    elif change == "weight":
+        new_nodes["s0"] = 3
+    old = Placement(ring(old_nodes), min(old_replicas, len(old_nodes)))
+    new = Placement(ring(new_nodes), min(new_replicas, len(new_nodes)))
+    mig = Migration(old, new)
+    for i, m in enumerate(mig.moves):  # hand some of each move over
+        mig.hints[i] = m.lo + int((m.hi - m.lo) * progress[i % len(progress)])
+    probes = set(keys)
+    for lo, hi, _ in new.lists():
+        probes |= {lo, lo + 1, hi, hi + 1}
+    for m, hint in zip(mig.moves, mig.hints):
+        probes |= {m.lo, m.lo + 1, m.hi, m.hi + 1, hint, hint + 1}
+    for key in sorted(k for k in probes if 0 <= k <= MAX_KEY):
+        moving = [i for i, m in enumerate(mig.moves) if m.lo < key <= m.hi]
+        if moving:
+            m = mig.moves[moving[0]]
+            want = m.new if key <= mig.hints[moving[0]] else m.old
+        else:
+            want = new.replicas_for(key)
+        assert mig.replicas(key) == want, (key, moving)
 
 
 def test_two_databases_of_one_redis_server_are_one_domain() -> None:

@@ -83,6 +83,25 @@ class Migration:
         self._his = [m.hi for m in self.moves]
         #: per move: keys up to this one are (believed) handed over
         self.hints = [m.lo for m in self.moves]
+        # One table for :meth:`replicas` (every operation of a handle routes through it during a
+        # migration): the new placement's segments cut at the moves' ends, each segment either
+        # its replica list or the index of the move it lies in, so a lookup is one bisect.
+        ends: list[int] = []
+        where: list[Names | int] = []
+        moves, m, n = self.moves, 0, len(self.moves)
+        for lo, hi, names in new.lists():  # both in key order: one merge
+            while lo < hi:
+                while m < n and moves[m].hi <= lo:
+                    m += 1
+                if m < n and moves[m].lo <= lo:  # (lo, end] lies in move m
+                    end = min(hi, moves[m].hi)
+                    where.append(m)
+                else:
+                    end = hi if m >= n else min(hi, moves[m].lo)
+                    where.append(names)
+                ends.append(end)
+                lo = end
+        self._ends, self._where = ends, where
 
     def move_of(self, key: int) -> int | None:
         """The index of the moving range holding ``key``, or ``None``."""
@@ -93,12 +112,11 @@ class Migration:
 
     def replicas(self, key: int) -> Names:
         """The replica list to use first for ``key`` (primary first)."""
-        i = bisect_left(self._his, key)
-        if i < len(self.moves):
-            m = self.moves[i]
-            if m.lo < key:
-                return m.new if key <= self.hints[i] else m.old
-        return self.new.replicas_for(key)
+        where = self._where[bisect_left(self._ends, key)]
+        if type(where) is int:
+            m = self.moves[where]
+            return m.new if key <= self.hints[where] else m.old
+        return where  # type: ignore[return-value]
 
     def owner(self, key: int) -> str:
         """The shard to ask first for ``key`` (``""`` if it has no live copy)."""
