@@ -31,7 +31,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
-from itertools import pairwise
+from itertools import islice, pairwise
 from typing import Any, NamedTuple, Protocol
 
 from dhtcart.errors import EmptyRing, InvalidInput, ShardNotFound
@@ -587,8 +587,10 @@ class PartitionRing(_RingBase):
         if not owners:
             return [], []
         size = 1 << self._shift
-        his = [(p + 1) * size - 1 for p in range(self.partitions)]
-        return _merge_runs(his, list(owners))
+        # the last partition of each run of one owner (a view builds this at every new epoch)
+        ends = [p for p, (a, b) in enumerate(zip(owners, islice(owners, 1, None))) if a != b]
+        ends.append(len(owners) - 1)
+        return [(p + 1) * size - 1 for p in ends], [owners[p] for p in ends]
 
     def copy(self) -> PartitionRing:
         """An independent ring with the same assignment."""

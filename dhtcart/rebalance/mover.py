@@ -50,7 +50,7 @@ from dhtcart.backends.fencing import FencedBackend, Pending
 from dhtcart.backends.ownership import BACKUP, FROZEN, NOT_OWNED, OWNED, PRIMARY, Segments, join_peers
 from dhtcart.errors import Moved
 from dhtcart.rebalance.plan import Progress
-from dhtcart.replication.placement import Names, Placement, ReplicaMove
+from dhtcart.replication.placement import Names, Placement, ReplicaMove, diff_table
 from dhtcart.settings import DEFAULT_BATCH_SIZE
 
 __all__ = ["MAX_RANGES_PER_BATCH", "Migration", "Mover", "target_state"]
@@ -79,29 +79,13 @@ class Migration:
     def __init__(self, old: Placement, new: Placement) -> None:
         self.old = old
         self.new = new
-        self.moves: list[ReplicaMove] = old.diff(new)
-        self._his = [m.hi for m in self.moves]
+        # the moves, and one table for :meth:`replicas` (every operation of a handle routes
+        # through it during a migration), from one walk over both placements
+        moves, self._ends, self._where = diff_table(old.lists(), new.lists())
+        self.moves: list[ReplicaMove] = moves
+        self._his = [m.hi for m in moves]
         #: per move: keys up to this one are (believed) handed over
-        self.hints = [m.lo for m in self.moves]
-        # One table for :meth:`replicas` (every operation of a handle routes through it during a
-        # migration): the new placement's segments cut at the moves' ends, each segment either
-        # its replica list or the index of the move it lies in, so a lookup is one bisect.
-        ends: list[int] = []
-        where: list[Names | int] = []
-        moves, m, n = self.moves, 0, len(self.moves)
-        for lo, hi, names in new.lists():  # both in key order: one merge
-            while lo < hi:
-                while m < n and moves[m].hi <= lo:
-                    m += 1
-                if m < n and moves[m].lo <= lo:  # (lo, end] lies in move m
-                    end = min(hi, moves[m].hi)
-                    where.append(m)
-                else:
-                    end = hi if m >= n else min(hi, moves[m].lo)
-                    where.append(names)
-                ends.append(end)
-                lo = end
-        self._ends, self._where = ends, where
+        self.hints = [m.lo for m in moves]
 
     def move_of(self, key: int) -> int | None:
         """The index of the moving range holding ``key``, or ``None``."""

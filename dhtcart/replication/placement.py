@@ -38,7 +38,6 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from dhtcart.errors import InvalidInput
-from dhtcart.hashing import MAX_KEY
 from dhtcart.ring import HashRing, PartitionRing
 
 __all__ = [
@@ -150,6 +149,8 @@ class Placement:
         lists: list[Names] = []
         if want == 1:  # one copy: each segment's owner (the walk below would stop at it)
             down = self.down
+            if not down:  # the ring's segments are merged runs: neighbours differ already
+                return list(his), [(owner,) for owner in owners]
             lists = [() if owner in down else (owner,) for owner in owners]
         for i in range(n if want > 1 else 0):
             chosen: list[str] = []
@@ -224,22 +225,45 @@ class Placement:
 
 def diff_lists(old: Iterable[tuple[int, int, Names]], new: Iterable[tuple[int, int, Names]]) -> list[ReplicaMove]:
     """The ranges where two ``lists()`` differ (both cover the whole key space), merged."""
-    a = list(old)
-    b = list(new)
-    out: list[ReplicaMove] = []
+    return diff_table(list(old), list(new))[0]
+
+
+def diff_table(
+    old: list[tuple[int, int, Names]], new: list[tuple[int, int, Names]]
+) -> tuple[list[ReplicaMove], list[int], list[Names | int]]:
+    """:func:`diff_lists`, and in the same walk a routing table of the migration between them.
+
+    The table cuts the key space into ranges ending at ``ends[k]`` (in key
+    order); ``where[k]`` is the index of the move that range lies in, or, for
+    a range that does not move, its replica list in ``new``.
+    """
+    spans: list[tuple[int, int, Names, Names]] = []  # the moves, as tuples until the end (cheaper)
+    ends: list[int] = []
+    where: list[Names | int] = []
     i = j = 0
     lo = -1
-    while lo < MAX_KEY and i < len(a) and j < len(b):
-        hi = min(a[i][1], b[j][1])
-        if a[i][2] != b[j][2]:
-            if out and out[-1].hi == lo and out[-1].old == a[i][2] and out[-1].new == b[j][2]:
-                prev = out.pop()
-                out.append(ReplicaMove(prev.lo, hi, prev.old, prev.new))
+    na, nb = len(old), len(new)
+    while i < na and j < nb:
+        ahi, bhi = old[i][1], new[j][1]
+        hi = ahi if ahi < bhi else bhi
+        a, b = old[i][2], new[j][2]
+        if a != b:
+            last = spans[-1] if spans else None
+            if last is not None and last[1] == lo and last[2] == a and last[3] == b:  # the same move goes on
+                spans[-1] = (last[0], hi, a, b)
+                ends[-1] = hi  # the table's last range is that move's
             else:
-                out.append(ReplicaMove(lo, hi, a[i][2], b[j][2]))
+                spans.append((lo, hi, a, b))
+                ends.append(hi)
+                where.append(len(spans) - 1)
+        elif where and where[-1] == b and ends[-1] == lo:  # a move's index never equals a list
+            ends[-1] = hi
+        else:
+            ends.append(hi)
+            where.append(b)
         lo = hi
-        if a[i][1] == hi:
+        if ahi == hi:
             i += 1
-        if b[j][1] == hi:
+        if bhi == hi:
             j += 1
-    return out
+    return [ReplicaMove(*span) for span in spans], ends, where
