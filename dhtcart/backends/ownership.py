@@ -53,9 +53,11 @@ Errors: a caller's bad ranges or states are
 from __future__ import annotations
 
 import json
+import re
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from itertools import pairwise
+from itertools import islice
+from operator import lt
 from typing import Any, NamedTuple
 
 from dhtcart.errors import CorruptData, InvalidInput, InvalidKey, LeaseLost, Moved
@@ -115,6 +117,9 @@ def split_peers(peer: str) -> list[tuple[str, int]]:
 
 
 _MAX_KEY = (1 << 63) - 1
+_INT = frozenset({int})
+_STR = frozenset({str})
+_REPEAT = re.compile(r"(.)\1", re.DOTALL)  # a character twice in a row
 #: :meth:`Segments.slice_state` cuts the key space into ``2**TABLE_BITS`` slices
 TABLE_BITS = 12
 TABLE_SHIFT = 63 - TABLE_BITS
@@ -291,13 +296,14 @@ class Segments:
     def _checked(cls, his: list[Any], states: list[Any], peers: list[Any]) -> Segments:
         """Segments of a stored record's columns, each checked (a stored record is parsed on
         every ownership change: the checks go column by column)."""
-        if not all(type(h) is int for h in his) or not all(s in STATES for s in states):
+        # set and map: C loops (every client parses a shard's record at each change of it)
+        if not set(map(type, his)) <= _INT or not set(states) <= STATES:
             for row in zip(his, states, peers):
                 if type(row[0]) is not int or row[1] not in STATES:
                     raise CorruptData(f"bad ownership segment {list(row)!r}")
-        if not all(type(p) is str for p in peers):
+        if not set(map(type, peers)) <= _STR:
             raise CorruptData(f"bad ownership segment peers: {[p for p in peers if type(p) is not str][:3]!r}")
-        if not his or his[-1] != _MAX_KEY or his[0] < 0 or not all(a < b for a, b in pairwise(his)):
+        if not his or his[-1] != _MAX_KEY or his[0] < 0 or not all(map(lt, his, islice(his, 1, None))):
             raise CorruptData("ownership segments must be ascending and end at 2**63 - 1")
         return cls(his, states, peers)
 
@@ -315,6 +321,10 @@ class Segments:
 
 
 def _merge(his: Sequence[int], states: Sequence[str], peers: Sequence[str]) -> tuple[list[int], list[str], list[str]]:
+    if not any(peers):  # merged already (a stored record is), seen in C: a state never repeats
+        joined = "".join(states)  # (states are one-letter codes)
+        if len(joined) == len(states) and _REPEAT.search(joined) is None:
+            return list(his), list(states), list(peers)
     out_h: list[int] = []
     out_s: list[str] = []
     out_p: list[str] = []
