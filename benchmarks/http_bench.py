@@ -135,22 +135,46 @@ def _free_port() -> int:
 
 class Server:
     def __init__(
-        self, data: Path, workers: int, access_log: bool, log: Path, thread_pool: bool = False, metrics: bool = True
+        self,
+        data: Path,
+        workers: int,
+        access_log: bool,
+        log: Path,
+        thread_pool: bool = False,
+        metrics: bool = True,
+        kind: str = "dhtcart",
     ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        script = shutil.which("dhtcart")
-        cmd = [script] if script else [sys.executable, "-m", "dhtcart"]
-        cmd += ["serve", "--port", str(self.port), "--data", str(data), "--workers", str(workers)]
-        if not access_log:
-            cmd.append("--no-access-log")
-        if thread_pool:
-            cmd.append("--thread-pool")
-        if not metrics:
-            cmd.append("--no-metrics")
-        self.command = " ".join(["dhtcart", *cmd[cmd.index("serve") :]])
+        env = None
+        if kind == "granian":  # the same app (its factory reads DHTCART_*) under granian's own server
+            env = dict(
+                os.environ,
+                DHTCART_DATA=str(data),
+                DHTCART_ACCESS_LOG="true" if access_log else "false",
+                DHTCART_THREAD_POOL="true" if thread_pool else "false",
+                DHTCART_METRICS="true" if metrics else "false",
+            )
+            script = shutil.which("granian")
+            if script is None:
+                raise SystemExit("--server granian: granian is not installed (pip install granian)")
+            cmd = [script, "--interface", "asgi", "--factory", "--host", "127.0.0.1", "--port", str(self.port)]
+            cmd += ["--workers", str(workers), "--no-ws", "--access-log" if access_log else "--no-access-log"]
+            cmd += ["--loop", "uvloop", "dhtcart.http:app_from_env"]
+            self.command = " ".join(["granian", *cmd[1:]])
+        else:
+            script = shutil.which("dhtcart")
+            cmd = [script] if script else [sys.executable, "-m", "dhtcart"]
+            cmd += ["serve", "--port", str(self.port), "--data", str(data), "--workers", str(workers)]
+            if not access_log:
+                cmd.append("--no-access-log")
+            if thread_pool:
+                cmd.append("--thread-pool")
+            if not metrics:
+                cmd.append("--no-metrics")
+            self.command = " ".join(["dhtcart", *cmd[cmd.index("serve") :]])
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -354,6 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-metrics", action="store_true", help="dhtcart serve --no-metrics (on by default)")
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument(
+        "--server",
+        choices=["dhtcart", "granian"],
+        default="dhtcart",
+        help="dhtcart serve (uvicorn, the default), or the same app under granian (its own HTTP server in Rust;"
+        " dhtcart serve's request timeouts and connection limits are uvicorn's, so they are not there)",
+    )
     parser.add_argument("--markdown", type=Path, help="also write the markdown snippet to this file")
     args = parser.parse_args(argv)
 
@@ -370,7 +401,13 @@ def main(argv: list[str] | None = None) -> int:
         script = Path(tmp) / "bench.lua"
         script.write_text(WRK_SCRIPT)
         server = Server(
-            data, args.workers, args.access_log, Path(tmp) / "server.log", args.thread_pool, not args.no_metrics
+            data,
+            args.workers,
+            args.access_log,
+            Path(tmp) / "server.log",
+            args.thread_pool,
+            not args.no_metrics,
+            kind=args.server,
         )
         try:
 
@@ -428,7 +465,9 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after",
         "python": platform.python_version(),
         "client": f"wrk {_wrk_version()}" if client == "wrk" else "asyncio (raw HTTP/1.1)",
-        "server": f"dhtcart serve --workers {args.workers}"
+        "server": server.command
+        if args.server != "dhtcart"
+        else f"dhtcart serve --workers {args.workers}"
         + ("" if args.access_log else " --no-access-log")
         + (" --thread-pool" if args.thread_pool else "")
         + (" --no-metrics" if args.no_metrics else ""),
