@@ -79,3 +79,35 @@ def test_an_item_removed_and_added_back_goes_last_in_a_long_cart() -> None:
     assert [ln.item_id for ln in second][-1] == "sku-3"
     assert list(codec.decode(codec.encode({"c": second}))["c"].get("sku-3") or ()) == list(_line("sku-3", 2))
     assert "sku-3" not in [ln.item_id for ln in first]
+
+
+def test_a_fold_interrupted_by_another_threads_fold_keeps_the_changes() -> None:
+    """Two threads list one cached long cart at once: each folds its changes into a dict. If
+    the one that started first is interrupted just after copying the shared dict, by the whole
+    fold of the other, it must still apply the changes (it read them before the dict)."""
+    lines = codec.Lines()
+    for item_id in ITEMS:
+        lines.put(_line(item_id, 1))
+    cached = codec.decode(codec.encode({"c": lines}))["c"].copy()  # shares the decoded fields
+    cached.put(_line("sku-0", 9))
+    cached.put(_line("sku-new", 5))
+    cached.pop("sku-1")
+    model = {item_id: 1 for item_id in ITEMS if item_id != "sku-1"} | {"sku-0": 9, "sku-new": 5}
+
+    class Interrupted(dict):  # type: ignore[type-arg]
+        """The shared dict, whose copy lets the other thread fold just after it."""
+
+        fired = False
+
+        def copy(self) -> dict[str, codec.Line]:
+            out = dict(self)
+            if not Interrupted.fired:
+                Interrupted.fired = True
+                cached._fold()  # the other thread's fold, whole
+            return out
+
+    cached._lines = Interrupted(cached._lines)
+    _same(cached, model)  # the first listing: its fold is the interrupted one
+    assert Interrupted.fired
+    _same(cached, model)  # and what it left for every later reader
+    _same(cached.copy(), model)

@@ -99,8 +99,12 @@ class Lines:
 
     def _folded(self) -> dict[str, Line]:
         """The fields' dict with the delta applied: a new dict, in the lines' order."""
+        # The delta first, then the dict: another thread's _fold sets the dict, then drops the
+        # delta, so a delta read here goes with either dict (applying it twice is harmless),
+        # and no delta means the dict read after it is the folded one.
+        delta = self._delta
         lines = self._lines.copy()
-        for item_id, line in (self._delta or {}).items():
+        for item_id, line in (delta or {}).items():
             if line is None:
                 lines.pop(item_id, None)
             else:
