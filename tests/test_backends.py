@@ -33,6 +33,7 @@ from dhtcart import (
     DHTServerStore,
     ForkedError,
     InvalidInput,
+    Moved,
     Record,
     ShardFull,
     ShardUnavailable,
@@ -249,6 +250,38 @@ def test_lmdb_writes_after_another_process_grew_the_map(tmp_path: Path) -> None:
         assert b.put(1000, b"from here") == 1  # the write path adopts the new size
         assert b.put(1, b"b", expected_version=1) == 2
         assert b.get(399) == Record(1, b"x" * 2000) and b.count() == 400
+
+
+def test_lmdb_an_ownership_write_that_did_not_commit_is_not_remembered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard's record written in a transaction that then aborts (here: the check that the data
+    file was not deleted under it says it was) must not be what this process serves from: another
+    process may commit the next generation with a record of its own, and a read of a key that
+    record does not own must be refused (a stale cache here would serve it: not linearizable)."""
+    from dhtcart.backends.ownership import NOT_OWNED, OWNED
+
+    with LMDBBackend(tmp_path, fenced=True) as b:
+        b.claim(Ownership(1, 1, Segments.all(OWNED)))
+        b.put(5, b"x")
+        b.claim(Ownership(2, 2, Segments.all(NOT_OWNED, "elsewhere")))
+        monkeypatch.setattr(b._shared, "next_check", 0.0)
+        monkeypatch.setattr(b._shared, "removed", lambda: True)
+        with pytest.raises(ShardUnavailable):
+            b.claim(Ownership(3, 3, Segments.all(OWNED)))  # written, then not committed
+        monkeypatch.undo()
+        other = (
+            "import sys\n"
+            "from dhtcart.backends.lmdb import LMDBBackend\n"
+            "from dhtcart.backends.ownership import NOT_OWNED, Ownership, Segments\n"
+            "with LMDBBackend(sys.argv[1], fenced=True) as o:\n"
+            "    o.claim(Ownership(4, 4, Segments.all(NOT_OWNED, 'other')))\n"
+        )
+        subprocess.run([sys.executable, "-c", other, str(tmp_path)], check=True, timeout=120, env=child_env())
+        with pytest.raises(Moved):
+            b.get(5)
+        with pytest.raises(Moved):
+            b.put(5, b"y")
 
 
 def test_lmdb_full_map_loses_the_whole_transaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

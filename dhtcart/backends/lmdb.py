@@ -359,6 +359,8 @@ class _Env:
         self.fast: set[int] = self.own.segments.fast  # the read path's: slices readable without a check
         self.leased = False  # whether the cached record is leased (reads then check the lease)
         self.lease_ms = 0  # the lease to serve reads, as of snapshot ``tid`` (a leased record only)
+        #: the record the write transaction under way stores, and its generation: cached once it commits
+        self.staged: tuple[Ownership, bytes] | None = None
 
     def removed(self) -> bool:
         """Whether data.mdb was unlinked since it was opened (its directory deleted, or the file
@@ -384,12 +386,16 @@ class _Env:
         if gen != self.gen:
             raw = txn.get(_OWN)
             try:
-                self.own = Ownership.nothing() if raw is None else Ownership.from_json(bytes(raw))
+                own = Ownership.nothing() if raw is None else Ownership.from_json(bytes(raw))
             except CorruptData as exc:
                 raise CorruptData(f"the shard at {self.path}: {exc}") from exc
-            self.slices, self.fast, self.leased = self.own.segments.slices, self.own.segments.fast, self.own.leased
-            self.gen = gen
+            self.cache(own, gen)
         return self.own
+
+    def cache(self, own: Ownership, gen: object) -> None:
+        """Keep ``own`` as the record of generation ``gen``, with the tables the hot paths read."""
+        self.own, self.slices, self.fast, self.leased = own, own.segments.slices, own.segments.fast, own.leased
+        self.gen = gen
 
 
 _ENVS: dict[tuple[int, int], _Env] = {}
@@ -620,6 +626,7 @@ class LMDBBackend(FencedBackend):
                     except lmdb.MapResizedError:  # another process grew the map: adopt its size
                         self._env.set_mapsize(0)
                         continue
+                    shared.staged = None
                     try:
                         result = fn(txn, *args)
                         # after the fence (a redirect comes first); looked at once a second at most
@@ -631,6 +638,9 @@ class LMDBBackend(FencedBackend):
                                 " the file replaced): the write was not applied, as it would be lost",
                             )
                         txn.commit()
+                        if shared.staged is not None:  # an ownership record this transaction stored
+                            shared.cache(*shared.staged)
+                            shared.staged, shared.tid = None, -1
                         return result
                     except lmdb.MapFullError:
                         txn.abort()
@@ -827,11 +837,10 @@ class LMDBBackend(FencedBackend):
         nxt = (int.from_bytes(gen, "big") + 1 if gen else 1).to_bytes(8, "big")
         txn.put(_OWN, own.to_json())
         txn.put(_GEN, nxt)
-        # cache what this transaction writes (spares a parse); if it does not commit, the
-        # next check sees another generation in its snapshot and reads the record again
-        shared = self._shared
-        shared.own, shared.slices, shared.fast, shared.leased = own, own.segments.slices, own.segments.fast, own.leased
-        shared.gen, shared.tid = nxt, -1
+        # cached (it spares a parse) by _write once the transaction has committed: cached now, a
+        # transaction that then aborted would leave this process a record that never was, under
+        # a generation another process may commit next with a record of its own
+        self._shared.staged = (own, nxt)
 
     def update_ownership(
         self,
