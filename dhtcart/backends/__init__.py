@@ -86,7 +86,8 @@ def open_backend(url: str, *, context: BackendContext | None = None, **options: 
 
     Only the backend's own module parses its URL. A scheme is looked up once per
     process, among the installed ``dhtcart.backends`` entry points first, then
-    dhtcart's own; a plugin installed while a process runs is seen by the next one.
+    dhtcart's own; a plugin installed while a process runs is not seen for a
+    scheme that process has opened already (the next process sees it).
 
     >>> b = open_backend("memory://")
     >>> b.put(7, b"x")

@@ -321,10 +321,15 @@ class Segments:
 
 
 def _merge(his: Sequence[int], states: Sequence[str], peers: Sequence[str]) -> tuple[list[int], list[str], list[str]]:
-    if not any(peers):  # merged already (a stored record is), seen in C: a state never repeats
-        joined = "".join(states)  # (states are one-letter codes)
-        if len(joined) == len(states) and _REPEAT.search(joined) is None:
-            return list(his), list(states), list(peers)
+    # merged already (a stored record is), seen in C loops: no peers, and no one-letter state
+    # code twice in a row
+    if (
+        not any(peers)
+        and set(map(type, states)) <= _STR
+        and set(states) <= STATES
+        and _REPEAT.search("".join(states)) is None
+    ):
+        return list(his), list(states), list(peers)
     out_h: list[int] = []
     out_s: list[str] = []
     out_p: list[str] = []

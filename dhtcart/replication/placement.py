@@ -46,6 +46,7 @@ __all__ = [
     "ReplicaMove",
     "check_replicas",
     "default_domain",
+    "diff_table",
     "placement_of",
     "shard_domains",
 ]
