@@ -1184,7 +1184,7 @@ class DHTServerStore(MutableMapping[int, bytes]):
         doc = view.doc
         assert view.migration is None, "a rebalance is in progress"
         assert not set(doc.retired) & set(doc.shards), "a retired shard is still a member"
-        assert all(e.get("promoted") for e in doc.down.values()), "a failover is unfinished"
+        assert not doc.unpromoted, "a failover is unfinished"
         ring = view.ring
         ring._check()
         assert set(ring.nodes) == set(view.shards), "ring and shards disagree"

@@ -320,15 +320,18 @@ class Segments:
         return f"<Segments {len(self.his)} segments, {owned / (_MAX_KEY + 1):.1%} of keys served>"
 
 
+def _one_letter_runs(states: Sequence[str]) -> bool:
+    """Whether every state is one letter and none repeats its neighbour, seen in C loops (the
+    states are not checked again here: a stored record's were, and any others merge as before)."""
+    try:
+        joined = "".join(states)
+    except TypeError:  # not all str
+        return False
+    return len(joined) == len(states) and "" not in states and _REPEAT.search(joined) is None
+
+
 def _merge(his: Sequence[int], states: Sequence[str], peers: Sequence[str]) -> tuple[list[int], list[str], list[str]]:
-    # merged already (a stored record is), seen in C loops: no peers, and no one-letter state
-    # code twice in a row
-    if (
-        not any(peers)
-        and set(map(type, states)) <= _STR
-        and set(states) <= STATES
-        and _REPEAT.search("".join(states)) is None
-    ):
+    if not any(peers) and _one_letter_runs(states):  # merged already (a stored record is)
         return list(his), list(states), list(peers)
     out_h: list[int] = []
     out_s: list[str] = []

@@ -63,6 +63,11 @@ class MembershipDoc:
     #: dhtcart 0.1's manifest, read but not yet upgraded (the store upgrades it)
     legacy: bool = False
 
+    @property
+    def unpromoted(self) -> list[str]:
+        """The shards of a failover decided and not carried out (its process may have died), sorted."""
+        return sorted(n for n, e in self.down.items() if not e.get("promoted"))
+
     def next(self, **changes: Any) -> MembershipDoc:
         """The document of the next epoch, with ``changes``."""
         return replace(self, epoch=self.epoch + 1, legacy=False, **changes)

@@ -254,8 +254,7 @@ class Coordinator:
             before = store.stats()
             start = time.perf_counter()
             doc = store._refresh().doc
-            unpromoted = any(not e.get("promoted") for e in doc.down.values())
-            if doc.migration is None and not doc.retired and not unpromoted:
+            if doc.migration is None and not doc.retired and not doc.unpromoted:
                 return None
             mover = self.finish(lease, batch_size, progress)  # a stopped failover first, then a migration
             return self._report(mover, start, before)
@@ -276,7 +275,7 @@ class Coordinator:
         try:
             store._counters["takeovers"] += 1
             view = store._refresh()
-            if any(not e.get("promoted") for e in view.doc.down.values()):
+            if view.doc.unpromoted:
                 self._finish_failover(lease)
                 view = store._view
             if view.migration is None:
@@ -347,7 +346,7 @@ class Coordinator:
         """Holding ``lease``: finish a failover and a migration in the membership, if any, and
         destroy retired shards."""
         view = self._store._refresh()
-        if any(not e.get("promoted") for e in view.doc.down.values()):
+        if view.doc.unpromoted:
             self._finish_failover(lease)
             view = self._store._view
         mover = None
@@ -474,7 +473,7 @@ class Coordinator:
         live = view.live_backends()
         dead = sorted(n for n in suspects if n in live and not takeout.probe(live[n]))
         if not dead:
-            if any(not e.get("promoted") for e in doc.down.values()):
+            if doc.unpromoted:
                 self._finish_failover(lease)
             return False
         down = dict(doc.down)
@@ -565,7 +564,7 @@ class Coordinator:
         tries = 0  # removals tried: one per dead shard, and a few that another handle made first
         while True:
             view = store._refresh()
-            unpromoted = sorted(n for n, e in view.doc.down.items() if not e.get("promoted"))
+            unpromoted = view.doc.unpromoted
             down = sorted(n for n, e in view.doc.down.items() if e.get("promoted") and n in view.ring.nodes)
             if not (down or unpromoted) or store._closed or self._stopping.is_set() or len(view.ring.nodes) == 1:
                 return removed
