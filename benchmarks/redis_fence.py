@@ -1,4 +1,4 @@
-"""What a fenced Redis read costs, done each of the ways issue 16 asked to compare, in one run.
+"""What a fenced Redis read costs, done each of the ways issue 16 asked to compare (and one more), in one run.
 
     python benchmarks/redis_fence.py                 # 3,000 reads per way, 7 rounds
     python benchmarks/redis_fence.py --reads 10000 --rounds 9
@@ -17,9 +17,14 @@ records, interleaved round by round:
 * **MULTI, redis-py**: ``pipeline(transaction=True)`` of ``HMGET`` of the
   ownership hash and ``GET``;
 * **MULTI, packed**: the same transaction packed by hand, what
-  :meth:`RedisBackend.get <dhtcart.backends.redis.RedisBackend.get>` sends now
-  (the client then checks the key against its cached ownership of the
-  generation it read);
+  :meth:`RedisBackend.get <dhtcart.backends.redis.RedisBackend.get>` sent from
+  2026-12-06 (the client then checks the key against its cached ownership of
+  the generation it read), and still sends for a read under a lease;
+* **GET then HMGET, packed**: the record, then the ownership record's
+  generation and id, in one write without ``MULTI``: what
+  :meth:`RedisBackend.get <dhtcart.backends.redis.RedisBackend.get>` sends
+  since 2026-12-07 outside a lease (the generation checked after the read,
+  docs/redis.md);
 * **dhtcart fenced get**: ``RedisBackend.get`` on a fenced backend, all of it.
 
 ``WATCH`` is not among them: a read needs no optimistic lock (the transaction
@@ -89,12 +94,19 @@ def _ways(backend: RedisBackend) -> dict[str, Callable[[int], Any]]:
         packed = head + pack_command("GET", prefix + member(key)) + tail
         return connection.send_packed(packed, replies=4, wrote=False)()
 
+    check = pack_command("HMGET", meta, "gen", "id")
+
+    def pipelined(key: int) -> Any:
+        packed = pack_command("GET", prefix + member(key)) + check
+        return connection.send_packed(packed, replies=2, wrote=False, every=True)()
+
     return {
         "raw GET (no fence)": lambda key: client.get(prefix + member(key)),
         "script, redis-py": script_redis_py,
         "script, packed": script_packed,
         "MULTI, redis-py": multi_redis_py,
         "MULTI, packed": multi_packed,
+        "GET then HMGET, packed (no MULTI)": pipelined,
         "dhtcart fenced get": backend.get,
     }
 

@@ -731,6 +731,31 @@ def test_a_fenced_read_follows_an_ownership_record_made_again(server: RedisServe
     writer.destroy()
 
 
+def test_a_fenced_read_reads_the_record_before_the_generation_it_checks_it_by(
+    server: RedisServer, raw: redis.Redis
+) -> None:
+    """A fenced read outside a lease is no transaction: its safety rests on the order of its two
+    commands (docs/redis.md, "A fenced read"): the record first, then the generation and id it is
+    checked by. Seen from the server (MONITOR): GET, then HMGET of gen and id, no MULTI."""
+    prefix = _prefix()
+    reader = _shard(f"{server.url}?prefix={prefix}", fenced=True, name="order")
+    _prepare(reader)
+    assert reader.get(1) == Record(1, b"one")  # the ownership record cached: the next read is the two commands
+    seen: list[list[str]] = []
+    with raw.monitor() as monitor:
+        assert reader.get(2) == Record(1, b"two")
+        for _ in range(200):  # bounded: other tests' servers are not this one, but be safe
+            command = monitor.next_command()["command"].split()
+            if any(prefix in word for word in command):
+                seen.append([word.strip('"') for word in command])
+            if command and command[0] == "HMGET" and prefix in command[1]:
+                break
+    names = [c[0] for c in seen]
+    assert names == ["GET", "HMGET"], seen
+    assert seen[0][1] == f"{prefix}v:{2:016x}" and seen[1][2:] == ["gen", "id"]
+    reader.destroy()
+
+
 def test_a_transaction_whose_later_answers_fail_drops_its_connection_and_raises_the_first_error() -> None:
     """After an error answer inside a transaction (a refused MULTI), the later answers are read
     and dropped; when they do not come (the server went away), the connection is dropped and

@@ -196,8 +196,10 @@ class RedisBackend(FencedBackend):
         #: the ownership record last read: its generation, its id (see scripts.SET_OWNERSHIP), the record
         self._own_cache: tuple[int, bytes | None, Ownership] = (-1, None, Ownership.nothing())
         self._scripted_until = 0.0  # fenced reads by the script until then (see get)
-        # a fenced read's transaction starts so: the ownership record's generation and lease
-        # (and its id: a record destroyed and made again restarts its generation, not its id)
+        # a fenced read ends so, after its GET: the ownership record's generation and id (a
+        # record destroyed and made again restarts its generation, not its id) ...
+        self._read_check = pack_command("HMGET", self._own_meta, "gen", "id")
+        # ... and a read under a lease is a transaction that starts so (with the lease)
         self._read_head = _MULTI + pack_command("HMGET", self._own_meta, "gen", "lease", "id")
 
     # -- opening -----------------------------------------------------------------
@@ -277,15 +279,23 @@ class RedisBackend(FencedBackend):
     # -- the Backend interface -------------------------------------------------------
 
     def get(self, key: int) -> Record | None:
-        """Return the record under ``key`` (one ``GET``; fenced: one ``MULTI``/``EXEC``), or ``None``.
+        """Return the record under ``key`` (one ``GET``; fenced: ``GET`` then ``HMGET``), or ``None``.
 
-        A fenced read is one transaction of three commands: the ownership
-        record's generation and lease (``HMGET``), the server's clock when the
-        record is leased (``TIME``), and the record (``GET``). The ownership of
-        that generation (cached, read again when the generation moved) decides
-        here, in the script's rules (:data:`~dhtcart.backends.redis.scripts.GET`),
-        whether the record may be answered: the check and the read are one
-        atomic step on the server, at a fifth of a script's server time.
+        A fenced read sends two commands in one round trip: the record
+        (``GET``), then the ownership record's generation and id (``HMGET``).
+        The client checks the key against the ownership of the generation it
+        has cached (read again when the generation moved), in the rules of the
+        ``GET`` script (:data:`~dhtcart.backends.redis.scripts.GET`). Checked
+        after the read, this is as good as one atomic step: the cache was read
+        from the server before the ``GET`` ran, every ownership change adds 1
+        to the generation (a record made again gets a new id), so the same
+        generation and id after the ``GET`` mean the same ownership record
+        when it ran (docs/redis.md, "A fenced read").
+
+        A range whose reads need this shard's lease (a primary or frozen range
+        with copies) is read in a ``MULTI``/``EXEC`` of ``HMGET``, ``TIME`` and
+        ``GET`` instead: a lease is lengthened in place, so a lease seen running
+        after the read does not say it ran when the read did.
         """
         member = _member(key)
         if not self.fenced:
@@ -295,25 +305,31 @@ class RedisBackend(FencedBackend):
             return self._scripted_get(key, member)
         read = pack_command("GET", self._record_prefix + member)
         timed = False
+        answers: Any = None
         for _ in range(_READ_TRIES):
             gen, own_id, own = self._own_cache
             timed = timed or own.leased
-            try:
-                answers = self.connection.send_packed(
-                    self._read_head + _TIME + read + _EXEC if timed else self._read_head + read + _EXEC,
-                    replies=5 if timed else 4,
-                    wrote=False,
-                )()
-            except ShardFull:  # a server over maxmemory refuses MULTI, not scripts that only read
-                self._scripted_until = time.monotonic() + _SCRIPTED_FOR
-                return self._scripted_get(key, member)
-            try:
-                (now_gen, lease, now_id), raw = answers[0], answers[-1]
-            except (TypeError, ValueError):
-                raise CorruptData(f"shard {self.name!r}: unexpected answer to a read: {answers!r}") from None
-            for answer in answers:
-                if isinstance(answer, Exception):  # a command of the transaction failed (a key of another type)
-                    raise self.connection.error(answer, False) or answer
+            if timed:
+                try:
+                    answers = self.connection.send_packed(
+                        self._read_head + _TIME + read + _EXEC, replies=5, wrote=False
+                    )()
+                except ShardFull:  # a server over maxmemory refuses MULTI, not scripts that only read
+                    self._scripted_until = time.monotonic() + _SCRIPTED_FOR
+                    return self._scripted_get(key, member)
+                try:
+                    (now_gen, lease, now_id), raw = answers[0], answers[-1]
+                except (TypeError, ValueError):
+                    raise CorruptData(f"shard {self.name!r}: unexpected answer to a read: {answers!r}") from None
+                for answer in answers:
+                    if isinstance(answer, Exception):  # a command of the transaction failed (a key of another type)
+                        raise self.connection.error(answer, False) or answer
+            else:
+                raw, head = self.connection.send_packed(read + self._read_check, replies=2, wrote=False, every=True)()
+                try:
+                    now_gen, now_id = head
+                except (TypeError, ValueError):
+                    raise CorruptData(f"shard {self.name!r}: unexpected answer to a read: {head!r}") from None
             if self._counter("gen", now_gen) != gen or now_id != own_id:  # changed, or made again
                 self._own_cache = (-1, None, own)  # read it whole, whatever its generation
                 self._read_ownership()

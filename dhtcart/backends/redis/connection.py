@@ -556,11 +556,17 @@ class RedisConnection:
         )
 
     def send_packed(
-        self, packed: bytes, *, replies: int = 1, script: Script | None = None, wrote: bool = True
+        self,
+        packed: bytes,
+        *,
+        replies: int = 1,
+        script: Script | None = None,
+        wrote: bool = True,
+        every: bool = False,
     ) -> Callable[[], Any]:
         """Write ``packed`` (commands packed by :func:`pack_command`) now; return a function that
         reads ``replies`` answers and returns the last (a ``MULTI`` ... ``EXEC`` of n commands:
-        ``n + 2`` answers, the ``EXEC``'s last).
+        ``n + 2`` answers, the ``EXEC``'s last), or with ``every`` the list of them all.
 
         ``script``: the script that a single ``EVALSHA`` calls, loaded and sent
         once more on ``NOSCRIPT``. ``wrote``: whether the commands may change
@@ -586,6 +592,12 @@ class RedisConnection:
             left = replies
             try:
                 try:
+                    if every:
+                        answers = []
+                        while left:
+                            answers.append(conn.read_response())
+                            left -= 1
+                        return answers
                     while left > 1:
                         conn.read_response()
                         left -= 1
