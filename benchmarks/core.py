@@ -122,6 +122,20 @@ def _shard_benches(tmp: Path) -> tuple[dict[str, Bench], list[object]]:
         benches[f"floor: raw lmdb put ({mode})"] = raw_put
         benches[f"floor: raw lmdb get ({mode})"] = raw_get
 
+    # Not a floor of dhtcart's (its shards do not use a writable map): what LMDB's MDB_WRITEMAP would
+    # save per write, commits without a pwrite per page. The map's file is then as large as the map,
+    # with holes, and a page written into a hole on a full filesystem kills the process with SIGBUS:
+    # the reason dhtcart does not use it (docs/benchmarks.md, "The floors").
+    wm = lmdb.open(str(tmp / "raw-writemap"), map_size=1 << 28, sync=False, metasync=False, writemap=True)
+    closers.append(wm)
+
+    def raw_put_writemap(n: int, env: lmdb.Environment = wm) -> None:
+        for i in range(n):
+            with env.begin(write=True) as txn:
+                txn.put(keys[i % 1000].to_bytes(8, "big"), value)
+
+    benches["raw lmdb put (process, writemap: not dhtcart's)"] = raw_put_writemap
+
     shards = {
         "memory": DHTServer(),
         "lmdb process": DHTServer(LMDBBackend(tmp / "shard-process")),
@@ -244,6 +258,16 @@ def main() -> None:
             "DHTServer.get lmdb / raw lmdb get (process)",
             s["DHTServer.get (lmdb process)"] / s["floor: raw lmdb get (process)"],
             "",
+        ),
+        (
+            "raw lmdb put: writemap / process (not dhtcart's)",
+            s["raw lmdb put (process, writemap: not dhtcart's)"] / s["floor: raw lmdb put (process)"],
+            "",
+        ),
+        (
+            "add_item 3-item cart: lmdb process / memory",
+            c["CartService.add_item, 3-item cart (lmdb process)"] / c["CartService.add_item, 3-item cart (memory)"],
+            "<= 1.3 (issue 16)",
         ),
         (
             "add_item 1000-item / 3-item cart (memory)",

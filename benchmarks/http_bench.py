@@ -16,6 +16,18 @@ Cells, for each concurrency (open keep-alive connections):
 ``add``       ``POST /item/{customer}/036000291459``: each request a new customer (a new cart)
 ``list``      ``GET /items/{customer}``: the carts ``add`` just made (one line each)
 ``checkout``  ``DELETE /items/{customer}``: one-line carts written beforehand through the library
+``post``      ``POST /noop`` with the add's body, on a second server (below): a POST that reads its
+              body and answers a response of an add's size and headers, doing nothing else
+
+The ``post`` floor: issue 16 measures an add's server CPU against "a no-op POST
+that reads its body". dhtcart has no such route (nor should it, for a
+benchmark), so the harness starts a second server for it: this script run with
+``--floor-server PORT``, which builds the uvicorn configuration ``dhtcart serve``
+builds (:func:`dhtcart.serving.uvicorn_config`: the same HTTP protocol class
+with its request timeout and connection limit, the same flags) around an app
+that reads the body with the lane's own :func:`~dhtcart.http.binding.read_body`
+and answers a fixed response. Only the ``post`` cell goes there; its CPU is
+that process's.
 
 Each cell stops after ``--requests`` responses or ``--cap`` seconds, whichever
 comes first; it reports requests/s, p50 and p99 latency, and non-2xx answers
@@ -55,8 +67,15 @@ from pathlib import Path
 
 ITEM = "036000291459"
 ADD_BODY = b'{"offeredPrice": 9.99, "itemCount": 1}'
-ROUTES = ("noop", "add", "list", "checkout")
+ROUTES = ("noop", "post", "add", "list", "checkout")
+#: what the floor server answers: a line as an add answers it, with an add's headers
+FLOOR_BODY = (
+    b'{"itemId":"036000291459","offeredPrice":9.99,"itemCount":1,"specialSale":false,'
+    b'"saleExpiration":null,"expired":false}'
+)
 GOAL = 0.70  #: add's requests/s against the no-op route's, at 8 connections (issue 10)
+CPU_GOAL_US = 70.0  #: issue 16: an add's server CPU at most this, at 8 connections ...
+CPU_GOAL_RATIO = 1.5  #: ... and at most this many times the no-op POST's (the post cell)
 
 WRK_SCRIPT = r"""
 local mode, quota, prefix, listn
@@ -78,6 +97,8 @@ function request()
   counter = counter + 1
   if mode == "noop" then
     return wrk.format("GET", "/healthz")
+  elseif mode == "post" then
+    return wrk.format("POST", "/noop", headers, body)
   end
   local customer = prefix .. "-" .. id .. "-" .. counter
   if mode == "add" then
@@ -147,7 +168,10 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = None
-        if kind == "granian":  # the same app (its factory reads DHTCART_*) under granian's own server
+        if kind == "floor":  # the no-op POST: this script's --floor-server, on dhtcart serve's configuration
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--floor-server", str(self.port)]
+            self.command = "http_bench.py --floor-server"
+        elif kind == "granian":  # the same app (its factory reads DHTCART_*) under granian's own server
             env = dict(
                 os.environ,
                 DHTCART_DATA=str(data),
@@ -199,6 +223,44 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         self._log.close()
+
+
+def serve_floor(port: int) -> int:
+    """Serve ``POST /noop`` (read the body, answer :data:`FLOOR_BODY`) as ``dhtcart serve --workers 1`` serves.
+
+    The uvicorn configuration is :func:`dhtcart.serving.uvicorn_config`'s for
+    the same settings ``dhtcart serve --no-access-log`` would have; only the app
+    differs. The body is read by the lane's own ``read_body``, and the response
+    has an add's three headers (length, type, ``ETag``).
+    """
+    import uvicorn
+
+    from dhtcart.http.binding import read_body
+    from dhtcart.serving import uvicorn_config
+    from dhtcart.settings import Settings
+
+    headers = [
+        (b"content-length", b"%d" % len(FLOOR_BODY)),
+        (b"content-type", b"application/json"),
+        (b"etag", b'"1"'),
+    ]
+
+    async def floor(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()  # type: ignore[operator]
+                kind = message["type"].rpartition(".")[2]
+                await send({"type": f"lifespan.{kind}.complete"})  # type: ignore[operator]
+                if kind == "shutdown":
+                    return
+        await read_body(receive, 1 << 20)  # type: ignore[arg-type]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": FLOOR_BODY})  # type: ignore[operator]
+
+    config = uvicorn_config(Settings(host="127.0.0.1", port=port, access_log=False))
+    config.app, config.factory = floor, False
+    uvicorn.Server(config).run()
+    return 0
 
 
 # -- clients ----------------------------------------------------------------------------------
@@ -257,9 +319,10 @@ async def _python_cell(
         if route == "noop":
             return b"GET /healthz HTTP/1.1\r\n" + host + b"\r\n"
         customer = f"{prefix}-{lane}-{n}"
-        if route == "add":
+        if route in ("add", "post"):
+            target = "/noop" if route == "post" else f"/item/{customer}/{ITEM}"
             return (
-                f"POST /item/{customer}/{ITEM} HTTP/1.1\r\n".encode()
+                f"POST {target} HTTP/1.1\r\n".encode()
                 + host
                 + b"Content-Type: application/json\r\nContent-Length: "
                 + str(len(ADD_BODY)).encode()
@@ -386,7 +449,10 @@ def main(argv: list[str] | None = None) -> int:
         " dhtcart serve's request timeouts and connection limits are uvicorn's, so they are not there)",
     )
     parser.add_argument("--markdown", type=Path, help="also write the markdown snippet to this file")
+    parser.add_argument("--floor-server", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the post cell's server
     args = parser.parse_args(argv)
+    if args.floor_server:
+        return serve_floor(args.floor_server)
 
     client = args.client
     if client == "auto":
@@ -409,19 +475,21 @@ def main(argv: list[str] | None = None) -> int:
             not args.no_metrics,
             kind=args.server,
         )
+        floor = Server(data, 1, False, Path(tmp) / "floor.log", kind="floor")
         try:
 
             def cell(route: str, c: int, prefix: str, requests: int) -> tuple[Cell, float | None]:
-                before = cpu_seconds(server.proc.pid)
+                to = floor if route == "post" else server
+                before = cpu_seconds(to.proc.pid)
                 if client == "wrk":
-                    result, _ = run_wrk(server.url, route, c, requests, prefix, args.cap, script)
+                    result, _ = run_wrk(to.url, route, c, requests, prefix, args.cap, script)
                 else:
-                    result, _ = run_python(server.port, route, c, requests, prefix, args.cap)
-                after = cpu_seconds(server.proc.pid)
+                    result, _ = run_python(to.port, route, c, requests, prefix, args.cap)
+                after = cpu_seconds(to.proc.pid)
                 cpu = None if before is None or after is None else (after - before) / max(1, result.requests)
                 return result, cpu
 
-            for route in ("noop", "add", "list"):  # warm up: imports, first LMDB pages
+            for route in ("noop", "post", "add", "list"):  # warm up: imports, first LMDB pages
                 cell(route, 8, "warm", 400)
             for c in args.concurrency:
                 lanes = min(c, os.cpu_count() or 1, 2) if client == "wrk" else c
@@ -457,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
         finally:
             server.stop()
+            floor.stop()
 
     load_after = os.getloadavg()
     header = {
@@ -506,7 +575,8 @@ def render_text(rows: list[Row], header: dict[str, str]) -> str:
             f"{r.concurrency:>5} {r.route:<9} {r.requests:>8} {r.rps:>8.0f} {r.p50_ms:>8.2f} "
             f"{r.p99_ms:>8.2f} {_ratio(rows, r):>8.0%} {_cpu(r):>7} {r.bad:>7}"
         )
-    return "\n".join(lines)
+    goal = cpu_goal(rows)
+    return "\n".join(lines) + (goal if goal else "")
 
 
 def render_markdown(rows: list[Row], header: dict[str, str], argv: list[str]) -> str:
@@ -530,7 +600,21 @@ def render_markdown(rows: list[Row], header: dict[str, str], argv: list[str]) ->
     if 8 in adds:
         met = "met" if adds[8] >= GOAL else "NOT met"
         out += ["", f"Goal (add >= {GOAL:.0%} of the no-op route's req/s at 8 connections): {met} ({verdict})."]
+    out += [cpu_goal(rows)] if cpu_goal(rows) else []
     return "\n".join(out) + "\n"
+
+
+def cpu_goal(rows: list[Row]) -> str:
+    """Issue 16's goal for an add's server CPU at 8 connections, met or not, with the figures."""
+    at8 = {r.route: r.cpu_us for r in rows if r.concurrency == 8}
+    add, post = at8.get("add"), at8.get("post")
+    if add is None or not post:
+        return ""
+    met = add <= CPU_GOAL_US and add <= CPU_GOAL_RATIO * post
+    return (
+        f"\nGoal (an add's server CPU <= {CPU_GOAL_US:.0f} µs and <= {CPU_GOAL_RATIO}x the no-op POST's, at 8"
+        f" connections): {'met' if met else 'NOT met'} ({add:.0f} µs, {add / post:.2f}x the POST's {post:.0f} µs)."
+    )
 
 
 if __name__ == "__main__":
