@@ -10,9 +10,9 @@ one client thread doing sequential round trips:
   compare-and-set ``put(expected_version=...)`` (one script call), on a backend
   opened alone;
 * the same three on a *fenced* backend, as a store opens its shards: a write is
-  one script that checks the shard's ownership record, then writes; a read is one
-  ``MULTI``/``EXEC`` of the record's ownership generation and the record, checked
-  against the cached ownership of that generation;
+  one script that checks the shard's ownership record, then writes; a read is the
+  record's ``GET`` then the ownership record's generation (``HMGET``), in one
+  round trip, checked against the cached ownership of that generation;
 * bulk migration: ``import_ranges`` of many records (script calls of 1,000
   records), the ``scan`` that reads them back, and ``drop_ranges``.
 

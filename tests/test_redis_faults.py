@@ -731,28 +731,153 @@ def test_a_fenced_read_follows_an_ownership_record_made_again(server: RedisServe
     writer.destroy()
 
 
-def test_a_fenced_read_reads_the_record_before_the_generation_it_checks_it_by(
-    server: RedisServer, raw: redis.Redis
-) -> None:
+def test_a_fenced_read_reads_the_record_before_the_generation_it_checks_it_by(server: RedisServer) -> None:
     """A fenced read outside a lease is no transaction: its safety rests on the order of its two
     commands (docs/redis.md, "A fenced read"): the record first, then the generation and id it is
-    checked by. Seen from the server (MONITOR): GET, then HMGET of gen and id, no MULTI."""
+    checked by. Seen from the server (MONITOR, the only other client while it runs): GET, then
+    HMGET of gen and id, and nothing else (no MULTI, no EXEC)."""
     prefix = _prefix()
     reader = _shard(f"{server.url}?prefix={prefix}", fenced=True, name="order")
     _prepare(reader)
     assert reader.get(1) == Record(1, b"one")  # the ownership record cached: the next read is the two commands
+    watcher = redis.Redis(port=server.port, socket_timeout=10)  # a read that never comes fails, not hangs
     seen: list[list[str]] = []
-    with raw.monitor() as monitor:
+    with watcher.monitor() as monitor:
         assert reader.get(2) == Record(1, b"two")
-        for _ in range(200):  # bounded: other tests' servers are not this one, but be safe
-            command = monitor.next_command()["command"].split()
-            if any(prefix in word for word in command):
-                seen.append([word.strip('"') for word in command])
-            if command and command[0] == "HMGET" and prefix in command[1]:
-                break
-    names = [c[0] for c in seen]
-    assert names == ["GET", "HMGET"], seen
-    assert seen[0][1] == f"{prefix}v:{2:016x}" and seen[1][2:] == ["gen", "id"]
+        while not seen or seen[-1][0] != "HMGET":
+            seen.append([word.strip('"') for word in monitor.next_command()["command"].split()])
+            assert len(seen) <= 10, seen
+    watcher.close()
+    assert [c[0] for c in seen] == ["GET", "HMGET"], seen
+    assert seen[0][1] == f"{prefix}v:{2:016x}" and seen[1][1:] == [f"{prefix}own:meta", "gen", "id"]
+    reader.destroy()
+
+
+def test_a_fenced_read_raced_by_a_whole_hand_over_between_its_two_commands_is_redirected(
+    server: RedisServer,
+) -> None:
+    """The window the order protects, forced open: the reader's GET reaches shard S, then key 1 is
+    handed over to T (frozen, copied, released, taken), written at T and dropped from S, then the
+    reader's HMGET reaches S. The read must not answer what its GET saw (T holds a newer version
+    by then): the generation moved, so it reads S's record again and is redirected to T. Real
+    servers; only the reader's one write is sent as two, with the hand-over in between."""
+    from dhtcart.backends.ownership import FROZEN, NOT_OWNED, OWNED
+    from dhtcart.backends.redis.connection import pack_command
+
+    s_url, t_url = f"{server.url}?prefix={_prefix()}", f"{server.url}?prefix={_prefix()}"
+    source, target = _shard(s_url, fenced=True, name="S"), _shard(t_url, fenced=True, name="T")
+    reader = _shard(s_url, fenced=True, name="S")  # another client of S, with its own cache
+    source.claim(Ownership(1, 1, Segments.owning([(-1, 100)])))
+    target.claim(Ownership(1, 1, Segments.owning([(100, (1 << 63) - 1)])))
+    source.put(1, b"old")
+    assert reader.get(1) == Record(1, b"old")  # the reader caches S's generation
+
+    def hand_over() -> None:
+        source.update_ownership(1, 2, [(0, 1, FROZEN, "")], expect=OWNED)
+        record = source.get(1)
+        assert record is not None
+        target.import_ranges(1, [(0, 1)], [(1, record)])
+        source.update_ownership(1, 2, [(0, 1, NOT_OWNED, "T")], expect=FROZEN)
+        target.update_ownership(1, 2, [(0, 1, OWNED, "")], expect=NOT_OWNED)
+        assert target.put(1, b"new") == 2
+        source.drop_ranges(1, [(0, 1)])
+
+    connection = reader.connection
+    send = connection.send_packed
+    get = pack_command("GET", reader._record_prefix + b"%016x" % 1)
+    split: list[bool] = []
+
+    def two_writes(packed: bytes, **options: object) -> Callable[[], object]:
+        if options.get("every") and packed.startswith(get) and not split:
+            split.append(True)
+            raw = send(get, wrote=False)()
+            hand_over()
+            check = send(packed[len(get) :], wrote=False)()
+            return lambda: [raw, check]
+        return send(packed, **options)  # type: ignore[arg-type]
+
+    connection.send_packed = two_writes  # type: ignore[method-assign]
+    err = _expect(Moved, lambda: reader.get(1))
+    assert split, "the read was not the two commands"
+    assert isinstance(err, Moved) and err.epoch == 2 and err.owner == "T", err
+    assert target.get(1) == Record(2, b"new")
+    for shard in (reader, source, target):
+        shard.destroy()
+
+
+def _made_again_first(
+    backend: RedisBackend,
+    url: str,
+    name: str,
+    ownership: Ownership,
+    then: Callable[[RedisBackend], object] = lambda _: None,
+) -> Callable[[], None]:
+    """Make ``backend``'s next script call find its shard destroyed and claimed again (by another
+    handle, with ``force``) at the generation it had, then ``then(that handle)`` done: the record it
+    computed from is gone, and only the record's id tells the new one from it. Returns the undo."""
+    script = backend._script
+
+    def first(*args: object, **options: object) -> object:
+        backend._script = script  # type: ignore[method-assign]
+        _shard(url, fenced=True, name=name).destroy()
+        again = _shard(url, fenced=True, name=name)
+        again.claim(ownership, force=True)
+        then(again)
+        return script(*args, **options)  # type: ignore[arg-type]
+
+    backend._script = first  # type: ignore[method-assign]
+    return lambda: setattr(backend, "_script", script)
+
+
+def test_an_ownership_change_computed_from_a_record_made_again_since_is_computed_again(
+    server: RedisServer, raw: redis.Redis
+) -> None:
+    """A shard destroyed and claimed again between a rebalancer's read of its ownership record and
+    the change: both records at generation 1. The change must not be applied to the new record as a
+    difference from the old one (a mix of the two, and a cached record never on the server), but
+    computed again from the new one: the change script checks the record's id with its generation."""
+    from dhtcart.backends.ownership import OWNED
+
+    prefix = _prefix()
+    url = f"{server.url}?prefix={prefix}"
+    rebalancer = _shard(url, fenced=True, name="again")
+    rebalancer.claim(Ownership(1, 1, Segments.owning([(-1, 100)])))
+    undo = _made_again_first(rebalancer, url, "again", Ownership(1, 1, Segments.owning([(200, 300)])))
+    try:
+        new = rebalancer.update_ownership(1, 2, [(100, 200, OWNED, "")])
+    finally:
+        undo()
+    assert new.segments == Segments.owning([(100, 300)])  # the change, made to the record there now
+    assert rebalancer.ownership() == new
+    fresh = _shard(url, fenced=True, name="again")
+    assert fresh.ownership() == new  # what the server holds, read by a handle with no cache
+    assert int(raw.hget(f"{prefix}own:meta", "gen") or 0) == 2
+    _expect(Moved, lambda: rebalancer.get(10))  # not owned by the record there (nor by the change)
+    _expect(Moved, lambda: fresh.get(10))
+    fresh.destroy()
+
+
+def test_a_drop_checked_against_a_record_made_again_since_drops_nothing_it_now_serves(
+    server: RedisServer,
+) -> None:
+    """A migration's drop is checked against the ownership record of one generation (the range not
+    served there). If the shard is destroyed and claimed again at that generation, now serving the
+    range, and written to, before the drop's script runs, the script must refuse and the drop be
+    checked again: the records of a served range stay."""
+    from dhtcart.errors import LeaseLost
+
+    url = f"{server.url}?prefix={_prefix()}"
+    migrator = _shard(url, fenced=True, name="drop")
+    migrator.claim(Ownership(1, 1, Segments.owning([(100, 200)])))  # (0, 100] not served: droppable
+    served = Ownership(1, 1, Segments.owning([(0, 100)]))
+    undo = _made_again_first(migrator, url, "drop", served, lambda again: again.put(50, b"served"))
+    try:
+        err = _expect(LeaseLost, lambda: migrator.drop_ranges(1, [(0, 100)]))
+    finally:
+        undo()
+    assert "serves them" in str(err)
+    reader = _shard(url, fenced=True, name="drop")
+    assert reader.get(50) == Record(1, b"served")
     reader.destroy()
 
 

@@ -3,7 +3,9 @@
 A store routes every key with its cached copy of the membership, which may be
 stale; what keeps it correct is each shard's own record of the key ranges it
 owns (:class:`~dhtcart.backends.ownership.Ownership`), kept *inside* the
-shard's medium and checked in the same atomic step as every operation.
+shard's medium and checked in the same atomic step as every operation (on
+Redis, a read is checked by the ownership generation read right after it, which
+says the same: docs/redis.md, "A fenced read").
 
 A :class:`FencedBackend` opened by a store is *fenced* (``context.fenced``):
 every ``get``, ``put`` and ``delete`` checks the record and raises

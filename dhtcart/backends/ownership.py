@@ -31,7 +31,8 @@ primary that was taken out while it was unreachable answers nothing stale when
 it comes back (``docs/replication.md``).
 
 A backend checks the state of a key in the same atomic step as the operation
-(an LMDB transaction, a Redis script, a lock) and refuses with
+(an LMDB transaction, a Redis script, a lock; a Redis read, by the ownership
+generation read right after the record) and refuses with
 :class:`~dhtcart.errors.Moved` where the state does not allow it. This module
 knows nothing of rings or stores: ranges are integers, states are letters.
 

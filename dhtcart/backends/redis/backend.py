@@ -20,11 +20,13 @@ other data in the same database is never touched:
 
 Every single-key write (put, compare-and-set, delete, conditional delete) is one
 Lua script call (:mod:`~dhtcart.backends.redis.scripts`): one round trip, atomic
-on the server, record and index updated together. On a fenced shard a read is a
-script too, and every script checks the key's segment before it touches the
-record: the check and the operation are one atomic step. A failed
-compare-and-set raises :class:`~dhtcart.errors.VersionConflict` and changes
-nothing.
+on the server, record and index updated together. On a fenced shard every write
+script checks the key's segment before it touches the record: the check and the
+write are one atomic step. A fenced read is the record's ``GET`` followed, in the
+same round trip, by the ownership record's generation, and checked by the client
+against its copy of that generation's record: as good as one step (the argument
+is in :meth:`RedisBackend.get` and docs/redis.md). A failed compare-and-set
+raises :class:`~dhtcart.errors.VersionConflict` and changes nothing.
 
 Errors are mapped by the connection (:mod:`~dhtcart.backends.redis.connection`):
 an unreachable, hung or refusing server is
@@ -441,15 +443,15 @@ class RedisBackend(FencedBackend):
 
     # -- ownership ------------------------------------------------------------------
 
-    def _read_ownership(self) -> tuple[int, Ownership]:
-        """``(gen, record)``: one ``HMGET`` when the cached record is current (its generation and id),
-        else a transaction."""
+    def _read_ownership(self) -> tuple[int, bytes | None, Ownership]:
+        """``(gen, id, record)``, as they were together on the server: one ``HMGET`` when the cached
+        record is current (its generation and id), else a transaction."""
         call, client = self.connection.call, self.connection.client
         raw_gen, raw_id = call(client.hmget, self._own_meta, "gen", "id")
         gen = self._counter("gen", raw_gen)
         cached_gen, cached_id, cached = self._own_cache
         if gen == cached_gen and raw_id == cached_id:
-            return gen, cached
+            return gen, cached_id, cached
         pipe = client.pipeline(transaction=True)
         pipe.hmget(self._own_meta, "gen", "token", "epoch", "leased", "id")
         pipe.zrange(self._own, 0, -1)
@@ -461,7 +463,7 @@ class RedisBackend(FencedBackend):
         else:
             own = Ownership.nothing()
         self._own_cache = (gen, own_id, own)
-        return gen, own
+        return gen, own_id, own
 
     def _counter(self, field: str, raw: bytes | None) -> int:
         """A counter of the ownership hash (absent: 0); :class:`CorruptData` if it is not one."""
@@ -472,11 +474,18 @@ class RedisBackend(FencedBackend):
         return int(raw)
 
     def ownership(self) -> Ownership:
-        return self._read_ownership()[1]
+        return self._read_ownership()[2]
 
     def _set_ownership(
-        self, expected_gen: int | None, token: int, new: Ownership, old: Ownership | None, force: bool = False
+        self,
+        expected: tuple[int, bytes | None] | None,
+        token: int,
+        new: Ownership,
+        old: Ownership | None,
+        force: bool = False,
     ) -> Any:
+        """The SET_OWNERSHIP script: ``new`` in place of ``old``, read at ``expected`` (its generation
+        and id; ``None``: a claim, whatever is there)."""
         if old is None:
             removes: list[bytes | str] = ["all"]
             adds = _members(new.segments)
@@ -486,12 +495,14 @@ class RedisBackend(FencedBackend):
             removes = [str(len(gone)), *gone]
             adds = added
         args = [
-            "" if expected_gen is None else str(expected_gen),
+            "" if expected is None else str(expected[0]),
             str(token),
             str(new.epoch),
             "1" if force else "",
             "1" if new.leased else "0",
-            *removes,
+            removes[0],
+            b"" if expected is None or expected[1] is None else expected[1],
+            *removes[1:],
             *adds,
         ]
         return self._script("set_ownership", (self._own, self._own_meta), args, wrote=True)
@@ -506,11 +517,11 @@ class RedisBackend(FencedBackend):
         leased: bool | None = None,
     ) -> Ownership:
         for _ in range(32):
-            gen, current = self._read_ownership()
+            gen, own_id, current = self._read_ownership()
             new = apply_changes(current, token, epoch, changes, expect, leased)
             if new == current:
                 return current
-            status, value, *made = self._set_ownership(gen, new.token, new, current)
+            status, value, *made = self._set_ownership((gen, own_id), new.token, new, current)
             if status == 1:
                 self._own_cache = (int(value), made[0], new)
                 return new
@@ -532,12 +543,12 @@ class RedisBackend(FencedBackend):
             bounds += _lex_range(lo, hi)
         what = "drop" if mode == "drop" else "import"
         for _ in range(32):
-            gen, own = self._read_ownership()
+            gen, own_id, own = self._read_ownership()
             own.check_token(token)
             for lo, hi in ranges:
                 own.check_unserved(lo, hi, what)
             args: list[bytes | str] = [str(gen), str(token), self._record_prefix, mode, str(len(ranges))]
-            args.append(self._pending_prefix)
+            args += [self._pending_prefix, own_id or b""]
             args += bounds
             args += pairs
             reply = self._script("ranges", (self._index, self._own_meta, self._pidx), args, wrote=True)

@@ -1,9 +1,10 @@
 """The Lua scripts of the Redis backend, each with what it takes and what it answers.
 
-A script runs whole on the server, or not at all: every single-key write, a
-fenced read (the ownership check and the read in one step), an ownership
-change and a migration's copy or drop is one script call, so no other client
-ever sees half of one. The backend registers every script of :data:`SCRIPTS`
+A script runs whole on the server, or not at all: every single-key write, an
+ownership change and a migration's copy or drop is one script call, so no other
+client ever sees half of one. A fenced read is not a script (the backend checks
+the generation read right after the record), except in the cases where it falls
+back to :data:`GET`. The backend registers every script of :data:`SCRIPTS`
 once per connection (:meth:`~dhtcart.backends.redis.connection.RedisConnection.scripts`,
 redis-py's ``register_script``): each call is one ``EVALSHA``, and a server
 that answers ``NOSCRIPT`` (restarted, or after ``SCRIPT FLUSH``) is sent the
@@ -130,29 +131,31 @@ return {1, current}
 )
 
 #: An ownership change. ``KEYS[1]`` ownership set, ``KEYS[2]`` its hash (``gen``,
-#: ``token``, ``epoch``); ``ARGV[1]`` the generation the caller computed from (``""``
-#: for a claim: any), ``ARGV[2]`` token, ``ARGV[3]`` epoch, ``ARGV[4]`` ``"1"`` to skip
-#: the token check (a store claiming shards it alone owns), ``ARGV[5]`` ``"1"``/``"0"``
+#: ``token``, ``epoch``, ``id``); ``ARGV[1]`` the generation the caller computed from
+#: (``""`` for a claim: any), ``ARGV[2]`` token, ``ARGV[3]`` epoch, ``ARGV[4]`` ``"1"`` to
+#: skip the token check (a store claiming shards it alone owns), ``ARGV[5]`` ``"1"``/``"0"``
 #: whether the record is leased (``""``: unchanged), ``ARGV[6]`` how many members to
-#: remove (``"all"``: every member), then the members to remove, then those to add.
+#: remove (``"all"``: every member), ``ARGV[7]`` the id of the record the caller computed
+#: from (``""``: none; checked with ``ARGV[1]``: a record destroyed and made again may
+#: reach the same generation), then the members to remove, then those to add.
 #: A record made from nothing gets its ``id`` (the server's ``TIME`` when it was made): a
 #: record destroyed and made again restarts its ``gen``, never its ``id``, so that a reader
 #: that cached the old one tells them apart (see the backend's fenced read).
 #: Replies ``{1, gen, id}`` done; ``{0, gen}`` the record changed meanwhile (recompute);
 #: ``{-1, token}`` a newer token was seen. Only ``{1, gen, id}`` changed anything.
 SET_OWNERSHIP = """
-local meta = redis.call('HMGET', KEYS[2], 'gen', 'token')
+local meta = redis.call('HMGET', KEYS[2], 'gen', 'token', 'id')
 local gen = tonumber(meta[1] or '0')
 local token = tonumber(meta[2] or '0')
-if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= gen then return {0, gen} end
+if ARGV[1] ~= '' and (tonumber(ARGV[1]) ~= gen or (meta[3] or '') ~= ARGV[7]) then return {0, gen} end
 if ARGV[4] ~= '1' and tonumber(ARGV[2]) < token then return {-1, token} end
-local first = 7
+local first = 8
 if ARGV[6] == 'all' then
   redis.call('DEL', KEYS[1])
 else
   local n = tonumber(ARGV[6])
-  for i = 7, 6 + n do redis.call('ZREM', KEYS[1], ARGV[i]) end
-  first = 7 + n
+  for i = 8, 7 + n do redis.call('ZREM', KEYS[1], ARGV[i]) end
+  first = 8 + n
 end
 for i = first, #ARGV do redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
 redis.call('HSET', KEYS[2], 'gen', gen + 1, 'token', ARGV[2], 'epoch', ARGV[3])
@@ -170,8 +173,9 @@ return {1, gen + 1, id}
 #: ownership hash, ``KEYS[3]`` the pending-write index; ``ARGV[1]`` the generation the
 #: caller checked the ranges against, ``ARGV[2]`` its token, ``ARGV[3]`` the record-key
 #: prefix, ``ARGV[4]`` ``"drop"``, ``"import"`` or ``"add"``, ``ARGV[5]`` how many
-#: ranges, ``ARGV[6]`` the pending-write key prefix, then the ranges' ``ZRANGEBYLEX``
-#: bounds (two each), then member, record pairs to write. A drop or import also
+#: ranges, ``ARGV[6]`` the pending-write key prefix, ``ARGV[7]`` the id of the ownership
+#: record checked (``""``: none), then the ranges' ``ZRANGEBYLEX`` bounds (two each), then
+#: member, record pairs to write. A drop or import also
 #: forgets the pending writes of the ranges. ``"drop"`` deletes up to
 #: 1,000 records of the ranges (call again while it answers 1,000); ``"import"``
 #: deletes all of them, then writes the pairs; ``"add"`` only writes them (the next
@@ -179,8 +183,8 @@ return {1, gen + 1, id}
 #: changed since the caller's check (check again); ``{-2, token}`` when a newer
 #: rebalancer token was seen. Both refusals change nothing.
 RANGES = """
-local meta = redis.call('HMGET', KEYS[2], 'gen', 'token')
-if tonumber(meta[1] or '0') ~= tonumber(ARGV[1]) then return {-1, 0} end
+local meta = redis.call('HMGET', KEYS[2], 'gen', 'token', 'id')
+if tonumber(meta[1] or '0') ~= tonumber(ARGV[1]) or (meta[3] or '') ~= ARGV[7] then return {-1, 0} end
 if tonumber(ARGV[2]) < tonumber(meta[2] or '0') then return {-2, tonumber(meta[2])} end
 local nranges = tonumber(ARGV[5])
 local mode = ARGV[4]
@@ -188,7 +192,7 @@ local drop = mode == 'drop'
 local gone = 0
 if mode ~= 'add' then
   for r = 0, nranges - 1 do
-    local low, high = ARGV[7 + 2 * r], ARGV[8 + 2 * r]
+    local low, high = ARGV[8 + 2 * r], ARGV[9 + 2 * r]
     for _, m in ipairs(redis.call('ZRANGEBYLEX', KEYS[3], low, high)) do
       redis.call('DEL', ARGV[6] .. m)
       redis.call('ZREM', KEYS[3], m)
@@ -206,7 +210,7 @@ if mode ~= 'add' then
   end
 end
 local written = 0
-for i = 7 + 2 * nranges, #ARGV, 2 do
+for i = 8 + 2 * nranges, #ARGV, 2 do
   redis.call('SET', ARGV[3] .. ARGV[i], ARGV[i + 1])
   redis.call('ZADD', KEYS[1], 0, ARGV[i])
   written = written + 1
@@ -227,7 +231,11 @@ local function expired()
 end
 """
 
-#: A fenced read, replicated stores included. ``KEYS`` and ``ARGV`` as for :data:`GET`.
+#: A fenced read checked on the server, replicated stores included: the backend's fallback
+#: when the ownership generation kept moving under its reads, or when a server over
+#: ``maxmemory`` refused a leased read's ``MULTI`` (see :meth:`RedisBackend.get
+#: <dhtcart.backends.redis.RedisBackend.get>`). ``KEYS[1]`` the record, ``KEYS[2]`` the
+#: ownership set (its hash is ``KEYS[2] .. ':meta'``); ``ARGV[1]`` the member.
 #: Replies the raw record (nil when absent); the redirect ``{-1, epoch, state, peer}``;
 #: or ``{-2, epoch, state}`` when the range has copies and this shard's lease to serve
 #: reads does not run (the backend raises :class:`~dhtcart.errors.LeaseExpired`).
