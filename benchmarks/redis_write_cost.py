@@ -2,6 +2,7 @@
 
     python benchmarks/redis_write_cost.py                    # 1,000-byte values (YCSB's record), 5 rounds
     python benchmarks/redis_write_cost.py --value-size 100 --writes 5000 --rounds 7
+    python benchmarks/redis_write_cost.py --servers 3 --keys 20000   # as YCSB's store spreads its writes
 
 Every dhtcart write on Redis is one ``EVALSHA`` of the ``put`` script
 (:data:`dhtcart.backends.redis.scripts.PUT`): the ownership check, the
@@ -26,9 +27,12 @@ that each add one step to the one before (rung 9 swaps one for another):
    issue 16's "caching the script's arguments" would save at most. Not
    what dhtcart runs: it is here to size that option.
 
-Each rung runs ``--writes`` writes over 1,000 existing keys, the rungs
+Each rung runs ``--writes`` writes over ``--keys`` existing keys (1,000), the rungs
 interleaved round by round; the figure is the median over the rounds of the
-server's µs per call. The client's time is not in it: on a machine where the
+server's µs per call. ``--servers N`` starts N servers holding every key and
+sends each write to the next one in turn, as a store of N shards on one
+machine spreads its writes (YCSB's has three): what the servers' taking turns
+on the CPUs, and so on their caches, costs each rung. The client's time is not in it: on a machine where the
 client and the server share two CPUs, the server's time adds to every write's
 latency.
 """
@@ -51,7 +55,7 @@ import redis  # noqa: E402
 
 from dhtcart.backends.redis import scripts  # noqa: E402
 
-KEYS = 1_000
+KEYS = 1_000  #: existing keys the writes go round (--keys)
 
 #: the put script with the ownership lookup swapped for a cached-generation check (rung 9)
 CACHED_GEN_PUT = (
@@ -104,7 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--writes", type=int, default=3000, help="writes per rung per round (default 3,000)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians (default 5)")
     parser.add_argument("--value-size", type=int, default=1000, help="bytes per value (default 1,000: YCSB's)")
+    parser.add_argument("--keys", type=int, default=KEYS, help="existing keys the writes go round (default 1,000)")
+    parser.add_argument(
+        "--servers", type=int, default=1, help="servers the writes take turns on (default 1; YCSB's store has 3)"
+    )
     args = parser.parse_args(argv)
+    keys = args.keys
     from tests.redis_server import RedisServer, find_server_binary
 
     binary = find_server_binary()
@@ -114,22 +123,29 @@ def main(argv: list[str] | None = None) -> int:
     value = os.urandom(args.value_size)
     per_call: dict[str, list[float]] = {name: [] for name in LADDER}
     with tempfile.TemporaryDirectory(prefix="dhtcart-writes-") as tmp:
-        server = RedisServer(tmp, binary=binary).start()
+        servers = [RedisServer(Path(tmp) / f"s{n}", binary=binary).start() for n in range(args.servers)]
         try:
-            client = redis.Redis(host="127.0.0.1", port=server.port)
+            clients = [redis.Redis(host="127.0.0.1", port=server.port) for server in servers]
             own, meta, index = b"w:own", b"w:own:meta", b"w:idx"
-            client.zadd(own, {b"7fffffffffffffff:o:": 0})  # one segment: the shard owns every key
-            client.hset(meta, mapping={"gen": 7, "id": "1.2", "epoch": 3, "token": 1})
-            members = [_member(i) for i in range(KEYS)]
+            members = [_member(i) for i in range(keys)]
             records = [b"w:r:" + m for m in members]
-            for rec, m in zip(records, members):
-                client.set(rec, (1).to_bytes(8, "big") + value)
-                client.zadd(index, {m: 0})
-            shas = {name: client.script_load(src) for name, (src, _) in LADDER.items() if src is not None}
+            for client in clients:  # every server holds every key: a write goes to one of them in turn
+                client.zadd(own, {b"7fffffffffffffff:o:": 0})  # one segment: the shard owns every key
+                client.hset(meta, mapping={"gen": 7, "id": "1.2", "epoch": 3, "token": 1})
+                for rec, m in zip(records, members):
+                    client.set(rec, (1).to_bytes(8, "big") + value)
+                    client.zadd(index, {m: 0})
+            shas = {name: clients[0].script_load(src) for name, (src, _) in LADDER.items() if src is not None}
+            for client in clients[1:]:
+                for src, _ in LADDER.values():
+                    if src is not None:
+                        client.script_load(src)
 
             def one(name: str, i: int) -> None:
                 src, kind = LADDER[name]
-                rec, m = records[i % KEYS], members[i % KEYS]
+                j = i * 7919 % keys  # spread over every key, in the same order on every rung
+                rec, m = records[j], members[j]
+                client = clients[i % len(clients)]
                 if src is None:
                     client.set(rec, value)
                 elif kind == "none":
@@ -148,19 +164,24 @@ def main(argv: list[str] | None = None) -> int:
                 one(name, 0)
             for _ in range(args.rounds):
                 for name, (_, kind) in LADDER.items():
-                    client.config_resetstat()
+                    for client in clients:
+                        client.config_resetstat()
                     for i in range(args.writes):
                         one(name, i)
-                    stats = client.info("commandstats")[command.get(kind, "cmdstat_evalsha")]
-                    per_call[name].append(stats["usec"] / stats["calls"])
-            client.close()
+                    stats = [client.info("commandstats")[command.get(kind, "cmdstat_evalsha")] for client in clients]
+                    per_call[name].append(sum(x["usec"] for x in stats) / sum(x["calls"] for x in stats))
+            for client in clients:
+                client.close()
         finally:
-            server.stop()
+            for server in servers:
+                server.stop()
+    command_line = (
+        f"python benchmarks/redis_write_cost.py --writes {args.writes} --rounds {args.rounds}"
+        f" --value-size {args.value_size} --keys {keys} --servers {args.servers}"
+    )
     print(
-        f"`python benchmarks/redis_write_cost.py --writes {args.writes} --rounds {args.rounds}"
-        f" --value-size {args.value_size}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())};"
-        f" {binary}; Python {platform.python_version()}, redis-py {redis.__version__}; load average"
-        f" {os.getloadavg()[0]:.1f}"
+        f"`{command_line}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {binary};"
+        f" Python {platform.python_version()}, redis-py {redis.__version__}; load average {os.getloadavg()[0]:.1f}"
     )
     print()
     print("| rung | server µs / write (median) | against the rung before | against SET |")
