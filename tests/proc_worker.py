@@ -16,8 +16,9 @@ Usage: ``python tests/proc_worker.py MODE DIR [ARGS...]``
 ``cas-until DIR K SEED``
     Open the store in DIR, print ``ready``, wait for a line on stdin, then add
     one to a random counter among ``hash_key("counter-0")`` ... ``counter-{K-1}``
-    with compare-and-set, until a second line arrives on stdin; print
-    ``done ACKS RETRIES`` (ACKS: acknowledged increments).
+    with compare-and-set, until a second line arrives on stdin; print ``acked``
+    after the first acknowledged increment, and ``done ACKS RETRIES`` at the end
+    (ACKS: acknowledged increments).
 ``cart-adds DIR N CUSTOMER``
     Open ``CartService.open(DIR)``, print ``ready``, wait for stdin, add one
     unit of ``sku`` to CUSTOMER's cart N times; print ``done``.
@@ -115,6 +116,8 @@ def main(argv: list[str]) -> int:
             while not stop.is_set():
                 retries += cas_increment(target, rnd.choice(keys))
                 acks += 1
+                if acks == 1:
+                    print("acked", flush=True)  # under way: the test starts what it races against now
             print(f"done {acks} {retries}", flush=True)
         return 0
     if mode == "cart-adds":

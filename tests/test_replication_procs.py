@@ -48,22 +48,25 @@ def test_counters_stay_exact_while_another_process_rebalances_a_replicated_store
         pass
     histories = Histories(tmp_path / "histories")
     writers = [worker("cas-until", str(directory), str(counters), str(i), *histories.worker_args(i)) for i in range(3)]
-    rebalancer = subprocess.Popen(
-        [sys.executable, "-u", str(CHILD), "rebalancer", str(directory), "--seed", "7", "--max-seconds", "600"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-        cwd=ROOT,
-    )
+    rebalancer: subprocess.Popen[str] | None = None
     try:
         for w in writers:
             _wait_line(w, "ready")
-        _wait_line(rebalancer, "ready")
         for w in writers:
             assert w.stdin is not None
             w.stdin.write("go\n")
             w.stdin.flush()
+        for w in writers:  # every writer under way before the rebalancer starts: they race all of it
+            _wait_line(w, "acked")
+        rebalancer = subprocess.Popen(
+            [sys.executable, "-u", str(CHILD), "rebalancer", str(directory), "--seed", "7", "--max-seconds", "600"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+            cwd=ROOT,
+        )
+        _wait_line(rebalancer, "ready")
         done = [_wait_line(rebalancer, "done", timeout=300) for _ in range(4)]  # four whole rebalances
         for w in writers:
             assert w.stdin is not None
@@ -75,8 +78,9 @@ def test_counters_stay_exact_while_another_process_rebalances_a_replicated_store
             acks += int(line.split()[1])
             assert w.wait(60) == 0
     finally:
-        rebalancer.kill()
-        rebalancer.wait(30)
+        if rebalancer is not None:
+            rebalancer.kill()
+            rebalancer.wait(30)
         for w in writers:
             if w.poll() is None:
                 w.kill()
