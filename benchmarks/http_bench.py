@@ -234,6 +234,7 @@ def serve_floor(port: int) -> int:
     has an add's three headers (length, type, ``ETag``).
     """
     import uvicorn
+    from starlette.types import Receive, Scope, Send
 
     from dhtcart.http.binding import read_body
     from dhtcart.serving import uvicorn_config
@@ -245,17 +246,17 @@ def serve_floor(port: int) -> int:
         (b"etag", b'"1"'),
     ]
 
-    async def floor(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+    async def floor(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while True:
-                message = await receive()  # type: ignore[operator]
+                message = await receive()
                 kind = message["type"].rpartition(".")[2]
-                await send({"type": f"lifespan.{kind}.complete"})  # type: ignore[operator]
+                await send({"type": f"lifespan.{kind}.complete"})
                 if kind == "shutdown":
                     return
-        await read_body(receive, 1 << 20)  # type: ignore[arg-type]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})  # type: ignore[operator]
-        await send({"type": "http.response.body", "body": FLOOR_BODY})  # type: ignore[operator]
+        await read_body(receive, 1 << 20)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": FLOOR_BODY})
 
     config = uvicorn_config(Settings(host="127.0.0.1", port=port, access_log=False))
     config.app, config.factory = floor, False

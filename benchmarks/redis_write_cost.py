@@ -135,11 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                 for rec, m in zip(records, members):
                     client.set(rec, (1).to_bytes(8, "big") + value)
                     client.zadd(index, {m: 0})
-            shas = {name: clients[0].script_load(src) for name, (src, _) in LADDER.items() if src is not None}
-            for client in clients[1:]:
-                for src, _ in LADDER.values():
-                    if src is not None:
-                        client.script_load(src)
+            for client in clients:  # the same source, the same SHA on every server
+                shas = {name: client.script_load(src) for name, (src, _) in LADDER.items() if src is not None}
 
             def one(name: str, i: int) -> None:
                 src, kind = LADDER[name]
