@@ -8,6 +8,7 @@ is enough and avoids the hex round trip.
 
 from __future__ import annotations
 
+import struct
 from hashlib import sha1 as _sha1
 
 from dhtcart.errors import InvalidInput
@@ -18,7 +19,7 @@ KEY_BITS = 63
 KEY_SPACE = 1 << KEY_BITS  #: number of keys; the ring is ``[0, KEY_SPACE)``
 MAX_KEY = KEY_SPACE - 1  #: the largest key
 
-_from_bytes = int.from_bytes
+_low_bytes = struct.Struct(">Q").unpack_from  # the digest's last 8 bytes, as an int, without a slice
 
 
 def hash_key(text: str) -> int:
@@ -35,4 +36,4 @@ def hash_key(text: str) -> int:
         data = text.encode()
     except AttributeError:
         raise InvalidInput("text", f"hash_key() takes a str, not {type(text).__name__}") from None
-    return _from_bytes(_sha1(data).digest()[12:], "big") & MAX_KEY
+    return _low_bytes(_sha1(data).digest(), 12)[0] & MAX_KEY

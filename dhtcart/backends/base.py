@@ -27,6 +27,7 @@ offers ``from_url(url, *, context=None, **options)``.
 
 from __future__ import annotations
 
+import struct
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +44,23 @@ class Record(NamedTuple):
 
     version: int
     value: bytes
+
+
+_version_of = struct.Struct(">Q").unpack_from
+_new_tuple = tuple.__new__
+
+
+def stored_record(raw: bytes) -> Record:
+    """The :class:`Record` of a stored record ``raw``: its 8-byte big-endian version, then the value.
+
+    The caller checks ``len(raw) >= 8``. A hot path (every read of LMDB and
+    Redis): it makes the tuple without the Python frame of ``Record.__new__``,
+    which costs about as much as the rest of the conversion.
+
+    >>> stored_record(b"\\x00" * 7 + b"\\x02" + b"ab")
+    Record(version=2, value=b'ab')
+    """
+    return _new_tuple(Record, (_version_of(raw)[0], raw[8:]))
 
 
 @dataclass(frozen=True)

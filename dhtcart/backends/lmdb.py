@@ -95,7 +95,7 @@ from urllib.parse import parse_qsl
 
 import lmdb
 
-from dhtcart.backends.base import BackendContext, Record, check_expected
+from dhtcart.backends.base import BackendContext, Record, check_expected, stored_record
 from dhtcart.backends.fencing import MAX_UPDATE_TRIES, Change, FencedBackend, Pending, Update, apply_changes
 from dhtcart.backends.ownership import BACKUP, OWNED, TABLE_SHIFT, Ownership
 from dhtcart.errors import (
@@ -410,7 +410,7 @@ def _kb(key: int) -> bytes:
 def _unpack(raw: bytes, key: int) -> Record:
     if len(raw) < 8:
         raise _short_record(key, raw)
-    return Record(int.from_bytes(raw[:8], "big"), raw[8:])
+    return stored_record(raw)
 
 
 def _short_record(key: int, raw: bytes | memoryview) -> CorruptData:
@@ -738,7 +738,7 @@ class LMDBBackend(FencedBackend):
             return None
         if len(raw) < 8:
             raise _short_record(key, raw)
-        return Record(int.from_bytes(raw[:8], "big"), raw[8:])
+        return stored_record(raw)
 
     def put(self, key: int, value: bytes, expected_version: int | None = None) -> int:
         return self._write(self._put, key, value, expected_version)

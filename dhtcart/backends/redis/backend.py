@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn, cast
 
-from dhtcart.backends.base import BackendContext, Record, check_expected
+from dhtcart.backends.base import BackendContext, Record, check_expected, stored_record
 from dhtcart.backends.fencing import Change, FencedBackend, Pending, apply_changes
 from dhtcart.backends.ownership import BACKUP, FROZEN, OWNED, PRIMARY, STATES, TABLE_SHIFT, Ownership, Segments
 from dhtcart.backends.redis.connection import (
@@ -83,7 +83,7 @@ def _decode(shard: str, key: int, raw: bytes) -> Record:
     """The record stored as ``raw`` (8 bytes of version, then the value)."""
     if len(raw) < 8:
         raise CorruptData(f"shard {shard!r}: key {key}: a record of {len(raw)} bytes in Redis (8 at least)")
-    return Record(int.from_bytes(raw[:8], "big"), raw[8:])
+    return stored_record(raw)
 
 
 def _segment_member(hi: int, state: str, peer: str) -> bytes:
