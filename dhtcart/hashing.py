@@ -36,4 +36,5 @@ def hash_key(text: str) -> int:
         data = text.encode()
     except AttributeError:
         raise InvalidInput("text", f"hash_key() takes a str, not {type(text).__name__}") from None
-    return _low_bytes(_sha1(data).digest(), 12)[0] & MAX_KEY
+    low: int = _low_bytes(_sha1(data).digest(), 12)[0]
+    return low & MAX_KEY
