@@ -614,9 +614,13 @@ class DHTServerStore(MutableMapping[int, bytes]):
         return self._view.shards[self.shard_for(key)]
 
     def last_shard(self) -> str | None:
-        """The shard that this thread's last successful :meth:`get`, :meth:`put`, :meth:`delete`
-        or :meth:`modify` went to: what a face labels its metrics with, at no cost of routing
-        the key again.
+        """The shard that this thread's last :meth:`get`, :meth:`put`, :meth:`delete` or
+        :meth:`modify` went to (the owner it reached after any redirects): what a face labels
+        its metrics with, at no cost of routing the key again.
+
+        An operation the shard refused by its own rules (a version conflict, an
+        exception raised by ``modify``'s change) counts as having gone there;
+        one that reached no owner leaves the last shard it tried.
 
         A handle records it from the first call of this method on (a
         :class:`~dhtcart.cart.CartService` makes that call when it is created),
@@ -664,10 +668,9 @@ class DHTServerStore(MutableMapping[int, bytes]):
         table = view.table
         try:
             backend = table[key >> view.shift] if table is not None else view.route(key)
-            record = backend.get(key)
-            if self._track:
+            if self._track:  # before the call: a refused operation counts on its shard too
                 self._last.backend = backend
-            return record
+            return backend.get(key)
         except (Moved, StoreClosed, ShardUnavailable) as exc:
             return self._retry(key, exc, _op_get, write=False)
 
@@ -685,10 +688,9 @@ class DHTServerStore(MutableMapping[int, bytes]):
         table = view.table
         try:
             backend = table[key >> view.shift] if table is not None else view.route(key)
-            version = backend.put(key, value, expected_version)
-            if self._track:
+            if self._track:  # before the call: a refused operation counts on its shard too
                 self._last.backend = backend
-            return version
+            return backend.put(key, value, expected_version)
         except (Moved, StoreClosed, ShardUnavailable) as exc:
             return self._retry(key, exc, lambda b, k: b.put(k, value, expected_version))
 
@@ -703,10 +705,9 @@ class DHTServerStore(MutableMapping[int, bytes]):
             return self._replicated(key, None, expected_version).version != 0
         try:
             backend = view.route(key)
-            existed = backend.delete(key, expected_version)
-            if self._track:
+            if self._track:  # before the call: a refused operation counts on its shard too
                 self._last.backend = backend
-            return existed
+            return backend.delete(key, expected_version)
         except (Moved, StoreClosed, ShardUnavailable) as exc:
             return self._retry(key, exc, lambda b, k: b.delete(k, expected_version))
 
@@ -758,10 +759,9 @@ class DHTServerStore(MutableMapping[int, bytes]):
         table = view.table
         try:
             backend = table[key >> view.shift] if table is not None else view.route(key)
-            record = backend.modify(key, checked, tries)
-            if self._track:
+            if self._track:  # before the call: a refused operation counts on its shard too
                 self._last.backend = backend
-            return record
+            return backend.modify(key, checked, tries)
         except (Moved, StoreClosed, ShardUnavailable) as exc:
             return self._retry(key, exc, lambda b, k: b.modify(k, checked, tries))
 
@@ -780,12 +780,12 @@ class DHTServerStore(MutableMapping[int, bytes]):
             view = self._view
             backend = view.route(key)
             decided_on.append(backend)
+            if self._track:
+                self._last.backend = backend
             pending = backend.decide(key, value, expected_version)
         except (Moved, StoreClosed, ShardUnavailable, WriteInFlight) as exc:
             pending = self._retry(key, exc, decide)
         primary = decided_on[-1]
-        if self._track:
-            self._last.backend = primary
         if pending.version:  # a delete of an absent key replicates nothing
             self._complete(primary, pending)
         return pending
@@ -1000,10 +1000,9 @@ class DHTServerStore(MutableMapping[int, bytes]):
                 follows = 0
                 target = view.route(key)
             try:
-                result = op(target, key)
                 if self._track:
                     self._last.backend = target
-                return result
+                return op(target, key)
             except LeaseExpired as again:
                 self._renew(target)
                 exc = again

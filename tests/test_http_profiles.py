@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -346,17 +347,25 @@ def test_store_operations_are_labelled_by_the_shard_reached_without_routing_agai
 
         svc.store.shard_for = no_second_routing  # type: ignore[method-assign]
         svc.store.server_for = no_second_routing  # type: ignore[method-assign]
+        expected: Counter[tuple[str, str]] = Counter()
         for cid in customers:
             assert c.post(f"/item/{cid}/x", json={"offeredPrice": 1}).status_code == 200
             assert c.get(f"/items/{cid}").status_code == 200
-            assert c.delete(f"/item/{cid}/missing").status_code == 404  # counted on the shard it read
+            expected.update([("add", holder[cid]), ("list", holder[cid])])
+        for cid in customers:  # refusals, each right after an operation on another shard
+            other = next(o for o in customers if holder[o] != holder[cid])
+            assert c.get(f"/items/{other}").status_code == 200
+            assert c.delete(f"/item/{cid}/missing").status_code == 404  # the change refused it
+            assert c.get(f"/items/{other}").status_code == 200
+            stale = c.post(f"/item/{cid}/x", json={"offeredPrice": 1}, headers={"If-Match": '"99"'})
+            assert stale.status_code == 412
+            expected.update([("list", holder[other]), ("delete", holder[cid])])
+            expected.update([("list", holder[other]), ("add", holder[cid])])
         text = c.get("/metrics").text
         svc.store.close()
-    for shard in set(holder.values()):
-        n = sum(1 for h in holder.values() if h == shard)
-        for operation in ("add", "list", "delete"):
-            line = f'dhtcart_store_operations_total{{operation="{operation}",shard="{shard}"}} {float(n)}'
-            assert line in text, (line, text)
+    for (operation, shard), n in expected.items():
+        line = f'dhtcart_store_operations_total{{operation="{operation}",shard="{shard}"}} {float(n)}'
+        assert line in text, (line, text)
     assert 'shard="unknown"' not in text
 
 

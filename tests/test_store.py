@@ -72,6 +72,34 @@ def test_versions_cas_and_delete_through_the_store(store: DHTServerStore) -> Non
     store._check()
 
 
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_last_shard_names_the_shard_of_a_refused_operation_too(env: BackendEnv, replicas: int) -> None:
+    """A conflict, or an exception of ``modify``'s change, is counted on the key's shard (its
+    primary), not on the shard of the operation before it (what the HTTP face labels its metrics with)."""
+    store = env.store(replicas=replicas)
+    assert store.last_shard() is None
+    keys = [hash_key(f"last-{i}") for i in range(64)]
+    a = keys[0]
+    b = next(k for k in keys if store.shard_for(k) != store.shard_for(a))
+    store.put(b, b"1")
+
+    def refuse(record: Record | None) -> bytes:
+        raise LookupError("no such item")
+
+    refusals = [
+        lambda: store.put(b, b"2", expected_version=7),
+        lambda: store.delete(b, expected_version=7),
+        lambda: store.modify(b, refuse),
+    ]
+    for refused in refusals:
+        store.put(a, b"x")
+        assert store.last_shard() == store.shard_for(a)
+        with pytest.raises((VersionConflict, LookupError)):
+            refused()
+        assert store.last_shard() == store.shard_for(b)
+    assert store.get(b) == Record(1, b"1")  # nothing written
+
+
 def test_stats_and_count(store: DHTServerStore) -> None:
     keys = set(_keys(300, seed=4))
     for k in keys:

@@ -166,7 +166,7 @@ def _shard_of_failure(service: CartService, customer_id: str, exc: DHTCartError)
             return service.shard_of(customer_id)
         except DHTCartError:
             return "unknown"
-    return service.last_shard() or "unknown"  # the cart's read succeeded: not found, conflict, ...
+    return service.last_shard() or "unknown"  # the cart's shard refused it: not found, conflict, ...
 
 
 # -- handlers: the cart ------------------------------------------------------------------------
