@@ -59,7 +59,7 @@ from typing import Literal, TypeVar
 
 from dhtcart.backends import open_backend
 from dhtcart.backends.base import BackendContext, Record
-from dhtcart.backends.fencing import MAX_UPDATE_TRIES, FencedBackend, Pending, Update
+from dhtcart.backends.fencing import MAX_UPDATE_TRIES, FencedBackend, Pending, Update, back_off
 from dhtcart.backends.ownership import (
     BACKUP,
     NOT_OWNED,
@@ -745,7 +745,9 @@ class DHTServerStore(MutableMapping[int, bytes]):
 
         view = self._view
         if view.replicated:
-            for _ in range(tries):
+            for attempt in range(tries):
+                if attempt:
+                    back_off(attempt)
                 current = self.get(key)
                 value = checked(current)
                 if value is None:

@@ -42,6 +42,8 @@ its lease runs (:meth:`renew_lease`), else :class:`~dhtcart.errors.LeaseExpired`
 
 from __future__ import annotations
 
+import random
+import time
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -56,6 +58,19 @@ __all__ = ["Change", "FencedBackend", "Pending", "Update", "apply_changes"]
 Update = Callable[[Record | None], bytes | None]
 #: a compare-and-set loop gives up after this many conflicts in a row
 MAX_UPDATE_TRIES = 10_000
+
+
+def back_off(conflicts: int) -> None:
+    """The pause of a compare-and-set loop after ``conflicts`` conflicts in a row.
+
+    None for the first four (a conflict or two is ordinary: try again at once);
+    from then on a random pause of up to 0.5 ms per conflict, at most 10 ms, so
+    that writers contending for one key spread out instead of retrying in
+    lockstep (each retry is a round trip the server serves for nothing).
+    """
+    if conflicts > 4:
+        time.sleep(random.uniform(0, 0.0005 * min(conflicts - 1, 20)))
+
 
 #: one ownership change: ``(lo, hi, state, peer)`` sets the keys ``lo < key <= hi``
 Change = tuple[int, int, str, str]
@@ -217,14 +232,17 @@ class FencedBackend(Backend):
         This default is a compare-and-set loop (read, change, write if the
         version did not move, else again), for media that cannot run Python
         inside their atomic step (Redis): ``change`` may then run more than
-        once (at most ``tries`` times, then
+        once (at most ``tries`` times, pausing a little after the fourth
+        conflict in a row (:func:`back_off`), then
         :class:`~dhtcart.errors.TooManyRetries`, nothing written). Memory and
         LMDB run it once, inside their lock or write transaction. Either way
         ``change`` must be a function of the record alone, quick, and do no I/O.
         """
         from dhtcart.errors import TooManyRetries, VersionConflict
 
-        for _ in range(tries):
+        for attempt in range(tries):
+            if attempt:
+                back_off(attempt)
             current = self.get(key)
             value = change(current)
             if value is None:
