@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dhtcart import DHTServerStore, InvalidValue, Record, hash_key
+from dhtcart import DHTServerStore, InvalidInput, InvalidValue, Record, hash_key
 from tests.conftest import BackendEnv
 from tests.helpers import Histories, worker
 
@@ -48,6 +48,43 @@ def test_modify_follows_a_rebalance(env: BackendEnv) -> None:
     for k in keys:
         assert store.modify(k, _incr).value == b"2"
     store._check()
+
+
+@pytest.mark.parametrize("kind", ["memory", "lmdb"])
+def test_a_change_that_calls_its_own_shard_is_refused_not_hung(tmp_path: Path, kind: str) -> None:
+    """Memory and LMDB run the change holding the shard's lock (and its LMDB write transaction): a
+    call back into that shard would wait for itself. It is refused with InvalidInput instead, nothing
+    is written, and the shard serves on."""
+    store = DHTServerStore(shards=2) if kind == "memory" else DHTServerStore.open(tmp_path / "s", shards=2)
+    key = hash_key("callback")
+    store.modify(key, _incr)
+    callbacks = {
+        "get": lambda rec: store.get(key).value,  # type: ignore[union-attr]
+        "put": lambda rec: bytes(store.put(key, b"x")),
+        "delete": lambda rec: bytes(store.delete(key)),
+        "modify": lambda rec: store.modify(key, _incr).value,  # type: ignore[union-attr]
+        "scan": lambda rec: b"%d" % len(list(store.items())),
+    }
+    outcome: dict[str, BaseException | None] = {}
+
+    def run() -> None:
+        for name, change in callbacks.items():
+            try:
+                store.modify(key, change)
+                outcome[name] = None
+            except BaseException as exc:
+                outcome[name] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), f"a call back hung (finished: {sorted(outcome)})"
+    for name in callbacks:
+        exc = outcome[name]
+        assert isinstance(exc, InvalidInput) and "called the store back" in str(exc), (name, exc)
+    assert store.get(key) == Record(1, b"1"), "nothing was written"
+    assert store.modify(key, _incr) == Record(2, b"2")
+    store.close()
 
 
 @pytest.mark.parametrize("replicas", [1, 2])

@@ -50,6 +50,7 @@ from typing import NamedTuple
 
 from dhtcart.backends.base import Backend, Record
 from dhtcart.backends.ownership import Ownership
+from dhtcart.errors import InvalidInput
 
 __all__ = ["Change", "FencedBackend", "Pending", "Update", "apply_changes"]
 
@@ -70,6 +71,17 @@ def back_off(conflicts: int) -> None:
     """
     if conflicts > 4:
         time.sleep(random.uniform(0, 0.0005 * min(conflicts - 1, 20)))
+
+
+def change_called_back(shard: str) -> InvalidInput:
+    """The error of a ``modify`` change that called its own shard: the shard holds its lock (or
+    its LMDB write transaction) for the change, so the call would wait for itself forever."""
+    return InvalidInput(
+        "change",
+        f"shard {shard!r}: a modify's change function called the store back (a get, put, scan, ...);"
+        " it runs inside the shard's atomic step, so such a call would wait for itself:"
+        " compute the new value from the record it is given alone (nothing was written)",
+    )
 
 
 #: one ownership change: ``(lo, hi, state, peer)`` sets the keys ``lo < key <= hi``

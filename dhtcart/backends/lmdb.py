@@ -96,7 +96,15 @@ from urllib.parse import parse_qsl
 import lmdb
 
 from dhtcart.backends.base import BackendContext, Record, check_expected, stored_record
-from dhtcart.backends.fencing import MAX_UPDATE_TRIES, Change, FencedBackend, Pending, Update, apply_changes
+from dhtcart.backends.fencing import (
+    MAX_UPDATE_TRIES,
+    Change,
+    FencedBackend,
+    Pending,
+    Update,
+    apply_changes,
+    change_called_back,
+)
 from dhtcart.backends.ownership import BACKUP, OWNED, TABLE_SHIFT, Ownership
 from dhtcart.errors import (
     CorruptData,
@@ -350,6 +358,8 @@ class _Env:
         self.gone = False  # data.mdb was seen unlinked
         self.path = path
         self.lock = threading.Lock()
+        #: the thread running a ``modify``'s change (holding ``lock`` and the write transaction), else 0
+        self.changing = 0
         self.users = 0
         self.durability = durability
         self.gen: object = _UNREAD  # generation of the cached ownership record (None: no record)
@@ -608,9 +618,23 @@ class LMDBBackend(FencedBackend):
         if shared.slices.get(key >> TABLE_SHIFT) != OWNED:  # not cached, or not owned throughout
             shared.own.check(key, True)
 
+    def _wait(self) -> None:
+        """Take the lock another thread holds: wait for it, unless this thread holds it, in a change."""
+        if self._shared.changing == threading.get_ident():
+            raise change_called_back(self.name)
+        self._lock.acquire()
+
+    def _locked(self) -> threading.Lock:
+        """The lock, for a ``with`` block off the hot path (see :meth:`_wait`)."""
+        if self._shared.changing == threading.get_ident():
+            raise change_called_back(self.name)
+        return self._lock
+
     def _write(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run ``fn(txn, *args)`` in a write transaction, growing the map when it is full."""
-        with self._lock:
+        if not self._lock.acquire(False):  # cheaper than a with-block, and a change calling back is found
+            self._wait()
+        try:
             shared = self._shared
             if self._closed or self._forks != _forks:
                 self._check()
@@ -654,6 +678,8 @@ class LMDBBackend(FencedBackend):
             except _MEDIUM as exc:  # the mapping, without a context manager's cost (the hot path)
                 self._writing.reraise(exc)
                 raise
+        finally:
+            self._lock.release()
         raise ShardUnavailable(
             self.name, self.path, f"a write found the map full or resized {_WRITE_ATTEMPTS} times in a row"
         )
@@ -687,7 +713,9 @@ class LMDBBackend(FencedBackend):
             ) from exc
 
     def _read(self, fn: Callable[[lmdb.Transaction], _T]) -> _T:
-        with self._lock:
+        if not self._lock.acquire(False):  # cheaper than a with-block, and a change calling back is found
+            self._wait()
+        try:
             self._check()
             try:
                 for _ in range(_READ_ATTEMPTS):
@@ -699,13 +727,17 @@ class LMDBBackend(FencedBackend):
             except _MEDIUM as exc:
                 self._reading.reraise(exc)
                 raise
+        finally:
+            self._lock.release()
         raise ShardUnavailable(self.name, self.path, f"a read found the map resized {_READ_ATTEMPTS} times in a row")
 
     # -- operations -------------------------------------------------------------
 
     def get(self, key: int) -> Record | None:
         kb = key.to_bytes(8, "big")
-        with self._lock:
+        if not self._lock.acquire(False):  # cheaper than a with-block, and a change calling back is found
+            self._wait()
+        try:
             if self._closed or self._forks != _forks:
                 self._check()
             try:
@@ -734,6 +766,8 @@ class LMDBBackend(FencedBackend):
             except _MEDIUM as exc:  # the hot path: the mapping without a context manager's cost
                 self._reading.reraise(exc)
                 raise
+        finally:
+            self._lock.release()
         if raw is None:
             return None
         if len(raw) < 8:
@@ -761,13 +795,18 @@ class LMDBBackend(FencedBackend):
         """
         kb = _kb(key)
         fenced = self.fenced
+        shared = self._shared
 
         def op(txn: lmdb.Transaction) -> Record | None:
             if fenced:
                 self._fence_write(txn, key)
             raw = txn.get(kb)
-            old = None if raw is None else Record(int.from_bytes(raw[:8], "big"), bytes(raw[8:]))
-            value = change(old)
+            old = None if raw is None else _unpack(raw, key)  # type: ignore[arg-type]  # bytes (buffers=False)
+            shared.changing = threading.get_ident()
+            try:
+                value = change(old)
+            finally:
+                shared.changing = 0
             if value is None:
                 return old
             version = (old.version if old is not None else 0) + 1
@@ -1057,7 +1096,7 @@ class LMDBBackend(FencedBackend):
     def sync(self) -> None:
         """Flush to disk now (useful in ``"process"`` mode before a planned shutdown; nothing to do
         on a shard opened read-only)."""
-        with self._lock:
+        with self._locked():
             self._check()
             if self._shared.readonly:
                 return
@@ -1065,7 +1104,7 @@ class LMDBBackend(FencedBackend):
                 self._env.sync(True)
 
     def close(self) -> None:
-        with self._lock:
+        with self._locked():
             if self._closed:
                 return
             self._closed = True

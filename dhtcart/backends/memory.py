@@ -20,7 +20,15 @@ from typing import Any
 from sortedcontainers import SortedDict
 
 from dhtcart.backends.base import BackendContext, Record, check_expected
-from dhtcart.backends.fencing import MAX_UPDATE_TRIES, Change, FencedBackend, Pending, Update, apply_changes
+from dhtcart.backends.fencing import (
+    MAX_UPDATE_TRIES,
+    Change,
+    FencedBackend,
+    Pending,
+    Update,
+    apply_changes,
+    change_called_back,
+)
 from dhtcart.backends.ownership import BACKUP, OWNED, TABLE_SHIFT, Ownership
 from dhtcart.checks import check_seconds
 from dhtcart.errors import InvalidInput, LeaseExpired, ShardUnavailable, StoreClosed, WriteInFlight
@@ -49,6 +57,7 @@ class MemoryBackend(FencedBackend):
         self._paused_until = 0.0  # monotonic time until which the shard does not answer
         self._data: SortedDict = SortedDict()
         self._lock = threading.Lock()
+        self._changing = 0  # the thread running a modify's change (holding the lock), else 0
         self._closed = False
         self._own = Ownership.nothing()
         self._pending: dict[int, Pending] = {}  # decided, not committed (this shard as a primary)
@@ -71,6 +80,18 @@ class MemoryBackend(FencedBackend):
         if self._paused_until and time.monotonic() < self._paused_until:
             raise ShardUnavailable(self.name, self.url, "paused (fault injection): no request reached it")
 
+    def _wait(self) -> None:
+        """Take the lock another holds: wait for it, unless it is this thread's, in a change."""
+        if self._changing == threading.get_ident():
+            raise change_called_back(self.name)
+        self._lock.acquire()
+
+    def _locked(self) -> threading.Lock:
+        """The lock, for a ``with`` block off the hot path (see :meth:`_wait`)."""
+        if self._changing == threading.get_ident():
+            raise change_called_back(self.name)
+        return self._lock
+
     def pause(self, seconds: float) -> None:
         """Refuse every operation for ``seconds`` with :class:`~dhtcart.errors.ShardUnavailable`
         (nothing is applied), as a server that went away and came back (fault injection)."""
@@ -82,7 +103,9 @@ class MemoryBackend(FencedBackend):
                 self._check_open()
             rec: Record | None = self._data.get(key)
             return rec
-        with self._lock:
+        if not self._lock.acquire(False):  # cheaper than a with-block, and a change calling back is found
+            self._wait()
+        try:
             if self._closed or self._paused_until:
                 self._check_open()
             own = self._own
@@ -93,9 +116,13 @@ class MemoryBackend(FencedBackend):
                 raise LeaseExpired(key, own.epoch, state)
             rec = self._data.get(key)
             return rec
+        finally:
+            self._lock.release()
 
     def put(self, key: int, value: bytes, expected_version: int | None = None) -> int:
-        with self._lock:
+        if not self._lock.acquire(False):  # cheaper than a with-block, and a change calling back is found
+            self._wait()
+        try:
             if self._closed or self._paused_until:
                 self._check_open()
             if self.fenced:
@@ -108,10 +135,14 @@ class MemoryBackend(FencedBackend):
             current += 1
             self._data[key] = Record(current, value)
             return current
+        finally:
+            self._lock.release()
 
     def modify(self, key: int, change: Update, tries: int = MAX_UPDATE_TRIES) -> Record | None:
         """One critical section: the fence, the read, ``change``, the write (see :class:`FencedBackend`)."""
-        with self._lock:
+        if not self._lock.acquire(False):  # cheaper than a with-block, and a change calling back is found
+            self._wait()
+        try:
             if self._closed or self._paused_until:
                 self._check_open()
             if self.fenced:
@@ -119,15 +150,23 @@ class MemoryBackend(FencedBackend):
                 if own.segments.slices.get(key >> TABLE_SHIFT) != OWNED:
                     own.check(key, True)
             old: Record | None = self._data.get(key)
-            value = change(old)
+            self._changing = threading.get_ident()
+            try:
+                value = change(old)
+            finally:
+                self._changing = 0
             if value is None:
                 return old
             new = Record((old.version if old is not None else 0) + 1, value)
             self._data[key] = new
             return new
+        finally:
+            self._lock.release()
 
     def delete(self, key: int, expected_version: int | None = None) -> bool:
-        with self._lock:
+        if not self._lock.acquire(False):  # cheaper than a with-block, and a change calling back is found
+            self._wait()
+        try:
             self._check_open()
             if self.fenced:
                 self._own.check(key, True)
@@ -138,6 +177,8 @@ class MemoryBackend(FencedBackend):
                 return False
             del self._data[key]
             return True
+        finally:
+            self._lock.release()
 
     def scan(self, lo: int, hi: int, limit: int | None = None) -> Iterator[tuple[int, Record]]:
         # Copy out in small batches under the lock, so a long scan never
@@ -145,7 +186,7 @@ class MemoryBackend(FencedBackend):
         remaining = limit
         while remaining is None or remaining > 0:
             n = _SCAN_BATCH if remaining is None else min(_SCAN_BATCH, remaining)
-            with self._lock:
+            with self._locked():
                 self._check_open()
                 keys = list(islice(self._data.irange(lo, hi, inclusive=(False, True)), n))
                 batch = [(k, self._data[k]) for k in keys]
@@ -175,13 +216,13 @@ class MemoryBackend(FencedBackend):
         *,
         leased: bool | None = None,
     ) -> Ownership:
-        with self._lock:
+        with self._locked():
             self._check_open()
             self._own = apply_changes(self._own, token, epoch, changes, expect, leased)
             return self._own
 
     def claim(self, ownership: Ownership, *, force: bool = False) -> None:
-        with self._lock:
+        with self._locked():
             self._check_open()
             if not force:
                 self._own.check_token(ownership.token)
@@ -190,7 +231,7 @@ class MemoryBackend(FencedBackend):
     def import_ranges(
         self, token: int, ranges: Sequence[tuple[int, int]], records: Sequence[tuple[int, Record]]
     ) -> int:
-        with self._lock:
+        with self._locked():
             self._check_open()
             self._own.check_token(token)
             for lo, hi in ranges:
@@ -212,7 +253,7 @@ class MemoryBackend(FencedBackend):
         return n
 
     def drop_ranges(self, token: int, ranges: Sequence[tuple[int, int]]) -> int:
-        with self._lock:
+        with self._locked():
             self._check_open()
             self._own.check_token(token)
             for lo, hi in ranges:
@@ -222,7 +263,7 @@ class MemoryBackend(FencedBackend):
     def boundary(self, lo: int, hi: int, n: int) -> tuple[int, int]:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InvalidInput("n", f"boundary counts keys from 1, got {n!r}")
-        with self._lock:
+        with self._locked():
             self._check_open()
             keys = list(islice(self._data.irange(lo, hi, inclusive=(False, True)), n))
         return (keys[-1], n) if len(keys) == n else (hi, len(keys))
@@ -234,7 +275,7 @@ class MemoryBackend(FencedBackend):
         return "" if state == BACKUP else peer
 
     def decide(self, key: int, value: bytes | None, expected_version: int | None = None) -> Pending:
-        with self._lock:
+        with self._locked():
             self._check_open()
             backups = self._own.check_decide(key) if self.fenced else ""
             waiting = self._pending.get(key)
@@ -250,18 +291,18 @@ class MemoryBackend(FencedBackend):
             return decided
 
     def pending(self, key: int) -> Pending | None:
-        with self._lock:
+        with self._locked():
             self._check_open()
             waiting = self._pending.get(key)
             return None if waiting is None else waiting._replace(backups=self._backups(key))
 
     def scan_pending(self, lo: int, hi: int) -> list[Pending]:
-        with self._lock:
+        with self._locked():
             self._check_open()
             return [p._replace(backups=self._backups(k)) for k, p in sorted(self._pending.items()) if lo < k <= hi]
 
     def commit(self, key: int, version: int) -> bool:
-        with self._lock:
+        with self._locked():
             self._check_open()
             waiting = self._pending.get(key)
             if waiting is None or waiting.version != version:
@@ -275,7 +316,7 @@ class MemoryBackend(FencedBackend):
 
     def apply(self, primary: str, pending: Pending) -> None:
         key = pending.key
-        with self._lock:
+        with self._locked():
             self._check_open()
             if self.fenced:
                 self._own.check_apply(key, primary)
@@ -289,7 +330,7 @@ class MemoryBackend(FencedBackend):
 
     def repair_records(self, token: int, records: Sequence[tuple[int, Record]]) -> int:
         n = 0
-        with self._lock:
+        with self._locked():
             self._check_open()
             self._own.check_token(token)
             for key, rec in records:
@@ -300,7 +341,7 @@ class MemoryBackend(FencedBackend):
         return n
 
     def renew_lease(self, epoch: int, until: float) -> float:
-        with self._lock:
+        with self._locked():
             self._check_open()
             if epoch >= self._own.epoch and until > self._lease:
                 self._lease = until
