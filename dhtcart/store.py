@@ -722,9 +722,13 @@ class DHTServerStore(MutableMapping[int, bytes]):
         medium cannot run Python in its atomic step (Redis), and in a store
         that keeps several copies, it is a compare-and-set loop: ``change`` may
         run again on a newer record. So ``change`` must depend on the record
-        alone, be quick (an LMDB shard's writers wait for it) and do no I/O;
-        ``tries`` bounds such a loop (then :class:`~dhtcart.errors.TooManyRetries`,
-        nothing written).
+        alone, take a short, bounded time (an LMDB shard's writers wait for
+        it), do no I/O and not call the store (a call back into a memory or
+        LMDB shard inside its step is refused with
+        :class:`~dhtcart.errors.InvalidInput`); ``tries`` bounds such a loop,
+        which pauses a little after the fourth conflict in a row (then
+        :class:`~dhtcart.errors.TooManyRetries`, nothing written). See
+        docs/api.md, "One atomic read-modify-write".
 
         >>> store = DHTServerStore(shards=2)
         >>> store.modify(7, lambda rec: b"1" if rec is None else b"%d" % (int(rec.value) + 1))

@@ -4,10 +4,12 @@ The operations are written once, in :class:`VersionedCarts`, where each
 returns its result with the cart's version (:class:`~dhtcart.cart.values.Versioned`);
 :class:`CartService` offers the same operations returning the result alone.
 
-Every change goes through one read, modify, compare-and-set loop
-(:meth:`CartService._change`), retried on :class:`~dhtcart.errors.VersionConflict`;
-a listing through one read (:meth:`CartService._read`). Those two methods are
-the only places the cart touches the store.
+Every change is one :meth:`~dhtcart.store.DHTServerStore.modify` of the
+cart's record (:meth:`CartService._change`): one atomic step on memory and
+LMDB shards, a compare-and-set loop retried on a conflict on Redis and in
+stores that keep several copies; a listing is one read
+(:meth:`CartService._read`). Those two methods are the only places the
+cart touches the store.
 """
 
 from __future__ import annotations
@@ -382,7 +384,7 @@ class CartService:
     def _change(
         self, customer_id: str, fn: Callable[[codec.Lines], T], expected: ExpectedVersion = None
     ) -> Versioned[T]:
-        """Apply ``fn`` to the customer's lines until the compare-and-set succeeds.
+        """Apply ``fn`` to the customer's lines in one ``store.modify`` (see the module doc).
 
         ``fn`` gets a private copy of the lines, changes it in place and
         returns the result. It may raise: nothing is written then. Returns
