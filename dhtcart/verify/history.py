@@ -191,8 +191,8 @@ class HistoryRecorder:
         open ``cas``, which may have happened); its time is the one taken before
         the call for the first run. Where the store retries the change (a
         compare-and-set loop), the run before each retry is completed as a
-        ``fail``. A call that raised after a run that would write is an
-        ``info`` cas.
+        ``fail``, without a version (the conflict's is not known here). A call
+        that raised after a run that would write is an ``info`` cas.
         """
         key = check_key(key)
         state: dict[str, Any] = {"time": self.clock(), "open": False}
@@ -200,7 +200,9 @@ class HistoryRecorder:
         def recorded(rec: Record | None) -> bytes | None:
             current = rec.version if rec is not None else 0
             if state["open"]:  # the store runs the change again: the last run's write did not happen
-                self._complete("fail", "cas", key, version=current)
+                # without the version its conflict found: the store did not say, and the one this run
+                # sees is a later state (after a delete it can even be the very version expected)
+                self._complete("fail", "cas", key)
                 state["open"] = False
             value = change(rec)
             state["record"] = rec

@@ -3,8 +3,9 @@
 :func:`run_workload` drives a :class:`~dhtcart.verify.history.HistoryRecorder`
 (so every call lands in a history) with the operation mix :data:`MIX`:
 reads, compare-and-sets that expect the version this client last saw (as a
-read-modify-write would), unconditional writes, conditional and plain
-deletes. Values are unique (``<prefix><n>``), which lets the checker tie
+read-modify-write would), the store's own read-modify-write
+(:meth:`~dhtcart.store.DHTServerStore.modify`, where the store has it),
+unconditional writes, conditional and plain deletes. Values are unique (``<prefix><n>``), which lets the checker tie
 every read to its write. A whole run of many such clients, in processes of
 their own, is :func:`dhtcart.verify.run.verify_store`.
 
@@ -26,13 +27,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dhtcart.backends.base import Record
 from dhtcart.errors import DHTCartError, InvalidInput, ValidationError, VersionConflict
 from dhtcart.verify.history import HistoryRecorder
 
 __all__ = ["DEFAULT_RATE", "MIX", "WorkloadStats", "run_workload"]
 
-#: how many of each 100 operations are reads, compare-and-sets, writes, conditional and plain deletes
-MIX = {"read": 40, "cas": 35, "write": 12, "cdelete": 10, "delete": 3}
+#: how many of each 100 operations are reads, compare-and-sets, one-step read-modify-writes
+#: (``store.modify``; a compare-and-set where the store has no ``modify``), writes, conditional
+#: and plain deletes
+MIX = {"read": 40, "cas": 25, "modify": 10, "write": 12, "cdelete": 10, "delete": 3}
 #: operations per second of all clients together, by default (a history that checks in about a second)
 DEFAULT_RATE = 5_000.0
 
@@ -45,11 +49,29 @@ class WorkloadStats:
     ok: int = 0
     fail: int = 0
     info: int = 0
+    #: runs of a ``modify``'s change that the store made again after a conflict (each one is a
+    #: failed compare-and-set in the history, beside the operations counted above)
+    retried: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # exception names of the info outcomes
 
     def to_dict(self) -> dict[str, Any]:
         """As a JSON-ready dict."""
         return asdict(self)
+
+
+class _Put:
+    """A ``modify`` change that writes one value whatever the record (the workload's values are
+    unique, so the checker can tie reads to it)."""
+
+    __slots__ = ("runs", "value")
+
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+        self.runs = 0
+
+    def __call__(self, record: Record | None) -> bytes:
+        self.runs += 1
+        return self.value
 
 
 def run_workload(
@@ -80,6 +102,7 @@ def run_workload(
     rng = random.Random(seed)
     names = list(MIX)
     weights = list(MIX.values())
+    modifies = callable(getattr(recorder.store, "modify", None))
     seen: dict[int, int] = {}
     stats = WorkloadStats()
     now = time.monotonic()
@@ -98,8 +121,15 @@ def run_workload(
             if f == "read":
                 rec = recorder.get(key)
                 seen[key] = rec.version if rec is not None else 0
-            elif f == "cas":
+            elif f == "cas" or (f == "modify" and not modifies):
                 seen[key] = recorder.put(key, value, seen.get(key, 0))
+            elif f == "modify":
+                change = _Put(value)
+                try:
+                    after = recorder.modify(key, change)
+                finally:
+                    stats.retried += max(change.runs - 1, 0)
+                seen[key] = after.version if after is not None else 0
             elif f == "write":
                 seen[key] = recorder.put(key, value)
             else:
