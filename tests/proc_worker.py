@@ -87,11 +87,36 @@ def main(argv: list[str]) -> int:
                 target.modify(key, lambda rec: b"%d" % (int(rec.value) + 1 if rec is not None else 1))
             print("done 0", flush=True)
         return 0
-    if mode == "modify-hang":
+    if mode == "modify-until":  # increments until "stop" on stdin (600 s at most), then "done <count>"
+        import threading
+        import time
+
+        key = hash_key("counter")
+        stop = threading.Event()
+        with DHTServerStore.open(directory) as store:
+            target = recorded(store)
+            print("ready", flush=True)
+            sys.stdin.readline()
+            threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+            done, deadline = 0, time.monotonic() + 600
+            while not stop.is_set() and time.monotonic() < deadline:
+                target.modify(key, lambda rec: b"%d" % (int(rec.value) + 1 if rec is not None else 1))
+                done += 1
+            print(f"done {done}", flush=True)
+        return 0
+    if mode in ("modify-hang", "fork-then-hang"):
+        import os
         import time
 
         key = hash_key("counter")
         with DHTServerStore.open(directory) as store:
+            store.get(key)  # the shard's environment is open before the fork
+            if mode == "fork-then-hang":  # a child that outlives this process, doing nothing
+                child = os.fork()
+                if child == 0:
+                    time.sleep(60)
+                    os._exit(0)
+                print(f"child {child}", flush=True)
             print("ready", flush=True)
 
             def hang(rec: Any) -> bytes:

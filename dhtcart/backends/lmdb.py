@@ -102,6 +102,7 @@ import shutil
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeVar
@@ -322,6 +323,9 @@ def _after_fork() -> None:
     global _forks
     _forks += 1
     _ENVS.clear()  # the parent's environments must not be shared with the child
+    for env in list(_EVERY_ENV):  # nor their data.mdb descriptors, whose flock is the writers' queue
+        with contextlib.suppress(OSError):
+            env.release_descriptor()
 
 
 class _Env:
@@ -361,8 +365,11 @@ class _Env:
         try:
             if self.locked:
                 self.env.reader_check()  # clear slots left by killed processes
-            # data.mdb, held open to tell when the directory is deleted (or the file replaced) under us
-            self.data_fd = os.open(os.path.join(path, "data.mdb"), os.O_RDONLY | os.O_CLOEXEC)
+            # data.mdb, held open to tell when the directory is deleted (or the file replaced) under
+            # us, and the writers' queue (its flock); for writing where the environment writes, as a
+            # flock emulated with a byte-range lock (NFS) needs
+            mode = os.O_RDONLY if self.readonly else os.O_RDWR
+            self.data_fd = os.open(os.path.join(path, "data.mdb"), mode | os.O_CLOEXEC)
         except BaseException:
             self.env.close()
             raise
@@ -376,6 +383,7 @@ class _Env:
         #: the thread running a ``modify``'s change (holding ``lock`` and the write transaction), else 0
         self.changing = 0
         self.users = 0
+        _EVERY_ENV.add(self)
         self.durability = durability
         self.gen: object = _UNREAD  # generation of the cached ownership record (None: no record)
         self.own = Ownership.nothing()
@@ -402,8 +410,18 @@ class _Env:
         return self.gone
 
     def close(self) -> None:
+        """Close the environment and the descriptor; again is a no-op (each backend of a forked
+        child closes its environment)."""
         self.env.close()
-        os.close(self.data_fd)
+        self.release_descriptor()
+
+    def release_descriptor(self) -> None:
+        """Close ``data_fd`` once. A forked child calls this for every environment it inherited
+        at once: the ``flock`` of the writers' queue belongs to the open file, which the child
+        shares, and would otherwise outlive a parent killed while it held it."""
+        fd, self.data_fd = self.data_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def load_ownership(self, txn: lmdb.Transaction, gen: object) -> Ownership:
         """The record as of ``txn``, whose generation key reads ``gen`` (call with ``lock`` held);
@@ -424,6 +442,7 @@ class _Env:
 
 
 _ENVS: dict[tuple[int, int], _Env] = {}
+_EVERY_ENV: weakref.WeakSet[_Env] = weakref.WeakSet()  # every one made in this process, open or not
 _ENVS_LOCK = threading.Lock()
 os.register_at_fork(after_in_child=_after_fork)
 
@@ -701,7 +720,10 @@ class LMDBBackend(FencedBackend):
                 self._writing.reraise(exc)
                 raise
             finally:
-                _flock(shared.data_fd, _LOCK_UN)
+                try:  # noqa: SIM105  # not contextlib.suppress: the hot path
+                    _flock(shared.data_fd, _LOCK_UN)
+                except OSError:  # the descriptor is gone (closed by a fork's child hook): so is its lock
+                    pass
         finally:
             self._lock.release()
         raise ShardUnavailable(
@@ -821,16 +843,22 @@ class LMDBBackend(FencedBackend):
         fenced = self.fenced
         shared = self._shared
 
+        first: list[Any] = []  # (raw, value) of the change's run, for a retry of the transaction
+
         def op(txn: lmdb.Transaction) -> Record | None:
             if fenced:
                 self._fence_write(txn, key)
             raw = txn.get(kb)
             old = None if raw is None else _unpack(raw, key)  # type: ignore[arg-type]  # bytes (buffers=False)
-            shared.changing = threading.get_ident()
-            try:
-                value = change(old)
-            finally:
-                shared.changing = 0
+            if first and first[0] == raw:  # the map grew and the transaction runs again: change ran once
+                value = first[1]
+            else:
+                shared.changing = threading.get_ident()
+                try:
+                    value = change(old)
+                finally:
+                    shared.changing = 0
+                first[:] = (raw, value)
             if value is None:
                 return old
             version = (old.version if old is not None else 0) + 1
