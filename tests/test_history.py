@@ -151,3 +151,45 @@ def test_writer_appends_whole_lines(tmp_path: Path) -> None:
     lines = path.read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["type"] for line in lines] == ["invoke", "ok"]
     assert "é" in lines[0]
+
+
+class _Rerunning:
+    """A store whose ``modify`` runs the change on each record of ``runs`` in turn, as a
+    compare-and-set loop does after a write that did not take effect, then returns ``after``."""
+
+    def __init__(self, runs: list[Any], after: Any) -> None:
+        self.runs, self.after = runs, after
+
+    def modify(self, key: int, change: Any) -> Any:
+        for rec in self.runs:
+            change(rec)
+        return self.after
+
+
+def _kinds(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(e["type"], e["f"]) for e in events]
+
+
+def test_a_modify_run_again_on_a_changed_record_was_a_conflict_and_on_the_same_one_is_unknown() -> None:
+    from dhtcart.backends.base import Record
+
+    v1, v2 = Record(1, b"a"), Record(2, b"b")
+    events: list[dict[str, Any]] = []
+    HistoryRecorder(_Rerunning([v1, v2], Record(3, b"c")), events.append, process=0).modify(5, lambda r: b"c")
+    assert _kinds(events) == [("invoke", "cas"), ("fail", "cas"), ("invoke", "cas"), ("ok", "cas")]
+    assert [e.get("expected") for e in events if e["type"] == "invoke"] == [1, 2]
+    assert "version" not in events[1], "the conflict's version is not known to the recorder"
+
+    events = []  # refused for another reason (a redirect): the same record again
+    HistoryRecorder(_Rerunning([v1, v1], Record(2, b"c")), events.append, process=0).modify(5, lambda r: b"c")
+    assert _kinds(events) == [("invoke", "cas"), ("info", "cas"), ("invoke", "cas"), ("ok", "cas")]
+    times = [e["time"] for e in events]
+    assert times == sorted(times), "one process's events in time order"
+
+    events = []  # the first run writes, the second leaves the record: a read, and no KeyError
+    calls = iter([b"c", None])
+    HistoryRecorder(_Rerunning([v1, v2], v2), events.append, process=0).modify(5, lambda r: next(calls))
+    assert _kinds(events) == [("invoke", "cas"), ("fail", "cas"), ("invoke", "read"), ("ok", "read")]
+    assert events[-1]["version"] == 2
+    times = [e["time"] for e in events]
+    assert times == sorted(times)

@@ -189,21 +189,33 @@ class HistoryRecorder:
         from inside it, once the expected version and the value are known and
         before the write commits (a process killed after the commit leaves an
         open ``cas``, which may have happened); its time is the one taken before
-        the call for the first run. Where the store retries the change (a
-        compare-and-set loop), the run before each retry is completed as a
-        ``fail``, without a version (the conflict's is not known here). A call
-        that raised after a run that would write is an ``info`` cas.
+        the call for the first run, and the start of its own run for a later one.
+
+        The store runs the change again only when the last run's write did not
+        take effect (a compare-and-set conflict, or a redirect or a refusal
+        before the write). That run is completed as a ``fail`` when this run
+        sees another record than it saw (a write came between: a conflict), and
+        as an ``info`` when it sees the same one (refused for another reason:
+        the checker's ``fail`` would claim a version it never had). Neither
+        carries a version: the conflict's is not known here, and the one this
+        run sees is a later state (after a delete it can even be the very
+        version expected). A call that raised after a run that would write is
+        an ``info`` cas.
         """
         key = check_key(key)
-        state: dict[str, Any] = {"time": self.clock(), "open": False}
+        start = self.clock()
+        state: dict[str, Any] = {"open": False, "runs": 0, "time": start}
 
         def recorded(rec: Record | None) -> bytes | None:
             current = rec.version if rec is not None else 0
-            if state["open"]:  # the store runs the change again: the last run's write did not happen
-                # without the version its conflict found: the store did not say, and the one this run
-                # sees is a later state (after a delete it can even be the very version expected)
-                self._complete("fail", "cas", key)
-                state["open"] = False
+            seen = (current, None if rec is None else rec.value)
+            if state["runs"]:  # the store runs the change again: the last run's write did not happen
+                if state["open"]:
+                    self._complete("fail" if seen != state["seen"] else "info", "cas", key)
+                    state["open"] = False
+                state["time"] = self.clock()
+            state["runs"] += 1
+            state["seen"] = seen
             value = change(rec)
             state["record"] = rec
             if value is not None:
@@ -216,7 +228,7 @@ class HistoryRecorder:
                         "key": key,
                         "value": shown,
                         "expected": current,
-                        "time": state.pop("time", None) or self.clock(),
+                        "time": state["time"],
                     }
                 )
                 state["open"] = True
