@@ -723,9 +723,11 @@ class DHTServerStore(MutableMapping[int, bytes]):
         that keeps several copies, it is a compare-and-set loop: ``change`` may
         run again on a newer record. So ``change`` must depend on the record
         alone, take a short, bounded time (an LMDB shard's writers wait for
-        it), do no I/O and not call the store (a call back into a memory or
-        LMDB shard inside its step is refused with
-        :class:`~dhtcart.errors.InvalidInput`); ``tries`` bounds such a loop,
+        it), do no I/O and not call the store (a call back into the memory or
+        LMDB shard whose step it runs in is refused with
+        :class:`~dhtcart.errors.InvalidInput`; one into another shard is not
+        detected, and two such changes can wait for each other); ``tries``
+        bounds such a loop,
         which pauses a little after the fourth conflict in a row (then
         :class:`~dhtcart.errors.TooManyRetries`, nothing written). See
         docs/api.md, "One atomic read-modify-write".
