@@ -44,7 +44,7 @@ from typing import Any, NoReturn, cast
 
 from dhtcart.backends.base import BackendContext, Record, check_expected, stored_record
 from dhtcart.backends.fencing import Change, FencedBackend, Pending, apply_changes
-from dhtcart.backends.ownership import BACKUP, FROZEN, OWNED, PRIMARY, STATES, TABLE_SHIFT, Ownership, Segments
+from dhtcart.backends.ownership import BACKUP, FROZEN, OWNED, PRIMARY, TABLE_SHIFT, Ownership, Segments
 from dhtcart.backends.redis.connection import (
     DEFAULT_PREFIX,
     DEFAULT_TIMEOUT,
@@ -95,16 +95,22 @@ def _members(segments: Segments) -> list[bytes]:
 
 
 def _parse_segments(shard: str, members: Sequence[bytes]) -> Segments:
-    """The segments of an ownership set; :class:`CorruptData` for members dhtcart did not write."""
-    rows = []
+    """The segments of an ownership set; :class:`CorruptData` for members dhtcart did not write.
+
+    Column by column, with one decode and C loops: a client parses a shard's
+    set (a few thousand members) at its first read of the shard and at each
+    change of its ownership, and a member at a time cost about 1.5 µs each.
+    """
     try:
-        for m in members:
-            hi, state, peer = m.decode().split(":", 2)
-            if len(hi) != _KEY_HEX or state not in STATES:
-                raise ValueError(f"member {m!r}")
-            rows.append([int(hi, 16), state, peer])
-        return Segments.from_list(rows)
-    except ValueError as exc:  # also UnicodeDecodeError, and a CorruptData from from_list
+        rows = [m.split(":", 2) for m in b"\n".join(members).decode().split("\n")] if members else []
+        if len(rows) != len(members) or not set(map(len, rows)) <= {3}:  # a newline or colon missing
+            bad = next((m for m in members if b"\n" in m or m.count(b":") < 2), members[0] if members else b"")
+            raise ValueError(f"member {bad!r}")
+        hexes, states, peers = (list(column) for column in zip(*rows)) if rows else ([], [], [])
+        if not set(map(len, hexes)) <= {_KEY_HEX}:
+            raise ValueError(f"member {next(m for m in members if len(m.split(b':', 1)[0]) != _KEY_HEX)!r}")
+        return Segments.from_columns([int(h, 16) for h in hexes], states, peers)
+    except ValueError as exc:  # also UnicodeDecodeError, and a CorruptData from the columns' checks
         raise CorruptData(f"shard {shard!r}: corrupt ownership record in Redis: {exc}") from None
 
 
