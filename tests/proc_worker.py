@@ -13,12 +13,16 @@ Usage: ``python tests/proc_worker.py MODE DIR [ARGS...]``
     Open the store, print ``ready``, then modify ``hash_key("counter")`` with
     a change that prints ``inside`` and sleeps: the parent SIGKILLs it inside
     the write transaction.
-``cas-until DIR K SEED``
+``cas-until DIR K SEED [modify]``
     Open the store in DIR, print ``ready``, wait for a line on stdin, then add
     one to a random counter among ``hash_key("counter-0")`` ... ``counter-{K-1}``
-    with compare-and-set, until a second line arrives on stdin; print ``acked``
-    after the first acknowledged increment, and ``done ACKS RETRIES`` at the end
-    (ACKS: acknowledged increments).
+    with compare-and-set (with ``modify``: the store's ``modify``), until a
+    second line arrives on stdin; print ``acked`` after the first acknowledged
+    increment, and ``done ACKS RETRIES`` at the end (ACKS: acknowledged
+    increments; RETRIES: 0 with ``modify``, whose retries the store makes).
+``modify-until DIR``
+    Like ``modify`` on ``hash_key("counter")``, until a second line arrives on
+    stdin; print ``done ACKS``.
 ``cart-adds DIR N CUSTOMER``
     Open ``CartService.open(DIR)``, print ``ready``, wait for stdin, add one
     unit of ``sku`` to CUSTOMER's cart N times; print ``done``.
@@ -131,6 +135,7 @@ def main(argv: list[str]) -> int:
 
         keys = [hash_key(f"counter-{i}") for i in range(int(argv[2]))]
         rnd = random.Random(int(argv[3]))
+        one_step = argv[4:5] == ["modify"]
         stop = threading.Event()
         with DHTServerStore.open(directory) as store:
             target = recorded(store)
@@ -139,7 +144,10 @@ def main(argv: list[str]) -> int:
             threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
             acks = retries = 0
             while not stop.is_set():
-                retries += cas_increment(target, rnd.choice(keys))
+                if one_step:
+                    target.modify(rnd.choice(keys), lambda rec: b"%d" % (int(rec.value) + 1 if rec else 1))
+                else:
+                    retries += cas_increment(target, rnd.choice(keys))
                 acks += 1
                 if acks == 1:
                     print("acked", flush=True)  # under way: the test starts what it races against now

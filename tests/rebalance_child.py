@@ -145,6 +145,15 @@ def writer(args: argparse.Namespace) -> None:
                 say("del?", key, rec.version)
                 store.delete(key, expected_version=rec.version)
                 say("del!", key)
+            elif args.modify:  # the store's one-step read-modify-write, from the version it finds
+
+                def change(found: Any, key: int = key) -> bytes:
+                    version = (found.version if found is not None else 0) + 1
+                    say("put?", key, version)  # before the commit, as the compare-and-set below
+                    return value_for(key, version)
+
+                after = store.modify(key, change)
+                say("put!", key, after.version)
             else:
                 version = rec.version + 1
                 say("put?", key, version)
@@ -395,6 +404,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--shards", type=int, default=4, help="repairer: add a shard when fewer are left")
     parser.add_argument("--history", default="", help="writer: record every operation to this file")
+    parser.add_argument("--modify", action="store_true", help="writer: write with store.modify, not get + cas")
     args = parser.parse_args(argv)
     modes = {
         "writer": writer,

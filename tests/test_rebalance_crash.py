@@ -302,7 +302,8 @@ def test_killed_twice_once_inside_the_recovery_of_open(tmp_path: Path) -> None:
 
 
 class Writers:
-    """Writer processes on disjoint key ranges, paused for the parent's checks."""
+    """Writer processes on disjoint key ranges, paused for the parent's checks; every other one
+    writes with the store's ``modify`` (one step), the others with a read and a compare-and-set."""
 
     def __init__(self, directory: Path, n: int, n_keys: int, seed: int, histories: Path) -> None:
         step = n_keys // n
@@ -318,6 +319,7 @@ class Writers:
                 str(seed + i),
                 "--history",
                 str(histories / f"p{i}.jsonl"),
+                *(["--modify"] if i % 2 else []),
                 stdin=subprocess.PIPE,
             )
             for i in range(n)

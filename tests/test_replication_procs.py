@@ -38,16 +38,21 @@ def _wait_line(proc: subprocess.Popen[str], prefix: str, timeout: float = 120) -
     raise AssertionError(f"no {prefix!r} from {proc.args}: {proc.stderr.read() if proc.stderr else ''}")
 
 
-def test_counters_stay_exact_while_another_process_rebalances_a_replicated_store(tmp_path: Path) -> None:
-    """Three writer processes add to shared counters with compare-and-set while a fourth adds,
-    removes and reweights shards and changes the number of copies; every acknowledged
-    increment is there, the histories are linearizable, every key is on exactly its replicas."""
+@pytest.mark.parametrize("how", ["cas", "modify"])
+def test_counters_stay_exact_while_another_process_rebalances_a_replicated_store(tmp_path: Path, how: str) -> None:
+    """Three writer processes add to shared counters with compare-and-set (or the store's modify)
+    while a fourth adds, removes and reweights shards and changes the number of copies; every
+    acknowledged increment is there, the histories are linearizable, every key is on exactly its
+    replicas."""
     directory = tmp_path / "store"
     counters = 8
     with DHTServerStore.open(directory, shards=3, replicas=2, partitions=256):
         pass
     histories = Histories(tmp_path / "histories")
-    writers = [worker("cas-until", str(directory), str(counters), str(i), *histories.worker_args(i)) for i in range(3)]
+    mode = ["modify"] if how == "modify" else []
+    writers = [
+        worker("cas-until", str(directory), str(counters), str(i), *mode, *histories.worker_args(i)) for i in range(3)
+    ]
     rebalancer: subprocess.Popen[str] | None = None
     try:
         for w in writers:
