@@ -30,7 +30,6 @@ import platform
 import re
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -42,6 +41,7 @@ from pydantic import ValidationError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.core import Bench, measure  # the same interleaved rounds as core.py's
 from dhtcart import CartService, render
 from dhtcart.cart.rules import check_price
 from dhtcart.errors import InvalidInput
@@ -59,26 +59,12 @@ try:
 except ImportError:  # pragma: no cover - the cells say so
     msgspec = None  # type: ignore[assignment]
 
-Bench = Callable[[int], None]  # runs the operation n times
 #: ("ok", reprs of offeredPrice, itemCount, unitCount, specialSale, saleExpiration, the price itself)
 #: or ("refused", status, code, ((field, type, message), ...))
 Outcome = tuple[Any, ...]
 
 JSON = "application/json"
 CURRENT = "current"
-
-
-def measure(benches: dict[str, Bench], n: int, rounds: int) -> dict[str, list[float]]:
-    """Per-call seconds for each bench, one sample per round, benches interleaved."""
-    samples: dict[str, list[float]] = {name: [] for name in benches}
-    for fn in benches.values():  # warm up
-        fn(max(1, n // 10))
-    for _ in range(rounds):
-        for name, fn in benches.items():
-            t0 = time.perf_counter()
-            fn(n)
-            samples[name].append((time.perf_counter() - t0) / n)
-    return samples
 
 
 def _version(dist: str) -> str:
