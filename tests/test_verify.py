@@ -41,13 +41,11 @@ def _all_clients_worked_and_raced(data: dict[str, Any]) -> None:
     """
     check, stats = data["check"], data["client_stats"]
     assert len(stats) == data["clients"] and all(s["operations"] > 0 for s in stats), stats
-    retried = sum(s["retried"] for s in stats)  # modify's changes run again: each a failed cas in the history
+    # modify's changes run again: each one more cas in the history, failed (a conflict) or info (a redirect)
+    retried = sum(s["retried"] for s in stats)
     assert check["operations"] == sum(s["operations"] for s in stats) + retried
-    assert [check[n] for n in ("ok", "fail", "info")] == [
-        sum(s["ok"] for s in stats),
-        sum(s["fail"] for s in stats) + retried,
-        sum(s["info"] for s in stats),
-    ]
+    assert check["ok"] == sum(s["ok"] for s in stats)
+    assert check["fail"] + check["info"] == sum(s["fail"] + s["info"] for s in stats) + retried
     assert check["fail"] > 0, "no compare-and-set lost a race: the clients did not overlap"
 
 

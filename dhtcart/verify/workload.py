@@ -5,9 +5,10 @@
 reads, compare-and-sets that expect the version this client last saw (as a
 read-modify-write would), the store's own read-modify-write
 (:meth:`~dhtcart.store.DHTServerStore.modify`, where the store has it),
-unconditional writes, conditional and plain deletes. Values are unique (``<prefix><n>``), which lets the checker tie
-every read to its write. A whole run of many such clients, in processes of
-their own, is :func:`dhtcart.verify.run.verify_store`.
+unconditional writes, conditional and plain deletes. Values are unique
+(``<prefix><n>``), which lets the checker tie every read to its write. A
+whole run of many such clients, in processes of their own, is
+:func:`dhtcart.verify.run.verify_store`.
 
 >>> from dhtcart import DHTServerStore
 >>> from dhtcart.verify import HistoryRecorder, check_history
@@ -49,8 +50,9 @@ class WorkloadStats:
     ok: int = 0
     fail: int = 0
     info: int = 0
-    #: runs of a ``modify``'s change that the store made again after a conflict (each one is a
-    #: failed compare-and-set in the history, beside the operations counted above)
+    #: runs of a ``modify``'s change that the store made again (each one is a compare-and-set in
+    #: the history beside the operations counted above: failed after a conflict, info after a
+    #: redirect)
     retried: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # exception names of the info outcomes
 
