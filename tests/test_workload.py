@@ -12,6 +12,7 @@ import pytest
 
 from dhtcart import Conflict, DHTServerStore, InvalidInput, hash_key
 from dhtcart.verify import (
+    MIX,
     HistoryRecorder,
     WorkloadStats,
     check_history,
@@ -22,9 +23,13 @@ from dhtcart.verify import (
     verify_store,
 )
 
+#: dhtcart verify's mix with a tenth of its compare-and-sets as store.modify
+WITH_MODIFY = {**MIX, "cas": MIX["cas"] - 10, "modify": 10}
+
 
 def test_threads_running_the_workload_make_a_linearizable_history() -> None:
-    """Four threads, one recorder each (one process each), on one in-memory store."""
+    """Four threads, one recorder each (one process each), on one in-memory store, the store's
+    modify among the operations."""
     streams: list[list[dict[str, Any]]] = [[] for _ in range(4)]
     stats: list[WorkloadStats] = []
     keys = [hash_key(f"k{i}") for i in range(3)]
@@ -33,7 +38,9 @@ def test_threads_running_the_workload_make_a_linearizable_history() -> None:
         def client(i: int) -> None:
             rec = HistoryRecorder(store, streams[i].append, process=i)
             # the work is the 1,500 operations; the seconds only bound a hang
-            stats.append(run_workload(rec, keys, seconds=120, seed=i, max_operations=1500, value_prefix=f"{i}:"))
+            stats.append(
+                run_workload(rec, keys, seconds=120, seed=i, max_operations=1500, value_prefix=f"{i}:", mix=WITH_MODIFY)
+            )
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
         for t in threads:
@@ -114,3 +121,9 @@ def test_a_whole_run_through_the_api(tmp_path: Path) -> None:
         verify_store(root, clients=0)
     with pytest.raises(InvalidInput, match="paused"):
         verify_store(root, kill_shard=True, seconds=1)
+
+
+@pytest.mark.parametrize("mix", [{}, {"read": 1, "scan": 1}, {"read": -1}, {"read": 1.5}])
+def test_a_mix_of_unknown_operations_or_bad_weights_is_refused(mix: dict[str, Any]) -> None:
+    with DHTServerStore(shards=1) as store, pytest.raises(InvalidInput, match="mix"):
+        run_workload(HistoryRecorder(store, lambda e: None, process=0), [1], seconds=1, mix=mix)
