@@ -110,6 +110,10 @@ def test_ownership_round_trips_and_checks_tokens() -> None:
         [("0", 10, OWNED, "")],  # a bound that is not an int
         [(0, 10.0, OWNED, "")],
         [(0, 10, OWNED, None)],  # a peer that is not a str
+        [(0, 10, NOT_OWNED, "bad\npeer")],  # a peer that does not list shards (a newline)
+        [(0, 10, NOT_OWNED, "a@1,")],
+        [(0, 10, NOT_OWNED, "a@x")],
+        [(0, 10, NOT_OWNED, "a:b")],
         ["0-10"],
     ],
 )

@@ -464,6 +464,50 @@ def test_import_keeps_versions_and_overwrites(backend: RedisBackend, raw: redis.
     _check_index(backend, raw, dict(backend.scan(-1, MAX_KEY)))
 
 
+def test_the_packed_ownership_record_and_the_set_agree_through_changes(server: RedisServer, raw: redis.Redis) -> None:
+    """Every ownership change writes the segments twice, in one script: the set (which the
+    scripts' checks search) and ``segs``, packed whole (which clients read). After each of a
+    seeded series of changes, a client that has never read the record reads the very record
+    written, from ``segs`` alone (the set is hidden from it); a peer holding a newline cannot
+    be packed (refused since as a change), and a record without ``segs`` is read from the set."""
+    from dhtcart.backends.base import BackendContext
+    from dhtcart.backends.ownership import STATES, Ownership, Segments
+    from dhtcart.backends.redis.backend import _parse_segments
+
+    prefix = f"o{uuid.uuid4().hex[:8]}:"
+    url = f"{server.url}?prefix={prefix}"
+    own, meta = f"{prefix}own", f"{prefix}own:meta"
+    writer = open_backend(url, context=BackendContext(name="w", fenced=True))
+    assert isinstance(writer, RedisBackend)
+    writer.claim(Ownership(1, 1, Segments.all()))
+    rng = random.Random(1607)
+    peers = ["", "", "r2@1", "r2@1,r3@7", "r4"]
+    for step in range(60):
+        lo = rng.randrange(-1, MAX_KEY - 1)
+        hi = rng.choice([rng.randrange(lo + 1, MAX_KEY + 1), min(MAX_KEY, lo + rng.randrange(1, 1 << 20))])
+        peer = rng.choice(peers)
+        new = writer.update_ownership(1, 2 + step, [(lo, hi, rng.choice(sorted(STATES)), peer)])
+        if step == 20:  # as a script that keeps only the set leaves it: readers read the set
+            raw.hset(meta, "segs", b"")
+        members = raw.zrange(own, 0, -1)
+        assert _parse_segments("w", members) == new.segments, step
+        reader = open_backend(url, context=BackendContext(name="r", fenced=True))
+        assert isinstance(reader, RedisBackend)
+        gen, packed, packed_gen = raw.hmget(meta, "gen", "segs", "segs_gen")
+        assert packed_gen == gen and (packed == b"") is (step == 20), step
+        if step == 20:
+            assert reader.ownership() == new, step
+        else:
+            raw.rename(own, own + ":hidden")  # the reader must not need the set
+            try:
+                assert reader.ownership() == new, step
+            finally:
+                raw.rename(own + ":hidden", own)
+        reader.close()
+    assert len(writer.ownership().segments.his) > 20  # the series made a record of many segments
+    writer.destroy()
+
+
 def test_prefix_isolation_and_destroy(server: RedisServer, raw: redis.Redis) -> None:
     tag = uuid.uuid4().hex[:6]
     raw.set(f"{tag}:foreign", b"keep")

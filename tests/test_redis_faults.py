@@ -652,6 +652,43 @@ def test_a_corrupt_ownership_record_is_corrupt_data(server: RedisServer, raw: re
     b.destroy()
 
 
+def test_a_corrupt_packed_ownership_record_is_corrupt_data(server: RedisServer, raw: redis.Redis) -> None:
+    """The ownership hash's ``segs`` (the segments packed whole, which clients read instead of the
+    set) damaged, at the generation it claims to be of: every reader of it fails as CorruptData."""
+    prefix = _prefix()
+    meta = f"{prefix}own:meta"
+    b = _shard(f"{server.url}?prefix={prefix}", fenced=True, name="packed")
+    _prepare(b)
+    b.update_ownership(1, 2, [(300, 400, "-", "a@1,b@2")])
+    good = raw.hget(meta, "segs")
+    assert good and raw.hget(meta, "segs_gen") == raw.hget(meta, "gen")
+    n = int.from_bytes(good[2:6], "big")
+    readers: dict[str, Callable[[], object]] = {
+        "ownership": b.ownership,
+        "update_ownership": lambda: b.update_ownership(1, 3, [(500, 600, "-", "")]),
+        "get": lambda: b.get(150),
+    }
+    for damage in (
+        b"S2" + good[2:],  # another format
+        good[:-3],  # cut short: fewer peers than segments
+        good[: 6 + 8 * n] + b"x" + good[7 + 8 * n :],  # not a state
+        good[:6] + good[14:22] + good[6:14] + good[22:],  # last keys out of order
+        good + b"\nc@3",  # one peer too many
+        good[:6] + b"\xff" * 8 + good[14:],  # a last key past 2**63 - 1
+        b"S1\x00\x00",  # no count
+    ):
+        gen = raw.hincrby(meta, "gen", 1)  # so that the backend reads the record again
+        raw.hset(meta, mapping={"segs": damage, "segs_gen": gen})
+        for what, call in readers.items():
+            err = _expect(CorruptData, call)
+            assert "packed" in str(err) and "ownership" in str(err), (what, damage, err)
+    gen = raw.hincrby(meta, "gen", 1)
+    raw.hset(meta, mapping={"segs": good, "segs_gen": gen})
+    assert b.ownership().segments.lookup(350) == ("-", "a@1,b@2")
+    assert b.get(1) == Record(1, b"one")
+    b.destroy()
+
+
 def test_a_key_of_another_type_under_the_prefix_is_corrupt_data(server: RedisServer, raw: redis.Redis) -> None:
     """A raw client wrote a list where a record belongs, a string where the index or the ownership
     record belongs: the commands and scripts that meet it fail as CorruptData quoting the server."""

@@ -118,6 +118,8 @@ def split_peers(peer: str) -> list[tuple[str, int]]:
 
 
 _MAX_KEY = (1 << 63) - 1
+#: a ``peer`` field: shard ids (a shard name, ``@`` and its birth number optional), comma separated
+_PEERS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@[0-9]+)?(,[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@[0-9]+)?)*")
 _INT = frozenset({int})
 _STR = frozenset({str})
 _REPEAT = re.compile(r"(.)\1", re.DOTALL)  # a character twice in a row
@@ -218,7 +220,9 @@ class Segments:
         ``expect`` as in :meth:`replace`, for every range.
 
         A change that is not ``(int, int, state, str)`` with ``-1 <= lo < hi <= 2**63 - 1``,
-        or ranges that overlap, are :class:`~dhtcart.errors.InvalidInput`; nothing changes."""
+        a peer that does not list shards (``name`` or ``name@born``, comma separated, names
+        as :func:`~dhtcart.checks.check_shard_name` allows), or ranges that overlap, are
+        :class:`~dhtcart.errors.InvalidInput`; nothing changes."""
         if not changes:
             return self
         todo: list[tuple[int, int, str, str]] = []
@@ -231,6 +235,8 @@ class Segments:
                 raise InvalidInput("changes", f"an ownership change is (int, int, state, str), not {row!r}")
             if state not in STATES or not isinstance(state, str):
                 raise InvalidInput("changes", f"unknown ownership state {state!r} (known: {sorted(STATES)})")
+            if peer and not _PEERS_RE.fullmatch(peer):
+                raise InvalidInput("changes", f"a peer lists shards, name or name@born, comma separated; got {peer!r}")
             todo.append((lo, hi, state, peer))
         todo.sort()
         prev_hi = -1

@@ -137,7 +137,11 @@ return {1, current}
 #: whether the record is leased (``""``: unchanged), ``ARGV[6]`` how many members to
 #: remove (``"all"``: every member), ``ARGV[7]`` the id of the record the caller computed
 #: from (``""``: none; checked with ``ARGV[1]``: a record destroyed and made again may
-#: reach the same generation), then the members to remove, then those to add.
+#: reach the same generation), ``ARGV[8]`` the new record's segments packed whole (the
+#: backend's ``_pack_segments``; ``""``: none, readers then read the set), kept in the hash
+#: as ``segs`` with the generation it was written at as ``segs_gen`` (a script that changes
+#: the set without it leaves ``segs_gen`` behind, and readers read the set), then the members
+#: to remove, then those to add.
 #: A record made from nothing gets its ``id`` (the server's ``TIME`` when it was made): a
 #: record destroyed and made again restarts its ``gen``, never its ``id``, so that a reader
 #: that cached the old one tells them apart (see the backend's fenced read).
@@ -149,16 +153,17 @@ local gen = tonumber(meta[1] or '0')
 local token = tonumber(meta[2] or '0')
 if ARGV[1] ~= '' and (tonumber(ARGV[1]) ~= gen or (meta[3] or '') ~= ARGV[7]) then return {0, gen} end
 if ARGV[4] ~= '1' and tonumber(ARGV[2]) < token then return {-1, token} end
-local first = 8
+local first = 9
 if ARGV[6] == 'all' then
   redis.call('DEL', KEYS[1])
 else
   local n = tonumber(ARGV[6])
-  for i = 8, 7 + n do redis.call('ZREM', KEYS[1], ARGV[i]) end
-  first = 8 + n
+  for i = 9, 8 + n do redis.call('ZREM', KEYS[1], ARGV[i]) end
+  first = 9 + n
 end
 for i = first, #ARGV do redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
 redis.call('HSET', KEYS[2], 'gen', gen + 1, 'token', ARGV[2], 'epoch', ARGV[3])
+redis.call('HSET', KEYS[2], 'segs', ARGV[8], 'segs_gen', gen + 1)
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'leased', ARGV[5]) end
 local id = redis.call('HGET', KEYS[2], 'id')
 if not id then
