@@ -58,7 +58,7 @@ import re
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from itertools import islice
-from operator import lt
+from operator import lt, ne
 from typing import Any, NamedTuple
 
 from dhtcart.errors import CorruptData, InvalidInput, InvalidKey, LeaseLost, Moved
@@ -306,6 +306,30 @@ class Segments:
         if not len(his) == len(states) == len(peers):
             raise CorruptData("ownership segment columns of different lengths")
         return cls._checked(his, states, peers)
+
+    @classmethod
+    def from_typed_columns(cls, his: list[int], states: list[str], peers: list[str]) -> Segments:
+        """Rebuild from the columns of a stored record whose types its decoder made sure of (every
+        last key an ``int`` in ``[0, 2**64)``, every state and peer a ``str``): checked as
+        :meth:`from_columns` checks, in C loops only, a first read's parse of a few thousand
+        segments taking tens of µs. The lists are taken, not copied."""
+        if not len(his) == len(states) == len(peers):
+            raise CorruptData("ownership segment columns of different lengths")
+        if not set(states) <= STATES:
+            raise CorruptData(f"bad ownership segment states: {sorted(set(states) - STATES)[:3]!r}")
+        if not his or his[-1] != _MAX_KEY or not all(map(lt, his, islice(his, 1, None))):
+            raise CorruptData("ownership segments must be ascending and end at 2**63 - 1")
+        if any(peers):
+            pairs = list(zip(states, peers))
+            merged = all(map(ne, pairs, islice(pairs, 1, None)))
+        else:
+            merged = _REPEAT.search("".join(states)) is None
+        if not merged:  # neighbours alike: not as dhtcart writes a record, but one all the same
+            return cls(his, states, peers)
+        segments = cls.__new__(cls)
+        segments.his, segments.states, segments.peers = his, states, peers
+        segments.slices, segments.fast = {}, set()
+        return segments
 
     @classmethod
     def _checked(cls, his: list[Any], states: list[Any], peers: list[Any]) -> Segments:

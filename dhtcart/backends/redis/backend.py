@@ -152,10 +152,11 @@ def _unpack_segments(shard: str, raw: bytes) -> Segments:
             raise ValueError(f"{len(raw)} bytes for {n} segments")
         his = list(struct.unpack_from(f">{n}Q", raw, 6))
         states = list(raw[6 + 8 * n : end].decode("ascii"))
-        peers = raw[end:].decode().split("\n")
+        tail = raw[end:]
+        peers = [""] * n if len(tail) == n - 1 and not tail.strip(b"\n") else tail.decode().split("\n")
         if len(peers) != n:
             raise ValueError(f"{len(peers)} peers for {n} segments")
-        return Segments.from_columns(his, states, peers)
+        return Segments.from_typed_columns(his, states, peers)
     except ValueError as exc:  # also UnicodeDecodeError, struct.error, and a CorruptData from the columns' checks
         raise CorruptData(f"shard {shard!r}: corrupt ownership record in Redis: {exc}") from None
 
@@ -384,10 +385,12 @@ class RedisBackend(FencedBackend):
                     now_gen, now_id = head
                 except (TypeError, ValueError):
                     raise CorruptData(f"shard {self.name!r}: unexpected answer to a read: {head!r}") from None
-            if self._counter("gen", now_gen) != gen or now_id != own_id:  # changed, or made again
-                self._own_cache = (-1, None, own)  # read it whole, whatever its generation
-                self._read_ownership()
-                continue
+            read_gen = self._counter("gen", now_gen)
+            if read_gen != gen or now_id != own_id:  # changed, or made again: read it whole
+                gen, own_id, own = self._read_ownership(stale=True)
+                if not timed or gen != read_gen or own_id != now_id:
+                    continue  # read again: the check needs a record read before the GET ...
+                # ... or, in a transaction, the one whose generation the GET ran under: this one
             segments = own.segments
             if (segments.slices.get(key >> TABLE_SHIFT) or segments.slice_state(key >> TABLE_SHIFT)) == OWNED:
                 state, peer = OWNED, ""  # the slice's table: no boundary in it, all owned
@@ -495,15 +498,18 @@ class RedisBackend(FencedBackend):
 
     # -- ownership ------------------------------------------------------------------
 
-    def _read_ownership(self) -> tuple[int, bytes | None, Ownership]:
-        """``(gen, id, record)``, as they were together on the server: one ``HMGET`` when the cached
-        record is current (its generation and id), else a transaction."""
+    def _read_ownership(self, *, stale: bool = False) -> tuple[int, bytes | None, Ownership]:
+        """``(gen, id, record)``, as they were together on the server, and cached: one ``HMGET``
+        when the cached record is current (its generation and id), else the record read whole
+        (one ``HMGET`` of the packed segments; for a record without them, a transaction with the
+        set). ``stale``: the caller saw the cache out of date, so it is read whole at once."""
         call, client = self.connection.call, self.connection.client
-        raw_gen, raw_id = call(client.hmget, self._own_meta, "gen", "id")
-        gen = self._counter("gen", raw_gen)
-        cached_gen, cached_id, cached = self._own_cache
-        if gen == cached_gen and raw_id == cached_id:
-            return gen, cached_id, cached
+        if not stale:
+            raw_gen, raw_id = call(client.hmget, self._own_meta, "gen", "id")
+            gen = self._counter("gen", raw_gen)
+            cached_gen, cached_id, cached = self._own_cache
+            if gen == cached_gen and raw_id == cached_id:
+                return gen, cached_id, cached
         g, token, epoch, leased, own_id, packed, packed_gen = call(
             client.hmget, self._own_meta, "gen", "token", "epoch", "leased", "id", "segs", "segs_gen"
         )
