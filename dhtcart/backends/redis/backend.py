@@ -74,6 +74,9 @@ _READ_TRIES = 3
 #: seconds that fenced reads use the GET script after the server refused their transaction (full)
 _SCRIPTED_FOR = 1.0
 _IMPORT_BYTES = 4 << 20  # and about this many bytes: one request stays well inside a server's query buffer
+#: the ownership hash's fields that a read reads, after ``gen``, ``lease`` and ``id``, when it has no
+#: record cached: the whole record (see RedisBackend._cache_whole)
+_WHOLE_FIELDS = ("token", "epoch", "leased", "segs", "segs_gen")
 _PACKED_HEAD = b"S1"  # the packed ownership segments (``segs`` of the ownership hash), format 1
 
 
@@ -254,8 +257,10 @@ class RedisBackend(FencedBackend):
         # a fenced read ends so, after its GET: the ownership record's generation and id (a
         # record destroyed and made again restarts its generation, not its id) ...
         self._read_check = pack_command("HMGET", self._own_meta, "gen", "id")
-        # ... and a read under a lease is a transaction that starts so (with the lease)
+        # ... and a read under a lease is a transaction that starts so (with the lease) ...
         self._read_head = _MULTI + pack_command("HMGET", self._own_meta, "gen", "lease", "id")
+        # ... and a read with no record cached, or one out of date, reads the record too
+        self._whole_head = _MULTI + pack_command("HMGET", self._own_meta, "gen", "lease", "id", *_WHOLE_FIELDS)
 
     # -- opening -----------------------------------------------------------------
 
@@ -350,7 +355,10 @@ class RedisBackend(FencedBackend):
         A range whose reads need this shard's lease (a primary or frozen range
         with copies) is read in a ``MULTI``/``EXEC`` of ``HMGET``, ``TIME`` and
         ``GET`` instead: a lease is lengthened in place, so a lease seen running
-        after the read does not say it ran when the read did.
+        after the read does not say it ran when the read did. With no ownership
+        record cached, or one found out of date, the read is that transaction
+        with the whole record in its ``HMGET`` (its packed segments), checked
+        against the record it read.
         """
         member = _member(key)
         if not self.fenced:
@@ -363,34 +371,37 @@ class RedisBackend(FencedBackend):
         answers: Any = None
         for _ in range(_READ_TRIES):
             gen, own_id, own = self._own_cache
-            timed = timed or own.leased
+            whole = gen < 0  # no record cached, or one known out of date: read it with the GET
+            timed = timed or own.leased or whole
             if timed:
                 try:
                     answers = self.connection.send_packed(
-                        self._read_head + _TIME + read + _EXEC, replies=5, wrote=False
+                        (self._whole_head if whole else self._read_head) + _TIME + read + _EXEC, replies=5, wrote=False
                     )()
                 except ShardFull:  # a server over maxmemory refuses MULTI, not scripts that only read
                     self._scripted_until = time.monotonic() + _SCRIPTED_FOR
                     return self._scripted_get(key, member)
                 try:
-                    (now_gen, lease, now_id), raw = answers[0], answers[-1]
+                    (now_gen, lease, now_id, *rest), raw = answers[0], answers[-1]
                 except (TypeError, ValueError):
                     raise CorruptData(f"shard {self.name!r}: unexpected answer to a read: {answers!r}") from None
                 for answer in answers:
                     if isinstance(answer, Exception):  # a command of the transaction failed (a key of another type)
                         raise self.connection.error(answer, False) or answer
+                if whole:  # the record the GET ran under, in the same transaction
+                    gen, own_id, own = self._cache_whole(now_gen, now_id, *rest)
+                    if gen < 0:  # a record without its packed segments: read its set, then read again
+                        self._read_ownership(stale=True)
+                        continue
             else:
                 raw, head = self.connection.send_packed(read + self._read_check, replies=2, wrote=False, every=True)()
                 try:
                     now_gen, now_id = head
                 except (TypeError, ValueError):
                     raise CorruptData(f"shard {self.name!r}: unexpected answer to a read: {head!r}") from None
-            read_gen = self._counter("gen", now_gen)
-            if read_gen != gen or now_id != own_id:  # changed, or made again: read it whole
-                gen, own_id, own = self._read_ownership(stale=True)
-                if not timed or gen != read_gen or own_id != now_id:
-                    continue  # read again: the check needs a record read before the GET ...
-                # ... or, in a transaction, the one whose generation the GET ran under: this one
+            if self._counter("gen", now_gen) != gen or now_id != own_id:  # changed, or made again
+                self._own_cache = (-1, None, own)  # read it whole, with the next try's GET
+                continue
             segments = own.segments
             if (segments.slices.get(key >> TABLE_SHIFT) or segments.slice_state(key >> TABLE_SHIFT)) == OWNED:
                 state, peer = OWNED, ""  # the slice's table: no boundary in it, all owned
@@ -526,6 +537,25 @@ class RedisBackend(FencedBackend):
             own = Ownership(self._counter("epoch", epoch), self._counter("token", token), segments, leased == b"1")
         else:
             own = Ownership.nothing()
+        self._own_cache = (gen, own_id, own)
+        return gen, own_id, own
+
+    def _cache_whole(
+        self, raw_gen: bytes | None, own_id: bytes | None, token: bytes | None, epoch: bytes | None, *rest: bytes | None
+    ) -> tuple[int, bytes | None, Ownership]:
+        """Cache the ownership record of a read's ``HMGET`` of :data:`_WHOLE_FIELDS` (after ``gen``,
+        ``lease``, ``id``), and return it as :meth:`_read_ownership` does; a generation of -1 when
+        the record has no packed segments of its generation (then read it from the set)."""
+        leased, packed, packed_gen = rest
+        if not packed or packed_gen != raw_gen:
+            return -1, None, self._own_cache[2]
+        gen = self._counter("gen", raw_gen)
+        own = Ownership(
+            self._counter("epoch", epoch),
+            self._counter("token", token),
+            _unpack_segments(self.name, packed),
+            leased == b"1",
+        )
         self._own_cache = (gen, own_id, own)
         return gen, own_id, own
 
