@@ -57,8 +57,8 @@ import json
 import re
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from itertools import islice
-from operator import lt, ne
+from itertools import compress, islice
+from operator import eq, lt
 from typing import Any, NamedTuple
 
 from dhtcart.errors import CorruptData, InvalidInput, InvalidKey, LeaseLost, Moved
@@ -319,9 +319,8 @@ class Segments:
             raise CorruptData(f"bad ownership segment states: {sorted(set(states) - STATES)[:3]!r}")
         if not his or his[-1] != _MAX_KEY or not all(map(lt, his, islice(his, 1, None))):
             raise CorruptData("ownership segments must be ascending and end at 2**63 - 1")
-        if any(peers):
-            pairs = list(zip(states, peers))
-            merged = all(map(ne, pairs, islice(pairs, 1, None)))
+        if any(peers):  # merged: no two neighbours alike in state and peer (C loops, no pair made)
+            merged = not any(compress(map(eq, peers, islice(peers, 1, None)), map(eq, states, islice(states, 1, None))))
         else:
             merged = _REPEAT.search("".join(states)) is None
         if not merged:  # neighbours alike: not as dhtcart writes a record, but one all the same
