@@ -605,8 +605,11 @@ def _argparse_type(option: Option) -> Callable[[str], Any]:
 
 # -- a membership kept in etcd: credentials and TLS files ---------------------------------------
 
-#: seconds a write to etcd (publishing, taking the lease) keeps retrying through a leader election
-DEFAULT_ETCD_RETRY = 5.0
+#: seconds a write to etcd (publishing, taking the lease) keeps retrying through a leader election:
+#: the election itself (1-2 s with both cores busy), plus a write sent during it, which the member
+#: may hold unanswered until the URL's ``timeout`` (2 s) on each member tried, plus the retry
+#: (etcd's own request timeout is 5 s + 2 election timeouts, 7 s by default)
+DEFAULT_ETCD_RETRY = 10.0
 #: seconds a watch stream may stay silent before it is opened again (a hung member is noticed then)
 DEFAULT_ETCD_WATCH_IDLE = 5.0
 #: the variables an etcd-kept membership reads its user, password and TLS files from
