@@ -657,7 +657,7 @@ def test_a_corrupt_packed_ownership_record_is_corrupt_data(server: RedisServer, 
     set) damaged, at the generation it claims to be of: every reader of it fails as CorruptData."""
     prefix = _prefix()
     meta = f"{prefix}own:meta"
-    b = _shard(f"{server.url}?prefix={prefix}", fenced=True, name="packed")
+    b = _shard(f"{server.url}?prefix={prefix}", fenced=True, name="hand")
     _prepare(b)
     b.update_ownership(1, 2, [(300, 400, "-", "a@1,b@2")])
     good = raw.hget(meta, "segs")
@@ -681,12 +681,46 @@ def test_a_corrupt_packed_ownership_record_is_corrupt_data(server: RedisServer, 
         raw.hset(meta, mapping={"segs": damage, "segs_gen": gen})
         for what, call in readers.items():
             err = _expect(CorruptData, call)
-            assert "packed" in str(err) and "ownership" in str(err), (what, damage, err)
+            assert "'hand'" in str(err) and "packed ownership record" in str(err), (what, damage, err)
     gen = raw.hincrby(meta, "gen", 1)
     raw.hset(meta, mapping={"segs": good, "segs_gen": gen})
     assert b.ownership().segments.lookup(350) == ("-", "a@1,b@2")
     assert b.get(1) == Record(1, b"one")
     b.destroy()
+
+
+def test_a_first_read_is_one_transaction_and_a_read_after_a_change_two_round_trips(
+    server: RedisServer, raw: redis.Redis
+) -> None:
+    """What docs/redis.md says a fenced read sends, counted by the server: a handle with nothing
+    cached reads the ownership record inside its read's transaction (checked against that record,
+    no other command); a handle whose cached record another changed sends its read, then that
+    transaction; a handle whose record is current sends the GET and the HMGET of gen and id."""
+    prefix = _prefix()
+    url = f"{server.url}?prefix={prefix}"
+    b = _shard(url, fenced=True, name="counted")
+    _prepare(b)
+    b.update_ownership(1, 2, [(300, 400, "-", "r2@1")])  # a record of several segments, one with a peer
+
+    def sent(call: Callable[[], object]) -> dict[str, int]:
+        before = _commandstats(raw)
+        call()
+        after = _commandstats(raw)
+        changed = {name: after[name] - before.get(name, 0) for name in after if after[name] != before.get(name, 0)}
+        changed.pop("info", None)  # this function's own INFO
+        return changed
+
+    fresh = _shard(url, fenced=True, name="counted")
+    transaction = {"multi": 1, "hmget": 1, "time": 1, "get": 1, "exec": 1}
+    assert sent(lambda: fresh.get(1)) == transaction, "a first read: one transaction, nothing else"
+    assert sent(lambda: fresh.get(2)) == {"get": 1, "hmget": 1}, "then the cached record serves"
+    b.update_ownership(1, 3, [(500, 600, "-", "")])
+    assert sent(lambda: fresh.get(1)) == {"get": 2, "hmget": 2, "multi": 1, "time": 1, "exec": 1}
+    assert fresh.ownership() == b.ownership()
+    with pytest.raises(Moved):
+        fresh.get(350)
+    b.destroy()
+    fresh.close()
 
 
 def test_a_key_of_another_type_under_the_prefix_is_corrupt_data(server: RedisServer, raw: redis.Redis) -> None:

@@ -319,6 +319,7 @@ class Segments:
             raise CorruptData(f"bad ownership segment states: {sorted(set(states) - STATES)[:3]!r}")
         if not his or his[-1] != _MAX_KEY or not all(map(lt, his, islice(his, 1, None))):
             raise CorruptData("ownership segments must be ascending and end at 2**63 - 1")
+        _check_peers(peers)
         if any(peers):  # merged: no two neighbours alike in state and peer (C loops, no pair made)
             merged = not any(compress(map(eq, peers, islice(peers, 1, None)), map(eq, states, islice(states, 1, None))))
         else:
@@ -341,6 +342,7 @@ class Segments:
                     raise CorruptData(f"bad ownership segment {list(row)!r}")
         if not set(map(type, peers)) <= _STR:
             raise CorruptData(f"bad ownership segment peers: {[p for p in peers if type(p) is not str][:3]!r}")
+        _check_peers(peers)
         if not his or his[-1] != _MAX_KEY or his[0] < 0 or not all(map(lt, his, islice(his, 1, None))):
             raise CorruptData("ownership segments must be ascending and end at 2**63 - 1")
         return cls(his, states, peers)
@@ -356,6 +358,14 @@ class Segments:
     def __repr__(self) -> str:
         owned = sum(b - a for a, b in self.in_state(OWNED, FROZEN))
         return f"<Segments {len(self.his)} segments, {owned / (_MAX_KEY + 1):.1%} of keys served>"
+
+
+def _check_peers(peers: list[str]) -> None:
+    """:class:`CorruptData` unless every peer of a stored record lists shards (each distinct
+    peer checked once: a record has thousands of segments and a handful of peers)."""
+    bad = [p for p in set(peers) if p and not _PEERS_RE.fullmatch(p)]
+    if bad:
+        raise CorruptData(f"bad ownership segment peers: {sorted(bad)[:3]!r}")
 
 
 def _one_letter_runs(states: Sequence[str]) -> bool:

@@ -160,8 +160,8 @@ def _unpack_segments(shard: str, raw: bytes) -> Segments:
         if len(peers) != n:
             raise ValueError(f"{len(peers)} peers for {n} segments")
         return Segments.from_typed_columns(his, states, peers)
-    except ValueError as exc:  # also UnicodeDecodeError, struct.error, and a CorruptData from the columns' checks
-        raise CorruptData(f"shard {shard!r}: corrupt ownership record in Redis: {exc}") from None
+    except (ValueError, struct.error) as exc:  # also UnicodeDecodeError, and a CorruptData from the columns' checks
+        raise CorruptData(f"shard {shard!r}: corrupt packed ownership record in Redis: {exc}") from None
 
 
 def _lex_range(lo: int, hi: int) -> tuple[bytes, bytes]:
