@@ -170,7 +170,7 @@ def _kinds(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(e["type"], e["f"]) for e in events]
 
 
-def test_a_modify_run_again_on_a_changed_record_was_a_conflict_and_on_the_same_one_is_unknown() -> None:
+def test_a_modify_run_again_on_a_changed_record_was_a_conflict_and_on_the_same_one_is_the_same_cas() -> None:
     from dhtcart.backends.base import Record
 
     v1, v2 = Record(1, b"a"), Record(2, b"b")
@@ -180,8 +180,14 @@ def test_a_modify_run_again_on_a_changed_record_was_a_conflict_and_on_the_same_o
     assert [e.get("expected") for e in events if e["type"] == "invoke"] == [1, 2]
     assert "version" not in events[1], "the conflict's version is not known to the recorder"
 
-    events = []  # refused for another reason (a redirect): the same record again
-    HistoryRecorder(_Rerunning([v1, v1], Record(2, b"c")), events.append, process=0).modify(5, lambda r: b"c")
+    events = []  # refused for another reason (a redirect): the same record, the same value again
+    HistoryRecorder(_Rerunning([v1, v1, v1], Record(2, b"c")), events.append, process=0).modify(5, lambda r: b"c")
+    assert _kinds(events) == [("invoke", "cas"), ("ok", "cas")], "one compare-and-set, invoked at the first run"
+    assert (events[0]["expected"], events[1]["version"]) == (1, 2)
+
+    events = []  # the same record, another value: the first run's outcome is left unknown
+    values = iter([b"c", b"d"])
+    HistoryRecorder(_Rerunning([v1, v1], Record(2, b"d")), events.append, process=0).modify(5, lambda r: next(values))
     assert _kinds(events) == [("invoke", "cas"), ("info", "cas"), ("invoke", "cas"), ("ok", "cas")]
     times = [e["time"] for e in events]
     assert times == sorted(times), "one process's events in time order"

@@ -194,13 +194,17 @@ class HistoryRecorder:
         The store runs the change again only when the last run's write did not
         take effect (a compare-and-set conflict, or a redirect or a refusal
         before the write). That run is completed as a ``fail`` when this run
-        sees another record than it saw (a write came between: a conflict), and
-        as an ``info`` when it sees the same one (refused for another reason:
-        the checker's ``fail`` would claim a version it never had). Neither
-        carries a version: the conflict's is not known here, and the one this
+        sees another record than it saw (a write came between: a conflict),
+        without a version: the conflict's is not known here, and the one this
         run sees is a later state (after a delete it can even be the very
-        version expected). A call that raised after a run that would write is
-        an ``info`` cas.
+        version expected). When this run sees the same record (refused for
+        another reason, a redirect during a rebalance) and makes the same
+        value, it is the same compare-and-set made again: the open invocation
+        stands for both runs, and completes with the last (it took effect, if
+        at all, after it was first invoked). With another value it is
+        completed as an ``info`` (the checker's ``fail`` would claim a version
+        it never had). A call that raised after a run that would write is an
+        ``info`` cas.
         """
         key = check_key(key)
         start = self.clock()
@@ -210,16 +214,23 @@ class HistoryRecorder:
             current = rec.version if rec is not None else 0
             seen = (current, None if rec is None else rec.value)
             if state["runs"]:  # the store runs the change again: the last run's write did not happen
-                if state["open"]:
-                    self._complete("fail" if seen != state["seen"] else "info", "cas", key)
+                if state["open"] and seen != state["seen"]:  # a conflict
+                    self._complete("fail", "cas", key)
                     state["open"] = False
                 state["time"] = self.clock()
             state["runs"] += 1
             state["seen"] = seen
             value = change(rec)
             state["record"] = rec
-            if value is not None:
-                shown = encode_value(check_value(value))
+            shown = None if value is None else encode_value(check_value(value))
+            if state["open"]:  # run again on the same record
+                if shown == state["shown"]:
+                    return value  # the same compare-and-set again: its open invocation stands for it
+                self._complete("info", "cas", key)
+                state["open"] = False
+                state["time"] = self.clock()  # after that completion (the write is yet to come)
+            if shown is not None:
+                state["shown"] = shown
                 self.sink(
                     {
                         "process": self.process,

@@ -52,9 +52,9 @@ class WorkloadStats:
     ok: int = 0
     fail: int = 0
     info: int = 0
-    #: runs of a ``modify``'s change that the store made again (each one is a compare-and-set in
-    #: the history beside the operations counted above: failed after a conflict, info after a
-    #: redirect)
+    #: runs of a ``modify``'s change that the store made again (after a conflict, a failed
+    #: compare-and-set in the history beside the operations counted above; after a redirect, the
+    #: same compare-and-set made again, one operation in the history)
     retried: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # exception names of the info outcomes
 
@@ -102,11 +102,10 @@ def run_workload(
     recorder writes ``info``) is followed by a pause of ``backoff`` seconds.
     Validation errors are bugs of the caller and propagate.
 
-    ``mix`` weighs the operations (default :data:`MIX`, ``dhtcart verify``'s).
-    ``"modify"`` is not in it: a ``modify`` that a store runs again after a
-    redirect (during a rebalance) is recorded as an ``info`` compare-and-set,
-    and enough of those leave the checker's search undecided on a loaded
-    machine (seen in ``tests/test_verify_rebalance.py``, 2026-12-07).
+    ``mix`` weighs the operations (default :data:`MIX`, ``dhtcart verify``'s),
+    ``"modify"`` among them (:meth:`HistoryRecorder.modify
+    <dhtcart.verify.history.HistoryRecorder.modify>` says how its runs are
+    recorded).
     """
     if not keys:
         raise InvalidInput("keys", "a workload needs at least one key")
