@@ -175,14 +175,18 @@ def test_a_modify_run_again_on_a_changed_record_was_a_conflict_and_on_the_same_o
 
     v1, v2 = Record(1, b"a"), Record(2, b"b")
     events: list[dict[str, Any]] = []
-    HistoryRecorder(_Rerunning([v1, v2], Record(3, b"c")), events.append, process=0).modify(5, lambda r: b"c")
+    recorder = HistoryRecorder(_Rerunning([v1, v2], Record(3, b"c")), events.append, process=0)
+    recorder.modify(5, lambda r: b"c")
     assert _kinds(events) == [("invoke", "cas"), ("fail", "cas"), ("invoke", "cas"), ("ok", "cas")]
+    assert recorder.repeated == 1, "one operation more than the call"
     assert [e.get("expected") for e in events if e["type"] == "invoke"] == [1, 2]
     assert "version" not in events[1], "the conflict's version is not known to the recorder"
 
     events = []  # refused for another reason (a redirect): the same record, the same value again
-    HistoryRecorder(_Rerunning([v1, v1, v1], Record(2, b"c")), events.append, process=0).modify(5, lambda r: b"c")
+    recorder = HistoryRecorder(_Rerunning([v1, v1, v1], Record(2, b"c")), events.append, process=0)
+    recorder.modify(5, lambda r: b"c")
     assert _kinds(events) == [("invoke", "cas"), ("ok", "cas")], "one compare-and-set, invoked at the first run"
+    assert recorder.repeated == 0
     assert (events[0]["expected"], events[1]["version"]) == (1, 2)
 
     events = []  # the same record, another value: the first run's outcome is left unknown

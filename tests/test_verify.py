@@ -41,7 +41,7 @@ def _all_clients_worked_and_raced(data: dict[str, Any]) -> None:
     """
     check, stats = data["check"], data["client_stats"]
     assert len(stats) == data["clients"] and all(s["operations"] > 0 for s in stats), stats
-    # modify's changes run again: each one more cas in the history, failed (a conflict) or info (a redirect)
+    # modify runs made again: after a conflict one more cas, failed (a redirect: the same cas again)
     retried = sum(s["retried"] for s in stats)
     assert check["operations"] == sum(s["operations"] for s in stats) + retried
     assert check["ok"] == sum(s["ok"] for s in stats)

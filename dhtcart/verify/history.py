@@ -112,6 +112,10 @@ class HistoryRecorder:
         self.sink = sink
         self.process = process
         self.clock = clock
+        #: operations this recorder completed for runs of a ``modify``'s change that the store
+        #: made again (a ``fail`` after a conflict, an ``info`` after a refusal with another
+        #: value), beside the one each call records for its last run
+        self.repeated = 0
 
     def _invoke(self, f: str, key: int, **fields: Any) -> None:
         t = self.clock()
@@ -216,6 +220,7 @@ class HistoryRecorder:
             if state["runs"]:  # the store runs the change again: the last run's write did not happen
                 if state["open"] and seen != state["seen"]:  # a conflict
                     self._complete("fail", "cas", key)
+                    self.repeated += 1
                     state["open"] = False
                 state["time"] = self.clock()
             state["runs"] += 1
@@ -227,6 +232,7 @@ class HistoryRecorder:
                 if shown == state["shown"]:
                     return value  # the same compare-and-set again: its open invocation stands for it
                 self._complete("info", "cas", key)
+                self.repeated += 1
                 state["open"] = False
                 state["time"] = self.clock()  # after that completion (the write is yet to come)
             if shown is not None:

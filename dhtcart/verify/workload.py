@@ -3,9 +3,9 @@
 :func:`run_workload` drives a :class:`~dhtcart.verify.history.HistoryRecorder`
 (so every call lands in a history) with the operation mix :data:`MIX`:
 reads, compare-and-sets that expect the version this client last saw (as a
-read-modify-write would), unconditional writes, conditional and plain
-deletes; a mix of its own may add the store's read-modify-write
-(:meth:`~dhtcart.store.DHTServerStore.modify`). Values are unique
+read-modify-write would), the store's own read-modify-write
+(:meth:`~dhtcart.store.DHTServerStore.modify`, where the store has it),
+unconditional writes, conditional and plain deletes. Values are unique
 (``<prefix><n>``), which lets the checker tie every read to its write. A
 whole run of many such clients, in processes of their own, is
 :func:`dhtcart.verify.run.verify_store`.
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,9 +34,10 @@ from dhtcart.verify.history import HistoryRecorder
 
 __all__ = ["DEFAULT_RATE", "MIX", "WorkloadStats", "run_workload"]
 
-#: how many of each 100 operations are reads, compare-and-sets, writes, conditional and plain
-#: deletes (``dhtcart verify``'s mix; :func:`run_workload` takes others, ``"modify"`` among them)
-MIX = {"read": 40, "cas": 35, "write": 12, "cdelete": 10, "delete": 3}
+#: how many of each 100 operations are reads, compare-and-sets, one-step read-modify-writes
+#: (``store.modify``; a compare-and-set where the store has no ``modify``), writes, conditional
+#: and plain deletes (``dhtcart verify``'s mix; :func:`run_workload` takes others)
+MIX = {"read": 40, "cas": 25, "modify": 10, "write": 12, "cdelete": 10, "delete": 3}
 #: the operations a mix may name: ``"modify"`` is the store's one-step read-modify-write
 #: (:meth:`~dhtcart.store.DHTServerStore.modify`; a compare-and-set where the store has none)
 OPERATIONS = frozenset({"read", "cas", "modify", "write", "cdelete", "delete"})
@@ -52,9 +53,10 @@ class WorkloadStats:
     ok: int = 0
     fail: int = 0
     info: int = 0
-    #: runs of a ``modify``'s change that the store made again (after a conflict, a failed
-    #: compare-and-set in the history beside the operations counted above; after a redirect, the
-    #: same compare-and-set made again, one operation in the history)
+    #: compare-and-sets in the history, beside the operations counted above, for runs of a
+    #: ``modify``'s change that the store made again (:attr:`HistoryRecorder.repeated
+    #: <dhtcart.verify.history.HistoryRecorder.repeated>`: failed after a conflict; a run made
+    #: again after a redirect, on the same record with the same value, is no operation more)
     retried: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # exception names of the info outcomes
 
@@ -63,19 +65,14 @@ class WorkloadStats:
         return asdict(self)
 
 
-class _Put:
-    """A ``modify`` change that writes one value whatever the record (the workload's values are
+def _writes(value: bytes) -> Callable[[Record | None], bytes]:
+    """A ``modify`` change that writes ``value`` whatever the record (the workload's values are
     unique, so the checker can tie reads to it)."""
 
-    __slots__ = ("runs", "value")
+    def change(_record: Record | None) -> bytes:
+        return value
 
-    def __init__(self, value: bytes) -> None:
-        self.value = value
-        self.runs = 0
-
-    def __call__(self, record: Record | None) -> bytes:
-        self.runs += 1
-        return self.value
+    return change
 
 
 def run_workload(
@@ -137,11 +134,11 @@ def run_workload(
             elif f == "cas" or (f == "modify" and not modifies):
                 seen[key] = recorder.put(key, value, seen.get(key, 0))
             elif f == "modify":
-                change = _Put(value)
+                before = recorder.repeated
                 try:
-                    after = recorder.modify(key, change)
+                    after = recorder.modify(key, _writes(value))
                 finally:
-                    stats.retried += max(change.runs - 1, 0)
+                    stats.retried += recorder.repeated - before
                 seen[key] = after.version if after is not None else 0
             elif f == "write":
                 seen[key] = recorder.put(key, value)
