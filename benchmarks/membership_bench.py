@@ -10,6 +10,8 @@ etcd and one whose membership is in a Redis database, and measures:
 * **publish → switch** (etcd only): a handle's watch delivering a newly
   published epoch, from the start of ``publish()`` to the moment the handle
   routes with it (``store.epoch``), and the ``publish()`` call itself;
+* **a shard's ownership record parsed** as a first read parses it, from its
+  packed string, beside the set's members that a first read parsed before;
 * **first operation on a moved key** after a rebalance made by another handle:
   an etcd-kept handle has switched by then (if its watch delivered in time),
   a Redis-kept one learns from the shard's redirect, reloads and retries. How
@@ -164,6 +166,37 @@ def measure_first_op(url: str, keys: list[int], rounds: int) -> tuple[list[float
     return first, plain, switched
 
 
+def measure_parses(url: str, rounds: int = 20) -> list[tuple[str, int, int, float, float]]:
+    """Each shard's ownership record as the rebalances left it, parsed both ways in one run:
+    (shard, segments, segments naming a peer, median s of the set's members, median s of the
+    packed string). The set's parse is what a first read cost before the packed record."""
+    from dhtcart.backends.redis import RedisBackend
+    from dhtcart.backends.redis.backend import _parse_segments, _unpack_segments
+
+    out = []
+    with DHTServerStore.open(url) as store:
+        for name, server in sorted(store.servers.items()):
+            backend = server.backend
+            assert isinstance(backend, RedisBackend)
+            client = backend.connection.client
+            members = client.zrange(backend._own, 0, -1)
+            packed = client.hget(backend._own_meta, "segs")
+            segments = _unpack_segments(name, packed)
+            assert _parse_segments(name, members) == segments
+            by_set, by_packed = [], []
+            for _ in range(rounds):  # interleaved
+                t0 = time.perf_counter()
+                _parse_segments(name, members)
+                t1 = time.perf_counter()
+                _unpack_segments(name, packed)
+                t2 = time.perf_counter()
+                by_set.append(t1 - t0)
+                by_packed.append(t2 - t1)
+            peers = sum(1 for p in segments.peers if p)
+            out.append((name, len(segments.his), peers, statistics.median(by_set), statistics.median(by_packed)))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--opens", type=int, default=30, help="opens per kind (default 30)")
@@ -196,6 +229,7 @@ def main() -> None:
             switched = {}
             for kind, url in urls.items():
                 first[kind], plain[kind], switched[kind] = measure_first_op(url, keys, args.rebalances)
+            parses = measure_parses(urls["etcd"])
         finally:
             for server in servers:
                 server.stop()
@@ -227,6 +261,14 @@ def main() -> None:
     print("| what | median | p90 | p99 | n |\n| --- | ---: | ---: | ---: | ---: |")
     for label, samples in rows:
         print("| " + " | ".join((label, *_row(samples))) + " |")
+    print(
+        "\nA shard's ownership record after the rebalances, parsed as a first read parses it (medians of 20):\n"
+        "| shard | segments | naming a peer | the set's members, ms | the packed string, ms | set / packed |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: |"
+    )
+    for name, n, peers, by_set, by_packed in parses:
+        ms = f"{by_set * 1000:.2f} | {by_packed * 1000:.2f}"
+        print(f"| {name} | {n:,} | {peers:,} | {ms} | {by_set / by_packed:.1f}x |")
 
 
 if __name__ == "__main__":
