@@ -170,6 +170,24 @@ def _kinds(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(e["type"], e["f"]) for e in events]
 
 
+class _Unreachable:
+    """A store whose ``modify`` fails before it runs the change (its read of the record timed out)."""
+
+    def modify(self, key: int, change: Any) -> Any:
+        raise ShardUnavailable("r1", "redis://127.0.0.1:1/0", "no answer within 0.3 s")
+
+
+def test_a_modify_that_failed_before_its_change_ran_is_an_unknown_read() -> None:
+    """Every call is one operation of the history, as the workload counts them."""
+    events: list[dict[str, Any]] = []
+    recorder = HistoryRecorder(_Unreachable(), events.append, process=0)
+    with pytest.raises(ShardUnavailable):
+        recorder.modify(5, lambda r: b"c")
+    assert _kinds(events) == [("invoke", "read"), ("info", "read")]
+    assert recorder.repeated == 0
+    assert check_history(events).info == 1
+
+
 def test_a_modify_run_again_on_a_changed_record_was_a_conflict_and_on_the_same_one_is_the_same_cas() -> None:
     from dhtcart.backends.base import Record
 
@@ -191,8 +209,10 @@ def test_a_modify_run_again_on_a_changed_record_was_a_conflict_and_on_the_same_o
 
     events = []  # the same record, another value: the first run's outcome is left unknown
     values = iter([b"c", b"d"])
-    HistoryRecorder(_Rerunning([v1, v1], Record(2, b"d")), events.append, process=0).modify(5, lambda r: next(values))
+    recorder = HistoryRecorder(_Rerunning([v1, v1], Record(2, b"d")), events.append, process=0)
+    recorder.modify(5, lambda r: next(values))
     assert _kinds(events) == [("invoke", "cas"), ("info", "cas"), ("invoke", "cas"), ("ok", "cas")]
+    assert recorder.repeated == 1
     times = [e["time"] for e in events]
     assert times == sorted(times), "one process's events in time order"
 

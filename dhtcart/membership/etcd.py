@@ -485,19 +485,25 @@ class EtcdMembership(Membership):
     # -- the lease -----------------------------------------------------------------------
 
     def try_lease(self, holder: str) -> Lease | None:
+        """Take the rebalance lease, or ``None`` when another holds it. Both steps (granting an
+        etcd lease, then creating the lease key with it) share one retry budget, and the lease's
+        time runs from the sending of the grant that etcd answered (the first attempts of an
+        election may go unanswered: a lease counted from them would be lost on arrival)."""
         ttl = max(1, math.ceil(self.lease_ttl))
         what = "taking the rebalance lease"
+        deadline = time.monotonic() + self._retry_for
+        sent = [0.0]
+
+        def grant_one(c: Etcd3Client) -> Any:
+            sent[0] = time.monotonic()  # the last attempt's: the one that answered, when it returns
+            return c.post(c.get_url("/lease/grant"), json={"TTL": ttl, "ID": 0})
+
         for _ in range(2):  # a grant that expired before its key was made (a long pause) is tried once more
-            since = time.monotonic()
             try:
-                grant = self._request(
-                    lambda c: c.post(c.get_url("/lease/grant"), json={"TTL": ttl, "ID": 0}),
-                    what=what,
-                    budget=self._retry_for,
-                    wrote=True,
-                )
+                grant = self._request(grant_one, what=what, budget=max(0.0, deadline - time.monotonic()), wrote=True)
             except _Refused as exc:
                 raise self._refused(what, exc) from None
+            since = sent[0]
             lease_id = int(grant["ID"])
             txn = {
                 "compare": [_compare(self._lease_key, "CREATE", 0)],
@@ -508,7 +514,7 @@ class EtcdMembership(Membership):
                 reply = self._request(
                     lambda c, txn=txn: c.transaction(txn),  # type: ignore[misc]
                     what=what,
-                    budget=self._retry_for,
+                    budget=max(0.0, deadline - time.monotonic()),
                     wrote=True,
                 )
             except _Refused as exc:

@@ -208,7 +208,9 @@ class HistoryRecorder:
         at all, after it was first invoked). With another value it is
         completed as an ``info`` (the checker's ``fail`` would claim a version
         it never had). A call that raised after a run that would write is an
-        ``info`` cas.
+        ``info`` cas; one that raised before the change ever ran (the store's
+        read of the record failed) an ``info`` read, so that every call is one
+        operation of the history.
         """
         key = check_key(key)
         start = self.clock()
@@ -256,6 +258,9 @@ class HistoryRecorder:
         except BaseException:
             if state["open"]:
                 self._complete("info", "cas", key)
+            elif not state["runs"]:  # raised before its change ever ran (a read timed out): it read, at most
+                self.sink({"process": self.process, "type": "invoke", "f": "read", "key": key, "time": start})
+                self._complete("info", "read", key)
             raise
         if state["open"]:
             assert after is not None
