@@ -119,7 +119,7 @@ def test_a_whole_run_through_the_api(tmp_path: Path) -> None:
         verify_store(root, kill_shard=True, seconds=1)
 
 
-@pytest.mark.parametrize("mix", [{}, {"read": 1, "scan": 1}, {"read": -1}, {"read": 1.5}])
+@pytest.mark.parametrize("mix", [{}, {"read": 0, "cas": 0}, {"read": 1, "scan": 1}, {"read": -1}, {"read": 1.5}])
 def test_a_mix_of_unknown_operations_or_bad_weights_is_refused(mix: dict[str, Any]) -> None:
     with DHTServerStore(shards=1) as store, pytest.raises(InvalidInput, match="mix"):
         run_workload(HistoryRecorder(store, lambda e: None, process=0), [1], seconds=1, mix=mix)

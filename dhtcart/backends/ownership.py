@@ -317,8 +317,7 @@ class Segments:
             raise CorruptData("ownership segment columns of different lengths")
         if not set(states) <= STATES:
             raise CorruptData(f"bad ownership segment states: {sorted(set(states) - STATES)[:3]!r}")
-        if not his or his[-1] != _MAX_KEY or not all(map(lt, his, islice(his, 1, None))):
-            raise CorruptData("ownership segments must be ascending and end at 2**63 - 1")
+        _check_order(his)
         _check_peers(peers)
         if any(peers):  # merged: no two neighbours alike in state and peer (C loops, no pair made)
             merged = not any(compress(map(eq, peers, islice(peers, 1, None)), map(eq, states, islice(states, 1, None))))
@@ -343,8 +342,7 @@ class Segments:
         if not set(map(type, peers)) <= _STR:
             raise CorruptData(f"bad ownership segment peers: {[p for p in peers if type(p) is not str][:3]!r}")
         _check_peers(peers)
-        if not his or his[-1] != _MAX_KEY or his[0] < 0 or not all(map(lt, his, islice(his, 1, None))):
-            raise CorruptData("ownership segments must be ascending and end at 2**63 - 1")
+        _check_order(his)
         return cls(his, states, peers)
 
     def __eq__(self, other: object) -> bool:
@@ -358,6 +356,12 @@ class Segments:
     def __repr__(self) -> str:
         owned = sum(b - a for a, b in self.in_state(OWNED, FROZEN))
         return f"<Segments {len(self.his)} segments, {owned / (_MAX_KEY + 1):.1%} of keys served>"
+
+
+def _check_order(his: list[int]) -> None:
+    """:class:`CorruptData` unless a stored record's last keys ascend from 0 up to 2**63 - 1."""
+    if not his or his[-1] != _MAX_KEY or his[0] < 0 or not all(map(lt, his, islice(his, 1, None))):
+        raise CorruptData("ownership segments must be ascending and end at 2**63 - 1")
 
 
 def _check_peers(peers: list[str]) -> None:

@@ -107,8 +107,10 @@ def run_workload(
     if not keys:
         raise InvalidInput("keys", "a workload needs at least one key")
     mix = MIX if mix is None else mix
-    if not mix or not set(mix) <= OPERATIONS or not all(type(w) is int and w >= 0 for w in mix.values()):
-        raise InvalidInput("mix", f"weights (ints >= 0) of operations among {sorted(OPERATIONS)}, not {mix!r}")
+    if not set(mix) <= OPERATIONS or not all(type(w) is int and w >= 0 for w in mix.values()) or sum(mix.values()) == 0:
+        raise InvalidInput(
+            "mix", f"weights (ints >= 0, not all 0) of operations among {sorted(OPERATIONS)}, not {mix!r}"
+        )
     rng = random.Random(seed)
     names = list(mix)
     weights = list(mix.values())
