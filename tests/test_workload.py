@@ -117,9 +117,27 @@ def test_a_whole_run_through_the_api(tmp_path: Path) -> None:
         verify_store(root, clients=0)
     with pytest.raises(InvalidInput, match="paused"):
         verify_store(root, kill_shard=True, seconds=1)
+    with pytest.raises(InvalidInput, match="mix"):
+        verify_store(root, seconds=1, mix={"read": 0})
 
 
 @pytest.mark.parametrize("mix", [{}, {"read": 0, "cas": 0}, {"read": 1, "scan": 1}, {"read": -1}, {"read": 1.5}])
 def test_a_mix_of_unknown_operations_or_bad_weights_is_refused(mix: dict[str, Any]) -> None:
     with DHTServerStore(shards=1) as store, pytest.raises(InvalidInput, match="mix"):
         run_workload(HistoryRecorder(store, lambda e: None, process=0), [1], seconds=1, mix=mix)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "read", "read=", "read=x", "read=-1", "read=\u00b2", "=3", "read=1,read=1", "read=0", "fly=1"]
+)
+def test_a_mix_written_wrong_is_refused(text: str) -> None:
+    from dhtcart.verify.workload import parse_mix
+
+    with pytest.raises(InvalidInput, match="mix"):
+        parse_mix(text)
+
+
+def test_a_written_mix_weighs_only_what_it_names() -> None:
+    from dhtcart.verify.workload import parse_mix
+
+    assert parse_mix(" read = 3 ,cdelete=0,modify=2") == {"read": 3, "cdelete": 0, "modify": 2}

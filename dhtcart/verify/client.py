@@ -45,6 +45,7 @@ def client_main(argv: Sequence[str]) -> int:
                 seed=config["seed"] + i,
                 value_prefix=f"{config['run']}:{i}:",
                 rate=config["rate"],
+                mix=config.get("mix"),
             )
     finally:
         store.close()

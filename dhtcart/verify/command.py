@@ -2,7 +2,7 @@
 
 ::
 
-    dhtcart verify --data DIR | --store LOCATION [--clients N] [--keys K] [--seconds S] [--rate OPS]
+    dhtcart verify --data DIR | --store LOCATION [--clients N] [--keys K] [--seconds S] [--rate OPS] [--mix OP=W,...]
                    [--rebalance [--rebalance-backend URL]] [--kill-shard] [--replicas N] [--history FILE]
                    [--seed N] [--json]
     dhtcart verify --check FILE [--json]
@@ -41,7 +41,7 @@ from dhtcart.errors import (
 )
 from dhtcart.verify.checker import Anomaly, CheckReport, check_file
 from dhtcart.verify.run import VerifyRun, verify_store
-from dhtcart.verify.workload import DEFAULT_RATE
+from dhtcart.verify.workload import DEFAULT_RATE, MIX, OPERATIONS, parse_mix
 
 __all__ = [
     "EXIT_BUSY",
@@ -123,6 +123,13 @@ def _rate(text: str) -> float:
     return value
 
 
+def _mix(text: str) -> dict[str, int]:
+    try:
+        return parse_mix(text)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 def add_verify_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``verify`` command to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
     p: argparse.ArgumentParser = subparsers.add_parser(
@@ -147,6 +154,13 @@ def add_verify_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=DEFAULT_RATE,
         metavar="OPS",
         help="operations per second of all clients together; 0: as fast as they go (default %(default)g)",
+    )
+    p.add_argument(
+        "--mix",
+        type=_mix,
+        metavar="OP=W,...",
+        help="the operations' weights, e.g. read=50,cas=30,write=20 (operations not named weigh 0;"
+        f" operations: {', '.join(sorted(OPERATIONS))}; default {','.join(f'{k}={v}' for k, v in MIX.items())})",
     )
     p.add_argument(
         "--rebalance", action="store_true", help="meanwhile add and remove a temporary shard, again and again"
@@ -186,6 +200,8 @@ def run_verify(args: argparse.Namespace) -> int:
             given.append("--history")
         if args.replicas is not None:
             given.append("--replicas")
+        if args.mix is not None:
+            given.append("--mix")
         if given:
             return _usage(f"{', '.join(given)} only apply to a run, not to --check")
         try:
@@ -228,6 +244,7 @@ def run_verify(args: argparse.Namespace) -> int:
             rebalance_backend=args.rebalance_backend,
             max_steps=args.max_steps,
             progress=status,
+            mix=args.mix,
         )
     except InvalidInput as exc:
         return _usage(exc.message)

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -55,7 +55,7 @@ from dhtcart.settings import DEFAULT_LOCK_TIMEOUT
 from dhtcart.store import DHTServerStore
 from dhtcart.verify.checker import CheckReport, check_history
 from dhtcart.verify.history import HistoryWriter, merge_histories, read_history
-from dhtcart.verify.workload import DEFAULT_RATE, WorkloadStats
+from dhtcart.verify.workload import DEFAULT_RATE, MIX, WorkloadStats, check_mix
 
 __all__ = ["VerifyRun", "draw_keys", "open_store", "verify_store"]
 
@@ -125,6 +125,8 @@ class VerifyRun:
     keys: int
     seconds: float
     run: str
+    #: the clients' operation mix (weights by operation)
+    mix: dict[str, int] = field(default_factory=lambda: dict(MIX))
     client_stats: list[WorkloadStats] = field(default_factory=list)
     client_failures: list[str] = field(default_factory=list)
     rebalances: int = 0
@@ -150,6 +152,7 @@ class VerifyRun:
             "history": str(self.history),
             "clients": self.clients,
             "keys": self.keys,
+            "mix": self.mix,
             "seconds": round(self.seconds, 3),
             "rebalances": self.rebalances,
             "rebalance_refusals": self.rebalance_refusals,
@@ -384,11 +387,14 @@ def verify_store(
     rebalance_backend: str | None = None,
     max_steps: int | None = None,
     progress: Callable[[str], None] | None = None,
+    mix: Mapping[str, int] | None = None,
 ) -> VerifyRun:
     """Run ``clients`` client processes on the store at ``location`` and check their history.
 
     ``rate`` is the total operations per second of all clients (``None`` or 0:
-    as fast as they go).
+    as fast as they go). ``mix`` weighs the clients' operations (default
+    :data:`~dhtcart.verify.workload.MIX`; see
+    :func:`~dhtcart.verify.workload.check_mix`).
 
     ``history`` is where the merged history is written (default: a file in a
     temporary directory, kept and named in the result). ``rebalance_backend``
@@ -405,6 +411,7 @@ def verify_store(
         raise InvalidInput("seconds", f"must be more than 0 and at most a day, got {seconds!r}")
     if rate is not None and not 0 <= rate <= 10_000_000:
         raise InvalidInput("rate", f"must be between 0 (no limit) and 10,000,000 operations per second, got {rate!r}")
+    mix = check_mix(MIX if mix is None else mix)
     say = progress or (lambda text: None)
     store = open_store(location)
     workdir = Path(tempfile.mkdtemp(prefix="dhtcart-verify-"))
@@ -412,7 +419,7 @@ def verify_store(
     procs: list[subprocess.Popen[str]] = []
     errs: list[IO[str]] = []
     run_keys: list[int] = []
-    run = VerifyRun(report=check_history([]), history=target, clients=clients, keys=keys, seconds=0.0, run="")
+    run = VerifyRun(report=check_history([]), history=target, clients=clients, keys=keys, seconds=0.0, run="", mix=mix)
     try:
         shards = _pausable(store) if kill_shard else []
         if kill_shard and not shards:
@@ -433,6 +440,7 @@ def verify_store(
                     "rate": rate / clients if rate else None,
                     "run": run_id,
                     "dir": str(workdir),
+                    "mix": mix,
                 }
             ),
             encoding="utf-8",

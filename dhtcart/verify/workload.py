@@ -32,7 +32,7 @@ from dhtcart.backends.base import Record
 from dhtcart.errors import DHTCartError, InvalidInput, ValidationError, VersionConflict
 from dhtcart.verify.history import HistoryRecorder
 
-__all__ = ["DEFAULT_RATE", "MIX", "WorkloadStats", "run_workload"]
+__all__ = ["DEFAULT_RATE", "MIX", "OPERATIONS", "WorkloadStats", "check_mix", "parse_mix", "run_workload"]
 
 #: how many of each 100 operations are reads, compare-and-sets, one-step read-modify-writes
 #: (``store.modify``; a compare-and-set where the store has no ``modify``), writes, conditional
@@ -43,6 +43,36 @@ MIX = {"read": 40, "cas": 25, "modify": 10, "write": 12, "cdelete": 10, "delete"
 OPERATIONS = frozenset({"read", "cas", "modify", "write", "cdelete", "delete"})
 #: operations per second of all clients together, by default (a history that checks in about a second)
 DEFAULT_RATE = 5_000.0
+
+
+def check_mix(mix: Mapping[str, int]) -> dict[str, int]:
+    """``mix`` as a dict, if it is one: weights (ints >= 0, not all 0) of operations among
+    :data:`OPERATIONS`; else :class:`~dhtcart.errors.InvalidInput`."""
+    if (
+        not isinstance(mix, Mapping)
+        or not set(mix) <= OPERATIONS
+        or not all(type(w) is int and w >= 0 for w in mix.values())
+        or sum(mix.values()) == 0
+    ):
+        raise InvalidInput(
+            "mix", f"weights (ints >= 0, not all 0) of operations among {sorted(OPERATIONS)}, not {mix!r}"
+        )
+    return dict(mix)
+
+
+def parse_mix(text: str) -> dict[str, int]:
+    """A mix written ``read=50,cas=30,write=20`` (operations not named weigh 0); see :func:`check_mix`.
+
+    >>> parse_mix("read=50, cas=30,write=20")
+    {'read': 50, 'cas': 30, 'write': 20}
+    """
+    mix: dict[str, int] = {}
+    for part in text.split(","):
+        name, eq, weight = (half.strip() for half in part.partition("="))
+        if not eq or not (weight.isascii() and weight.isdigit()) or name in mix:
+            raise InvalidInput("mix", f"NAME=WEIGHT pairs, each operation once, separated by commas, not {text!r}")
+        mix[name] = int(weight)
+    return check_mix(mix)
 
 
 @dataclass
@@ -106,11 +136,7 @@ def run_workload(
     """
     if not keys:
         raise InvalidInput("keys", "a workload needs at least one key")
-    mix = MIX if mix is None else mix
-    if not set(mix) <= OPERATIONS or not all(type(w) is int and w >= 0 for w in mix.values()) or sum(mix.values()) == 0:
-        raise InvalidInput(
-            "mix", f"weights (ints >= 0, not all 0) of operations among {sorted(OPERATIONS)}, not {mix!r}"
-        )
+    mix = check_mix(MIX if mix is None else mix)
     rng = random.Random(seed)
     names = list(mix)
     weights = list(mix.values())
