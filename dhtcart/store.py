@@ -820,7 +820,7 @@ class DHTServerStore(MutableMapping[int, bytes]):
                 completion.applied(self._apply_all(completion, step))
             elif isinstance(step, Commit):
                 try:
-                    primary.commit(completion.pending.key, completion.pending.version)
+                    primary.commit(completion.pending.key, completion.pending.version, completion.pending.life)
                 except (ShardUnavailable, StoreClosed):
                     self._suspect([name])
                     completion.commit_failed()

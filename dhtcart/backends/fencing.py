@@ -52,7 +52,7 @@ from dhtcart.backends.base import Backend, Record
 from dhtcart.backends.ownership import Ownership
 from dhtcart.errors import InvalidInput
 
-__all__ = ["Change", "FencedBackend", "Pending", "Update", "apply_changes"]
+__all__ = ["Change", "Entry", "FencedBackend", "Mark", "Pending", "Update", "apply_changes", "next_life", "stamp_of"]
 
 #: a change of one record: the current record (``None``: absent) to the new value, or ``None``
 #: to leave it as it is (see :meth:`FencedBackend.modify`)
@@ -117,28 +117,68 @@ class Pending(NamedTuple):
     """A write a primary decided and has not committed: ``prev`` is the version it replaces
     (0: absent), ``version`` the one it makes (``prev + 1``), ``value`` the bytes or ``None``
     for a delete; ``backups`` the primary's record's list of them when read (``name@born``,
-    comma separated)."""
+    comma separated); ``life`` the key's life the write belongs to (see :data:`Mark`: a put
+    that creates the key after a delete starts the next life; a delete ends the current one).
+
+    A write's *stamp* ``(life, version)`` orders it among all the writes of its key, across
+    deletes: users' versions start at 1 again after a delete, lives only grow."""
 
     key: int
     prev: int
     version: int
     value: bytes | None
     backups: str = ""
+    life: int = 0
 
     def encode(self) -> bytes:
-        """``prev`` and ``version`` as 8 bytes each, a flag byte (1: put, 0: delete), the value."""
-        flag = b"\x00" if self.value is None else b"\x01"
-        return self.prev.to_bytes(8, "big") + self.version.to_bytes(8, "big") + flag + (self.value or b"")
+        """``prev`` and ``version`` as 8 bytes each, a flag byte (1: put, 0: delete; 3 and 2: the
+        same with the 8-byte life next, when it is not 0), the value."""
+        head = self.prev.to_bytes(8, "big") + self.version.to_bytes(8, "big")
+        if self.life:
+            flag = b"\x02" if self.value is None else b"\x03"
+            return head + flag + self.life.to_bytes(8, "big") + (self.value or b"")
+        return head + (b"\x00" if self.value is None else b"\x01") + (self.value or b"")
 
     @classmethod
     def decode(cls, key: int, raw: bytes, backups: str = "") -> Pending:
         """The inverse of :meth:`encode` (``CorruptData`` for bytes that are not one)."""
         from dhtcart.errors import CorruptData
 
-        if len(raw) < 17 or raw[16:17] not in (b"\x00", b"\x01"):
+        flag = raw[16:17]
+        if len(raw) < 17 or flag not in (b"\x00", b"\x01", b"\x02", b"\x03") or (flag >= b"\x02" and len(raw) < 25):
             raise CorruptData(f"key {key}: a pending write of {len(raw)} bytes cannot be decoded")
-        value = bytes(raw[17:]) if raw[16:17] == b"\x01" else None
-        return cls(key, int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:16], "big"), value, backups)
+        life, start = (int.from_bytes(raw[17:25], "big"), 25) if flag >= b"\x02" else (0, 17)
+        value = bytes(raw[start:]) if flag in (b"\x01", b"\x03") else None
+        return cls(key, int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:16], "big"), value, backups, life)
+
+    @property
+    def stamp(self) -> tuple[int, int]:
+        """``(life, version)``: the order of this write among its key's writes."""
+        return (self.life, self.version)
+
+
+#: What a shard keeps of a key beyond its record, in a store that keeps copies
+#: (``docs/replication.md``, "Lives and graves"): ``(life, 0)`` for a record of a
+#: life after the first (a key created again after a delete), ``(life, version)``
+#: for a *grave*: the key was deleted at that stamp and holds no record. A key
+#: without a mark is of life 0 (a record), or was never written or deleted
+#: without one (absent: stamp ``(0, 0)``).
+Mark = tuple[int, int]
+#: a write as levelling makes it: key, life, version, value (``None``: a grave)
+Entry = tuple[int, int, int, bytes | None]
+
+
+def stamp_of(version: int | None, mark: Mark | None) -> tuple[int, int]:
+    """The stamp ``(life, version)`` of what a shard holds for a key: its record's ``version``
+    (``None``: no record) and its :data:`Mark`."""
+    if version is not None:
+        return (mark[0] if mark else 0, version)
+    return mark if mark and mark[1] else (0, 0)
+
+
+def next_life(mark: Mark | None) -> int:
+    """The life of a key created where it has no record and this :data:`Mark`."""
+    return mark[0] + 1 if mark and mark[1] else 0
 
 
 def _nothing() -> None:
@@ -195,7 +235,8 @@ class FencedBackend(Backend):
     def import_ranges(
         self, token: int, ranges: Sequence[tuple[int, int]], records: Sequence[tuple[int, Record]]
     ) -> int:
-        """Make the records in the ``ranges`` (``(lo, hi]`` each) exactly ``records``, atomically.
+        """Make the records in the ``ranges`` (``(lo, hi]`` each) exactly ``records``, atomically
+        (the ranges' pending writes and marks go: :meth:`import_marks` brings the source's).
 
         ``records`` keep their versions and all lie in the ranges. Refused
         (:class:`~dhtcart.errors.LeaseLost`) for a stale ``token`` or if the
@@ -205,9 +246,10 @@ class FencedBackend(Backend):
 
     @abstractmethod
     def drop_ranges(self, token: int, ranges: Sequence[tuple[int, int]]) -> int:
-        """Delete every record in the ``ranges``; refused for a stale token or a served range.
+        """Delete every record in the ``ranges`` (their pending writes and marks too); refused for a
+        stale token or a served range.
 
-        Returns how many went. Idempotent.
+        Returns how many records went. Idempotent.
         """
 
     def export_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[tuple[bytes, bytes]]:
@@ -289,11 +331,13 @@ class FencedBackend(Backend):
         """Every pending write of ``lo < key <= hi``, with their backups now (a migration finishes them)."""
 
     @abstractmethod
-    def commit(self, key: int, version: int) -> bool:
-        """Make the pending write of ``key`` at ``version`` the record; whether it was still pending.
+    def commit(self, key: int, version: int, life: int = 0) -> bool:
+        """Make the pending write of ``key`` at stamp ``(life, version)`` the record (a delete:
+        remove it, and leave a grave); whether it was still pending.
 
         Idempotent: a write already committed (by its writer, or by another
-        handle that finished it) is left as it is.
+        handle that finished it) is left as it is, and so is another pending
+        write of the same version in another life.
         """
 
     @abstractmethod
@@ -302,9 +346,28 @@ class FencedBackend(Backend):
 
         Refused (:class:`~dhtcart.errors.Moved`) unless this shard's record
         keeps the key as a backup of that very primary, so a write decided by
-        a primary that was taken out never lands. A put is applied unless the
-        shard already holds its version or a newer one; a delete removes a
-        record no newer than the one it deleted.
+        a primary that was taken out never lands. The write is applied only if
+        its stamp is newer than the stamp of what the shard holds (its record,
+        or its grave: :func:`stamp_of`), so a late apply changes nothing, after
+        a delete too; a delete leaves a grave.
+        """
+
+    @abstractmethod
+    def marks(self, lo: int, hi: int) -> dict[int, Mark]:
+        """Every :data:`Mark` of ``lo < key <= hi`` (the hand-over copies them with the records)."""
+
+    @abstractmethod
+    def import_marks(self, token: int, ranges: Sequence[tuple[int, int]], marks: dict[int, Mark]) -> None:
+        """Make the marks of the ``ranges`` exactly ``marks`` (after :meth:`import_ranges`;
+        refused as it is: a stale token or a served range)."""
+
+    @abstractmethod
+    def repair_entries(self, token: int, entries: Sequence[Entry]) -> int:
+        """Write each :data:`Entry` (a record, or a grave where its value is ``None``) unless this
+        shard holds its stamp or a newer one (token-fenced); how many were written.
+
+        Used to bring the surviving replicas of a range level with each other
+        before one of them becomes its primary, deletes included.
         """
 
     def send_apply(self, primary: str, pending: Pending) -> Callable[[], None]:

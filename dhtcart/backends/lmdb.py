@@ -114,11 +114,15 @@ from dhtcart.backends.base import BackendContext, Record, check_expected, stored
 from dhtcart.backends.fencing import (
     MAX_UPDATE_TRIES,
     Change,
+    Entry,
     FencedBackend,
+    Mark,
     Pending,
     Update,
     apply_changes,
     change_called_back,
+    next_life,
+    stamp_of,
 )
 from dhtcart.backends.ownership import BACKUP, OWNED, TABLE_SHIFT, Ownership
 from dhtcart.errors import (
@@ -170,6 +174,9 @@ _LEASE = _META + b"lease"  # 8-byte big-endian milliseconds since the epoch: the
 # Pending (decided, not committed) writes of a primary: 0xfe then the 8-byte key, so they
 # sort after every record key and before the ownership keys, and no record scan reads them.
 _PENDING = b"\xfe"
+# Marks (lives and graves, a store that keeps copies: fencing.Mark): 0xfd then the 8-byte key,
+# 16 bytes (life, version) each, sorting between the records and the pending writes.
+_MARK = b"\xfd"
 _UNREAD = object()
 #: records exported as they are stored: 8-byte big-endian key, 8-byte big-endian version + value
 _COPY_FORMAT = "lmdb-v1"
@@ -482,28 +489,63 @@ def _delete_range(txn: lmdb.Transaction, lo: int, hi: int) -> int:
                 break
             cur.delete()  # and moves to the next record
             n += 1
-    if cur.set_range(_PENDING + _kb(lo + 1)):
-        while True:
-            kb = bytes(cur.key())
-            if len(kb) != 9 or kb[:1] != _PENDING or kb[1:] > hi_kb:
-                break
-            cur.delete()
+    for prefix in (_PENDING, _MARK):
+        if cur.set_range(prefix + _kb(lo + 1)):
+            while True:
+                kb = bytes(cur.key())
+                if len(kb) != 9 or kb[:1] != prefix or kb[1:] > hi_kb:
+                    break
+                cur.delete()
     return n
 
 
-def _pendings(txn: lmdb.Transaction, lo: int, hi: int) -> list[tuple[int, bytes]]:
-    """``(key, encoded Pending)`` of every pending write ``lo < key <= hi`` in ``txn``."""
+def _prefixed(txn: lmdb.Transaction, prefix: bytes, lo: int, hi: int) -> list[tuple[int, bytes]]:
+    """``(key, value)`` of every entry ``prefix + key`` with ``lo < key <= hi`` in ``txn``."""
     out: list[tuple[int, bytes]] = []
     cur = txn.cursor()
-    if not cur.set_range(_PENDING + _kb(lo + 1)):
+    if not cur.set_range(prefix + _kb(lo + 1)):
         return out
     hi_kb = _kb(hi)
     for key, raw in cur:
         kb = bytes(key)
-        if len(kb) != 9 or kb[:1] != _PENDING or kb[1:] > hi_kb:
+        if len(kb) != 9 or kb[:1] != prefix or kb[1:] > hi_kb:
             break
         out.append((int.from_bytes(kb[1:], "big"), bytes(raw)))
     return out
+
+
+def _pendings(txn: lmdb.Transaction, lo: int, hi: int) -> list[tuple[int, bytes]]:
+    """``(key, encoded Pending)`` of every pending write ``lo < key <= hi`` in ``txn``."""
+    return _prefixed(txn, _PENDING, lo, hi)
+
+
+def _mark(raw: bytes | memoryview | None) -> Mark | None:
+    """A :data:`~dhtcart.backends.fencing.Mark` as stored (``None``: none)."""
+    if raw is None:
+        return None
+    raw = bytes(raw)
+    if len(raw) != 16:
+        raise CorruptData(f"a mark of {len(raw)} bytes (16 expected)")
+    return (int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big"))
+
+
+def _stamp(txn: lmdb.Transaction, kb: bytes) -> tuple[int, int]:
+    """The stamp of what ``txn`` holds for the key ``kb`` (record and mark)."""
+    raw = txn.get(kb)
+    return stamp_of(None if raw is None else int.from_bytes(raw[:8], "big"), _mark(txn.get(_MARK + kb)))
+
+
+def _write_entry(txn: lmdb.Transaction, kb: bytes, life: int, version: int, value: bytes | None) -> None:
+    """Hold the write of stamp ``(life, version)``: its record and mark, or its grave (``value`` None)."""
+    if value is None:
+        txn.delete(kb)
+        txn.put(_MARK + kb, life.to_bytes(8, "big") + version.to_bytes(8, "big"))
+        return
+    txn.put(kb, version.to_bytes(8, "big") + value)
+    if life:
+        txn.put(_MARK + kb, life.to_bytes(8, "big") + bytes(8))
+    else:
+        txn.delete(_MARK + kb)
 
 
 class LMDBBackend(FencedBackend):
@@ -914,7 +956,7 @@ class LMDBBackend(FencedBackend):
         def op(txn: lmdb.Transaction) -> int:
             entries: int = txn.stat(self._env.open_db())["entries"]
             meta = sum(txn.get(k) is not None for k in (_GEN, _OWN, _LEASE))
-            return entries - meta - len(_pendings(txn, -1, _MAX_KEY))
+            return entries - meta - len(_pendings(txn, -1, _MAX_KEY)) - len(_prefixed(txn, _MARK, -1, _MAX_KEY))
 
         return self._read(op)
 
@@ -1054,7 +1096,9 @@ class LMDBBackend(FencedBackend):
             check_expected(key, expected_version, current)
             if value is None and raw is None:
                 return Pending(key, 0, 0, None, backups)  # nothing to delete: nothing to replicate
-            decided = Pending(key, current, current + 1, value, backups)
+            mark = _mark(txn.get(_MARK + kb))
+            life = (mark[0] if mark else 0) if raw is not None else next_life(mark)
+            decided = Pending(key, current, current + 1, value, backups, life)
             txn.put(_PENDING + kb, decided.encode())
             return decided
 
@@ -1076,7 +1120,7 @@ class LMDBBackend(FencedBackend):
 
         return self._read(op)
 
-    def commit(self, key: int, version: int) -> bool:
+    def commit(self, key: int, version: int, life: int = 0) -> bool:
         kb = _kb(key)
 
         def op(txn: lmdb.Transaction) -> bool:
@@ -1084,13 +1128,10 @@ class LMDBBackend(FencedBackend):
             if raw is None:
                 return False
             waiting = Pending.decode(key, bytes(raw), "")
-            if waiting.version != version:
+            if waiting.version != version or waiting.life != life:
                 return False
             txn.delete(_PENDING + kb)
-            if waiting.value is None:
-                txn.delete(kb)
-            else:
-                txn.put(kb, waiting.version.to_bytes(8, "big") + waiting.value)
+            _write_entry(txn, kb, life, version, waiting.value)
             return True
 
         return self._write(op)
@@ -1103,30 +1144,52 @@ class LMDBBackend(FencedBackend):
         def op(txn: lmdb.Transaction) -> None:
             if fenced:
                 self._own_now(txn).check_apply(key, primary)
-            raw = txn.get(kb)
-            current = 0 if raw is None else int.from_bytes(raw[:8], "big")
-            if pending.value is None:
-                if raw is not None and current <= pending.prev:
-                    txn.delete(kb)
-            elif current < pending.version:
-                txn.put(kb, pending.version.to_bytes(8, "big") + pending.value)
+            if _stamp(txn, kb) < pending.stamp:
+                _write_entry(txn, kb, pending.life, pending.version, pending.value)
 
         self._write(op)
 
     def repair_records(self, token: int, records: Sequence[tuple[int, Record]]) -> int:
-        rows = [(_kb(k), r) for k, r in records]
+        return self.repair_entries(token, [(k, 0, r.version, r.value) for k, r in records])
+
+    def repair_entries(self, token: int, entries: Sequence[Entry]) -> int:
+        rows = [(_kb(k), life, version, None if value is None else bytes(value)) for k, life, version, value in entries]
 
         def op(txn: lmdb.Transaction) -> int:
             self._own_now(txn).check_token(token)
             n = 0
-            for kb, rec in rows:
-                raw = txn.get(kb)
-                if raw is None or int.from_bytes(raw[:8], "big") < rec.version:
-                    txn.put(kb, rec.version.to_bytes(8, "big") + bytes(rec.value))
+            for kb, life, version, value in rows:
+                if _stamp(txn, kb) < (life, version):
+                    _write_entry(txn, kb, life, version, value)
                     n += 1
             return n
 
         return self._write(op)
+
+    def marks(self, lo: int, hi: int) -> dict[int, Mark]:
+        def op(txn: lmdb.Transaction) -> dict[int, Mark]:
+            return {k: _mark(raw) for k, raw in _prefixed(txn, _MARK, lo, hi)}  # type: ignore[misc]
+
+        return self._read(op)
+
+    def import_marks(self, token: int, ranges: Sequence[tuple[int, int]], marks: dict[int, Mark]) -> None:
+        rows = [
+            (_MARK + _kb(k), int(life).to_bytes(8, "big") + int(version).to_bytes(8, "big"))
+            for k, (life, version) in sorted(marks.items())
+        ]
+
+        def op(txn: lmdb.Transaction) -> None:
+            own = self._shared.load_ownership(txn, txn.get(_GEN))
+            own.check_token(token)
+            for lo, hi in ranges:
+                own.check_unserved(lo, hi, "import")
+            for lo, hi in ranges:
+                for k, _ in _prefixed(txn, _MARK, lo, hi):
+                    txn.delete(_MARK + _kb(k))
+            for kb, raw in rows:
+                txn.put(kb, raw)
+
+        self._write(op)
 
     def renew_lease(self, epoch: int, until: float) -> float:
         until_ms = int(until * 1000)

@@ -23,11 +23,15 @@ from dhtcart.backends.base import BackendContext, Record, check_expected
 from dhtcart.backends.fencing import (
     MAX_UPDATE_TRIES,
     Change,
+    Entry,
     FencedBackend,
+    Mark,
     Pending,
     Update,
     apply_changes,
     change_called_back,
+    next_life,
+    stamp_of,
 )
 from dhtcart.backends.ownership import BACKUP, OWNED, TABLE_SHIFT, Ownership
 from dhtcart.checks import check_seconds
@@ -61,6 +65,7 @@ class MemoryBackend(FencedBackend):
         self._closed = False
         self._own = Ownership.nothing()
         self._pending: dict[int, Pending] = {}  # decided, not committed (this shard as a primary)
+        self._marks: SortedDict = SortedDict()  # key: Mark (lives and graves, a store with copies)
         self._lease = 0.0  # end of the lease to serve reads, seconds since the epoch
 
     @classmethod
@@ -250,6 +255,8 @@ class MemoryBackend(FencedBackend):
                 n += 1
             for k in [k for k in self._pending if lo < k <= hi]:
                 del self._pending[k]
+            for k in list(self._marks.irange(lo, hi, inclusive=(False, True))):
+                del self._marks[k]
         return n
 
     def drop_ranges(self, token: int, ranges: Sequence[tuple[int, int]]) -> int:
@@ -286,7 +293,9 @@ class MemoryBackend(FencedBackend):
             check_expected(key, expected_version, current)
             if value is None and old is None:
                 return Pending(key, 0, 0, None, backups)  # nothing to delete: nothing to replicate
-            decided = Pending(key, current, current + 1, value, backups)
+            mark = self._marks.get(key)
+            life = (mark[0] if mark else 0) if old is not None else next_life(mark)
+            decided = Pending(key, current, current + 1, value, backups, life)
             self._pending[key] = decided
             return decided
 
@@ -301,18 +310,31 @@ class MemoryBackend(FencedBackend):
             self._check_open()
             return [p._replace(backups=self._backups(k)) for k, p in sorted(self._pending.items()) if lo < k <= hi]
 
-    def commit(self, key: int, version: int) -> bool:
+    def commit(self, key: int, version: int, life: int = 0) -> bool:
         with self._locked():
             self._check_open()
             waiting = self._pending.get(key)
-            if waiting is None or waiting.version != version:
+            if waiting is None or waiting.version != version or waiting.life != life:
                 return False
             del self._pending[key]
-            if waiting.value is None:
-                self._data.pop(key, None)
-            else:
-                self._data[key] = Record(waiting.version, waiting.value)
+            self._write(key, life, version, waiting.value)
             return True
+
+    def _write(self, key: int, life: int, version: int, value: bytes | None) -> None:
+        """Hold the write of stamp ``(life, version)``: its record and mark, or its grave (``value`` None)."""
+        if value is None:
+            self._data.pop(key, None)
+            self._marks[key] = (life, version)
+            return
+        self._data[key] = Record(version, value)
+        if life:
+            self._marks[key] = (life, 0)
+        else:
+            self._marks.pop(key, None)
+
+    def _stamp(self, key: int) -> tuple[int, int]:
+        old: Record | None = self._data.get(key)
+        return stamp_of(None if old is None else old.version, self._marks.get(key))
 
     def apply(self, primary: str, pending: Pending) -> None:
         key = pending.key
@@ -320,25 +342,38 @@ class MemoryBackend(FencedBackend):
             self._check_open()
             if self.fenced:
                 self._own.check_apply(key, primary)
-            old: Record | None = self._data.get(key)
-            current = old.version if old is not None else 0
-            if pending.value is None:
-                if old is not None and current <= pending.prev:
-                    del self._data[key]
-            elif current < pending.version:
-                self._data[key] = Record(pending.version, pending.value)
+            if self._stamp(key) < pending.stamp:
+                self._write(key, pending.life, pending.version, pending.value)
 
     def repair_records(self, token: int, records: Sequence[tuple[int, Record]]) -> int:
+        return self.repair_entries(token, [(key, 0, rec.version, rec.value) for key, rec in records])
+
+    def repair_entries(self, token: int, entries: Sequence[Entry]) -> int:
         n = 0
         with self._locked():
             self._check_open()
             self._own.check_token(token)
-            for key, rec in records:
-                old: Record | None = self._data.get(key)
-                if old is None or old.version < rec.version:
-                    self._data[key] = Record(rec.version, bytes(rec.value))
+            for key, life, version, value in entries:
+                if self._stamp(key) < (life, version):
+                    self._write(key, life, version, None if value is None else bytes(value))
                     n += 1
         return n
+
+    def marks(self, lo: int, hi: int) -> dict[int, Mark]:
+        with self._locked():
+            self._check_open()
+            return {k: self._marks[k] for k in self._marks.irange(lo, hi, inclusive=(False, True))}
+
+    def import_marks(self, token: int, ranges: Sequence[tuple[int, int]], marks: dict[int, Mark]) -> None:
+        with self._locked():
+            self._check_open()
+            self._own.check_token(token)
+            for lo, hi in ranges:
+                self._own.check_unserved(lo, hi, "import")
+                for k in list(self._marks.irange(lo, hi, inclusive=(False, True))):
+                    del self._marks[k]
+            for key, mark in marks.items():
+                self._marks[key] = (int(mark[0]), int(mark[1]))
 
     def renew_lease(self, epoch: int, until: float) -> float:
         with self._locked():

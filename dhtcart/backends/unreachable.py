@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from dhtcart.backends.base import Record
-from dhtcart.backends.fencing import Change, FencedBackend, Pending
+from dhtcart.backends.fencing import Change, Entry, FencedBackend, Mark, Pending
 from dhtcart.backends.ownership import Ownership
 from dhtcart.errors import ShardUnavailable
 
@@ -83,7 +83,16 @@ class UnreachableBackend(FencedBackend):
     def scan_pending(self, lo: int, hi: int) -> list[Pending]:
         self._refuse()
 
-    def commit(self, key: int, version: int) -> bool:
+    def commit(self, key: int, version: int, life: int = 0) -> bool:
+        self._refuse()
+
+    def marks(self, lo: int, hi: int) -> dict[int, Mark]:
+        self._refuse()
+
+    def import_marks(self, token: int, ranges: Sequence[tuple[int, int]], marks: dict[int, Mark]) -> None:
+        self._refuse()
+
+    def repair_entries(self, token: int, entries: Sequence[Entry]) -> int:
         self._refuse()
 
     def apply(self, primary: str, pending: Pending) -> None:

@@ -38,8 +38,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from dhtcart.backends.base import Record
-from dhtcart.backends.fencing import Change, FencedBackend
+from dhtcart.backends.fencing import Change, Entry, FencedBackend, stamp_of
 from dhtcart.backends.ownership import BACKUP, FROZEN, OWNED, PRIMARY, Segments, join_peers, split_peers
 from dhtcart.errors import LeaseLost, ShardUnavailable, StoreClosed
 from dhtcart.membership import Lease, MembershipDoc
@@ -149,28 +148,38 @@ def _drop_dead(segs: Segments, dead_ids: set[str]) -> list[tuple[int, int, str, 
 
 
 def level(backends: Mapping[str, FencedBackend], token: int, orphan: Orphan) -> int:
-    """Make the survivors of ``orphan`` hold the same records: the newest version of each key.
+    """Make the survivors of ``orphan`` hold the same writes: the newest stamp of each key
+    (a record, or a grave where the newest write was a delete).
 
     Any choice is linearizable here: survivors differ only in writes the dead
     primary had not committed (a primary commits a write only once every
     backup holds it, and reads return committed writes only); keeping the
-    newest keeps the most. Returns how many records were written.
+    newest keeps the most. Stamps order a key's writes across deletes
+    (:class:`~dhtcart.backends.fencing.Pending`), so a survivor that kept a
+    late apply of an older life never wins. Returns how many writes were made.
     """
     holders = [n for n in orphan.survivors if n in backends]
-    newest: dict[int, Record] = {}
-    held: dict[str, dict[int, int]] = {}
+    newest: dict[int, Entry] = {}
+    held: dict[str, dict[int, tuple[int, int]]] = {}
     for name in holders:
-        versions: dict[int, int] = {}
+        marks = backends[name].marks(orphan.lo, orphan.hi)
+        stamps: dict[int, tuple[int, int]] = {}
+        entries: list[Entry] = []
         for key, rec in backends[name].scan(orphan.lo, orphan.hi):
-            versions[key] = rec.version
-            if key not in newest or newest[key].version < rec.version:
-                newest[key] = rec
-        held[name] = versions
+            entries.append((key, *stamp_of(rec.version, marks.get(key)), rec.value))
+        entries += [(key, life, version, None) for key, (life, version) in marks.items() if version]
+        for entry in entries:
+            key, life, version, _ = entry
+            stamps[key] = (life, version)
+            best = newest.get(key)
+            if best is None or best[1:3] < (life, version):
+                newest[key] = entry
+        held[name] = stamps
     written = 0
     for name in holders:
-        missing = [(k, r) for k, r in sorted(newest.items()) if held[name].get(k, 0) < r.version]
+        missing = [e for k, e in sorted(newest.items()) if held[name].get(k, (0, 0)) < e[1:3]]
         for start in range(0, len(missing), 1000):
-            written += backends[name].repair_records(token, missing[start : start + 1000])
+            written += backends[name].repair_entries(token, missing[start : start + 1000])
     return written
 
 

@@ -171,7 +171,7 @@ class Completion:
             self._step = Unknown("the primary was taken out while the write was in flight")
             return
         fresh = self._fresh
-        if fresh is None or fresh.version != self.pending.version:
+        if fresh is None or fresh.stamp != self.pending.stamp:
             self._step = Done()  # another handle (a migration, the key's next writer) finished it
             return
         self.pending = fresh  # the backups the primary's record lists now

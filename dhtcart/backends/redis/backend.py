@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn, cast
 
 from dhtcart.backends.base import BackendContext, Record, check_expected, stored_record
-from dhtcart.backends.fencing import Change, FencedBackend, Pending, apply_changes
+from dhtcart.backends.fencing import Change, Entry, FencedBackend, Mark, Pending, apply_changes
 from dhtcart.backends.ownership import BACKUP, FROZEN, OWNED, PRIMARY, TABLE_SHIFT, Ownership, Segments
 from dhtcart.backends.redis.connection import (
     DEFAULT_PREFIX,
@@ -63,6 +63,7 @@ __all__ = ["RedisBackend"]
 _KEY_HEX = 16  # 2**63 - 1 is 7fffffffffffffff: 16 hex digits
 _MAX_KEY = (1 << 63) - 1
 _SCAN_BATCH = 1000  # members per ZRANGEBYLEX + MGET round trip
+_MAX_MARK_CALLS = 10_000  # a range's marks (graves) go 1,000 per script call: at most 10 million
 _DROP_BATCH = 1_000  # records per drop_ranges script call (as in scripts.RANGES)
 _IMPORT_BATCH = 1_000  # records per import script call
 _MULTI = pack_command("MULTI")
@@ -251,6 +252,8 @@ class RedisBackend(FencedBackend):
         self._own_meta = pfx + b"own:meta"
         self._pending_prefix = pfx + b"p:"  # a primary's pending replicated writes
         self._pidx = pfx + b"pidx"  # their members, for range scans
+        self._mark_prefix = pfx + b"m:"  # lives and graves (a store with copies: fencing.Mark)
+        self._midx = pfx + b"midx"  # their members, for range scans
         #: the ownership record last read: its generation, its id (see scripts.SET_OWNERSHIP), the record
         self._own_cache: tuple[int, bytes | None, Ownership] = (-1, None, Ownership.nothing())
         self._scripted_until = 0.0  # fenced reads by the script until then (see get)
@@ -637,20 +640,24 @@ class RedisBackend(FencedBackend):
         for lo, hi in ranges:
             bounds += _lex_range(lo, hi)
         what = "drop" if mode == "drop" else "import"
-        for _ in range(32):
+        deleted = 0
+        for _ in range(32 + _MAX_MARK_CALLS):
             gen, own_id, own = self._read_ownership()
             own.check_token(token)
             for lo, hi in ranges:
                 own.check_unserved(lo, hi, what)
             args: list[bytes | str] = [str(gen), str(token), self._record_prefix, mode, str(len(ranges))]
-            args += [self._pending_prefix, own_id or b""]
+            args += [self._pending_prefix, own_id or b"", self._mark_prefix]
             args += bounds
             args += pairs
-            reply = self._script("ranges", (self._index, self._own_meta, self._pidx), args, wrote=True)
+            reply = self._script("ranges", (self._index, self._own_meta, self._pidx, self._midx), args, wrote=True)
             if reply[0] == -2:  # checked in the server too: the cached record may be older than the shard
                 raise LeaseLost(f"shard {self.name!r} has seen rebalancer token {reply[1]}, newer than {token}")
+            if reply[0] != -1 and len(reply) > 2:  # marks left to delete first: again (bounded)
+                deleted += int(reply[0])
+                continue
             if reply[0] != -1:
-                return int(reply[0]), int(reply[1])
+                return deleted + int(reply[0]), int(reply[1])
         raise LeaseLost(f"shard {self.name!r}: its ownership record kept changing under this rebalancer")
 
     def import_ranges(
@@ -702,12 +709,18 @@ class RedisBackend(FencedBackend):
         """Decide a replicated write on this primary: one script, atomic with the ownership check."""
         member = _member(key)
         expected = "" if expected_version is None else str(int(expected_version))
-        keys = (self._record_prefix + member, self._own, self._own_meta, *self._pending_keys(member))
+        keys = (
+            self._record_prefix + member,
+            self._own,
+            self._own_meta,
+            *self._pending_keys(member),
+            self._mark_prefix + member,
+        )
         args = (member, value if value is not None else b"", expected, "1" if value is None else "")
         reply = self._script("decide", keys, args, wrote=True)
         status = reply[0]
         if status == 1:
-            return Pending(key, int(reply[1]), int(reply[2]), value, reply[3].decode())
+            return Pending(key, int(reply[1]), int(reply[2]), value, reply[3].decode(), int(reply[4]))
         if status == 2:
             return Pending(key, 0, 0, None, reply[3].decode())
         if status == 0:
@@ -744,16 +757,37 @@ class RedisBackend(FencedBackend):
             out.append(self._decode_pending(key, raw, "" if state == BACKUP else peer))
         return out
 
-    def commit(self, key: int, version: int) -> bool:
+    def commit(self, key: int, version: int, life: int = 0) -> bool:
         member = _member(key)
-        keys = (self._record_prefix + member, self._index, *self._pending_keys(member))
-        return bool(self._script("commit", keys, (member, str(version)), wrote=True) == 1)
+        keys = (
+            self._record_prefix + member,
+            self._index,
+            *self._pending_keys(member),
+            self._mark_prefix + member,
+            self._midx,
+        )
+        return bool(self._script("commit", keys, (member, str(version), str(life)), wrote=True) == 1)
 
     def _apply_call(self, primary: str, pending: Pending) -> tuple[tuple[bytes, ...], tuple[bytes | str, ...]]:
         member = _member(pending.key)
-        keys = (self._record_prefix + member, self._index, self._own, self._own_meta)
+        keys = (
+            self._record_prefix + member,
+            self._index,
+            self._own,
+            self._own_meta,
+            self._mark_prefix + member,
+            self._midx,
+        )
         delete = pending.value is None
-        args = (member, primary, str(pending.prev), str(pending.version), pending.value or b"", "1" if delete else "")
+        args = (
+            member,
+            primary,
+            str(pending.prev),
+            str(pending.version),
+            pending.value or b"",
+            "1" if delete else "",
+            str(pending.life),
+        )
         return keys, args
 
     def apply(self, primary: str, pending: Pending) -> None:
@@ -773,16 +807,42 @@ class RedisBackend(FencedBackend):
         return outcome
 
     def repair_records(self, token: int, records: Sequence[tuple[int, Record]]) -> int:
+        return self.repair_entries(token, [(k, 0, r.version, r.value) for k, r in records])
+
+    def repair_entries(self, token: int, entries: Sequence[Entry]) -> int:
         written = 0
-        for start in range(0, len(records), _IMPORT_BATCH):
-            args: list[bytes | str] = [str(token), self._record_prefix]
-            for key, rec in records[start : start + _IMPORT_BATCH]:
-                args += (_member(key), int(rec.version).to_bytes(8, "big") + bytes(rec.value))
-            reply = self._script("repair", (self._index, self._own_meta), args, wrote=True)
+        for start in range(0, len(entries), _IMPORT_BATCH):
+            args: list[bytes | str] = [str(token), self._record_prefix, self._mark_prefix]
+            for key, life, version, value in entries[start : start + _IMPORT_BATCH]:
+                grave = value is None
+                args += (_member(key), str(int(life)), str(int(version)), "1" if grave else "", bytes(value or b""))
+            reply = self._script("repair", (self._index, self._own_meta, self._midx), args, wrote=True)
             if isinstance(reply, list):
                 raise LeaseLost(f"shard {self.name!r} has seen rebalancer token {reply[1]}, newer than {token}")
             written += int(reply)
         return written
+
+    def marks(self, lo: int, hi: int) -> dict[int, Mark]:
+        call, client = self.connection.call, self.connection.client
+        low, high = _lex_range(lo, hi)
+        members: list[bytes] = call(client.zrangebylex, self._midx, low, high)
+        out: dict[int, Mark] = {}
+        for start in range(0, len(members), _SCAN_BATCH):
+            chunk = members[start : start + _SCAN_BATCH]
+            raws: list[bytes | None] = call(client.mget, [self._mark_prefix + m for m in chunk])
+            for member, raw in zip(chunk, raws, strict=True):
+                if raw is None:
+                    continue
+                if len(raw) != 16:
+                    raise CorruptData(f"shard {self.name!r}: a mark of {len(raw)} bytes (16 expected)")
+                out[int(member, 16)] = (int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big"))
+        return out
+
+    def import_marks(self, token: int, ranges: Sequence[tuple[int, int]], marks: dict[int, Mark]) -> None:
+        pairs: list[bytes] = []
+        for key, (life, version) in sorted(marks.items()):
+            pairs += (_member(key), int(life).to_bytes(8, "big") + int(version).to_bytes(8, "big"))
+        self._range_script(token, ranges, "marks", pairs)
 
     def renew_lease(self, epoch: int, until: float) -> float:
         reply = self._script("renew", (self._own_meta,), (str(epoch), str(int(until * 1000))), wrote=True)
@@ -833,9 +893,10 @@ class RedisBackend(FencedBackend):
         pattern = _glob_escape(self._record_prefix) + b"*"
         for chunk in _chunks(client.scan_iter(match=pattern, count=1000), 1000):
             client.delete(*chunk)
-        for chunk in _chunks(client.scan_iter(match=_glob_escape(self._pending_prefix) + b"*", count=1000), 1000):
-            client.delete(*chunk)
-        client.delete(self._index, self._own, self._own_meta, self._pidx)
+        for prefix in (self._pending_prefix, self._mark_prefix):
+            for chunk in _chunks(client.scan_iter(match=_glob_escape(prefix) + b"*", count=1000), 1000):
+                client.delete(*chunk)
+        client.delete(self._index, self._own, self._own_meta, self._pidx, self._midx)
         self._own_cache = (-1, None, Ownership.nothing())
 
     def __repr__(self) -> str:

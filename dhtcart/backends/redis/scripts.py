@@ -54,7 +54,10 @@ __all__ = [
 #: that the ownership set ``own`` records for ``member`` (``'-', ''``: nothing);
 #: ``redirect(meta, state, peer)``: the redirect ``{-1, epoch, state, peer}``, the epoch from
 #: the ownership hash ``meta``; ``version(key)``: the version of the record under ``key`` (0:
-#: absent) and its first 8 bytes (``''``: absent).
+#: absent) and its first 8 bytes (``''``: absent); ``mark(key)``: the mark (life, version) under
+#: ``key`` (``0, 0``: none; :data:`~dhtcart.backends.fencing.Mark`); ``stamp_less``: stamps
+#: compared; ``hold(...)``: a write of stamp (life, version) held: its record and mark, or its
+#: grave (a delete).
 _LIB = """
 local function lookup(own, member)
   local seg = redis.call('ZRANGEBYLEX', own, '[' .. member, '+', 'LIMIT', 0, 1)[1]
@@ -68,6 +71,33 @@ local function version(key)
   local head = redis.call('GETRANGE', key, 0, 7)
   if head == '' then return 0, head end
   return (struct.unpack('>I8', head)), head
+end
+local function mark(key)
+  local raw = redis.call('GET', key)
+  if not raw then return 0, 0 end
+  local life, ver = struct.unpack('>I8>I8', raw)
+  return life, ver
+end
+local function stamp_less(l1, v1, l2, v2)
+  return l1 < l2 or (l1 == l2 and v1 < v2)
+end
+local function hold(record, index, mkey, midx, member, life, ver, value, delete)
+  if delete then
+    redis.call('DEL', record)
+    redis.call('ZREM', index, member)
+    redis.call('SET', mkey, struct.pack('>I8>I8', life, ver))
+    redis.call('ZADD', midx, 0, member)
+  else
+    redis.call('SET', record, struct.pack('>I8', ver) .. value)
+    redis.call('ZADD', index, 0, member)
+    if life > 0 then
+      redis.call('SET', mkey, struct.pack('>I8>I8', life, 0))
+      redis.call('ZADD', midx, 0, member)
+    else
+      redis.call('DEL', mkey)
+      redis.call('ZREM', midx, member)
+    end
+  end
 end
 """
 
@@ -175,17 +205,19 @@ return {1, gen + 1, id}
 """
 
 #: A migration's copy or drop of whole ranges. ``KEYS[1]`` index, ``KEYS[2]``
-#: ownership hash, ``KEYS[3]`` the pending-write index; ``ARGV[1]`` the generation the
-#: caller checked the ranges against, ``ARGV[2]`` its token, ``ARGV[3]`` the record-key
-#: prefix, ``ARGV[4]`` ``"drop"``, ``"import"`` or ``"add"``, ``ARGV[5]`` how many
-#: ranges, ``ARGV[6]`` the pending-write key prefix, ``ARGV[7]`` the id of the ownership
-#: record checked (``""``: none), then the ranges' ``ZRANGEBYLEX`` bounds (two each), then
-#: member, record pairs to write. A drop or import also
-#: forgets the pending writes of the ranges. ``"drop"`` deletes up to
-#: 1,000 records of the ranges (call again while it answers 1,000); ``"import"``
-#: deletes all of them, then writes the pairs; ``"add"`` only writes them (the next
-#: part of one import). Replies ``{deleted, written}``; ``{-1, 0}`` when the ownership
-#: changed since the caller's check (check again); ``{-2, token}`` when a newer
+#: ownership hash, ``KEYS[3]`` the pending-write index, ``KEYS[4]`` the mark index;
+#: ``ARGV[1]`` the generation the caller checked the ranges against, ``ARGV[2]`` its token,
+#: ``ARGV[3]`` the record-key prefix, ``ARGV[4]`` ``"drop"``, ``"import"``, ``"add"`` or
+#: ``"marks"``, ``ARGV[5]`` how many ranges, ``ARGV[6]`` the pending-write key prefix,
+#: ``ARGV[7]`` the id of the ownership record checked (``""``: none), ``ARGV[8]`` the
+#: mark-key prefix, then the ranges' ``ZRANGEBYLEX`` bounds (two each), then member, value
+#: pairs to write. A drop or import also forgets the pending writes and marks of the
+#: ranges. ``"drop"`` deletes up to 1,000 records of the ranges (call again while it answers
+#: 1,000); ``"import"`` deletes all of them, then writes the pairs as records; ``"add"`` only
+#: writes them (the next part of one import); ``"marks"`` makes the ranges' marks exactly the
+#: pairs (16 bytes each: life, version). At most 1,000 marks go per call: ``{deleted, 0, 1}``
+#: says that more are left (call again). Replies ``{deleted, written}``; ``{-1, 0}`` when the
+#: ownership changed since the caller's check (check again); ``{-2, token}`` when a newer
 #: rebalancer token was seen. Both refusals change nothing.
 RANGES = """
 local meta = redis.call('HMGET', KEYS[2], 'gen', 'token', 'id')
@@ -197,27 +229,37 @@ local drop = mode == 'drop'
 local gone = 0
 if mode ~= 'add' then
   for r = 0, nranges - 1 do
-    local low, high = ARGV[8 + 2 * r], ARGV[9 + 2 * r]
-    for _, m in ipairs(redis.call('ZRANGEBYLEX', KEYS[3], low, high)) do
-      redis.call('DEL', ARGV[6] .. m)
-      redis.call('ZREM', KEYS[3], m)
+    local low, high = ARGV[9 + 2 * r], ARGV[10 + 2 * r]
+    local marks = redis.call('ZRANGEBYLEX', KEYS[4], low, high, 'LIMIT', 0, 1000)
+    for _, m in ipairs(marks) do
+      redis.call('DEL', ARGV[8] .. m)
+      redis.call('ZREM', KEYS[4], m)
     end
-    while true do
-      local members = redis.call('ZRANGEBYLEX', KEYS[1], low, high, 'LIMIT', 0, 1000 - (drop and gone or 0))
-      if #members == 0 then break end
-      for i = 1, #members do
-        redis.call('DEL', ARGV[3] .. members[i])
-        redis.call('ZREM', KEYS[1], members[i])
+    if #marks == 1000 then return {gone, 0, 1} end
+    if mode ~= 'marks' then
+      for _, m in ipairs(redis.call('ZRANGEBYLEX', KEYS[3], low, high)) do
+        redis.call('DEL', ARGV[6] .. m)
+        redis.call('ZREM', KEYS[3], m)
       end
-      gone = gone + #members
-      if drop and gone >= 1000 then return {gone, 0} end
+      while true do
+        local members = redis.call('ZRANGEBYLEX', KEYS[1], low, high, 'LIMIT', 0, 1000 - (drop and gone or 0))
+        if #members == 0 then break end
+        for i = 1, #members do
+          redis.call('DEL', ARGV[3] .. members[i])
+          redis.call('ZREM', KEYS[1], members[i])
+        end
+        gone = gone + #members
+        if drop and gone >= 1000 then return {gone, 0} end
+      end
     end
   end
 end
 local written = 0
-for i = 8 + 2 * nranges, #ARGV, 2 do
-  redis.call('SET', ARGV[3] .. ARGV[i], ARGV[i + 1])
-  redis.call('ZADD', KEYS[1], 0, ARGV[i])
+local prefix, index = ARGV[3], KEYS[1]
+if mode == 'marks' then prefix, index = ARGV[8], KEYS[4] end
+for i = 9 + 2 * nranges, #ARGV, 2 do
+  redis.call('SET', prefix .. ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', index, 0, ARGV[i])
   written = written + 1
 end
 return {gone, written}
@@ -260,10 +302,11 @@ return redirect(KEYS[2] .. ':meta', state, peer)
 )
 
 #: A primary decides a replicated write. ``KEYS[1]`` record, ``KEYS[2]`` ownership set,
-#: ``KEYS[3]`` its hash, ``KEYS[4]`` the pending write's key, ``KEYS[5]`` the pending index;
-#: ``ARGV[1]`` member, ``ARGV[2]`` value, ``ARGV[3]`` expected version (``""``: unconditional),
-#: ``ARGV[4]`` ``"1"`` for a delete. Replies ``{1, prev, version, backups}`` (recorded pending:
-#: prev and version as 8 bytes each, a flag byte, the value); ``{2, 0, 0, backups}`` a delete of
+#: ``KEYS[3]`` its hash, ``KEYS[4]`` the pending write's key, ``KEYS[5]`` the pending index,
+#: ``KEYS[6]`` the key's mark; ``ARGV[1]`` member, ``ARGV[2]`` value, ``ARGV[3]`` expected
+#: version (``""``: unconditional), ``ARGV[4]`` ``"1"`` for a delete. Replies ``{1, prev,
+#: version, backups, life}`` (recorded pending as :meth:`Pending.encode
+#: <dhtcart.backends.fencing.Pending.encode>` writes it); ``{2, 0, 0, backups}`` a delete of
 #: an absent key (nothing recorded); ``{0, current}`` the compare-and-set failed; ``{-3, raw,
 #: backups}`` a write of the key is already pending (nothing changed); or the redirect.
 DECIDE = (
@@ -278,15 +321,26 @@ if waiting then return {-3, waiting, backups} end
 local current, head = version(KEYS[1])
 if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= current then return {0, current} end
 if ARGV[4] == '1' and head == '' then return {2, 0, 0, backups} end
+local mlife, mver = mark(KEYS[6])
+local life = mlife
+if head == '' then
+  life = 0
+  if mver > 0 then life = mlife + 1 end
+end
 local flag = '\\1'
 local value = ARGV[2]
 if ARGV[4] == '1' then
   flag = '\\0'
   value = ''
 end
-redis.call('SET', KEYS[4], struct.pack('>I8', current) .. struct.pack('>I8', current + 1) .. flag .. value)
+local lifebytes = ''
+if life > 0 then
+  lifebytes = struct.pack('>I8', life)
+  if flag == '\\1' then flag = '\\3' else flag = '\\2' end
+end
+redis.call('SET', KEYS[4], struct.pack('>I8', current) .. struct.pack('>I8', current + 1) .. flag .. lifebytes .. value)
 redis.call('ZADD', KEYS[5], 0, ARGV[1])
-return {1, current, current + 1, backups}
+return {1, current, current + 1, backups, life}
 """
 )
 
@@ -304,64 +358,81 @@ return {redis.call('GET', KEYS[2]) or false, backups}
 )
 
 #: A primary commits its pending write. ``KEYS[1]`` record, ``KEYS[2]`` index, ``KEYS[3]`` the
-#: pending write's key, ``KEYS[4]`` the pending index; ``ARGV[1]`` member, ``ARGV[2]`` version.
-#: Replies 1 when it was pending at that version (now the record), 0 when it was not.
-COMMIT = """
+#: pending write's key, ``KEYS[4]`` the pending index, ``KEYS[5]`` the key's mark, ``KEYS[6]``
+#: the mark index; ``ARGV[1]`` member, ``ARGV[2]`` version, ``ARGV[3]`` life. Replies 1 when it
+#: was pending at that stamp (now the record, or a grave), 0 when it was not.
+COMMIT = (
+    _LIB
+    + """
 local raw = redis.call('GET', KEYS[3])
 if not raw then return 0 end
-if struct.unpack('>I8', string.sub(raw, 9, 16)) ~= tonumber(ARGV[2]) then return 0 end
+local ver = struct.unpack('>I8', string.sub(raw, 9, 16))
+local flag = string.sub(raw, 17, 17)
+local life, value = 0, string.sub(raw, 18)
+if flag == '\\2' or flag == '\\3' then
+  life = struct.unpack('>I8', string.sub(raw, 18, 25))
+  value = string.sub(raw, 26)
+end
+if ver ~= tonumber(ARGV[2]) or life ~= tonumber(ARGV[3]) then return 0 end
 redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
-if string.sub(raw, 17, 17) == '\\1' then
-  redis.call('SET', KEYS[1], string.sub(raw, 9, 16) .. string.sub(raw, 18))
-  redis.call('ZADD', KEYS[2], 0, ARGV[1])
-else
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-end
+hold(KEYS[1], KEYS[2], KEYS[5], KEYS[6], ARGV[1], life, ver, value, flag == '\\0' or flag == '\\2')
 return 1
 """
+)
 
 #: A backup applies a write its primary decided. ``KEYS[1]`` record, ``KEYS[2]`` index,
-#: ``KEYS[3]`` ownership set, ``KEYS[4]`` its hash; ``ARGV[1]`` member, ``ARGV[2]`` the deciding
-#: primary (``name@born``), ``ARGV[3]`` prev, ``ARGV[4]`` version, ``ARGV[5]`` value, ``ARGV[6]``
-#: ``"1"`` for a delete. Applied only where this shard keeps the key as a backup of that very
-#: primary (else the redirect); a put only if newer than the record kept, a delete only of a
-#: record no newer than the one deleted. Replies 1.
+#: ``KEYS[3]`` ownership set, ``KEYS[4]`` its hash, ``KEYS[5]`` the key's mark, ``KEYS[6]`` the
+#: mark index; ``ARGV[1]`` member, ``ARGV[2]`` the deciding primary (``name@born``), ``ARGV[3]``
+#: prev, ``ARGV[4]`` version, ``ARGV[5]`` value, ``ARGV[6]`` ``"1"`` for a delete, ``ARGV[7]``
+#: life. Applied only where this shard keeps the key as a backup of that very primary (else
+#: the redirect), and only if its stamp is newer than what the shard holds (record or
+#: grave). Replies 1.
 APPLY = (
     _LIB
     + """
 local state, peer = lookup(KEYS[3], ARGV[1])
 if state ~= 'b' or peer ~= ARGV[2] then return redirect(KEYS[4], state, peer) end
 local current, head = version(KEYS[1])
-if ARGV[6] == '1' then
-  if head ~= '' and current <= tonumber(ARGV[3]) then
-    redis.call('DEL', KEYS[1])
-    redis.call('ZREM', KEYS[2], ARGV[1])
-  end
-elseif current < tonumber(ARGV[4]) then
-  redis.call('SET', KEYS[1], struct.pack('>I8', tonumber(ARGV[4])) .. ARGV[5])
-  redis.call('ZADD', KEYS[2], 0, ARGV[1])
+local mlife, mver = mark(KEYS[5])
+local clife, cver = mlife, current
+if head == '' then
+  clife, cver = 0, 0
+  if mver > 0 then clife, cver = mlife, mver end
+end
+local life, ver = tonumber(ARGV[7]), tonumber(ARGV[4])
+if stamp_less(clife, cver, life, ver) then
+  hold(KEYS[1], KEYS[2], KEYS[5], KEYS[6], ARGV[1], life, ver, ARGV[5], ARGV[6] == '1')
 end
 return 1
 """
 )
 
-#: Records written unless the shard holds that version or a newer one (survivors levelled
-#: before a promotion). ``KEYS[1]`` index, ``KEYS[2]`` ownership hash; ``ARGV[1]`` token,
-#: ``ARGV[2]`` record-key prefix, then member, record pairs. Replies how many were written, or
-#: ``{-2, token}`` when a newer rebalancer token was seen (nothing written).
+#: Writes (records, or graves) made unless the shard holds that stamp or a newer one
+#: (survivors levelled before a promotion). ``KEYS[1]`` index, ``KEYS[2]`` ownership hash,
+#: ``KEYS[3]`` mark index; ``ARGV[1]`` token, ``ARGV[2]`` record-key prefix, ``ARGV[3]`` mark-key
+#: prefix, then member, life, version, ``"1"`` for a grave (else ``""``), value quintuples.
+#: Replies how many were written, or ``{-2, token}`` when a newer rebalancer token was seen
+#: (nothing written).
 REPAIR = (
     _LIB
     + """
 local token = tonumber(redis.call('HGET', KEYS[2], 'token') or '0')
 if tonumber(ARGV[1]) < token then return {-2, token} end
 local written = 0
-for i = 3, #ARGV, 2 do
-  local key = ARGV[2] .. ARGV[i]
-  if version(key) < struct.unpack('>I8', string.sub(ARGV[i + 1], 1, 8)) then
-    redis.call('SET', key, ARGV[i + 1])
-    redis.call('ZADD', KEYS[1], 0, ARGV[i])
+for i = 4, #ARGV, 5 do
+  local member = ARGV[i]
+  local key, mkey = ARGV[2] .. member, ARGV[3] .. member
+  local current, head = version(key)
+  local mlife, mver = mark(mkey)
+  local clife, cver = mlife, current
+  if head == '' then
+    clife, cver = 0, 0
+    if mver > 0 then clife, cver = mlife, mver end
+  end
+  local life, ver = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  if stamp_less(clife, cver, life, ver) then
+    hold(key, KEYS[1], mkey, KEYS[3], member, life, ver, ARGV[i + 4], ARGV[i + 3] == '1')
     written = written + 1
   end
 end
