@@ -475,7 +475,7 @@ def test_noscript_after_script_flush_just_works_for_every_script(server: RedisSe
         "renew": lambda: b.renew_lease(1, 4e9),
         "decide": lambda: b.decide(2, b"p"),
         "pending": lambda: b.pending(2),
-        "commit": lambda: b.commit(2, 1),
+        "commit": lambda: b.commit(2, 1, 0),
         "apply": lambda: _as_backup(b, lambda: b.apply("x@1", Pending(3, 0, 1, b"b"))),
         "apply, sent then read": lambda: _as_backup(b, lambda: b.send_apply("x@1", Pending(5, 0, 1, b"s"))()),
         "repair": lambda: b.repair_records(1, [(4, Record(1, b"r"))]),

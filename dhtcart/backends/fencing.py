@@ -170,9 +170,16 @@ Entry = tuple[int, int, int, bytes | None]
 
 def stamp_of(version: int | None, mark: Mark | None) -> tuple[int, int]:
     """The stamp ``(life, version)`` of what a shard holds for a key: its record's ``version``
-    (``None``: no record) and its :data:`Mark`."""
+    (``None``: no record) and its :data:`Mark`.
+
+    A record beside a grave was created after that delete by a plain write (a store that kept
+    one copy for a while, whose plain writes leave marks as they are): it belongs to the next
+    life, so a stale grave never counts as newer than the record.
+    """
     if version is not None:
-        return (mark[0] if mark else 0, version)
+        if mark is None:
+            return (0, version)
+        return (mark[0] + 1 if mark[1] else mark[0], version)
     return mark if mark and mark[1] else (0, 0)
 
 
@@ -331,7 +338,7 @@ class FencedBackend(Backend):
         """Every pending write of ``lo < key <= hi``, with their backups now (a migration finishes them)."""
 
     @abstractmethod
-    def commit(self, key: int, version: int, life: int = 0) -> bool:
+    def commit(self, key: int, version: int, life: int) -> bool:
         """Make the pending write of ``key`` at stamp ``(life, version)`` the record (a delete:
         remove it, and leave a grave); whether it was still pending.
 

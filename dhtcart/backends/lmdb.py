@@ -1097,7 +1097,7 @@ class LMDBBackend(FencedBackend):
             if value is None and raw is None:
                 return Pending(key, 0, 0, None, backups)  # nothing to delete: nothing to replicate
             mark = _mark(txn.get(_MARK + kb))
-            life = (mark[0] if mark else 0) if raw is not None else next_life(mark)
+            life = stamp_of(current, mark)[0] if raw is not None else next_life(mark)
             decided = Pending(key, current, current + 1, value, backups, life)
             txn.put(_PENDING + kb, decided.encode())
             return decided
@@ -1120,7 +1120,7 @@ class LMDBBackend(FencedBackend):
 
         return self._read(op)
 
-    def commit(self, key: int, version: int, life: int = 0) -> bool:
+    def commit(self, key: int, version: int, life: int) -> bool:
         kb = _kb(key)
 
         def op(txn: lmdb.Transaction) -> bool:

@@ -294,7 +294,7 @@ class MemoryBackend(FencedBackend):
             if value is None and old is None:
                 return Pending(key, 0, 0, None, backups)  # nothing to delete: nothing to replicate
             mark = self._marks.get(key)
-            life = (mark[0] if mark else 0) if old is not None else next_life(mark)
+            life = stamp_of(current, mark)[0] if old is not None else next_life(mark)
             decided = Pending(key, current, current + 1, value, backups, life)
             self._pending[key] = decided
             return decided
@@ -310,7 +310,7 @@ class MemoryBackend(FencedBackend):
             self._check_open()
             return [p._replace(backups=self._backups(k)) for k, p in sorted(self._pending.items()) if lo < k <= hi]
 
-    def commit(self, key: int, version: int, life: int = 0) -> bool:
+    def commit(self, key: int, version: int, life: int) -> bool:
         with self._locked():
             self._check_open()
             waiting = self._pending.get(key)
@@ -370,6 +370,7 @@ class MemoryBackend(FencedBackend):
             self._own.check_token(token)
             for lo, hi in ranges:
                 self._own.check_unserved(lo, hi, "import")
+            for lo, hi in ranges:
                 for k in list(self._marks.irange(lo, hi, inclusive=(False, True))):
                     del self._marks[k]
             for key, mark in marks.items():

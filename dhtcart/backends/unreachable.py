@@ -83,7 +83,7 @@ class UnreachableBackend(FencedBackend):
     def scan_pending(self, lo: int, hi: int) -> list[Pending]:
         self._refuse()
 
-    def commit(self, key: int, version: int, life: int = 0) -> bool:
+    def commit(self, key: int, version: int, life: int) -> bool:
         self._refuse()
 
     def marks(self, lo: int, hi: int) -> dict[int, Mark]:

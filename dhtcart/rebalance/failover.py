@@ -167,7 +167,10 @@ def level(backends: Mapping[str, FencedBackend], token: int, orphan: Orphan) -> 
         entries: list[Entry] = []
         for key, rec in backends[name].scan(orphan.lo, orphan.hi):
             entries.append((key, *stamp_of(rec.version, marks.get(key)), rec.value))
-        entries += [(key, life, version, None) for key, (life, version) in marks.items() if version]
+        records = {entry[0] for entry in entries}  # a grave beside a record is stale (see stamp_of)
+        entries += [
+            (key, life, version, None) for key, (life, version) in marks.items() if version and key not in records
+        ]
         for entry in entries:
             key, life, version, _ = entry
             stamps[key] = (life, version)

@@ -56,7 +56,7 @@ from dhtcart.backends.redis.connection import (
 )
 from dhtcart.backends.redis.scripts import SCRIPTS
 from dhtcart.checks import check_seconds
-from dhtcart.errors import CorruptData, LeaseExpired, LeaseLost, Moved, ShardFull, WriteInFlight
+from dhtcart.errors import CorruptData, LeaseExpired, LeaseLost, Moved, ShardFull, StoreBusy, WriteInFlight
 
 __all__ = ["RedisBackend"]
 
@@ -640,8 +640,8 @@ class RedisBackend(FencedBackend):
         for lo, hi in ranges:
             bounds += _lex_range(lo, hi)
         what = "drop" if mode == "drop" else "import"
-        deleted = 0
-        for _ in range(32 + _MAX_MARK_CALLS):
+        deleted = changed = rounds = 0
+        while changed < 32 and rounds < _MAX_MARK_CALLS:
             gen, own_id, own = self._read_ownership()
             own.check_token(token)
             for lo, hi in ranges:
@@ -653,11 +653,15 @@ class RedisBackend(FencedBackend):
             reply = self._script("ranges", (self._index, self._own_meta, self._pidx, self._midx), args, wrote=True)
             if reply[0] == -2:  # checked in the server too: the cached record may be older than the shard
                 raise LeaseLost(f"shard {self.name!r} has seen rebalancer token {reply[1]}, newer than {token}")
-            if reply[0] != -1 and len(reply) > 2:  # marks left to delete first: again (bounded)
+            if reply[0] == -1:  # the ownership record changed since the check: check again
+                changed += 1
+            elif len(reply) > 2:  # marks left to delete first: again (at most 1,000 per call)
                 deleted += int(reply[0])
-                continue
-            if reply[0] != -1:
+                rounds += 1
+            else:
                 return deleted + int(reply[0]), int(reply[1])
+        if rounds >= _MAX_MARK_CALLS:  # never while this rebalancer holds the lease: nothing else writes there
+            raise StoreBusy(f"shard {self.name!r}: the ranges' marks kept coming ({rounds:,} rounds of 1,000 cleared)")
         raise LeaseLost(f"shard {self.name!r}: its ownership record kept changing under this rebalancer")
 
     def import_ranges(
@@ -757,7 +761,7 @@ class RedisBackend(FencedBackend):
             out.append(self._decode_pending(key, raw, "" if state == BACKUP else peer))
         return out
 
-    def commit(self, key: int, version: int, life: int = 0) -> bool:
+    def commit(self, key: int, version: int, life: int) -> bool:
         member = _member(key)
         keys = (
             self._record_prefix + member,
@@ -823,12 +827,14 @@ class RedisBackend(FencedBackend):
         return written
 
     def marks(self, lo: int, hi: int) -> dict[int, Mark]:
+        """The marks of ``lo < key <= hi``, :data:`_SCAN_BATCH` members per round trip (graves are many)."""
         call, client = self.connection.call, self.connection.client
         low, high = _lex_range(lo, hi)
-        members: list[bytes] = call(client.zrangebylex, self._midx, low, high)
         out: dict[int, Mark] = {}
-        for start in range(0, len(members), _SCAN_BATCH):
-            chunk = members[start : start + _SCAN_BATCH]
+        while True:
+            chunk: list[bytes] = call(client.zrangebylex, self._midx, low, high, 0, _SCAN_BATCH)
+            if not chunk:
+                return out
             raws: list[bytes | None] = call(client.mget, [self._mark_prefix + m for m in chunk])
             for member, raw in zip(chunk, raws, strict=True):
                 if raw is None:
@@ -836,13 +842,20 @@ class RedisBackend(FencedBackend):
                 if len(raw) != 16:
                     raise CorruptData(f"shard {self.name!r}: a mark of {len(raw)} bytes (16 expected)")
                 out[int(member, 16)] = (int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big"))
-        return out
+            if len(chunk) < _SCAN_BATCH:
+                return out
+            low = b"(" + chunk[-1]
 
     def import_marks(self, token: int, ranges: Sequence[tuple[int, int]], marks: dict[int, Mark]) -> None:
-        pairs: list[bytes] = []
-        for key, (life, version) in sorted(marks.items()):
-            pairs += (_member(key), int(life).to_bytes(8, "big") + int(version).to_bytes(8, "big"))
-        self._range_script(token, ranges, "marks", pairs)
+        """The ranges' marks deleted (1,000 per script call), then ``marks`` written, at most
+        :data:`_IMPORT_BATCH` per call: no call holds the server for long."""
+        self._range_script(token, ranges, "marks", ())
+        items = sorted(marks.items())
+        for start in range(0, len(items), _IMPORT_BATCH):
+            pairs: list[bytes] = []
+            for key, (life, version) in items[start : start + _IMPORT_BATCH]:
+                pairs += (_member(key), int(life).to_bytes(8, "big") + int(version).to_bytes(8, "big"))
+            self._range_script(token, ranges, "addmarks", pairs)
 
     def renew_lease(self, epoch: int, until: float) -> float:
         reply = self._script("renew", (self._own_meta,), (str(epoch), str(int(until * 1000))), wrote=True)

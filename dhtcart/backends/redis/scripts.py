@@ -55,8 +55,9 @@ __all__ = [
 #: ``redirect(meta, state, peer)``: the redirect ``{-1, epoch, state, peer}``, the epoch from
 #: the ownership hash ``meta``; ``version(key)``: the version of the record under ``key`` (0:
 #: absent) and its first 8 bytes (``''``: absent); ``mark(key)``: the mark (life, version) under
-#: ``key`` (``0, 0``: none; :data:`~dhtcart.backends.fencing.Mark`); ``stamp_less``: stamps
-#: compared; ``hold(...)``: a write of stamp (life, version) held: its record and mark, or its
+#: ``key`` (``0, 0``: none; :data:`~dhtcart.backends.fencing.Mark`); ``stamp(head, version,
+#: life, mark version)``: the stamp held, as :func:`~dhtcart.backends.fencing.stamp_of`;
+#: ``stamp_less``: stamps compared; ``hold(...)``: a write of stamp (life, version) held: its record and mark, or its
 #: grave (a delete).
 _LIB = """
 local function lookup(own, member)
@@ -77,6 +78,14 @@ local function mark(key)
   if not raw then return 0, 0 end
   local life, ver = struct.unpack('>I8>I8', raw)
   return life, ver
+end
+local function stamp(head, current, mlife, mver)
+  if head == '' then
+    if mver > 0 then return mlife, mver end
+    return 0, 0
+  end
+  if mver > 0 then return mlife + 1, current end
+  return mlife, current
 end
 local function stamp_less(l1, v1, l2, v2)
   return l1 < l2 or (l1 == l2 and v1 < v2)
@@ -207,18 +216,18 @@ return {1, gen + 1, id}
 #: A migration's copy or drop of whole ranges. ``KEYS[1]`` index, ``KEYS[2]``
 #: ownership hash, ``KEYS[3]`` the pending-write index, ``KEYS[4]`` the mark index;
 #: ``ARGV[1]`` the generation the caller checked the ranges against, ``ARGV[2]`` its token,
-#: ``ARGV[3]`` the record-key prefix, ``ARGV[4]`` ``"drop"``, ``"import"``, ``"add"`` or
-#: ``"marks"``, ``ARGV[5]`` how many ranges, ``ARGV[6]`` the pending-write key prefix,
-#: ``ARGV[7]`` the id of the ownership record checked (``""``: none), ``ARGV[8]`` the
-#: mark-key prefix, then the ranges' ``ZRANGEBYLEX`` bounds (two each), then member, value
-#: pairs to write. A drop or import also forgets the pending writes and marks of the
-#: ranges. ``"drop"`` deletes up to 1,000 records of the ranges (call again while it answers
-#: 1,000); ``"import"`` deletes all of them, then writes the pairs as records; ``"add"`` only
-#: writes them (the next part of one import); ``"marks"`` makes the ranges' marks exactly the
-#: pairs (16 bytes each: life, version). At most 1,000 marks go per call: ``{deleted, 0, 1}``
-#: says that more are left (call again). Replies ``{deleted, written}``; ``{-1, 0}`` when the
-#: ownership changed since the caller's check (check again); ``{-2, token}`` when a newer
-#: rebalancer token was seen. Both refusals change nothing.
+#: ``ARGV[3]`` the record-key prefix, ``ARGV[4]`` the mode, ``ARGV[5]`` how many ranges,
+#: ``ARGV[6]`` the pending-write key prefix, ``ARGV[7]`` the id of the ownership record
+#: checked (``""``: none), ``ARGV[8]`` the mark-key prefix, then the ranges' ``ZRANGEBYLEX``
+#: bounds (two each), then member, value pairs to write. Modes: ``"drop"`` deletes up to
+#: 1,000 records of the ranges (call again while it answers 1,000); ``"import"`` deletes all
+#: of them, then writes the pairs as records; ``"add"`` only writes them (the next part of
+#: one import); ``"marks"`` deletes the ranges' marks, then writes the pairs as marks (16
+#: bytes each: life, version); ``"addmarks"`` only writes them as marks. A drop or import
+#: also forgets the pending writes and marks of the ranges. At most 1,000 marks are deleted
+#: per call: ``{deleted, 0, 1}`` says that more are left (call again). Replies ``{deleted,
+#: written}``; ``{-1, 0}`` when the ownership changed since the caller's check (check again);
+#: ``{-2, token}`` when a newer rebalancer token was seen. Both refusals change nothing.
 RANGES = """
 local meta = redis.call('HMGET', KEYS[2], 'gen', 'token', 'id')
 if tonumber(meta[1] or '0') ~= tonumber(ARGV[1]) or (meta[3] or '') ~= ARGV[7] then return {-1, 0} end
@@ -227,7 +236,7 @@ local nranges = tonumber(ARGV[5])
 local mode = ARGV[4]
 local drop = mode == 'drop'
 local gone = 0
-if mode ~= 'add' then
+if mode ~= 'add' and mode ~= 'addmarks' then
   for r = 0, nranges - 1 do
     local low, high = ARGV[9 + 2 * r], ARGV[10 + 2 * r]
     local marks = redis.call('ZRANGEBYLEX', KEYS[4], low, high, 'LIMIT', 0, 1000)
@@ -256,7 +265,7 @@ if mode ~= 'add' then
 end
 local written = 0
 local prefix, index = ARGV[3], KEYS[1]
-if mode == 'marks' then prefix, index = ARGV[8], KEYS[4] end
+if mode == 'marks' or mode == 'addmarks' then prefix, index = ARGV[8], KEYS[4] end
 for i = 9 + 2 * nranges, #ARGV, 2 do
   redis.call('SET', prefix .. ARGV[i], ARGV[i + 1])
   redis.call('ZADD', index, 0, ARGV[i])
@@ -323,10 +332,8 @@ if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= current then return {0, current} end
 if ARGV[4] == '1' and head == '' then return {2, 0, 0, backups} end
 local mlife, mver = mark(KEYS[6])
 local life = mlife
-if head == '' then
-  life = 0
-  if mver > 0 then life = mlife + 1 end
-end
+if mver > 0 then life = mlife + 1 end
+if head == '' and mver == 0 then life = 0 end
 local flag = '\\1'
 local value = ARGV[2]
 if ARGV[4] == '1' then
@@ -395,11 +402,7 @@ local state, peer = lookup(KEYS[3], ARGV[1])
 if state ~= 'b' or peer ~= ARGV[2] then return redirect(KEYS[4], state, peer) end
 local current, head = version(KEYS[1])
 local mlife, mver = mark(KEYS[5])
-local clife, cver = mlife, current
-if head == '' then
-  clife, cver = 0, 0
-  if mver > 0 then clife, cver = mlife, mver end
-end
+local clife, cver = stamp(head, current, mlife, mver)
 local life, ver = tonumber(ARGV[7]), tonumber(ARGV[4])
 if stamp_less(clife, cver, life, ver) then
   hold(KEYS[1], KEYS[2], KEYS[5], KEYS[6], ARGV[1], life, ver, ARGV[5], ARGV[6] == '1')
@@ -425,11 +428,7 @@ for i = 4, #ARGV, 5 do
   local key, mkey = ARGV[2] .. member, ARGV[3] .. member
   local current, head = version(key)
   local mlife, mver = mark(mkey)
-  local clife, cver = mlife, current
-  if head == '' then
-    clife, cver = 0, 0
-    if mver > 0 then clife, cver = mlife, mver end
-  end
+  local clife, cver = stamp(head, current, mlife, mver)
   local life, ver = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   if stamp_less(clife, cver, life, ver) then
     hold(key, KEYS[1], mkey, KEYS[3], member, life, ver, ARGV[i + 4], ARGV[i + 3] == '1')
