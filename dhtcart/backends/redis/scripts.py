@@ -54,11 +54,7 @@ __all__ = [
 #: that the ownership set ``own`` records for ``member`` (``'-', ''``: nothing);
 #: ``redirect(meta, state, peer)``: the redirect ``{-1, epoch, state, peer}``, the epoch from
 #: the ownership hash ``meta``; ``version(key)``: the version of the record under ``key`` (0:
-#: absent) and its first 8 bytes (``''``: absent); ``mark(key)``: the mark (life, version) under
-#: ``key`` (``0, 0``: none; :data:`~dhtcart.backends.fencing.Mark`); ``stamp(head, version,
-#: life, mark version)``: the stamp held, as :func:`~dhtcart.backends.fencing.stamp_of`;
-#: ``stamp_less``: stamps compared; ``hold(...)``: a write of stamp (life, version) held: its record and mark, or its
-#: grave (a delete).
+#: absent) and its first 8 bytes (``''``: absent).
 _LIB = """
 local function lookup(own, member)
   local seg = redis.call('ZRANGEBYLEX', own, '[' .. member, '+', 'LIMIT', 0, 1)[1]
@@ -72,41 +68,6 @@ local function version(key)
   local head = redis.call('GETRANGE', key, 0, 7)
   if head == '' then return 0, head end
   return (struct.unpack('>I8', head)), head
-end
-local function mark(key)
-  local raw = redis.call('GET', key)
-  if not raw then return 0, 0 end
-  local life, ver = struct.unpack('>I8>I8', raw)
-  return life, ver
-end
-local function stamp(head, current, mlife, mver)
-  if head == '' then
-    if mver > 0 then return mlife, mver end
-    return 0, 0
-  end
-  if mver > 0 then return mlife + 1, current end
-  return mlife, current
-end
-local function stamp_less(l1, v1, l2, v2)
-  return l1 < l2 or (l1 == l2 and v1 < v2)
-end
-local function hold(record, index, mkey, midx, member, life, ver, value, delete)
-  if delete then
-    redis.call('DEL', record)
-    redis.call('ZREM', index, member)
-    redis.call('SET', mkey, struct.pack('>I8>I8', life, ver))
-    redis.call('ZADD', midx, 0, member)
-  else
-    redis.call('SET', record, struct.pack('>I8', ver) .. value)
-    redis.call('ZADD', index, 0, member)
-    if life > 0 then
-      redis.call('SET', mkey, struct.pack('>I8>I8', life, 0))
-      redis.call('ZADD', midx, 0, member)
-    else
-      redis.call('DEL', mkey)
-      redis.call('ZREM', midx, member)
-    end
-  end
 end
 """
 
@@ -211,6 +172,50 @@ if not id then
   redis.call('HSET', KEYS[2], 'id', id)
 end
 return {1, gen + 1, id}
+"""
+
+#: Not a script: the functions of the replicated writes' scripts (after :data:`_LIB`).
+#: ``mark(key)``: the mark (life, version) under ``key`` (``0, 0``: none;
+#: :data:`~dhtcart.backends.fencing.Mark`); ``stamp(head, version, life, mark version)``: the
+#: stamp held, as :func:`~dhtcart.backends.fencing.stamp_of`; ``stamp_less``: stamps compared;
+#: ``hold(...)``: a write of stamp (life, version) held: its record and mark, or its grave (a
+#: delete). Kept apart so that the scripts of plain reads and writes stay as small as before.
+_MARKS = """
+local function mark(key)
+  local raw = redis.call('GET', key)
+  if not raw then return 0, 0 end
+  local life, ver = struct.unpack('>I8>I8', raw)
+  return life, ver
+end
+local function stamp(head, current, mlife, mver)
+  if head == '' then
+    if mver > 0 then return mlife, mver end
+    return 0, 0
+  end
+  if mver > 0 then return mlife + 1, current end
+  return mlife, current
+end
+local function stamp_less(l1, v1, l2, v2)
+  return l1 < l2 or (l1 == l2 and v1 < v2)
+end
+local function hold(record, index, mkey, midx, member, life, ver, value, delete)
+  if delete then
+    redis.call('DEL', record)
+    redis.call('ZREM', index, member)
+    redis.call('SET', mkey, struct.pack('>I8>I8', life, ver))
+    redis.call('ZADD', midx, 0, member)
+  else
+    redis.call('SET', record, struct.pack('>I8', ver) .. value)
+    redis.call('ZADD', index, 0, member)
+    if life > 0 then
+      redis.call('SET', mkey, struct.pack('>I8>I8', life, 0))
+      redis.call('ZADD', midx, 0, member)
+    else
+      redis.call('DEL', mkey)
+      redis.call('ZREM', midx, member)
+    end
+  end
+end
 """
 
 #: A migration's copy or drop of whole ranges. ``KEYS[1]`` index, ``KEYS[2]``
@@ -320,6 +325,7 @@ return redirect(KEYS[2] .. ':meta', state, peer)
 #: backups}`` a write of the key is already pending (nothing changed); or the redirect.
 DECIDE = (
     _LIB
+    + _MARKS
     + """
 local state, peer = lookup(KEYS[2], ARGV[1])
 if state ~= 'o' and state ~= 'p' then return redirect(KEYS[3], state, peer) end
@@ -370,6 +376,7 @@ return {redis.call('GET', KEYS[2]) or false, backups}
 #: was pending at that stamp (now the record, or a grave), 0 when it was not.
 COMMIT = (
     _LIB
+    + _MARKS
     + """
 local raw = redis.call('GET', KEYS[3])
 if not raw then return 0 end
@@ -397,6 +404,7 @@ return 1
 #: grave). Replies 1.
 APPLY = (
     _LIB
+    + _MARKS
     + """
 local state, peer = lookup(KEYS[3], ARGV[1])
 if state ~= 'b' or peer ~= ARGV[2] then return redirect(KEYS[4], state, peer) end
@@ -419,6 +427,7 @@ return 1
 #: (nothing written).
 REPAIR = (
     _LIB
+    + _MARKS
     + """
 local token = tonumber(redis.call('HGET', KEYS[2], 'token') or '0')
 if tonumber(ARGV[1]) < token then return {-2, token} end
