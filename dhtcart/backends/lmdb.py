@@ -1024,16 +1024,20 @@ class LMDBBackend(FencedBackend):
 
         return self._read(op)
 
+    def _check_unserved(self, txn: lmdb.Transaction, token: int, ranges: Sequence[tuple[int, int]], what: str) -> None:
+        """A migration's fence, in its write transaction: ``token`` is not stale, no range is served."""
+        own = self._shared.load_ownership(txn, txn.get(_GEN))
+        own.check_token(token)
+        for lo, hi in ranges:
+            own.check_unserved(lo, hi, what)
+
     def import_encoded(
         self, token: int, ranges: Sequence[tuple[int, int]], items: Sequence[tuple[bytes, bytes]]
     ) -> int:
         rows = items
 
         def op(txn: lmdb.Transaction) -> int:
-            own = self._shared.load_ownership(txn, txn.get(_GEN))
-            own.check_token(token)
-            for lo, hi in ranges:
-                own.check_unserved(lo, hi, "import")
+            self._check_unserved(txn, token, ranges, "import")
             for lo, hi in ranges:
                 _delete_range(txn, lo, hi)
             if rows:
@@ -1044,10 +1048,7 @@ class LMDBBackend(FencedBackend):
 
     def drop_ranges(self, token: int, ranges: Sequence[tuple[int, int]]) -> int:
         def op(txn: lmdb.Transaction) -> int:
-            own = self._shared.load_ownership(txn, txn.get(_GEN))
-            own.check_token(token)
-            for lo, hi in ranges:
-                own.check_unserved(lo, hi, "drop")
+            self._check_unserved(txn, token, ranges, "drop")
             return sum(_delete_range(txn, lo, hi) for lo, hi in ranges)
 
         return self._write(op)
@@ -1179,10 +1180,7 @@ class LMDBBackend(FencedBackend):
         ]
 
         def op(txn: lmdb.Transaction) -> None:
-            own = self._shared.load_ownership(txn, txn.get(_GEN))
-            own.check_token(token)
-            for lo, hi in ranges:
-                own.check_unserved(lo, hi, "import")
+            self._check_unserved(txn, token, ranges, "import")
             for lo, hi in ranges:
                 for k, _ in _prefixed(txn, _MARK, lo, hi):
                     txn.delete(_MARK + _kb(k))
