@@ -2,7 +2,8 @@
 
 1. **Replicated get and put** with 2 and 3 copies beside 1 copy, on the same
    medium, interleaved round by round (medians of per-round medians, in µs):
-   goal on Redis, get <= 1.1x and put <= 1.5x at 3 copies.
+   goal on Redis, get <= 1.1x and put <= 1.5x at 3 copies. Also a delete with
+   the put that creates the key again, as one figure (the cost of a grave).
 2. **From a death to the first write** (Redis): a server of a 3-copy... store
    is SIGKILLed; the time until a write to a key whose primary it was succeeds
    (goal <= 5 s), per round.
@@ -94,20 +95,24 @@ def _timed(fn: Callable[[int], object], keys: list[int]) -> float:
 
 
 def measure_ops(backend: str, rounds: int, n_keys: int, ops: int, servers: list[Any]) -> dict[str, Latencies]:
-    """get and put latency at 1, 2 and 3 copies, the stores measured one after the other in every round."""
+    """get, put, and a delete with the put that creates the key again (one figure for the pair: what a
+    grave costs), at 1, 2 and 3 copies, the stores measured one after the other in every round."""
     tmp = Path(tempfile.mkdtemp(prefix="dhtcart-repl-bench-"))
     stores = {c: open_store(backend, c, tmp / f"c{c}", servers) for c in (1, 2, 3)}
     keys = [hash_key(f"k{i}") for i in range(n_keys)]
     for store in stores.values():
         for k in keys:
             store.put(k, VALUE)
-    out = {"get": Latencies(), "put": Latencies()}
+    out = {"get": Latencies(), "put": Latencies(), "delete + put": Latencies()}
     try:
         for r in range(rounds):
             sample = keys[(r * ops) % n_keys :][:ops] or keys[:ops]
             for copies, store in stores.items():
                 out["get"].by_copies.setdefault(copies, []).append(_timed(store.get, sample))
                 out["put"].by_copies.setdefault(copies, []).append(_timed(lambda k, s=store: s.put(k, VALUE), sample))
+                out["delete + put"].by_copies.setdefault(copies, []).append(
+                    _timed(lambda k, s=store: (s.delete(k), s.put(k, VALUE)), sample)
+                )
     finally:
         for store in stores.values():
             store.close()

@@ -31,6 +31,7 @@ EXPECTED = {
     "check_file", "check_history",
     # workloads and runs
     "DEFAULT_RATE", "MIX", "VerifyRun", "WorkloadStats", "draw_keys", "open_store", "run_workload", "verify_store",
+    "OPERATIONS", "check_mix", "parse_mix",
     # the command
     "EXIT_BUSY", "EXIT_LINEARIZABLE", "EXIT_NOT_LINEARIZABLE", "EXIT_RUN_FAILED", "EXIT_USAGE",
     "add_verify_parser", "run_verify",

@@ -64,7 +64,7 @@ from dhtcart.verify.history import (
     read_history,
 )
 from dhtcart.verify.run import VerifyRun, draw_keys, open_store, verify_store
-from dhtcart.verify.workload import DEFAULT_RATE, MIX, WorkloadStats, run_workload
+from dhtcart.verify.workload import DEFAULT_RATE, MIX, OPERATIONS, WorkloadStats, check_mix, parse_mix, run_workload
 
 __all__ = [
     # histories
@@ -86,10 +86,13 @@ __all__ = [
     # workloads and runs
     "DEFAULT_RATE",
     "MIX",
+    "OPERATIONS",
     "VerifyRun",
     "WorkloadStats",
+    "check_mix",
     "draw_keys",
     "open_store",
+    "parse_mix",
     "run_workload",
     "verify_store",
     # the command
