@@ -240,7 +240,7 @@ def test_a_delete_leaves_a_grave_and_the_key_created_again_is_of_the_next_life(r
     assert (gone.prev, gone.version, gone.life) == (1, 2, 0)
     backup.apply("a@1", gone)
     assert primary.commit(7, 2, 0)
-    assert primary.marks(-1, MAX_KEY) == backup.marks(-1, MAX_KEY) == {7: (0, 2)}  # the graves
+    assert primary.marks([(-1, MAX_KEY)]) == backup.marks([(-1, MAX_KEY)]) == {7: (0, 2)}  # the graves
     again = primary.decide(7, b"new", expected_version=0)
     assert (again.prev, again.version, again.life) == (0, 1, 1), "users' versions start at 1 again"
     assert Pending.decode(7, again.encode(), "b@1") == again
@@ -249,14 +249,14 @@ def test_a_delete_leaves_a_grave_and_the_key_created_again_is_of_the_next_life(r
     assert primary.commit(7, 1, 1) is True
     primary.renew_lease(1, time.time() + 60)
     assert primary.get(7) == Record(1, b"new")
-    assert primary.marks(-1, MAX_KEY) == backup.marks(-1, MAX_KEY) == {7: (1, 0)}  # a record of life 1
+    assert primary.marks([(-1, MAX_KEY)]) == backup.marks([(-1, MAX_KEY)]) == {7: (1, 0)}  # a record of life 1
     for late in (first, gone):  # late applies of the first life: older than what the backup holds
         backup.apply("a@1", late)
     assert list(backup.scan(-1, MAX_KEY)) == [(7, Record(1, b"new"))]
-    assert backup.marks(-1, MAX_KEY) == {7: (1, 0)}
+    assert backup.marks([(-1, MAX_KEY)]) == {7: (1, 0)}
     backup.apply("a@1", Pending(9, 4, 5, None))  # a delete of a key the backup never held: a grave
     backup.apply("a@1", Pending(9, 3, 4, b"late"))
-    assert list(backup.scan(8, 9)) == [] and backup.marks(8, 9) == {9: (0, 5)}
+    assert list(backup.scan(8, 9)) == [] and backup.marks([(8, 9)]) == {9: (0, 5)}
 
 
 def test_levelling_keeps_the_newest_stamp_graves_included(renv: BackendEnv) -> None:
@@ -283,7 +283,7 @@ def test_levelling_keeps_the_newest_stamp_graves_included(renv: BackendEnv) -> N
             (3, Record(1, b"three")),
             (4, Record(1, b"next")),
         ]
-        assert backend.marks(-1, MAX_KEY) == {1: (0, 5), 2: (1, 0), 4: (1, 0)}
+        assert backend.marks([(-1, MAX_KEY)]) == {1: (0, 5), 2: (1, 0), 4: (1, 0)}
 
 
 def test_a_record_beside_an_old_grave_is_of_the_next_life(renv: BackendEnv) -> None:
@@ -302,7 +302,7 @@ def test_a_record_beside_an_old_grave_is_of_the_next_life(renv: BackendEnv) -> N
     assert newer.stamp == (1, 2)
     a.apply("x@1", newer)
     a.apply("x@1", Pending(5, 2, 3, None))  # a late delete of the old life: older than both
-    assert list(a.scan(-1, MAX_KEY)) == [(5, Record(2, b"newer"))] and a.marks(-1, MAX_KEY) == {5: (1, 0)}
+    assert list(a.scan(-1, MAX_KEY)) == [(5, Record(2, b"newer"))] and a.marks([(-1, MAX_KEY)]) == {5: (1, 0)}
     orphan = takeout.Orphan(-1, MAX_KEY, "a", ("a", "b"))
     assert takeout.level({"a": a, "b": b}, 3, orphan) == 1
     for backend in (a, b):
@@ -317,12 +317,13 @@ def test_marks_go_with_a_copy_and_a_drop(renv: BackendEnv) -> None:
     marks = {k: (k % 3, k % 2 * 9) for k in range(1, 2600)}  # graves and lives, > 2 script batches
     backend.import_ranges(2, [(0, 5000)], [(3, Record(1, b"x"))])
     backend.import_marks(2, [(0, 5000)], marks)
-    assert backend.marks(0, 5000) == marks and backend.marks(10, 20) == {k: marks[k] for k in range(11, 21)}
+    assert backend.marks([(0, 5000)]) == marks and backend.marks([(10, 20)]) == {k: marks[k] for k in range(11, 21)}
+    assert backend.marks([(10, 12), (1200, 2400), (4000, 4100)]) == {k: marks[k] for k in (11, 12, *range(1201, 2401))}
     backend.import_marks(2, [(0, 100)], {50: (7, 7)})  # exactly these, in that range
-    assert backend.marks(0, 100) == {50: (7, 7)} and len(backend.marks(0, 5000)) == 2500
+    assert backend.marks([(0, 100)]) == {50: (7, 7)} and len(backend.marks([(0, 5000)])) == 2500
     assert backend.count() == 1, "marks are not records"
     backend.drop_ranges(2, [(0, 5000)])
-    assert backend.marks(-1, MAX_KEY) == {} and backend.count() == 0
+    assert backend.marks([(-1, MAX_KEY)]) == {} and backend.count() == 0
 
 
 def test_a_primary_without_a_running_lease_answers_no_read(renv: BackendEnv) -> None:

@@ -360,8 +360,8 @@ class FencedBackend(Backend):
         """
 
     @abstractmethod
-    def marks(self, lo: int, hi: int) -> dict[int, Mark]:
-        """Every :data:`Mark` of ``lo < key <= hi`` (the hand-over copies them with the records)."""
+    def marks(self, ranges: Sequence[tuple[int, int]]) -> dict[int, Mark]:
+        """Every :data:`Mark` of the ``ranges`` (``(lo, hi]`` each; the hand-over copies them with the records)."""
 
     @abstractmethod
     def import_marks(self, token: int, ranges: Sequence[tuple[int, int]], marks: dict[int, Mark]) -> None:

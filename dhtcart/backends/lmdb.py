@@ -529,22 +529,27 @@ def _mark(raw: bytes | memoryview | None) -> Mark | None:
     return (int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big"))
 
 
-def _stamp(txn: lmdb.Transaction, kb: bytes) -> tuple[int, int]:
-    """The stamp of what ``txn`` holds for the key ``kb`` (record and mark)."""
+def _stamp(txn: lmdb.Transaction, kb: bytes) -> tuple[tuple[int, int], Mark | None]:
+    """The stamp of what ``txn`` holds for the key ``kb`` (record and mark), and the mark."""
     raw = txn.get(kb)
-    return stamp_of(None if raw is None else int.from_bytes(raw[:8], "big"), _mark(txn.get(_MARK + kb)))
+    mark = _mark(txn.get(_MARK + kb))
+    return stamp_of(None if raw is None else int.from_bytes(raw[:8], "big"), mark), mark
 
 
-def _write_entry(txn: lmdb.Transaction, kb: bytes, life: int, version: int, value: bytes | None) -> None:
-    """Hold the write of stamp ``(life, version)``: its record and mark, or its grave (``value`` None)."""
+def _write_entry(
+    txn: lmdb.Transaction, kb: bytes, life: int, version: int, value: bytes | None, mark: Mark | None
+) -> None:
+    """Hold the write of stamp ``(life, version)``: its record and mark, or its grave (``value``
+    None); ``mark`` is the key's mark now (only a mark that changes is written)."""
     if value is None:
         txn.delete(kb)
         txn.put(_MARK + kb, life.to_bytes(8, "big") + version.to_bytes(8, "big"))
         return
     txn.put(kb, version.to_bytes(8, "big") + value)
     if life:
-        txn.put(_MARK + kb, life.to_bytes(8, "big") + bytes(8))
-    else:
+        if mark != (life, 0):
+            txn.put(_MARK + kb, life.to_bytes(8, "big") + bytes(8))
+    elif mark is not None:
         txn.delete(_MARK + kb)
 
 
@@ -1132,7 +1137,7 @@ class LMDBBackend(FencedBackend):
             if waiting.version != version or waiting.life != life:
                 return False
             txn.delete(_PENDING + kb)
-            _write_entry(txn, kb, life, version, waiting.value)
+            _write_entry(txn, kb, life, version, waiting.value, _mark(txn.get(_MARK + kb)))
             return True
 
         return self._write(op)
@@ -1145,8 +1150,9 @@ class LMDBBackend(FencedBackend):
         def op(txn: lmdb.Transaction) -> None:
             if fenced:
                 self._own_now(txn).check_apply(key, primary)
-            if _stamp(txn, kb) < pending.stamp:
-                _write_entry(txn, kb, pending.life, pending.version, pending.value)
+            held, mark = _stamp(txn, kb)
+            if held < pending.stamp:
+                _write_entry(txn, kb, pending.life, pending.version, pending.value, mark)
 
         self._write(op)
 
@@ -1160,16 +1166,17 @@ class LMDBBackend(FencedBackend):
             self._own_now(txn).check_token(token)
             n = 0
             for kb, life, version, value in rows:
-                if _stamp(txn, kb) < (life, version):
-                    _write_entry(txn, kb, life, version, value)
+                held, mark = _stamp(txn, kb)
+                if held < (life, version):
+                    _write_entry(txn, kb, life, version, value, mark)
                     n += 1
             return n
 
         return self._write(op)
 
-    def marks(self, lo: int, hi: int) -> dict[int, Mark]:
+    def marks(self, ranges: Sequence[tuple[int, int]]) -> dict[int, Mark]:
         def op(txn: lmdb.Transaction) -> dict[int, Mark]:
-            return {k: _mark(raw) for k, raw in _prefixed(txn, _MARK, lo, hi)}  # type: ignore[misc]
+            return {k: _mark(raw) for lo, hi in ranges for k, raw in _prefixed(txn, _MARK, lo, hi)}  # type: ignore[misc]
 
         return self._read(op)
 

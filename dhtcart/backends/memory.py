@@ -359,10 +359,11 @@ class MemoryBackend(FencedBackend):
                     n += 1
         return n
 
-    def marks(self, lo: int, hi: int) -> dict[int, Mark]:
+    def marks(self, ranges: Sequence[tuple[int, int]]) -> dict[int, Mark]:
         with self._locked():
             self._check_open()
-            return {k: self._marks[k] for k in self._marks.irange(lo, hi, inclusive=(False, True))}
+            marks = self._marks
+            return {k: marks[k] for lo, hi in ranges for k in marks.irange(lo, hi, inclusive=(False, True))}
 
     def import_marks(self, token: int, ranges: Sequence[tuple[int, int]], marks: dict[int, Mark]) -> None:
         with self._locked():

@@ -86,7 +86,7 @@ class UnreachableBackend(FencedBackend):
     def commit(self, key: int, version: int, life: int) -> bool:
         self._refuse()
 
-    def marks(self, lo: int, hi: int) -> dict[int, Mark]:
+    def marks(self, ranges: Sequence[tuple[int, int]]) -> dict[int, Mark]:
         self._refuse()
 
     def import_marks(self, token: int, ranges: Sequence[tuple[int, int]], marks: dict[int, Mark]) -> None:

@@ -162,7 +162,7 @@ def level(backends: Mapping[str, FencedBackend], token: int, orphan: Orphan) -> 
     newest: dict[int, Entry] = {}
     held: dict[str, dict[int, tuple[int, int]]] = {}
     for name in holders:
-        marks = backends[name].marks(orphan.lo, orphan.hi)
+        marks = backends[name].marks([(orphan.lo, orphan.hi)])
         stamps: dict[int, tuple[int, int]] = {}
         entries: list[Entry] = []
         for key, rec in backends[name].scan(orphan.lo, orphan.hi):

@@ -46,7 +46,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 
 from dhtcart.backends.base import Record
-from dhtcart.backends.fencing import FencedBackend, Mark, Pending
+from dhtcart.backends.fencing import FencedBackend, Pending
 from dhtcart.backends.ownership import BACKUP, FROZEN, NOT_OWNED, OWNED, PRIMARY, Segments, join_peers
 from dhtcart.errors import Moved
 from dhtcart.rebalance.plan import Progress
@@ -315,20 +315,20 @@ class Mover:
     def _copy(self, p: str, name: str, ranges: Sequence[tuple[int, int]]) -> tuple[int, int]:
         """Copy ``ranges`` from ``p`` to ``name`` (which does not serve them); ``(records, bytes)``."""
         src, dst = self.backends[p], self.backends[name]
-        marks: dict[int, Mark] = {}  # lives and graves: a late apply is refused on the copy too
-        for lo, hi in ranges:
-            marks.update(src.marks(lo, hi))
+        marks = src.marks(ranges)  # lives and graves: a late apply is refused on the copy too
         if src.copy_format and src.copy_format == dst.copy_format:  # as stored: no decoding
             items = src.export_ranges(ranges)
             dst.import_encoded(self.token, ranges, items)
+            n, nbytes = len(items), sum(len(raw) for _, raw in items) - 8 * len(items)
+        else:
+            records: list[tuple[int, Record]] = []
+            for lo, hi in ranges:
+                records += src.scan(lo, hi)
+            dst.import_ranges(self.token, ranges, records)
+            n, nbytes = len(records), sum(len(r.value) for _, r in records)
+        if marks:  # the import cleared the ranges' marks
             dst.import_marks(self.token, ranges, marks)
-            return len(items), sum(len(raw) for _, raw in items) - 8 * len(items)
-        records: list[tuple[int, Record]] = []
-        for lo, hi in ranges:
-            records += src.scan(lo, hi)
-        dst.import_ranges(self.token, ranges, records)
-        dst.import_marks(self.token, ranges, marks)
-        return len(records), sum(len(r.value) for _, r in records)
+        return n, nbytes
 
     def _point_backups(self, old: Names, new: Names, ranges: Sequence[tuple[int, int]]) -> None:
         """Every backup of ``new`` (but the old primary, released next) becomes a backup of the new primary."""

@@ -826,15 +826,24 @@ class RedisBackend(FencedBackend):
             written += int(reply)
         return written
 
-    def marks(self, lo: int, hi: int) -> dict[int, Mark]:
-        """The marks of ``lo < key <= hi``, :data:`_SCAN_BATCH` members per round trip (graves are many)."""
+    def marks(self, ranges: Sequence[tuple[int, int]]) -> dict[int, Mark]:
+        """The marks of the ``ranges``: the first :data:`_SCAN_BATCH` members of every range in one
+        round trip, further pages range by range, values :data:`_SCAN_BATCH` per ``MGET``."""
         call, client = self.connection.call, self.connection.client
-        low, high = _lex_range(lo, hi)
+        bounds = [_lex_range(lo, hi) for lo, hi in ranges]
+        pipe = client.pipeline(transaction=False)
+        for low, high in bounds:
+            pipe.zrangebylex(self._midx, low, high, 0, _SCAN_BATCH)
+        pages: list[list[bytes]] = call(pipe.execute) if bounds else []
+        members: list[bytes] = []
+        for (_, high), page in zip(bounds, pages, strict=True):
+            members += page
+            while len(page) == _SCAN_BATCH:  # graves are many: page on
+                page = call(client.zrangebylex, self._midx, b"(" + page[-1], high, 0, _SCAN_BATCH)
+                members += page
         out: dict[int, Mark] = {}
-        while True:
-            chunk: list[bytes] = call(client.zrangebylex, self._midx, low, high, 0, _SCAN_BATCH)
-            if not chunk:
-                return out
+        for start in range(0, len(members), _SCAN_BATCH):
+            chunk = members[start : start + _SCAN_BATCH]
             raws: list[bytes | None] = call(client.mget, [self._mark_prefix + m for m in chunk])
             for member, raw in zip(chunk, raws, strict=True):
                 if raw is None:
@@ -842,9 +851,7 @@ class RedisBackend(FencedBackend):
                 if len(raw) != 16:
                     raise CorruptData(f"shard {self.name!r}: a mark of {len(raw)} bytes (16 expected)")
                 out[int(member, 16)] = (int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big"))
-            if len(chunk) < _SCAN_BATCH:
-                return out
-            low = b"(" + chunk[-1]
+        return out
 
     def import_marks(self, token: int, ranges: Sequence[tuple[int, int]], marks: dict[int, Mark]) -> None:
         """The ranges' marks deleted (1,000 per script call), then ``marks`` written, at most

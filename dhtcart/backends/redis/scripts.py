@@ -179,7 +179,8 @@ return {1, gen + 1, id}
 #: :data:`~dhtcart.backends.fencing.Mark`); ``stamp(head, version, life, mark version)``: the
 #: stamp held, as :func:`~dhtcart.backends.fencing.stamp_of`; ``stamp_less``: stamps compared;
 #: ``hold(...)``: a write of stamp (life, version) held: its record and mark, or its grave (a
-#: delete). Kept apart so that the scripts of plain reads and writes stay as small as before.
+#: delete); its last two arguments are the key's mark now (only a mark that changes is
+#: written). Kept apart so that the scripts of plain reads and writes stay as small as before.
 _MARKS = """
 local function mark(key)
   local raw = redis.call('GET', key)
@@ -198,7 +199,7 @@ end
 local function stamp_less(l1, v1, l2, v2)
   return l1 < l2 or (l1 == l2 and v1 < v2)
 end
-local function hold(record, index, mkey, midx, member, life, ver, value, delete)
+local function hold(record, index, mkey, midx, member, life, ver, value, delete, mlife, mver)
   if delete then
     redis.call('DEL', record)
     redis.call('ZREM', index, member)
@@ -208,9 +209,11 @@ local function hold(record, index, mkey, midx, member, life, ver, value, delete)
     redis.call('SET', record, struct.pack('>I8', ver) .. value)
     redis.call('ZADD', index, 0, member)
     if life > 0 then
-      redis.call('SET', mkey, struct.pack('>I8>I8', life, 0))
-      redis.call('ZADD', midx, 0, member)
-    else
+      if mlife ~= life or mver ~= 0 then
+        redis.call('SET', mkey, struct.pack('>I8>I8', life, 0))
+        redis.call('ZADD', midx, 0, member)
+      end
+    elseif mlife ~= 0 or mver ~= 0 then
       redis.call('DEL', mkey)
       redis.call('ZREM', midx, member)
     end
@@ -390,7 +393,8 @@ end
 if ver ~= tonumber(ARGV[2]) or life ~= tonumber(ARGV[3]) then return 0 end
 redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
-hold(KEYS[1], KEYS[2], KEYS[5], KEYS[6], ARGV[1], life, ver, value, flag == '\\0' or flag == '\\2')
+local mlife, mver = mark(KEYS[5])
+hold(KEYS[1], KEYS[2], KEYS[5], KEYS[6], ARGV[1], life, ver, value, flag == '\\0' or flag == '\\2', mlife, mver)
 return 1
 """
 )
@@ -413,7 +417,7 @@ local mlife, mver = mark(KEYS[5])
 local clife, cver = stamp(head, current, mlife, mver)
 local life, ver = tonumber(ARGV[7]), tonumber(ARGV[4])
 if stamp_less(clife, cver, life, ver) then
-  hold(KEYS[1], KEYS[2], KEYS[5], KEYS[6], ARGV[1], life, ver, ARGV[5], ARGV[6] == '1')
+  hold(KEYS[1], KEYS[2], KEYS[5], KEYS[6], ARGV[1], life, ver, ARGV[5], ARGV[6] == '1', mlife, mver)
 end
 return 1
 """
@@ -440,7 +444,7 @@ for i = 4, #ARGV, 5 do
   local clife, cver = stamp(head, current, mlife, mver)
   local life, ver = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   if stamp_less(clife, cver, life, ver) then
-    hold(key, KEYS[1], mkey, KEYS[3], member, life, ver, ARGV[i + 4], ARGV[i + 3] == '1')
+    hold(key, KEYS[1], mkey, KEYS[3], member, life, ver, ARGV[i + 4], ARGV[i + 3] == '1', mlife, mver)
     written = written + 1
   end
 end
