@@ -79,6 +79,24 @@ def report_of(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return data
 
 
+def linearizable(proc: subprocess.CompletedProcess[str], history: Path) -> dict[str, Any]:
+    """The report of a ``--json`` run that must have exited 0; else an error with the report and,
+    for every anomaly, the history's last lines of its key up to it (a CI run loses the file)."""
+    data = report_of(proc)
+    if proc.returncode == 0:
+        return data
+    detail = [f"exit {proc.returncode}", proc.stdout, proc.stderr]
+    anomalies = data.get("check", {}).get("anomalies", [])
+    if history.exists():
+        lines = history.read_text(encoding="utf-8").splitlines()
+        for anomaly in anomalies[:3]:
+            last = max((op.get("complete_line") or op.get("invoke_line") or 0) for op in anomaly["operations"])
+            key = str(anomaly["key"])
+            mine = [f"{n}: {line}" for n, line in enumerate(lines[:last], 1) if f'"key":{key},' in line]
+            detail.append(f"history of key {key} (lines up to {last}, the last 60):\n" + "\n".join(mine[-60:]))
+    raise AssertionError("\n".join(detail))
+
+
 def user_data(root: Path) -> dict[int, Record]:
     """Every key and record in the store (to show a run leaves the user's data alone)."""
 
