@@ -16,7 +16,7 @@ serves every key.
 
 The rebalancer changes ownership and moves records with the token-fenced
 methods below (``update_ownership``, ``claim``, ``import_ranges``,
-``drop_ranges``, ``repair_records``): each refuses a token older than the
+``import_marks``, ``drop_ranges``, ``repair_entries``): each refuses a token older than the
 newest the shard has seen (:class:`~dhtcart.errors.LeaseLost`), so a
 rebalancer that lost its lease can change nothing. The protocol that drives
 them is in :mod:`dhtcart.rebalance.mover`.
@@ -36,7 +36,10 @@ take three steps, each atomic on one shard:
    record that reads return.
 
 Reads return committed records only, so a value is never read before every
-replica holds it. On a ``leased`` record a primary answers reads only while
+replica holds it. Each write carries a stamp ``(life, version)`` that orders it
+among its key's writes across deletes; a delete leaves a grave (a :data:`Mark`),
+so a late apply of an older write changes nothing (``docs/replication.md``,
+"Lives and graves"). On a ``leased`` record a primary answers reads only while
 its lease runs (:meth:`renew_lease`), else :class:`~dhtcart.errors.LeaseExpired`.
 """
 
