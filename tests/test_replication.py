@@ -570,6 +570,30 @@ def test_a_late_apply_of_a_finished_write_does_not_come_back_after_a_delete(renv
     assert store.get(key) == before
 
 
+def test_a_new_copy_takes_the_graves_along(renv: BackendEnv) -> None:
+    """The hand-over copies a range's marks with its records: a shard that becomes a backup
+    after a delete refuses a late apply of the deleted write, as the old backups do."""
+    store = renv.store(3, replicas=2, read_lease=0.2)
+    store._coordinator.repair_in_background = lambda: None  # type: ignore[method-assign]
+    key = hash_key("graves travel")
+    store.put(key, b"first")
+    old = store.replicas_for(key)
+    primary = store.servers[old[0]].backend
+    late = primary.decide(key, b"finished by another writer", 1)
+    store._complete(primary, late)
+    assert store.delete(key)
+    store.set_replicas(3)
+    new = store.replicas_for(key)
+    (newcomer,) = set(new) - set(old)
+    assert new[0] == old[0], "the same primary: the late write's decider is still named"
+    copy = store.servers[newcomer].backend
+    assert copy.marks([(key - 1, key)]) == {key: (0, 3)}, "the delete's grave came with the copy"
+    copy.apply(store._view.ids[new[0]], late)  # the late apply reaches the new backup
+    assert list(copy.scan(key - 1, key)) == []
+    _unreachable(primary)
+    assert store.get(key) is None
+
+
 @pytest.mark.parametrize("how", ["repair", "finish_rebalance"])
 def test_repair_and_finish_rebalance_finish_a_failover_whose_process_died(
     how: str, monkeypatch: pytest.MonkeyPatch
