@@ -55,7 +55,19 @@ from dhtcart.backends.base import Backend, Record
 from dhtcart.backends.ownership import Ownership
 from dhtcart.errors import InvalidInput
 
-__all__ = ["Change", "Entry", "FencedBackend", "Mark", "Pending", "Update", "apply_changes", "next_life", "stamp_of"]
+__all__ = [
+    "Change",
+    "Entry",
+    "FencedBackend",
+    "Mark",
+    "Pending",
+    "Update",
+    "apply_changes",
+    "decode_mark",
+    "encode_mark",
+    "stamp_of",
+    "write_life",
+]
 
 #: a change of one record: the current record (``None``: absent) to the new value, or ``None``
 #: to leave it as it is (see :meth:`FencedBackend.modify`)
@@ -186,9 +198,27 @@ def stamp_of(version: int | None, mark: Mark | None) -> tuple[int, int]:
     return mark if mark and mark[1] else (0, 0)
 
 
-def next_life(mark: Mark | None) -> int:
-    """The life of a key created where it has no record and this :data:`Mark`."""
+def write_life(version: int | None, mark: Mark | None) -> int:
+    """The life of a write decided where the key's record has ``version`` (``None``: no record)
+    and this :data:`Mark`: the record's life, or, creating the key after a grave, the next one."""
+    if version is not None:
+        return stamp_of(version, mark)[0]
     return mark[0] + 1 if mark and mark[1] else 0
+
+
+def encode_mark(life: int, version: int) -> bytes:
+    """A :data:`Mark` as stored: life and version, 8 bytes big-endian each."""
+    return int(life).to_bytes(8, "big") + int(version).to_bytes(8, "big")
+
+
+def decode_mark(raw: bytes | memoryview) -> Mark:
+    """The inverse of :func:`encode_mark` (``CorruptData`` for bytes that are not one)."""
+    from dhtcart.errors import CorruptData
+
+    raw = bytes(raw)
+    if len(raw) != 16:
+        raise CorruptData(f"a mark of {len(raw)} bytes (16 expected)")
+    return (int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big"))
 
 
 def _nothing() -> None:
@@ -393,13 +423,10 @@ class FencedBackend(Backend):
         self.apply(primary, pending)
         return _nothing
 
-    @abstractmethod
     def repair_records(self, token: int, records: Sequence[tuple[int, Record]]) -> int:
-        """Write each record unless this shard holds that version or a newer one (token-fenced).
-
-        Used to bring the surviving replicas of a range level with each other
-        before one of them becomes its primary. Returns how many were written.
-        """
+        """:meth:`repair_entries` of records of the first life: each written unless this shard holds
+        that stamp or a newer one (token-fenced). Returns how many were written."""
+        return self.repair_entries(token, [(key, 0, rec.version, rec.value) for key, rec in records])
 
     @abstractmethod
     def renew_lease(self, epoch: int, until: float) -> float:

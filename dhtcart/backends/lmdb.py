@@ -121,8 +121,10 @@ from dhtcart.backends.fencing import (
     Update,
     apply_changes,
     change_called_back,
-    next_life,
+    decode_mark,
+    encode_mark,
     stamp_of,
+    write_life,
 )
 from dhtcart.backends.ownership import BACKUP, OWNED, TABLE_SHIFT, Ownership
 from dhtcart.errors import (
@@ -489,14 +491,20 @@ def _delete_range(txn: lmdb.Transaction, lo: int, hi: int) -> int:
                 break
             cur.delete()  # and moves to the next record
             n += 1
-    for prefix in (_PENDING, _MARK):
-        if cur.set_range(prefix + _kb(lo + 1)):
-            while True:
-                kb = bytes(cur.key())
-                if len(kb) != 9 or kb[:1] != prefix or kb[1:] > hi_kb:
-                    break
-                cur.delete()
+    _delete_prefixed(cur, _PENDING, lo, hi)
+    _delete_prefixed(cur, _MARK, lo, hi)
     return n
+
+
+def _delete_prefixed(cur: lmdb.Cursor, prefix: bytes, lo: int, hi: int) -> None:
+    """Delete every entry ``prefix + key`` with ``lo < key <= hi`` (pending writes, marks)."""
+    hi_kb = _kb(hi)
+    if cur.set_range(prefix + _kb(lo + 1)):
+        while True:
+            kb = bytes(cur.key())  # b"" once the cursor has run off the end
+            if len(kb) != 9 or kb[:1] != prefix or kb[1:] > hi_kb:
+                break
+            cur.delete()  # and moves to the next entry
 
 
 def _prefixed(txn: lmdb.Transaction, prefix: bytes, lo: int, hi: int) -> list[tuple[int, bytes]]:
@@ -521,12 +529,7 @@ def _pendings(txn: lmdb.Transaction, lo: int, hi: int) -> list[tuple[int, bytes]
 
 def _mark(raw: bytes | memoryview | None) -> Mark | None:
     """A :data:`~dhtcart.backends.fencing.Mark` as stored (``None``: none)."""
-    if raw is None:
-        return None
-    raw = bytes(raw)
-    if len(raw) != 16:
-        raise CorruptData(f"a mark of {len(raw)} bytes (16 expected)")
-    return (int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big"))
+    return None if raw is None else decode_mark(raw)
 
 
 def _stamp(txn: lmdb.Transaction, kb: bytes) -> tuple[tuple[int, int], Mark | None]:
@@ -543,12 +546,12 @@ def _write_entry(
     None); ``mark`` is the key's mark now (only a mark that changes is written)."""
     if value is None:
         txn.delete(kb)
-        txn.put(_MARK + kb, life.to_bytes(8, "big") + version.to_bytes(8, "big"))
+        txn.put(_MARK + kb, encode_mark(life, version))
         return
     txn.put(kb, version.to_bytes(8, "big") + value)
     if life:
         if mark != (life, 0):
-            txn.put(_MARK + kb, life.to_bytes(8, "big") + bytes(8))
+            txn.put(_MARK + kb, encode_mark(life, 0))
     elif mark is not None:
         txn.delete(_MARK + kb)
 
@@ -1102,8 +1105,7 @@ class LMDBBackend(FencedBackend):
             check_expected(key, expected_version, current)
             if value is None and raw is None:
                 return Pending(key, 0, 0, None, backups)  # nothing to delete: nothing to replicate
-            mark = _mark(txn.get(_MARK + kb))
-            life = stamp_of(current, mark)[0] if raw is not None else next_life(mark)
+            life = write_life(None if raw is None else current, _mark(txn.get(_MARK + kb)))
             decided = Pending(key, current, current + 1, value, backups, life)
             txn.put(_PENDING + kb, decided.encode())
             return decided
@@ -1156,9 +1158,6 @@ class LMDBBackend(FencedBackend):
 
         self._write(op)
 
-    def repair_records(self, token: int, records: Sequence[tuple[int, Record]]) -> int:
-        return self.repair_entries(token, [(k, 0, r.version, r.value) for k, r in records])
-
     def repair_entries(self, token: int, entries: Sequence[Entry]) -> int:
         rows = [(_kb(k), life, version, None if value is None else bytes(value)) for k, life, version, value in entries]
 
@@ -1181,16 +1180,13 @@ class LMDBBackend(FencedBackend):
         return self._read(op)
 
     def import_marks(self, token: int, ranges: Sequence[tuple[int, int]], marks: dict[int, Mark]) -> None:
-        rows = [
-            (_MARK + _kb(k), int(life).to_bytes(8, "big") + int(version).to_bytes(8, "big"))
-            for k, (life, version) in sorted(marks.items())
-        ]
+        rows = [(_MARK + _kb(k), encode_mark(*mark)) for k, mark in sorted(marks.items())]
 
         def op(txn: lmdb.Transaction) -> None:
             self._check_unserved(txn, token, ranges, "import")
+            cur = txn.cursor()
             for lo, hi in ranges:
-                for k, _ in _prefixed(txn, _MARK, lo, hi):
-                    txn.delete(_MARK + _kb(k))
+                _delete_prefixed(cur, _MARK, lo, hi)
             for kb, raw in rows:
                 txn.put(kb, raw)
 

@@ -30,8 +30,8 @@ from dhtcart.backends.fencing import (
     Update,
     apply_changes,
     change_called_back,
-    next_life,
     stamp_of,
+    write_life,
 )
 from dhtcart.backends.ownership import BACKUP, OWNED, TABLE_SHIFT, Ownership
 from dhtcart.checks import check_seconds
@@ -293,8 +293,7 @@ class MemoryBackend(FencedBackend):
             check_expected(key, expected_version, current)
             if value is None and old is None:
                 return Pending(key, 0, 0, None, backups)  # nothing to delete: nothing to replicate
-            mark = self._marks.get(key)
-            life = stamp_of(current, mark)[0] if old is not None else next_life(mark)
+            life = write_life(None if old is None else current, self._marks.get(key))
             decided = Pending(key, current, current + 1, value, backups, life)
             self._pending[key] = decided
             return decided
@@ -344,9 +343,6 @@ class MemoryBackend(FencedBackend):
                 self._own.check_apply(key, primary)
             if self._stamp(key) < pending.stamp:
                 self._write(key, pending.life, pending.version, pending.value)
-
-    def repair_records(self, token: int, records: Sequence[tuple[int, Record]]) -> int:
-        return self.repair_entries(token, [(key, 0, rec.version, rec.value) for key, rec in records])
 
     def repair_entries(self, token: int, entries: Sequence[Entry]) -> int:
         n = 0

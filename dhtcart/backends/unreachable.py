@@ -98,9 +98,6 @@ class UnreachableBackend(FencedBackend):
     def apply(self, primary: str, pending: Pending) -> None:
         self._refuse()
 
-    def repair_records(self, token: int, records: Sequence[tuple[int, Record]]) -> int:
-        self._refuse()
-
     def renew_lease(self, epoch: int, until: float) -> float:
         self._refuse()
 

@@ -45,7 +45,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn, cast
 
 from dhtcart.backends.base import BackendContext, Record, check_expected, stored_record
-from dhtcart.backends.fencing import Change, Entry, FencedBackend, Mark, Pending, apply_changes
+from dhtcart.backends.fencing import (
+    Change,
+    Entry,
+    FencedBackend,
+    Mark,
+    Pending,
+    apply_changes,
+    decode_mark,
+    encode_mark,
+)
 from dhtcart.backends.ownership import BACKUP, FROZEN, OWNED, PRIMARY, TABLE_SHIFT, Ownership, Segments
 from dhtcart.backends.redis.connection import (
     DEFAULT_PREFIX,
@@ -810,9 +819,6 @@ class RedisBackend(FencedBackend):
 
         return outcome
 
-    def repair_records(self, token: int, records: Sequence[tuple[int, Record]]) -> int:
-        return self.repair_entries(token, [(k, 0, r.version, r.value) for k, r in records])
-
     def repair_entries(self, token: int, entries: Sequence[Entry]) -> int:
         written = 0
         for start in range(0, len(entries), _IMPORT_BATCH):
@@ -848,9 +854,10 @@ class RedisBackend(FencedBackend):
             for member, raw in zip(chunk, raws, strict=True):
                 if raw is None:
                     continue
-                if len(raw) != 16:
-                    raise CorruptData(f"shard {self.name!r}: a mark of {len(raw)} bytes (16 expected)")
-                out[int(member, 16)] = (int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big"))
+                try:
+                    out[int(member, 16)] = decode_mark(raw)
+                except CorruptData as exc:
+                    raise CorruptData(f"shard {self.name!r}: {exc}") from None
         return out
 
     def import_marks(self, token: int, ranges: Sequence[tuple[int, int]], marks: dict[int, Mark]) -> None:
@@ -860,8 +867,8 @@ class RedisBackend(FencedBackend):
         items = sorted(marks.items())
         for start in range(0, len(items), _IMPORT_BATCH):
             pairs: list[bytes] = []
-            for key, (life, version) in items[start : start + _IMPORT_BATCH]:
-                pairs += (_member(key), int(life).to_bytes(8, "big") + int(version).to_bytes(8, "big"))
+            for key, mark in items[start : start + _IMPORT_BATCH]:
+                pairs += (_member(key), encode_mark(*mark))
             self._range_script(token, ranges, "addmarks", pairs)
 
     def renew_lease(self, epoch: int, until: float) -> float:
