@@ -53,6 +53,11 @@ class History:
         self.out.write(json.dumps(record) + "\n")
 
 
+def _why(t0: float, f: str, key: int, exc: Exception) -> None:
+    """Tell stderr why a tolerated call raised, and how long its increment had waited."""
+    print(f"raised after {time.monotonic() - t0:.3f} s: {f} of key {key}: {exc!r}", file=sys.stderr, flush=True)
+
+
 def incr(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     store = DHTServerStore.open(args.location, lock_timeout=30)
@@ -77,10 +82,11 @@ def incr(args: argparse.Namespace) -> None:
                 history.event("invoke", "read", key, ns())
                 try:
                     rec = store.get(key)
-                except ShardUnavailable:  # with --tolerate: no copy reached in time (an info read)
+                except ShardUnavailable as exc:  # with --tolerate: no copy reached in time (an info read)
                     if not args.tolerate:
                         raise
                     history.event("info", "read", key, ns())
+                    _why(t0, "read", key, exc)
                     break
                 t = ns()
                 if rec is None:
@@ -96,10 +102,11 @@ def incr(args: argparse.Namespace) -> None:
                 except VersionConflict:
                     history.event("fail", "cas", key, ns(), expected=version, value=new)
                     continue
-                except ShardUnavailable:  # with --tolerate: a shard died under the write: unknown outcome
+                except ShardUnavailable as exc:  # with --tolerate: a shard died under the write: unknown outcome
                     if not args.tolerate:
                         raise
                     history.event("info", "cas", key, ns(), expected=version, value=new)
+                    _why(t0, "cas", key, exc)
                     raised[key] += 1
                     break
                 history.event("ok", "cas", key, ns(), expected=version, value=new, version=got)
