@@ -545,6 +545,30 @@ def test_a_failover_stopped_after_its_decision_is_finished_by_the_next_holder(
     store._check()
 
 
+def test_a_write_whose_backup_died_finishes_a_failover_stopped_after_its_decision(
+    renv: BackendEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failover of a dead backup was decided and published, and its process died before
+    carrying it out: a write whose backup is that shard (its primary alive) finishes the
+    failover itself, and does not spin against the dead backup until it gives up. (Found in
+    CI: a writer of tests/test_replication_redis.py waited the whole redirect_timeout, 15 s.)"""
+    store = renv.store(3, replicas=2, read_lease=0.2, redirect_timeout=5.0)
+    keys = _keys(200)
+    for k in keys:
+        store.put(k, b"v")
+    victim = store.replicas_for(keys[0])[1]  # a backup of the first key, the primary of others
+    _unreachable(store.shards[victim].backend)
+    _fail_over_and_die_after_deciding(store, victim, monkeypatch)
+    store._coordinator.repair_in_background = lambda: None  # type: ignore[method-assign]
+    assert not store._refresh().doc.down[victim]["promoted"]
+    assert store.put(keys[0], b"w", expected_version=1) == 2  # its backup is the dead shard
+    assert store._refresh().doc.down[victim]["promoted"]
+    assert store.get(keys[0]) == Record(2, b"w")
+    assert all(store.get(k) is not None for k in keys)
+    store.repair()
+    store._check()
+
+
 @pytest.mark.parametrize("then", ["deleted", "created-again"])
 def test_a_late_apply_of_a_finished_write_does_not_come_back_after_a_delete(renv: BackendEnv, then: str) -> None:
     """A writer that finishes another's write can be slow (a busy machine, a paused server):

@@ -107,6 +107,7 @@ class Coordinator:
         self._failing = threading.Lock()  # this handle's failovers, one at a time
         self._repairing: threading.Thread | None = None
         self._stopping = threading.Event()  # the handle is closing: background work stops
+        self._next_finish = 0.0  # when a failover() may next try to finish a stopped failover
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop this handle's background repair at its next batch (its lease released), and wait for it."""
@@ -260,7 +261,8 @@ class Coordinator:
             return self._report(mover, start, before)
 
     def take_over(self) -> None:
-        """Finish the batches a dead rebalancer left half done, if nobody holds the lease.
+        """Finish the batches a dead rebalancer left half done, or the failover a dead process
+        decided (then repair in the background, as that process would have), if nobody holds the lease.
 
         Best effort: whatever goes wrong (the membership's database down, a shard
         unreachable), the waiting operation goes on waiting and tries again later.
@@ -272,11 +274,13 @@ class Coordinator:
             return
         if lease is None:
             return
+        failed_over = False
         try:
             store._counters["takeovers"] += 1
             view = store._refresh()
             if view.doc.unpromoted:
                 self._finish_failover(lease)
+                failed_over = True
                 view = store._view
             if view.migration is None:
                 return
@@ -285,6 +289,8 @@ class Coordinator:
             pass
         finally:
             lease.release()
+            if failed_over:  # the dead process's repair is this handle's now
+                self.repair_in_background()
 
     def _reporter(self, epoch: int, planned: int) -> Callable[[int], None]:
         """Report keys moved to the membership (for every handle's status and metrics), at most
@@ -441,8 +447,11 @@ class Coordinator:
         range without a copy is left too. Another rebalancer holding the lease
         means the caller waits and tries again. After a failover, the repair
         (the removal of the dead shards from the ring, which restores the
-        missing copies) runs in a background thread of this handle. Returns
-        whether a failover ran.
+        missing copies) runs in a background thread of this handle. Suspects
+        taken out already by a failover whose process died before carrying it
+        out: that failover is finished (at most every takeover pause), so that
+        a write whose backup is dead never waits on it until its bound. Returns
+        whether a failover ran (or was finished).
         """
         store = self._store
         if not self._failing.acquire(blocking=False):
@@ -450,8 +459,16 @@ class Coordinator:
                 return False
         try:
             doc = store._refresh().doc
-            if doc.replicas < 2 or not {n for n in suspects if n in doc.shards and n not in doc.down}:
+            if doc.replicas < 2:
                 return False
+            if not {n for n in suspects if n in doc.shards and n not in doc.down}:
+                # taken out already; but a failover decided and not carried out (its process died
+                # after publishing it) leaves the dead shard named as a backup on live primaries:
+                # writes would meet it until their bound. Finish it (at most every takeover pause).
+                now = time.monotonic()
+                if not doc.unpromoted or now < self._next_finish:
+                    return False
+                self._next_finish = now + store._takeover_after
             try:
                 lease = self._membership.try_lease(holder_name())
             except ShardUnavailable:
@@ -473,8 +490,9 @@ class Coordinator:
         live = view.live_backends()
         dead = sorted(n for n in suspects if n in live and not takeout.probe(live[n]))
         if not dead:
-            if doc.unpromoted:
+            if doc.unpromoted:  # another process's failover, stopped after its decision: finish it
                 self._finish_failover(lease)
+                return True
             return False
         down = dict(doc.down)
         ring = view.ring
