@@ -691,7 +691,7 @@ class DHTServerStore(MutableMapping[int, bytes]):
             if self._track:  # before the call: a refused operation counts on its shard too
                 self._last.backend = backend
             return backend.put(key, value, expected_version)
-        except (Moved, StoreClosed, ShardUnavailable) as exc:
+        except (Moved, StoreClosed, ShardUnavailable, WriteInFlight) as exc:
             return self._retry(key, exc, lambda b, k: b.put(k, value, expected_version))
 
     def delete(self, key: int, expected_version: int | None = None) -> bool:
@@ -708,7 +708,7 @@ class DHTServerStore(MutableMapping[int, bytes]):
             if self._track:  # before the call: a refused operation counts on its shard too
                 self._last.backend = backend
             return backend.delete(key, expected_version)
-        except (Moved, StoreClosed, ShardUnavailable) as exc:
+        except (Moved, StoreClosed, ShardUnavailable, WriteInFlight) as exc:
             return self._retry(key, exc, lambda b, k: b.delete(k, expected_version))
 
     def modify(self, key: int, change: Update, *, tries: int = MAX_UPDATE_TRIES) -> Record | None:
@@ -770,7 +770,7 @@ class DHTServerStore(MutableMapping[int, bytes]):
             if self._track:  # before the call: a refused operation counts on its shard too
                 self._last.backend = backend
             return backend.modify(key, checked, tries)
-        except (Moved, StoreClosed, ShardUnavailable) as exc:
+        except (Moved, StoreClosed, ShardUnavailable, WriteInFlight) as exc:
             return self._retry(key, exc, lambda b, k: b.modify(k, checked, tries))
 
     # -- replicated writes (docs/replication.md) -------------------------------------

@@ -24,7 +24,9 @@ SIGKILLs it reads only whole lines of things that really happened:
     Print ``opening``, open the store (which finishes a migration a killed
     rebalancer left, when the lease is free), print ``ready``, then loop
     ``add_shard`` / ``remove_shard`` / ``set_weight`` with small batches,
-    printing ``op ...``, ``progress DONE TOTAL`` and ``done ...``.
+    printing ``op ...``, ``progress DONE TOTAL`` and ``done ...``. With
+    ``--copies A,B`` every rebalance is ``set_replicas``, alternating between
+    ``A`` and ``B`` copies (handles on the old view write by the other path).
 
 ``repairer``
     On a replicated store one of whose shard directories the parent deleted:
@@ -216,9 +218,16 @@ def rebalancer(args: argparse.Namespace) -> None:
     def progress(done: int, total: int) -> None:
         say("progress", done, total)
 
+    copies = [int(n) for n in args.copies.split(",")] if args.copies else []
     while time.monotonic() < deadline:
         try:
-            op = _one_rebalance(store, rng, names, progress=progress)
+            if copies:
+                n = copies[1] if store.replicas == copies[0] else copies[0]
+                say("op replicas", n)
+                store.set_replicas(n, batch_size=rng.choice([4, 9, 16]), progress=progress)
+                op = "replicas"
+            else:
+                op = _one_rebalance(store, rng, names, progress=progress)
         except StoreBusy:  # a writer holds the lease, finishing a batch a killed child left
             say("busy")
             time.sleep(0.01)
@@ -402,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lock-timeout", type=float, default=10.0)
     parser.add_argument("--redirect-timeout", type=float, default=15.0)
     parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--copies", default="", help="rebalancer: only set_replicas, alternating A,B")
     parser.add_argument("--shards", type=int, default=4, help="repairer: add a shard when fewer are left")
     parser.add_argument("--history", default="", help="writer: record every operation to this file")
     parser.add_argument("--modify", action="store_true", help="writer: write with store.modify, not get + cas")

@@ -569,6 +569,39 @@ def test_a_write_whose_backup_died_finishes_a_failover_stopped_after_its_decisio
     store._check()
 
 
+@pytest.mark.parametrize("how", ["put", "cas", "delete", "modify"])
+def test_a_plain_write_finishes_a_replicated_write_pending_on_its_key_first(renv: BackendEnv, how: str) -> None:
+    """During ``set_replicas``, a handle that still routes with one copy writes by the plain
+    path while a handle on the replicated view has decided a write of the same key on the same
+    shard (an owned range: a decide there lists no backups). The plain write must not slip in
+    between that decide and its commit: both compare-and-sets from one version would succeed,
+    and the commit would overwrite the plain write. A plain write of a key with a pending write
+    finishes that write first (as a decide does), then runs against the version it made."""
+    store = renv.store(3)  # one copy: every range owned, every write plain
+    key = hash_key("two paths, one key")
+    store.put(key, b"first")
+    primary = store.servers[store.replicas_for(key)[0]].backend
+    decided = primary.decide(key, b"replicated", 1)  # a handle on the replicated view, half way
+    if how == "put":
+        assert store.put(key, b"plain") == 3
+        after = Record(3, b"plain")
+    elif how == "cas":
+        with pytest.raises(VersionConflict):
+            store.put(key, b"plain", expected_version=1)
+        after = Record(2, b"replicated")
+    elif how == "delete":
+        with pytest.raises(VersionConflict):
+            store.delete(key, expected_version=1)
+        assert store.delete(key, expected_version=2)
+        after = None
+    else:
+        assert store.modify(key, lambda rec: rec.value + b"+plain" if rec else b"?") == Record(3, b"replicated+plain")
+        after = Record(3, b"replicated+plain")
+    assert primary.pending(key) is None
+    store._complete(primary, decided)  # the deciding handle goes on: its write stood, once, and stays
+    assert store.get(key) == after
+
+
 @pytest.mark.parametrize("then", ["deleted", "created-again"])
 def test_a_late_apply_of_a_finished_write_does_not_come_back_after_a_delete(renv: BackendEnv, then: str) -> None:
     """A writer that finishes another's write can be slow (a busy machine, a paused server):

@@ -38,15 +38,23 @@ def _wait_line(proc: subprocess.Popen[str], prefix: str, timeout: float = 120) -
     raise AssertionError(f"no {prefix!r} from {proc.args}: {proc.stderr.read() if proc.stderr else ''}")
 
 
-@pytest.mark.parametrize("how", ["cas", "modify"])
-def test_counters_stay_exact_while_another_process_rebalances_a_replicated_store(tmp_path: Path, how: str) -> None:
+@pytest.mark.parametrize(
+    ("how", "copies"),
+    [("cas", ""), ("modify", ""), ("cas", "1,2"), ("modify", "1,2")],
+    ids=["cas", "modify", "cas-one-and-two-copies", "modify-one-and-two-copies"],
+)
+def test_counters_stay_exact_while_another_process_rebalances_a_replicated_store(
+    tmp_path: Path, how: str, copies: str
+) -> None:
     """Three writer processes add to shared counters with compare-and-set (or the store's modify)
-    while a fourth adds, removes and reweights shards and changes the number of copies; every
-    acknowledged increment is there, the histories are linearizable, every key is on exactly its
-    replicas."""
+    while a fourth adds, removes and reweights shards and changes the number of copies (or, with
+    ``copies``, only switches between one copy and two: writers on the old view write by the plain
+    path while others decide replicated writes of the same keys); every acknowledged increment is
+    there, the histories are linearizable, every key is on exactly its replicas."""
     directory = tmp_path / "store"
     counters = 8
-    with DHTServerStore.open(directory, shards=3, replicas=2, partitions=256):
+    first = int(copies.split(",")[0]) if copies else 2
+    with DHTServerStore.open(directory, shards=3, replicas=first, partitions=256):
         pass
     histories = Histories(tmp_path / "histories")
     mode = ["modify"] if how == "modify" else []
@@ -64,7 +72,8 @@ def test_counters_stay_exact_while_another_process_rebalances_a_replicated_store
         for w in writers:  # every writer under way before the rebalancer starts: they race all of it
             _wait_line(w, "acked")
         rebalancer = subprocess.Popen(
-            [sys.executable, "-u", str(CHILD), "rebalancer", str(directory), "--seed", "7", "--max-seconds", "600"],
+            [sys.executable, "-u", str(CHILD), "rebalancer", str(directory), "--seed", "7", "--max-seconds", "600"]
+            + (["--copies", copies] if copies else []),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -72,7 +81,8 @@ def test_counters_stay_exact_while_another_process_rebalances_a_replicated_store
             cwd=ROOT,
         )
         _wait_line(rebalancer, "ready")
-        done = [_wait_line(rebalancer, "done", timeout=300) for _ in range(4)]  # four whole rebalances
+        rounds = 12 if copies else 4  # whole rebalances (switching copies is quick: more of them)
+        done = [_wait_line(rebalancer, "done", timeout=300) for _ in range(rounds)]
         for w in writers:
             assert w.stdin is not None
             w.stdin.write("stop\n")
@@ -90,7 +100,7 @@ def test_counters_stay_exact_while_another_process_rebalances_a_replicated_store
             if w.poll() is None:
                 w.kill()
                 w.wait(30)
-    assert acks > 0 and len(done) == 4
+    assert acks > 0 and len(done) == rounds
     with DHTServerStore.open(directory) as store:  # finishes the migration the killed rebalancer left
         total = 0
         for i in range(counters):

@@ -231,6 +231,14 @@ class FencedBackend(Backend):
     Memory, LMDB and Redis are fenced backends; a third-party backend that
     implements only :class:`~dhtcart.backends.base.Backend` works on its own
     but cannot be a store's shard.
+
+    When :attr:`fenced`, a plain write (``put``, ``delete``, ``modify``) goes
+    through only where the key is owned, and, atomically with that check,
+    only if no replicated write of the key is pending (:meth:`decide`);
+    otherwise it raises :class:`~dhtcart.errors.WriteInFlight` with that
+    write, which the store finishes before trying again. So a handle that
+    still routes with one copy during ``set_replicas`` never slips a write in
+    between another handle's decide and commit (docs/replication.md).
     """
 
     #: whether get/put/delete check the ownership record (set from the context)

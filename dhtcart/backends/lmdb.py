@@ -693,14 +693,20 @@ class LMDBBackend(FencedBackend):
         """Raise Moved unless the ownership record lets this operation through."""
         self._shared.load_ownership(txn, txn.get(_GEN)).check(key, write)
 
-    def _fence_write(self, txn: lmdb.Transaction, key: int) -> None:
-        """:meth:`_fence` of a plain write, with the reads' fast table (the write path)."""
+    def _fence_write(self, txn: lmdb.Transaction, key: int, kb: bytes) -> None:
+        """:meth:`_fence` of a plain write, with the reads' fast table (the write path); then
+        :class:`~dhtcart.errors.WriteInFlight` if a replicated write of the key is pending (a
+        handle on the replicated view decided it, during a change of the number of copies:
+        the caller finishes it first, so that the two never interleave on one record)."""
         shared = self._shared
         gen = txn.get(_GEN)
         if gen != shared.gen:
             shared.load_ownership(txn, gen)
         if shared.slices.get(key >> TABLE_SHIFT) != OWNED:  # not cached, or not owned throughout
             shared.own.check(key, True)
+        waiting = txn.get(_PENDING + kb)
+        if waiting is not None:
+            raise WriteInFlight(key, Pending.decode(key, bytes(waiting), self._backups_of(shared.own, key)))
 
     def _wait(self) -> None:
         """Take the lock another thread holds: wait for it, unless this thread holds it, in a change."""
@@ -874,9 +880,9 @@ class LMDBBackend(FencedBackend):
         return self._write(self._put, key, value, expected_version)
 
     def _put(self, txn: lmdb.Transaction, key: int, value: bytes, expected_version: int | None) -> int:
-        if self.fenced:
-            self._fence_write(txn, key)
         kb = key.to_bytes(8, "big")
+        if self.fenced:
+            self._fence_write(txn, key, kb)
         current = _version(key, txn.get(kb))
         check_expected(key, expected_version, current)
         current += 1
@@ -897,7 +903,7 @@ class LMDBBackend(FencedBackend):
 
         def op(txn: lmdb.Transaction) -> Record | None:
             if fenced:
-                self._fence_write(txn, key)
+                self._fence_write(txn, key, kb)
             raw = txn.get(kb)
             old = None if raw is None else _unpack(raw, key)  # type: ignore[arg-type]  # bytes (buffers=False)
             if first and first[0] == raw:  # the map grew and the transaction runs again: change ran once
@@ -923,7 +929,7 @@ class LMDBBackend(FencedBackend):
 
         def op(txn: lmdb.Transaction) -> bool:
             if fenced:
-                self._fence_write(txn, key)
+                self._fence_write(txn, key, kb)
             raw = txn.get(kb)
             if raw is not None and len(raw) < 8 and expected_version is None:
                 return bool(txn.delete(kb))  # an unconditional delete removes a damaged record too

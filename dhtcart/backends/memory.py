@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from itertools import islice
-from typing import Any
+from typing import Any, NoReturn
 
 from sortedcontainers import SortedDict
 
@@ -134,6 +134,8 @@ class MemoryBackend(FencedBackend):
                 own = self._own
                 if own.segments.slices.get(key >> TABLE_SHIFT) != OWNED:
                     own.check(key, True)
+                if self._pending and key in self._pending:
+                    self._in_flight(key)
             old: Record | None = self._data.get(key)
             current = old.version if old is not None else 0
             check_expected(key, expected_version, current)
@@ -154,6 +156,8 @@ class MemoryBackend(FencedBackend):
                 own = self._own
                 if own.segments.slices.get(key >> TABLE_SHIFT) != OWNED:
                     own.check(key, True)
+                if self._pending and key in self._pending:
+                    self._in_flight(key)
             old: Record | None = self._data.get(key)
             self._changing = threading.get_ident()
             try:
@@ -175,6 +179,8 @@ class MemoryBackend(FencedBackend):
             self._check_open()
             if self.fenced:
                 self._own.check(key, True)
+                if self._pending and key in self._pending:
+                    self._in_flight(key)
             old: Record | None = self._data.get(key)
             current = old.version if old is not None else 0
             check_expected(key, expected_version, current)
@@ -276,6 +282,11 @@ class MemoryBackend(FencedBackend):
         return (keys[-1], n) if len(keys) == n else (hi, len(keys))
 
     # -- replicated writes and leases -----------------------------------------------------
+
+    def _in_flight(self, key: int) -> NoReturn:
+        """A plain write of a key with a replicated write pending (a handle on the replicated view
+        decided it, during a change of the number of copies): have the caller finish that first."""
+        raise WriteInFlight(key, self._pending[key]._replace(backups=self._backups(key)))
 
     def _backups(self, key: int) -> str:
         state, peer = self._own.segments.lookup(key)

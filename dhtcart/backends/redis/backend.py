@@ -345,8 +345,8 @@ class RedisBackend(FencedBackend):
             raise CorruptData(f"shard {self.name!r}: corrupt ownership record in Redis (reply {reply!r})") from None
         raise moved
 
-    def _fence_keys(self, member: bytes) -> tuple[bytes, bytes, bytes, bytes]:
-        return (self._record_prefix + member, self._index, self._own, self._own_meta)
+    def _fence_keys(self, member: bytes) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+        return (self._record_prefix + member, self._index, self._own, self._own_meta, self._pending_prefix + member)
 
     # -- the Backend interface -------------------------------------------------------
 
@@ -460,6 +460,8 @@ class RedisBackend(FencedBackend):
             return int(reply[1])
         if reply[0] == 0:
             _conflict(key, expected_version, int(reply[1]))
+        if reply[0] == -3:  # a replicated write of the key is pending: the store finishes it first
+            raise WriteInFlight(key, self._decode_pending(key, reply[1], ""))
         self._moved(key, reply)
 
     def delete(self, key: int, expected_version: int | None = None) -> bool:
@@ -479,6 +481,8 @@ class RedisBackend(FencedBackend):
         status = reply[0]
         if status == 0:
             _conflict(key, expected_version, int(reply[1]))
+        if status == -3:  # a replicated write of the key is pending: the store finishes it first
+            raise WriteInFlight(key, self._decode_pending(key, reply[1], ""))
         if status < 0:
             self._moved(key, reply)
         return bool(status == 1)

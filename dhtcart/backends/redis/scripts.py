@@ -72,11 +72,14 @@ end
 """
 
 #: Not a script: the ownership check and compare-and-set that :data:`PUT` and :data:`DELETE`
-#: start with. ``KEYS[1]`` is the record, ``KEYS[3]`` the ownership set, ``KEYS[4]`` its hash.
+#: start with. ``KEYS[1]`` is the record, ``KEYS[3]`` the ownership set, ``KEYS[4]`` its hash,
+#: ``KEYS[5]`` the key's pending replicated write.
 #: ``refused(member, write)`` returns false when the operation may go on, else the redirect
 #: (owned: reads and writes; frozen: reads only; a shard without a record owns nothing).
 #: ``checked(member, expected, fenced)`` returns ``false, version, head`` when the write may go
-#: on, else the reply: the redirect, or ``{0, current version}`` when the compare-and-set failed.
+#: on, else the reply: the redirect, ``{-3, pending}`` when a replicated write of the key is
+#: pending (decided by a handle on the replicated view during a change of the number of copies:
+#: the caller finishes it first), or ``{0, current version}`` when the compare-and-set failed.
 FENCE = (
     _LIB
     + """
@@ -89,6 +92,8 @@ local function checked(member, expected, fenced)
   if fenced == '1' then
     local r = refused(member, true)
     if r then return r end
+    local waiting = redis.call('GET', KEYS[5])
+    if waiting then return {-3, waiting} end
   end
   local current, head = version(KEYS[1])
   if expected ~= '' and tonumber(expected) ~= current then return {0, current} end
@@ -97,11 +102,11 @@ end
 """
 )
 
-#: A put or compare-and-set. ``KEYS[1]`` record, ``KEYS[2]`` index (fenced: ``KEYS[3]``,
-#: ``KEYS[4]`` as in :data:`FENCE`); ``ARGV[1]`` member, ``ARGV[2]`` value, ``ARGV[3]``
+#: A put or compare-and-set. ``KEYS[1]`` record, ``KEYS[2]`` index (fenced: ``KEYS[3]`` to
+#: ``KEYS[5]`` as in :data:`FENCE`); ``ARGV[1]`` member, ``ARGV[2]`` value, ``ARGV[3]``
 #: the expected version (``""``: unconditional; ``0``: must be absent), ``ARGV[4]`` ``"1"``
 #: when fenced. Replies ``{1, new version}``; ``{0, current version}`` when the
-#: compare-and-set failed (nothing changed); or the redirect.
+#: compare-and-set failed (nothing changed); ``{-3, pending}``; or the redirect.
 PUT = (
     FENCE
     + """
@@ -117,7 +122,7 @@ return {1, version}
 #: A delete, conditional or not. ``KEYS`` as for :data:`PUT`; ``ARGV[1]`` member,
 #: ``ARGV[2]`` the expected version (``""``: unconditional), ``ARGV[3]`` ``"1"`` when
 #: fenced. Replies ``{1, version}`` deleted, ``{2, 0}`` absent, ``{0, current version}``
-#: when the condition failed (nothing changed), or the redirect.
+#: when the condition failed (nothing changed), ``{-3, pending}``, or the redirect.
 DELETE = (
     FENCE
     + """
