@@ -216,6 +216,10 @@ class _View:
         return self.by_name[names[0]]
 
 
+class _NowReplicated(Exception):
+    """Inside :meth:`DHTServerStore._retry`: a plain write found the handle's view replicated."""
+
+
 def _op_get(backend: FencedBackend, key: int) -> Record | None:
     return backend.get(key)
 
@@ -692,7 +696,12 @@ class DHTServerStore(MutableMapping[int, bytes]):
                 self._last.backend = backend
             return backend.put(key, value, expected_version)
         except (Moved, StoreClosed, ShardUnavailable, WriteInFlight) as exc:
-            return self._retry(key, exc, lambda b, k: b.put(k, value, expected_version))
+            return self._plain_retry(
+                key,
+                exc,
+                lambda b, k: b.put(k, value, expected_version),
+                lambda: self._replicated(key, value, expected_version).version,
+            )
 
     def delete(self, key: int, expected_version: int | None = None) -> bool:
         """Remove ``key``; return whether it existed (conditional with ``expected_version``)."""
@@ -709,7 +718,12 @@ class DHTServerStore(MutableMapping[int, bytes]):
                 self._last.backend = backend
             return backend.delete(key, expected_version)
         except (Moved, StoreClosed, ShardUnavailable, WriteInFlight) as exc:
-            return self._retry(key, exc, lambda b, k: b.delete(k, expected_version))
+            return self._plain_retry(
+                key,
+                exc,
+                lambda b, k: b.delete(k, expected_version),
+                lambda: self._replicated(key, None, expected_version).version != 0,
+            )
 
     def modify(self, key: int, change: Update, *, tries: int = MAX_UPDATE_TRIES) -> Record | None:
         """Read ``key``, ``change`` its record, write the value it returns, atomically; the record after.
@@ -751,19 +765,7 @@ class DHTServerStore(MutableMapping[int, bytes]):
 
         view = self._view
         if view.replicated:
-            for attempt in range(tries):
-                if attempt:
-                    back_off(attempt)
-                current = self.get(key)
-                value = checked(current)
-                if value is None:
-                    return current
-                try:
-                    pending = self._replicated(key, value, current.version if current is not None else 0)
-                except VersionConflict:
-                    continue
-                return Record(pending.version, value)
-            raise TooManyRetries(f"key {key}: {tries} compare-and-set conflicts in a row; nothing was written")
+            return self._modify_replicated(key, checked, tries)
         table = view.table
         try:
             backend = table[key >> view.shift] if table is not None else view.route(key)
@@ -771,9 +773,50 @@ class DHTServerStore(MutableMapping[int, bytes]):
                 self._last.backend = backend
             return backend.modify(key, checked, tries)
         except (Moved, StoreClosed, ShardUnavailable, WriteInFlight) as exc:
-            return self._retry(key, exc, lambda b, k: b.modify(k, checked, tries))
+            return self._plain_retry(
+                key,
+                exc,
+                lambda b, k: b.modify(k, checked, tries),
+                lambda: self._modify_replicated(key, checked, tries),
+            )
+
+    def _plain_retry(
+        self, key: int, exc: Exception, op: Callable[[FencedBackend, int], _T], replicated: Callable[[], _T]
+    ) -> _T:
+        """:meth:`_retry` of a plain write; if this handle learns meanwhile that the store keeps
+        several copies (another handle's ``set_replicas``: its primaries refuse plain writes), the
+        write goes by the replicated path instead. Every plain attempt before was refused or never
+        reached a shard (one that may have is not tried again): nothing was written twice."""
+
+        def plain(backend: FencedBackend, k: int) -> _T:
+            if self._view.replicated:
+                raise _NowReplicated
+            return op(backend, k)
+
+        try:
+            return self._retry(key, exc, plain)
+        except _NowReplicated:
+            return replicated()
 
     # -- replicated writes (docs/replication.md) -------------------------------------
+
+    def _modify_replicated(
+        self, key: int, checked: Callable[[Record | None], bytes | None], tries: int
+    ) -> Record | None:
+        """:meth:`modify` in a store that keeps several copies: a compare-and-set loop."""
+        for attempt in range(tries):
+            if attempt:
+                back_off(attempt)
+            current = self.get(key)
+            value = checked(current)
+            if value is None:
+                return current
+            try:
+                pending = self._replicated(key, value, current.version if current is not None else 0)
+            except VersionConflict:
+                continue
+            return Record(pending.version, value)
+        raise TooManyRetries(f"key {key}: {tries} compare-and-set conflicts in a row; nothing was written")
 
     def _replicated(self, key: int, value: bytes | None, expected_version: int | None) -> Pending:
         """A write of a store that keeps several copies: decided by the key's primary, applied

@@ -602,6 +602,35 @@ def test_a_plain_write_finishes_a_replicated_write_pending_on_its_key_first(renv
     assert store.get(key) == after
 
 
+@pytest.mark.parametrize("how", ["put", "cas", "delete", "modify"])
+def test_a_handle_opened_before_set_replicas_writes_by_the_replicated_path(tmp_path: Path, how: str) -> None:
+    """A handle whose view predates another handle's ``set_replicas(2)`` tries a plain write; the
+    primary refuses it (a primary's writes are replicated), the handle learns the new membership
+    and writes by the replicated path. (It used to go on trying the plain write until its
+    ``redirect_timeout``, then raise ``KeyUnavailable``.)"""
+    stale = DHTServerStore.open(tmp_path / "store", shards=3, redirect_timeout=5.0)
+    admin = DHTServerStore.open(tmp_path / "store")
+    try:
+        key = hash_key("a stale view")
+        stale.put(key, b"one")
+        admin.set_replicas(2)
+        assert not stale._view.replicated, "the handle still routes with one copy"
+        if how == "put":
+            assert stale.put(key, b"two") == 2
+        elif how == "cas":
+            assert stale.put(key, b"two", expected_version=1) == 2
+        elif how == "delete":
+            assert stale.delete(key, expected_version=1)
+        else:
+            assert stale.modify(key, lambda rec: b"two") == Record(2, b"two")
+        want = None if how == "delete" else Record(2, b"two")
+        assert admin.get(key) == want and stale.get(key) == want
+        admin._check()  # every key on exactly its two copies
+    finally:
+        stale.close()
+        admin.close()
+
+
 @pytest.mark.parametrize("then", ["deleted", "created-again"])
 def test_a_late_apply_of_a_finished_write_does_not_come_back_after_a_delete(renv: BackendEnv, then: str) -> None:
     """A writer that finishes another's write can be slow (a busy machine, a paused server):
