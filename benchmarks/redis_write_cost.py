@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                     client.evalsha(shas[name], 1, rec, value)
                 elif kind == "put":
                     client.evalsha(shas[name], 2, rec, index, m, value, "", "")
-                elif kind == "fenced":
-                    client.evalsha(shas[name], 4, rec, index, own, meta, m, value, "", "1")
+                elif kind == "fenced":  # the fifth key: the key's pending replicated write (none here)
+                    client.evalsha(shas[name], 5, rec, index, own, meta, b"w:p:" + m, m, value, "", "1")
                 else:
                     client.evalsha(shas[name], 4, rec, index, own, meta, m, value, "", "1", "7", "1.2")
 

@@ -202,11 +202,15 @@ class KeyUnavailable(ShardUnavailable):
 
     Raised after ``redirect_timeout`` seconds of redirects (a hand-over that
     did not finish: a rebalancer stopped, or a shard it needs is down). Nothing
-    was applied by the failed attempt; the key's data is kept where it was.
+    was applied by the failed attempt, and the key's data is kept where it
+    was, unless ``unknown`` is true: in a store that keeps several copies, a
+    write its primary had decided whose backups did not take it in time. That
+    write stays pending and the key's next writer finishes it, so its outcome
+    is unknown: re-read before retrying a non-idempotent change.
     """
 
-    def __init__(self, key: int, shard: str, reason: str) -> None:
-        super().__init__(shard, "-", reason)
+    def __init__(self, key: int, shard: str, reason: str, *, unknown: bool = False) -> None:
+        super().__init__(shard, "-", reason, unknown=unknown)
         self.key = key
         self.args = (f"key {key}: no owner reachable: {reason}",)
 

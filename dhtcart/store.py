@@ -838,7 +838,15 @@ class DHTServerStore(MutableMapping[int, bytes]):
             pending = self._retry(key, exc, decide)
         primary = decided_on[-1]
         if pending.version:  # a delete of an absent key replicates nothing
-            self._complete(primary, pending)
+            try:
+                self._complete(primary, pending)
+            except ShardUnavailable as exc:  # this write is decided, pending: the next writer finishes it
+                if exc.unknown:
+                    raise
+                reason = f"{exc.reason}; this write was decided: its outcome is unknown"
+                if isinstance(exc, KeyUnavailable):
+                    raise KeyUnavailable(key, exc.shard, reason, unknown=True) from exc
+                raise ShardUnavailable(exc.shard, exc.address, reason, unknown=True) from exc
         return pending
 
     def _complete(self, primary: FencedBackend, pending: Pending) -> None:
@@ -855,6 +863,7 @@ class DHTServerStore(MutableMapping[int, bytes]):
         name = self._view.names.get(primary, "?")
         completion = Completion(name, pending)
         deadline = time.monotonic() + self._redirect_timeout
+        pause = 0.001  # after a failover request: another holder may be at it, so wait a growing while
         while True:
             step = completion.next()
             if isinstance(step, Apply):
@@ -872,6 +881,8 @@ class DHTServerStore(MutableMapping[int, bytes]):
             elif isinstance(step, Failover):
                 self._suspect(step.shards)
                 completion.failed_over()
+                time.sleep(pause)  # not a spin on the membership while another handle fails over
+                pause = min(pause * 2, 0.05)
             elif isinstance(step, Reread):
                 try:
                     fresh = primary.pending(pending.key)

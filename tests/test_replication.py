@@ -569,6 +569,32 @@ def test_a_write_whose_backup_died_finishes_a_failover_stopped_after_its_decisio
     store._check()
 
 
+def test_a_decided_write_that_runs_out_of_time_raises_with_an_unknown_outcome(
+    renv: BackendEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write decided by its primary whose backups do not take it within ``redirect_timeout``
+    (its backup dead, the failover stopped after its decision, the lease held by another
+    process) stays pending, and the key's next writer finishes it: the error says its outcome
+    is unknown (``KeyUnavailable`` used to say that nothing was applied: a caller trusting that
+    and retrying would have applied its change twice)."""
+    store = renv.store(3, replicas=2, read_lease=0.2, redirect_timeout=1.0)
+    keys = _keys(200)
+    for k in keys:
+        store.put(k, b"0")
+    victim = store.replicas_for(keys[0])[1]
+    _unreachable(store.shards[victim].backend)
+    _fail_over_and_die_after_deciding(store, victim, monkeypatch)
+    store._coordinator.repair_in_background = lambda: None  # type: ignore[method-assign]
+    lease = store._membership.try_lease("another process")  # which is slow to finish it
+    assert lease is not None
+    with pytest.raises(ShardUnavailable) as raised:
+        store.put(keys[0], b"1", expected_version=1)
+    assert raised.value.unknown and "outcome is unknown" in str(raised.value)
+    lease.release()
+    assert store.put(keys[0], b"2", expected_version=2) == 3, "the next writer finished it first"
+    assert store.get(keys[0]) == Record(3, b"2")
+
+
 @pytest.mark.parametrize("how", ["put", "cas", "delete", "modify"])
 def test_a_plain_write_finishes_a_replicated_write_pending_on_its_key_first(renv: BackendEnv, how: str) -> None:
     """During ``set_replicas``, a handle that still routes with one copy writes by the plain

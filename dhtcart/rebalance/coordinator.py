@@ -106,6 +106,7 @@ class Coordinator:
         self._membership = store._membership
         self._failing = threading.Lock()  # this handle's failovers, one at a time
         self._repairing: threading.Thread | None = None
+        self._starting = threading.Lock()  # held while the background repair is started
         self._stopping = threading.Event()  # the handle is closing: background work stops
         self._next_finish = 0.0  # when a failover() may next try to finish a stopped failover
 
@@ -555,10 +556,11 @@ class Coordinator:
         protocol: live, crash-safe, and finished by the next opener, rebalance
         or ``finish_rebalance()`` if this process stops first.
         """
-        if (self._repairing is not None and self._repairing.is_alive()) or self._stopping.is_set():
-            return
-        self._repairing = threading.Thread(target=self._repair_quietly, name="dhtcart-repair", daemon=True)
-        self._repairing.start()
+        with self._starting:  # failover() and take_over() may both start one, from two threads
+            if (self._repairing is not None and self._repairing.is_alive()) or self._stopping.is_set():
+                return
+            self._repairing = threading.Thread(target=self._repair_quietly, name="dhtcart-repair", daemon=True)
+            self._repairing.start()
 
     def _repair_quietly(self) -> None:
         with contextlib.suppress(Exception):  # best effort: the next opener or rebalance finishes it
