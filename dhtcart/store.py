@@ -59,7 +59,7 @@ from typing import Literal, TypeVar
 
 from dhtcart.backends import open_backend
 from dhtcart.backends.base import BackendContext, Record
-from dhtcart.backends.fencing import MAX_UPDATE_TRIES, FencedBackend, Pending, Update, back_off
+from dhtcart.backends.fencing import MAX_UPDATE_TRIES, FencedBackend, Pending, Update, modify_by_cas
 from dhtcart.backends.ownership import (
     BACKUP,
     NOT_OWNED,
@@ -80,8 +80,6 @@ from dhtcart.errors import (
     ShardUnavailable,
     StoreClosed,
     StoreNotFound,
-    TooManyRetries,
-    VersionConflict,
     WriteInFlight,
 )
 from dhtcart.hashing import KEY_SPACE, MAX_KEY
@@ -804,19 +802,7 @@ class DHTServerStore(MutableMapping[int, bytes]):
         self, key: int, checked: Callable[[Record | None], bytes | None], tries: int
     ) -> Record | None:
         """:meth:`modify` in a store that keeps several copies: a compare-and-set loop."""
-        for attempt in range(tries):
-            if attempt:
-                back_off(attempt)
-            current = self.get(key)
-            value = checked(current)
-            if value is None:
-                return current
-            try:
-                pending = self._replicated(key, value, current.version if current is not None else 0)
-            except VersionConflict:
-                continue
-            return Record(pending.version, value)
-        raise TooManyRetries(f"key {key}: {tries} compare-and-set conflicts in a row; nothing was written")
+        return modify_by_cas(key, checked, tries, self.get, lambda k, v, e: self._replicated(k, v, e).version)
 
     def _replicated(self, key: int, value: bytes | None, expected_version: int | None) -> Pending:
         """A write of a store that keeps several copies: decided by the key's primary, applied

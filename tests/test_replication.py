@@ -82,6 +82,25 @@ def _fail_over_and_die_after_deciding(store: DHTServerStore, victim: str, monkey
         store._coordinator.failover({victim})
 
 
+def _failover_stopped_after_deciding(
+    renv: BackendEnv, monkeypatch: pytest.MonkeyPatch, copy: int, **options: float
+) -> tuple[DHTServerStore, list[int], str]:
+    """A 3-shard store keeping 2 copies of 200 keys at version 1, whose shard holding the first
+    key's copy ``copy`` (0: its primary, 1: its backup) stopped answering, and whose failover
+    was decided and published by a process that died then (no background repair)."""
+    store = renv.store(3, replicas=2, read_lease=0.2, **options)
+    keys = _keys(200)
+    for k in keys:
+        store.put(k, b"v")
+    victim = store.replicas_for(keys[0])[copy]
+    _unreachable(store.shards[victim].backend)
+    _fail_over_and_die_after_deciding(store, victim, monkeypatch)
+    store._coordinator.repair_in_background = lambda: None  # type: ignore[method-assign]
+    doc = store._refresh().doc
+    assert victim in doc.down and not doc.down[victim]["promoted"], "the decision is published, not carried out"
+    return store, keys, victim
+
+
 def _copies(store: DHTServerStore, key: int) -> dict[str, Record]:
     """The copies of ``key`` on every live shard, read behind the store's back."""
     out = {}
@@ -527,17 +546,7 @@ def test_a_repair_waits_out_another_holders_lease_then_repairs() -> None:
 def test_a_failover_stopped_after_its_decision_is_finished_by_the_next_holder(
     renv: BackendEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = renv.store(3, replicas=2, read_lease=0.2)
-    keys = _keys(200)
-    for k in keys:
-        store.put(k, b"v")
-    victim = store.replicas_for(keys[0])[0]
-    _unreachable(store.shards[victim].backend)
-
-    _fail_over_and_die_after_deciding(store, victim, monkeypatch)
-    doc = store._refresh().doc
-    assert victim in doc.down and not doc.down[victim]["promoted"], "the decision is published, not carried out"
-    store._coordinator.repair_in_background = lambda: None  # type: ignore[method-assign]
+    store, keys, victim = _failover_stopped_after_deciding(renv, monkeypatch, copy=0)
     assert store.put(keys[0], b"w", expected_version=1) == 2  # a waiting write finishes the failover
     assert store._refresh().doc.down[victim]["promoted"]
     assert all(store.get(k) is not None for k in keys)
@@ -552,15 +561,8 @@ def test_a_write_whose_backup_died_finishes_a_failover_stopped_after_its_decisio
     carrying it out: a write whose backup is that shard (its primary alive) finishes the
     failover itself, and does not spin against the dead backup until it gives up. (Found in
     CI: a writer of tests/test_replication_redis.py waited the whole redirect_timeout, 15 s.)"""
-    store = renv.store(3, replicas=2, read_lease=0.2, redirect_timeout=5.0)
-    keys = _keys(200)
-    for k in keys:
-        store.put(k, b"v")
-    victim = store.replicas_for(keys[0])[1]  # a backup of the first key, the primary of others
-    _unreachable(store.shards[victim].backend)
-    _fail_over_and_die_after_deciding(store, victim, monkeypatch)
-    store._coordinator.repair_in_background = lambda: None  # type: ignore[method-assign]
-    assert not store._refresh().doc.down[victim]["promoted"]
+    # the first key's backup dies (the primary of other keys)
+    store, keys, victim = _failover_stopped_after_deciding(renv, monkeypatch, copy=1, redirect_timeout=5.0)
     assert store.put(keys[0], b"w", expected_version=1) == 2  # its backup is the dead shard
     assert store._refresh().doc.down[victim]["promoted"]
     assert store.get(keys[0]) == Record(2, b"w")
@@ -577,14 +579,7 @@ def test_a_decided_write_that_runs_out_of_time_raises_with_an_unknown_outcome(
     process) stays pending, and the key's next writer finishes it: the error says its outcome
     is unknown (``KeyUnavailable`` used to say that nothing was applied: a caller trusting that
     and retrying would have applied its change twice)."""
-    store = renv.store(3, replicas=2, read_lease=0.2, redirect_timeout=1.0)
-    keys = _keys(200)
-    for k in keys:
-        store.put(k, b"0")
-    victim = store.replicas_for(keys[0])[1]
-    _unreachable(store.shards[victim].backend)
-    _fail_over_and_die_after_deciding(store, victim, monkeypatch)
-    store._coordinator.repair_in_background = lambda: None  # type: ignore[method-assign]
+    store, keys, _ = _failover_stopped_after_deciding(renv, monkeypatch, copy=1, redirect_timeout=1.0)
     lease = store._membership.try_lease("another process")  # which is slow to finish it
     assert lease is not None
     with pytest.raises(ShardUnavailable) as raised:

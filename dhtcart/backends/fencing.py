@@ -88,6 +88,35 @@ def back_off(conflicts: int) -> None:
         time.sleep(random.uniform(0, 0.0005 * min(conflicts - 1, 20)))
 
 
+def modify_by_cas(
+    key: int,
+    change: Callable[[Record | None], bytes | None],
+    tries: int,
+    get: Callable[[int], Record | None],
+    put: Callable[[int, bytes, int], int],
+) -> Record | None:
+    """A read-modify-write as a compare-and-set loop: ``get`` the record, ``change`` it, ``put``
+    it back if its version did not move (``put(key, value, expected_version)`` returns the new
+    version or raises :class:`~dhtcart.errors.VersionConflict`), else again; at most ``tries``
+    times, pausing after the fourth conflict in a row (:func:`back_off`), then
+    :class:`~dhtcart.errors.TooManyRetries`, nothing written."""
+    from dhtcart.errors import TooManyRetries, VersionConflict
+
+    for attempt in range(tries):
+        if attempt:
+            back_off(attempt)
+        current = get(key)
+        value = change(current)
+        if value is None:
+            return current
+        try:
+            version = put(key, value, current.version if current is not None else 0)
+        except VersionConflict:
+            continue
+        return Record(version, value)
+    raise TooManyRetries(f"key {key}: {tries} compare-and-set conflicts in a row; nothing was written")
+
+
 def change_called_back(shard: str) -> InvalidInput:
     """The error of a ``modify`` change that called its own shard: the shard holds its lock (or
     its LMDB write transaction) for the change, so the call would wait for itself forever."""
@@ -340,21 +369,7 @@ class FencedBackend(Backend):
         LMDB run it once, inside their lock or write transaction. Either way
         ``change`` must be a function of the record alone, quick, and do no I/O.
         """
-        from dhtcart.errors import TooManyRetries, VersionConflict
-
-        for attempt in range(tries):
-            if attempt:
-                back_off(attempt)
-            current = self.get(key)
-            value = change(current)
-            if value is None:
-                return current
-            try:
-                version = self.put(key, value, current.version if current is not None else 0)
-            except VersionConflict:
-                continue
-            return Record(version, value)
-        raise TooManyRetries(f"key {key}: {tries} compare-and-set conflicts in a row; nothing was written")
+        return modify_by_cas(key, change, tries, self.get, self.put)
 
     # -- replicated writes and leases (``docs/replication.md``) ------------------------
 
