@@ -212,7 +212,12 @@ class Model:
         for key in self.deleted:
             assert store.get(key) is None, f"deleted key {key} came back"
         # one copy: placement() asserts no key is on two shards; more: store._check() asserts
-        # every key is on exactly its replicas
+        # every key is on exactly its replicas. items() lists shard by shard, so it waits for a
+        # repair this handle started in the background (its reads finished a failover): a range
+        # moving meanwhile could be listed on neither shard
+        running = store._coordinator._repairing
+        if running is not None:
+            running.join(120)
         where = set(placement(store)) if store.replicas == 1 else {key for key, _ in store.items()}
         assert where == set(self.versions), "a key is missing from the shards, or an unknown one appeared"
         self.pending.clear()
